@@ -1,0 +1,12 @@
+using System.CommandLine;
+
+namespace ReTok.Cli;
+
+/// <summary>Each command group lives in its own file and contributes here.</summary>
+public static partial class Commands
+{
+    public static IEnumerable<Command> All()
+    {
+        yield return DbCommands.Build();
+    }
+}

@@ -1,0 +1,133 @@
+using System.ComponentModel.DataAnnotations.Schema;
+
+namespace ReTok.Tracking;
+
+public enum RunStatus { Waiting, Queued, Running, Succeeded, Failed, Cancelled }
+
+public static class RunStatusExtensions
+{
+    public static bool IsTerminal(this RunStatus s) => s is RunStatus.Succeeded or RunStatus.Failed or RunStatus.Cancelled;
+}
+
+public class Experiment
+{
+    public long Id { get; set; }
+    public required string Name { get; set; }
+    public string? Description { get; set; }
+    public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
+    public List<Run> Runs { get; set; } = new();
+}
+
+/// <summary>A tracked unit of work. The row (kind + validated parameters) is the source of truth, not Hangfire's payload.</summary>
+public class Run
+{
+    public long Id { get; set; }
+    public long? ExperimentId { get; set; }
+    public Experiment? Experiment { get; set; }
+    public required string Kind { get; set; }
+    public string? Name { get; set; }
+    public RunStatus Status { get; set; } = RunStatus.Queued;
+    /// <summary>Validated parameters as JSON (jsonb); immutable once the run exists.</summary>
+    [Column(TypeName = "jsonb")] public string Parameters { get; set; } = "{}";
+    public string ConfigHash { get; set; } = "";
+    public long? Seed { get; set; }
+    public string? CodeVersion { get; set; }
+    public string Queue { get; set; } = "cpu";
+    public string? Host { get; set; }
+    public string? Device { get; set; }
+    public List<string> Tags { get; set; } = new();
+    public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
+    public DateTimeOffset? StartedAt { get; set; }
+    public DateTimeOffset? FinishedAt { get; set; }
+    public long? ParentRunId { get; set; }
+    public Run? ParentRun { get; set; }
+    public Guid? PipelineId { get; set; }
+    public string? PipelineStep { get; set; }
+    public string? FailureReason { get; set; }
+
+    // Live progress (dashboard/CLI watch).
+    public double Progress { get; set; }
+    public string? ProgressMessage { get; set; }
+    public DateTimeOffset? ProgressAt { get; set; }
+    public double? EtaSeconds { get; set; }
+
+    // Execution bookkeeping.
+    public string? HangfireJobId { get; set; }
+    public int Attempt { get; set; }
+    public bool CancelRequested { get; set; }
+    /// <summary>Run lease: owner, generation (fencing token) and expiry; a second executor refuses while it is live.</summary>
+    public string? LeaseOwner { get; set; }
+    public long LeaseGeneration { get; set; }
+    public DateTimeOffset? LeaseExpiresAt { get; set; }
+    /// <summary>Fan-in counter: children still to succeed before this run's aggregator is enqueued.</summary>
+    public int PendingChildren { get; set; }
+
+    public List<MetricPoint> Metrics { get; set; } = new();
+    public List<Artifact> Artifacts { get; set; } = new();
+}
+
+public class MetricPoint
+{
+    public long Id { get; set; }
+    public long RunId { get; set; }
+    public required string Key { get; set; }
+    public long Step { get; set; }
+    public double Value { get; set; }
+    public DateTimeOffset Time { get; set; } = DateTimeOffset.UtcNow;
+}
+
+public class Artifact
+{
+    public long Id { get; set; }
+    public long RunId { get; set; }
+    public Run? Run { get; set; }
+    public required string Name { get; set; }
+    /// <summary>checkpoint, npz, image, plot, npy, json, yaml, safetensors, other.</summary>
+    public string Kind { get; set; } = "other";
+    public required string StorageUri { get; set; }
+    public long SizeBytes { get; set; }
+    public required string Sha256 { get; set; }
+    public string ContentType { get; set; } = "application/octet-stream";
+    public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
+}
+
+/// <summary>Lineage: run <see cref="RunId"/> consumed <see cref="ArtifactId"/> under the input name <see cref="Role"/>.</summary>
+public class ArtifactUse
+{
+    public long Id { get; set; }
+    public long RunId { get; set; }
+    public long ArtifactId { get; set; }
+    public Artifact? Artifact { get; set; }
+    public string Role { get; set; } = "input";
+    public DateTimeOffset Time { get; set; } = DateTimeOffset.UtcNow;
+}
+
+public class RunLog
+{
+    public long Id { get; set; }
+    public long RunId { get; set; }
+    public DateTimeOffset Time { get; set; } = DateTimeOffset.UtcNow;
+    public string Level { get; set; } = "info";
+    public required string Message { get; set; }
+}
+
+public class Pipeline
+{
+    public Guid Id { get; set; } = Guid.NewGuid();
+    public required string Name { get; set; }
+    public string SpecYaml { get; set; } = "";
+    public long? ExperimentId { get; set; }
+    public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
+}
+
+/// <summary>A worker process (one per machine) and what its device slots are doing.</summary>
+public class WorkerInfo
+{
+    public required string Id { get; set; }
+    public required string Host { get; set; }
+    public string Queues { get; set; } = "";
+    public string Devices { get; set; } = "";
+    [Column(TypeName = "jsonb")] public string Slots { get; set; } = "{}";
+    public DateTimeOffset StartedAt { get; set; } = DateTimeOffset.UtcNow;
+    public DateTimeOffset LastHeartbeat { get; set; } = DateTimeOffset.UtcNow;
+}
