@@ -1,0 +1,111 @@
+using YamlDotNet.RepresentationModel;
+
+namespace ReTok.Tests.Deploy;
+
+/// <summary>
+/// Structural checks of docker/ and infra/k8s/ (no Docker engine or kubeconform on these machines, so this is the
+/// schema check we can run): required fields, pinned images, non-root users, resource limits, GPU requests.
+/// </summary>
+public class DeploymentLintTests
+{
+    static readonly string Root = RepoRoot();
+
+    static string RepoRoot()
+    {
+        var d = new DirectoryInfo(AppContext.BaseDirectory);
+        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
+        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
+    }
+
+    static IEnumerable<(string File, YamlMappingNode Doc)> K8sDocs()
+    {
+        foreach (var f in Directory.GetFiles(Path.Combine(Root, "infra", "k8s"), "*.yaml").Order())
+        {
+            var ys = new YamlStream();
+            ys.Load(new StringReader(File.ReadAllText(f)));
+            foreach (var d in ys.Documents) yield return (Path.GetFileName(f), (YamlMappingNode)d.RootNode);
+        }
+    }
+
+    static YamlNode? At(YamlNode n, params string[] path)
+    {
+        foreach (var p in path)
+        {
+            if (n is not YamlMappingNode m || !m.Children.TryGetValue(new YamlScalarNode(p), out var next)) return null;
+            n = next;
+        }
+        return n;
+    }
+
+    [Fact]
+    public void K8sManifestsHaveRequiredFieldsPinnedImagesAndLimits()
+    {
+        var docs = K8sDocs().ToList();
+        Assert.NotEmpty(docs);
+        var kinds = new HashSet<string>();
+        foreach (var (file, doc) in docs)
+        {
+            var kind = At(doc, "kind")?.ToString();
+            Assert.False(string.IsNullOrEmpty(At(doc, "apiVersion")?.ToString()), $"{file}: apiVersion missing");
+            Assert.False(string.IsNullOrEmpty(kind), $"{file}: kind missing");
+            Assert.False(string.IsNullOrEmpty(At(doc, "metadata", "name")?.ToString()), $"{file}: metadata.name missing");
+            kinds.Add(kind!);
+            if (kind != "Namespace") Assert.Equal("retok", At(doc, "metadata", "namespace")?.ToString());
+            var pod = kind is "Deployment" or "DaemonSet" or "Job" ? At(doc, "spec", "template", "spec") : null;
+            if (pod == null) continue;
+            if (kind != "Job")
+            {
+                var sel = At(doc, "spec", "selector", "matchLabels") as YamlMappingNode;
+                var labels = At(doc, "spec", "template", "metadata", "labels") as YamlMappingNode;
+                Assert.NotNull(sel);
+                foreach (var (k, v) in sel!.Children) Assert.Equal(v.ToString(), labels?.Children[k].ToString());
+            }
+            foreach (YamlMappingNode c in (YamlSequenceNode)At(pod, "containers")!)
+            {
+                var image = At(c, "image")!.ToString();
+                Assert.Matches(@"^[\w./-]+:[\w.-]+$", image);
+                Assert.DoesNotContain(":latest", image);
+                Assert.NotNull(At(c, "resources", "limits", "memory"));
+            }
+        }
+        Assert.Contains("DaemonSet", kinds);
+        var gpu = docs.Single(d => At(d.Doc, "metadata", "name")?.ToString() == "retok-worker-gpu").Doc;
+        Assert.NotNull(At(gpu, "spec", "template", "spec", "nodeSelector"));
+        var gpuContainer = (YamlMappingNode)((YamlSequenceNode)At(gpu, "spec", "template", "spec", "containers")!).Children[0];
+        Assert.NotNull(At(gpuContainer, "resources", "limits", "nvidia.com/gpu"));
+    }
+
+    [Fact]
+    public void DockerfilesArePinnedAndDropRoot()
+    {
+        var files = Directory.GetFiles(Path.Combine(Root, "docker"), "*.Dockerfile");
+        Assert.True(files.Length >= 3);
+        foreach (var f in files)
+        {
+            var lines = File.ReadAllLines(f);
+            foreach (var from in lines.Where(l => l.StartsWith("FROM ")))
+                Assert.Matches(@"^FROM [\w./-]+:[\w.-]*\d[\w.-]*( AS \w+)?$", from);
+            Assert.Contains(lines, l => l.StartsWith("USER ") && !l.Contains("root"));
+            Assert.Contains(lines, l => l.StartsWith("ENTRYPOINT [\"dotnet\", \"retok.dll\""));
+        }
+        Assert.Contains("-p:TorchBackend=cuda", File.ReadAllText(Path.Combine(Root, "docker", "worker-gpu.Dockerfile")));
+    }
+
+    [Fact]
+    public void ComposeServicesPinImagesAndShareOneEnvironment()
+    {
+        var ys = new YamlStream();
+        ys.Load(new StringReader(File.ReadAllText(Path.Combine(Root, "docker", "compose.yaml"))));
+        var services = (YamlMappingNode)At(ys.Documents[0].RootNode, "services")!;
+        foreach (var (name, svc) in services.Children)
+        {
+            var image = At(svc, "image")?.ToString();
+            var build = At(svc, "build");
+            Assert.True(image != null || build != null, $"service {name}: neither image nor build");
+            if (image != null) Assert.Matches(@":[\w.-]*\d", image);
+            if (build != null) Assert.True(File.Exists(Path.Combine(Root, "docker", "..", At(build, "dockerfile")!.ToString())), $"service {name}: dockerfile missing");
+        }
+        Assert.Contains(services.Children.Keys, k => k.ToString() == "postgres");
+        Assert.Contains(services.Children.Keys, k => k.ToString() == "azurite");
+    }
+}
