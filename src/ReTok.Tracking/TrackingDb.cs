@@ -73,6 +73,13 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
 
     public static TrackingDb Create(string connectionString) => new(Options(connectionString));
 
+    /// <summary>A context on an open connection (e.g. to take part in a transaction of <see cref="Tracker.InTransactionAsync{T}"/>).</summary>
+    public static TrackingDb Create(NpgsqlConnection connection) =>
+        new(new DbContextOptionsBuilder<TrackingDb>()
+            .UseNpgsql(connection, o => o.MigrationsAssembly(MigrationsAssembly).MigrationsHistoryTable("__ef_migrations", Schema))
+            .UseSnakeCaseNamingConvention()
+            .Options);
+
     /// <summary>Opens a connection once to turn "connection refused" into a message that names host and port.</summary>
     public static async Task CheckReachableAsync(string connectionString, CancellationToken ct = default)
     {
