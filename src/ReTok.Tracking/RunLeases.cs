@@ -82,17 +82,18 @@ public sealed partial class Tracker
         }, ct);
 
     /// <summary>Gives the run back to the queue (graceful shutdown, transient-failure retry): status Queued, lease cleared.</summary>
-    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, CancellationToken ct = default) =>
+    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, string? failure = null, CancellationToken ct = default) =>
         InTransactionAsync<bool>(null, async (c, tx, t) =>
         {
             await using var cmd = new NpgsqlCommand("""
                 UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                       failure_reason = @note, progress_message = coalesce(@note, progress_message)
+                       failure_reason = @failure, progress_message = coalesce(@note, progress_message)
                 WHERE id = @id AND lease_generation = @gen AND status = 'Running'
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
             cmd.Parameters.AddWithValue("note", (object?)note ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("failure", (object?)failure ?? DBNull.Value);
             return await cmd.ExecuteNonQueryAsync(t) == 1;
         }, ct);
 

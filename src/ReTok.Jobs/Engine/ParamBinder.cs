@@ -139,7 +139,7 @@ public static class ParamBinder
                 if (!props.TryGetValue(key, out var p))
                 {
                     var hint = Closest(key, props.Keys);
-                    errors.Add($"{path}.{key}: unknown key{(hint is null ? "" : $" (did you mean '{hint}'?)")}; {Describe(type)} has: {string.Join(", ", props.Keys.Order())}");
+                    errors.Add($"{path}.{key}: unknown key{(hint is null ? "" : $" (did you mean '{hint}'?)")}; known keys of {type.Name}: {string.Join(", ", props.Keys.Order())}");
                     continue;
                 }
                 obj[key] = Convert(v, p.Type, $"{path}.{key}", p.Nullable, errors);
