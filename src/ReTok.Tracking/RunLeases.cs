@@ -109,8 +109,9 @@ public sealed partial class Tracker
             await using (var cmd = new NpgsqlCommand("""
                 WITH RECURSIVE tree(id) AS (
                     SELECT @id::bigint
-                    UNION SELECT r.id FROM retok.runs r JOIN tree ON r.parent_run_id = tree.id OR r.fan_in_run_id = tree.id
-                    UNION SELECT r.continued_by_run_id FROM retok.runs r JOIN tree ON r.id = tree.id WHERE r.continued_by_run_id IS NOT NULL)
+                    UNION
+                    SELECT r.id FROM retok.runs r JOIN tree ON r.parent_run_id = tree.id OR r.fan_in_run_id = tree.id
+                        OR r.id = (SELECT p.continued_by_run_id FROM retok.runs p WHERE p.id = tree.id))
                 SELECT id FROM tree
                 """, c, tx))
             {
