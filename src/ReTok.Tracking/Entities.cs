@@ -43,6 +43,10 @@ public class Run
     public Run? ParentRun { get; set; }
     public Guid? PipelineId { get; set; }
     public string? PipelineStep { get; set; }
+    /// <summary>Pipeline steps (names) that must have succeeded before this run is queued.</summary>
+    public List<string> DependsOn { get; set; } = new();
+    /// <summary>Named inputs: role -> reference ("STEP/NAME" inside a pipeline, "run:ID/NAME" anywhere), jsonb.</summary>
+    [Column(TypeName = "jsonb")] public string Inputs { get; set; } = "{}";
     public string? FailureReason { get; set; }
 
     // Live progress (dashboard/CLI watch).
@@ -59,16 +63,22 @@ public class Run
     public string? LeaseOwner { get; set; }
     public long LeaseGeneration { get; set; }
     public DateTimeOffset? LeaseExpiresAt { get; set; }
-    /// <summary>Fan-in counter: children still to succeed before this run's aggregator is enqueued.</summary>
+    /// <summary>Fan-in counter, on an aggregator run: shards still to succeed before it is queued.</summary>
     public int PendingChildren { get; set; }
+    /// <summary>On a shard: the aggregator run whose <see cref="PendingChildren"/> it decrements when it succeeds.</summary>
+    public long? FanInRunId { get; set; }
+    public int? ShardIndex { get; set; }
+    /// <summary>On a run that spawned shards: the aggregator that finishes its work (and its pipeline step).</summary>
+    public long? ContinuedByRunId { get; set; }
+    public DateTimeOffset? QueuedAt { get; set; }
 
     public List<MetricPoint> Metrics { get; set; } = new();
     public List<Artifact> Artifacts { get; set; } = new();
 }
 
+/// <summary>One point of a metric series; the primary key (run, key, step) makes re-logging a step an update, never a duplicate.</summary>
 public class MetricPoint
 {
-    public long Id { get; set; }
     public long RunId { get; set; }
     public required string Key { get; set; }
     public long Step { get; set; }
@@ -88,6 +98,8 @@ public class Artifact
     public long SizeBytes { get; set; }
     public required string Sha256 { get; set; }
     public string ContentType { get; set; } = "application/octet-stream";
+    /// <summary>Free-form jsonb, e.g. {"step": 4000} on checkpoints.</summary>
+    [Column(TypeName = "jsonb")] public string Metadata { get; set; } = "{}";
     public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
 }
 
@@ -116,6 +128,8 @@ public class Pipeline
     public Guid Id { get; set; } = Guid.NewGuid();
     public required string Name { get; set; }
     public string SpecYaml { get; set; } = "";
+    /// <summary>The --set overrides applied on top of <see cref="SpecYaml"/>.</summary>
+    public List<string> Overrides { get; set; } = new();
     public long? ExperimentId { get; set; }
     public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
 }

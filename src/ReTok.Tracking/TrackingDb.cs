@@ -29,12 +29,17 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
             e.HasIndex(r => r.Kind);
             e.HasIndex(r => r.PipelineId);
             e.HasIndex(r => r.ParentRunId);
+            e.HasIndex(r => r.FanInRunId);
             e.HasOne(r => r.ParentRun).WithMany().HasForeignKey(r => r.ParentRunId).OnDelete(DeleteBehavior.Restrict);
+            e.HasOne<Run>().WithMany().HasForeignKey(r => r.FanInRunId).OnDelete(DeleteBehavior.Restrict);
+            e.HasOne<Run>().WithMany().HasForeignKey(r => r.ContinuedByRunId).OnDelete(DeleteBehavior.Restrict);
+            e.HasOne<Pipeline>().WithMany().HasForeignKey(r => r.PipelineId).OnDelete(DeleteBehavior.Restrict);
             e.Property(r => r.LeaseGeneration).IsConcurrencyToken();
         });
         b.Entity<MetricPoint>(e =>
         {
-            e.HasIndex(m => new { m.RunId, m.Key, m.Step }).IsUnique();
+            // The key itself is the upsert target: INSERT .. ON CONFLICT (run_id, key, step) DO UPDATE.
+            e.HasKey(m => new { m.RunId, m.Key, m.Step });
             e.HasOne<Run>().WithMany(r => r.Metrics).HasForeignKey(m => m.RunId).OnDelete(DeleteBehavior.Cascade);
         });
         b.Entity<Artifact>(e =>
@@ -54,17 +59,26 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
             e.HasIndex(l => new { l.RunId, l.Id });
             e.HasOne<Run>().WithMany().HasForeignKey(l => l.RunId).OnDelete(DeleteBehavior.Cascade);
         });
+        b.Entity<Pipeline>().HasIndex(p => p.CreatedAt);
         b.Entity<WorkerInfo>().HasKey(w => w.Id);
     }
 
     public static DbContextOptions<TrackingDb> Options(string connectionString) =>
         new DbContextOptionsBuilder<TrackingDb>()
+            // No EnableRetryOnFailure: it forbids user transactions; Tracker retries transient faults with Polly instead.
             .UseNpgsql(connectionString, o => o.MigrationsAssembly(MigrationsAssembly)
-                .MigrationsHistoryTable("__ef_migrations", Schema)
-                .EnableRetryOnFailure(3, TimeSpan.FromSeconds(2), null))
+                .MigrationsHistoryTable("__ef_migrations", Schema))
+            .UseSnakeCaseNamingConvention()
             .Options;
 
     public static TrackingDb Create(string connectionString) => new(Options(connectionString));
+
+    /// <summary>A context on an open connection (e.g. to take part in a transaction of <see cref="Tracker.InTransactionAsync{T}"/>).</summary>
+    public static TrackingDb Create(NpgsqlConnection connection) =>
+        new(new DbContextOptionsBuilder<TrackingDb>()
+            .UseNpgsql(connection, o => o.MigrationsAssembly(MigrationsAssembly).MigrationsHistoryTable("__ef_migrations", Schema))
+            .UseSnakeCaseNamingConvention()
+            .Options);
 
     /// <summary>Opens a connection once to turn "connection refused" into a message that names host and port.</summary>
     public static async Task CheckReachableAsync(string connectionString, CancellationToken ct = default)
@@ -86,3 +100,51 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
 
 public sealed class DatabaseUnreachableException(string message, Exception inner) : Exception(message, inner);
 
+
+public static class TrackingSchema
+{
+    /// <summary>
+    /// Creates the database when it does not exist and applies pending EF migrations under a PostgreSQL advisory lock,
+    /// so several workers starting at once migrate exactly once. Returns the migrations applied.
+    /// </summary>
+    public static async Task<IReadOnlyList<string>> EnsureAsync(string connectionString, CancellationToken ct = default)
+    {
+        var csb = new NpgsqlConnectionStringBuilder(connectionString);
+        await TrackingDb.CheckReachableAsync(new NpgsqlConnectionStringBuilder(connectionString) { Database = "postgres" }.ConnectionString, ct);
+        await CreateDatabaseIfMissingAsync(csb, ct);
+        await using var lockConn = new NpgsqlConnection(connectionString);
+        await lockConn.OpenAsync(ct);
+        await using (var c = new NpgsqlCommand("SELECT pg_advisory_lock(7212202601)", lockConn)) await c.ExecuteNonQueryAsync(ct);
+        try
+        {
+            await using var ctx = TrackingDb.Create(connectionString);
+            var pending = (await ctx.Database.GetPendingMigrationsAsync(ct)).ToList();
+            if (pending.Count > 0) await ctx.Database.MigrateAsync(ct);
+            return pending;
+        }
+        finally
+        {
+            await using var c = new NpgsqlCommand("SELECT pg_advisory_unlock(7212202601)", lockConn);
+            await c.ExecuteNonQueryAsync(CancellationToken.None);
+        }
+    }
+
+    static async Task CreateDatabaseIfMissingAsync(NpgsqlConnectionStringBuilder csb, CancellationToken ct)
+    {
+        var db = csb.Database ?? "postgres";
+        var admin = new NpgsqlConnectionStringBuilder(csb.ConnectionString) { Database = "postgres", Pooling = false };
+        await using var c = new NpgsqlConnection(admin.ConnectionString);
+        await c.OpenAsync(ct);
+        await using (var q = new NpgsqlCommand("SELECT 1 FROM pg_database WHERE datname = @n", c))
+        {
+            q.Parameters.AddWithValue("n", db);
+            if (await q.ExecuteScalarAsync(ct) is not null) return;
+        }
+        try
+        {
+            await using var create = new NpgsqlCommand($"CREATE DATABASE \"{db.Replace("\"", "\"\"")}\"", c);
+            await create.ExecuteNonQueryAsync(ct);
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.DuplicateDatabase) { }
+    }
+}

@@ -1,0 +1,80 @@
+using System.Reflection;
+
+namespace ReTok.Jobs.Engine;
+
+/// <summary>
+/// A job kind's handler. One instance per execution (parameterless constructor). <typeparamref name="TParams"/> is the
+/// parameters record bound from the YAML spec (snake_case keys) and stored as JSON on the run.
+/// </summary>
+public interface IJobHandler<in TParams> where TParams : class
+{
+    Task RunAsync(JobContext ctx, TParams p);
+}
+
+/// <summary>Parameters that check themselves beyond types (ranges, combinations); run at submit time and before execution.</summary>
+public interface IValidatableParams
+{
+    /// <summary>Error messages; each should start with the snake_case key it is about.</summary>
+    IEnumerable<string> Validate();
+}
+
+/// <summary>Registers a handler class as job kind <see cref="Name"/>: <c>[JobKind("selftest", Queue = "cpu")]</c>.</summary>
+[AttributeUsage(AttributeTargets.Class, Inherited = false)]
+public sealed class JobKindAttribute(string name) : Attribute
+{
+    public string Name { get; } = name;
+    /// <summary>Hangfire queue: "cpu" or "gpu" (a GPU job leases one device for its lifetime).</summary>
+    public string Queue { get; set; } = "cpu";
+    /// <summary>Executions allowed for transient faults before the run fails (deterministic faults fail at once).</summary>
+    public int MaxAttempts { get; set; } = 3;
+    public string? Description { get; set; }
+}
+
+public sealed record JobKindInfo(string Name, string Queue, int MaxAttempts, string? Description, Type HandlerType, Type ParamsType)
+{
+    internal Task InvokeAsync(JobContext ctx, object parameters)
+    {
+        var handler = Activator.CreateInstance(HandlerType)
+            ?? throw new InvalidOperationException($"job kind '{Name}': cannot create {HandlerType.Name}");
+        var run = typeof(IJobHandler<>).MakeGenericType(ParamsType).GetMethod(nameof(IJobHandler<object>.RunAsync))!;
+        try { return (Task)run.Invoke(handler, new[] { ctx, parameters })!; }
+        catch (TargetInvocationException ex) when (ex.InnerException is not null) { throw ex.InnerException; }
+    }
+}
+
+/// <summary>Job kinds by name, found by scanning assemblies for <see cref="JobKindAttribute"/> classes.</summary>
+public sealed class JobKindRegistry
+{
+    readonly Dictionary<string, JobKindInfo> _kinds = new(StringComparer.Ordinal);
+
+    /// <summary>All kinds in ReTok.Jobs (src/ReTok.Jobs/Kinds/*).</summary>
+    public static JobKindRegistry Default { get; } = new JobKindRegistry().Scan(typeof(JobKindRegistry).Assembly);
+
+    public JobKindRegistry Scan(Assembly assembly)
+    {
+        foreach (var t in assembly.GetTypes())
+            if (t.GetCustomAttribute<JobKindAttribute>() is { } attr) Register(t, attr);
+        return this;
+    }
+
+    public JobKindRegistry Register(Type handler, JobKindAttribute attr)
+    {
+        var iface = handler.GetInterfaces().FirstOrDefault(i => i.IsGenericType && i.GetGenericTypeDefinition() == typeof(IJobHandler<>))
+            ?? throw new InvalidOperationException($"{handler.FullName} has [JobKind(\"{attr.Name}\")] but does not implement IJobHandler<TParams>");
+        if (handler.GetConstructor(Type.EmptyTypes) is null)
+            throw new InvalidOperationException($"{handler.FullName}: a job handler needs a parameterless constructor");
+        if (!System.Text.RegularExpressions.Regex.IsMatch(attr.Queue, "^[a-z0-9_-]+$"))
+            throw new InvalidOperationException($"job kind '{attr.Name}': queue '{attr.Queue}' must be lowercase letters, digits, '_' or '-'");
+        if (_kinds.TryGetValue(attr.Name, out var existing) && existing.HandlerType != handler)
+            throw new InvalidOperationException($"job kind '{attr.Name}' is registered twice: {existing.HandlerType.FullName} and {handler.FullName}");
+        _kinds[attr.Name] = new JobKindInfo(attr.Name, attr.Queue, Math.Max(1, attr.MaxAttempts), attr.Description, handler, iface.GetGenericArguments()[0]);
+        return this;
+    }
+
+    public IReadOnlyCollection<JobKindInfo> All => _kinds.Values.OrderBy(k => k.Name).ToList();
+
+    public bool TryGet(string name, out JobKindInfo info) => _kinds.TryGetValue(name, out info!);
+
+    public JobKindInfo Get(string name) => _kinds.TryGetValue(name, out var k) ? k
+        : throw new SpecValidationException(new[] { $"kind: unknown job kind '{name}' (known: {string.Join(", ", _kinds.Keys.Order())})" });
+}

@@ -1,0 +1,288 @@
+using System.ComponentModel;
+using Hangfire;
+using Hangfire.Server;
+using ReTok.Tracking;
+
+namespace ReTok.Jobs.Engine;
+
+/// <summary>What a worker process shares with every execution it runs.</summary>
+public sealed class ExecutorHost
+{
+    public required EngineOptions Options { get; init; }
+    public required JobClient Client { get; init; }
+    public required string WorkerId { get; init; }
+    public required string HostName { get; init; }
+    /// <summary>Cancelled on graceful shutdown (SIGTERM): running handlers checkpoint and their runs are re-queued.</summary>
+    public required CancellationToken Stopping { get; init; }
+    public Action<string> Log { get; init; } = Console.WriteLine;
+    public Tracker Tracker => Client.Tracker;
+    public JobKindRegistry Kinds => Client.Kinds;
+}
+
+/// <summary>Device slots of one Hangfire server: "cuda:0", "cuda:1" for the GPU queue, "cpu" slots otherwise.</summary>
+public sealed class DevicePool(IReadOnlyList<string> devices)
+{
+    readonly SemaphoreSlim _free = new(devices.Count, devices.Count);
+    readonly Dictionary<string, long?> _slots = devices.Distinct().Count() == devices.Count
+        ? devices.ToDictionary(d => d, _ => (long?)null)
+        : devices.Select((d, i) => $"{d}#{i}").ToDictionary(d => d, _ => (long?)null);
+
+    public IReadOnlyList<string> Devices { get; } = devices;
+
+    public async Task<Slot> AcquireAsync(long runId, CancellationToken ct)
+    {
+        await _free.WaitAsync(ct);
+        lock (_slots)
+        {
+            var name = _slots.First(kv => kv.Value is null).Key;
+            _slots[name] = runId;
+            return new Slot(this, name);
+        }
+    }
+
+    /// <summary>Slot -> run id (null when idle), for the WorkerInfo row.</summary>
+    public Dictionary<string, long?> Snapshot() { lock (_slots) return new(_slots); }
+
+    void Release(string name)
+    {
+        lock (_slots) _slots[name] = null;
+        _free.Release();
+    }
+
+    public sealed class Slot(DevicePool pool, string name) : IDisposable
+    {
+        public string Name { get; } = name;
+        /// <summary>The device string handlers see ("cpu#1" slots run on "cpu").</summary>
+        public string Device => Name.Split('#')[0];
+        int _released;
+        public void Dispose() { if (Interlocked.Exchange(ref _released, 1) == 0) pool.Release(Name); }
+    }
+}
+
+enum StopReason { None, CancelRequested, Shutdown, LeaseLost }
+
+/// <summary>One execution: the lease, the heartbeat loop and the stop reason behind the handler's token.</summary>
+sealed class ExecutionScope(ExecutorHost host, Lease lease, string cacheDir)
+{
+    readonly CancellationTokenSource _cts = new();
+    readonly CancellationTokenSource _writes = new();
+    int _reason;
+
+    public Lease Lease => lease;
+    public Tracker Tracker => host.Tracker;
+    public JobClient Client => host.Client;
+    public JobKindRegistry Kinds => host.Kinds;
+    public string CacheDir => cacheDir;
+    public CancellationToken Token => _cts.Token;
+    /// <summary>Cancelled only when the lease is lost: a cancelled handler must still be able to save its checkpoint.</summary>
+    public CancellationToken WriteToken => _writes.Token;
+    public StopReason Reason => (StopReason)Volatile.Read(ref _reason);
+    public void Echo(string line) => host.Log(line);
+
+    public void Stop(StopReason r)
+    {
+        if (Interlocked.CompareExchange(ref _reason, (int)r, 0) == 0 || r == StopReason.LeaseLost)
+        {
+            if (r == StopReason.LeaseLost) { Volatile.Write(ref _reason, (int)r); _writes.Cancel(); }
+            _cts.Cancel();
+        }
+    }
+
+    /// <summary>Renews the lease, publishes progress, flushes metrics/logs and polls the cancel flag every heartbeat.</summary>
+    public async Task HeartbeatLoopAsync(JobContext ctx, CancellationToken stop)
+    {
+        var o = host.Options;
+        var lastRenew = DateTimeOffset.UtcNow;
+        while (!stop.IsCancellationRequested)
+        {
+            try { await Task.Delay(o.Heartbeat, stop); } catch (OperationCanceledException) { return; }
+            try
+            {
+                var r = await Tracker.RenewLeaseAsync(lease, o.LeaseTtl, ctx.Snapshot(), stop);
+                if (!r.Held) { host.Log($"[run {lease.RunId}] lease generation {lease.Generation} lost: another executor took over; stopping without further writes"); Stop(StopReason.LeaseLost); return; }
+                lastRenew = DateTimeOffset.UtcNow;
+                if (r.CancelRequested && Reason == StopReason.None) { host.Log($"[run {lease.RunId}] cancel requested"); Stop(StopReason.CancelRequested); }
+                await ctx.FlushAsync();
+            }
+            catch (OperationCanceledException) when (stop.IsCancellationRequested) { return; }
+            catch (LeaseLostException) { Stop(StopReason.LeaseLost); return; }
+            catch (Exception ex)
+            {
+                host.Log($"[run {lease.RunId}] heartbeat failed: {ex.GetType().Name}: {ex.Message}");
+                // Self-fencing: without a renewal for a whole TTL another executor may own the run now.
+                if (DateTimeOffset.UtcNow - lastRenew > o.LeaseTtl) { Stop(StopReason.LeaseLost); return; }
+            }
+        }
+    }
+}
+
+/// <summary>
+/// The one Hangfire entry point. Executes tracked run <c>runId</c>: the run row (kind + validated parameters) is the
+/// source of truth, the Hangfire job only says "look at run N". Safe under Hangfire's at-least-once delivery: a second
+/// execution of the same run finds the lease held and steps aside; retries are the engine's (AutomaticRetry is off).
+/// </summary>
+public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
+{
+    [AutomaticRetry(Attempts = 0)]
+    [DisplayName("run {0}")]
+    public async Task Execute(long runId, PerformContext? context, CancellationToken hangfireToken)
+    {
+        var t = host.Tracker;
+        var run = await t.GetRunAsync(runId);
+        if (run is null) { host.Log($"[run {runId}] not found; skipping"); return; }
+        if (run.Status.IsTerminal() || run.Status == RunStatus.Waiting)
+        {
+            host.Log($"[run {runId}] is {run.Status}; nothing to execute (duplicate or stale delivery)");
+            return;
+        }
+
+        using var slot = await devices.AcquireAsync(runId, host.Stopping);
+        var owner = $"{host.WorkerId}/{slot.Name}/{Guid.NewGuid().ToString("N")[..6]}";
+        var request = new LeaseRequest(owner, host.Options.LeaseTtl, host.HostName, slot.Device, context?.BackgroundJob?.Id);
+        var lease = await t.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);
+        if (lease is null) return;
+
+        var scratch = Path.Combine(host.Options.Scratch, "runs", $"{runId}-g{lease.Generation}");
+        Directory.CreateDirectory(scratch);
+        var scope = new ExecutionScope(host, lease, Path.Combine(host.Options.Scratch, "cache"));
+        var ctx = new JobContext(scope, run, slot.Device, scratch);
+        using var onShutdown = host.Stopping.Register(() => scope.Stop(StopReason.Shutdown));
+        using var heartbeatStop = new CancellationTokenSource();
+        var heartbeat = scope.HeartbeatLoopAsync(ctx, heartbeatStop.Token);
+        host.Log($"[run {runId}] {run.Kind} attempt {lease.Attempt} on {host.HostName} {slot.Name} (lease generation {lease.Generation})");
+        try
+        {
+            if (lease.CancelRequested) scope.Stop(StopReason.CancelRequested);
+            Exception? error = null;
+            try
+            {
+                if (!host.Kinds.TryGet(run.Kind, out var kind)) throw new JobFailedException($"unknown job kind '{run.Kind}' on worker {host.WorkerId} (known: {string.Join(", ", host.Kinds.All.Select(k => k.Name))})");
+                scope.Token.ThrowIfCancellationRequested();
+                object parameters;
+                try { parameters = ParamBinder.FromJson(run.Parameters, kind.ParamsType); ParamBinder.Validate(parameters); }
+                catch (System.Text.Json.JsonException ex) { throw new JobFailedException($"parameters of run {runId} do not fit {kind.ParamsType.Name}: {ex.Message}"); }
+                // Run the handler off the Hangfire worker's synchronization context; it may block (TorchSharp loops).
+                await Task.Run(() => kind.InvokeAsync(ctx, parameters));
+            }
+            catch (Exception ex) { error = ex; }
+
+            heartbeatStop.Cancel();
+            await heartbeat;
+            await FinishAsync(ctx, scope, run, error, hangfireToken);
+        }
+        finally
+        {
+            heartbeatStop.Cancel();
+            try { Directory.Delete(scratch, true); } catch (Exception) { /* best effort */ }
+        }
+    }
+
+    async Task FinishAsync(JobContext ctx, ExecutionScope scope, Run run, Exception? error, CancellationToken hangfireToken)
+    {
+        var t = host.Tracker;
+        var lease = scope.Lease;
+        var reason = scope.Reason;
+        if (reason == StopReason.LeaseLost || error is LeaseLostException)
+        {
+            host.Log($"[run {run.Id}] stopped after losing its lease (generation {lease.Generation}); the new owner carries on");
+            return;
+        }
+        try
+        {
+            if (reason == StopReason.CancelRequested)
+            {
+                await TryFlushAsync(ctx);
+                await RunTransitions.CancelledAsync(t, lease, "cancelled by request");
+                host.Log($"[run {run.Id}] cancelled");
+                return;
+            }
+            if (reason == StopReason.Shutdown)
+            {
+                await TryFlushAsync(ctx);
+                await t.ReleaseToQueueAsync(lease, $"re-queued: worker {host.WorkerId} shut down");
+                host.Log($"[run {run.Id}] re-queued for another worker (graceful shutdown)");
+                // Hangfire re-queues a job that ends with OperationCanceledException while its server stops.
+                await WaitQuietly(hangfireToken, TimeSpan.FromSeconds(5));
+                if (hangfireToken.IsCancellationRequested) throw new OperationCanceledException(hangfireToken);
+                await host.Client.EnqueueAsync(run.Id, run.Queue);
+                return;
+            }
+            if (error is null)
+            {
+                await ctx.FlushAsync();
+                if (ctx.Snapshot() is { } last) await t.RenewLeaseAsync(lease, host.Options.LeaseTtl, last); // final progress message
+                var ready = await RunTransitions.SucceedAsync(t, lease);
+                host.Log($"[run {run.Id}] succeeded");
+                foreach (var r in ready) await host.Client.EnqueueAsync(r.RunId, r.Queue);
+                return;
+            }
+            await TryFlushAsync(ctx);
+            var kind = host.Kinds.TryGet(run.Kind, out var k) ? k : null;
+            var message = Describe(error);
+            if (FailureClassifier.IsTransient(error) && kind is not null && lease.Attempt < kind.MaxAttempts)
+            {
+                var delay = TimeSpan.FromTicks(Math.Min(TimeSpan.FromMinutes(10).Ticks, host.Options.RetryBaseDelay.Ticks << Math.Min(20, lease.Attempt - 1)));
+                var note = $"attempt {lease.Attempt}/{kind.MaxAttempts} failed ({message}); retrying in {delay.TotalSeconds:F1} s";
+                await t.LogAsync(run.Id, "warn", note, lease.Fence);
+                if (await t.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
+                host.Log($"[run {run.Id}] {note}");
+                return;
+            }
+            var reasonText = FailureClassifier.IsTransient(error) ? $"gave up after {lease.Attempt} attempts: {message}" : message;
+            await t.LogAsync(run.Id, "error", error.ToString(), lease.Fence);
+            await RunTransitions.FailAsync(t, lease, reasonText);
+            host.Log($"[run {run.Id}] failed: {reasonText}");
+        }
+        catch (LeaseLostException ex) { host.Log($"[run {run.Id}] {ex.Message}"); }
+    }
+
+    static string Describe(Exception ex) => ex switch
+    {
+        JobFailedException or SpecValidationException => ex.Message,
+        AggregateException { InnerExceptions.Count: 1 } a => Describe(a.InnerExceptions[0]),
+        _ => $"{ex.GetType().Name}: {ex.Message}",
+    };
+
+    async Task TryFlushAsync(JobContext ctx)
+    {
+        try { await ctx.FlushAsync(); }
+        catch (Exception ex) when (ex is not LeaseLostException) { host.Log($"[run {ctx.RunId}] could not flush metrics/logs: {ex.Message}"); }
+    }
+
+    static async Task WaitQuietly(CancellationToken token, TimeSpan max)
+    {
+        try { await Task.Delay(max, token); } catch (OperationCanceledException) { }
+    }
+
+    /// <summary>
+    /// The run is leased by someone else. Either its executor died (the lease expires within LeaseTtl and we take over) or
+    /// it is alive (its heartbeat moves the expiry forward: this delivery is a duplicate and steps aside).
+    /// </summary>
+    async Task<Lease?> WaitForLeaseAsync(long runId, LeaseRequest request)
+    {
+        var t = host.Tracker;
+        var first = await t.GetRunAsync(runId);
+        var deadline = DateTimeOffset.UtcNow + host.Options.LeaseTtl + 2 * host.Options.Heartbeat;
+        host.Log($"[run {runId}] leased by {first?.LeaseOwner} until {first?.LeaseExpiresAt:HH:mm:ss.fff}; waiting to see whether it is alive");
+        while (DateTimeOffset.UtcNow < deadline && !host.Stopping.IsCancellationRequested)
+        {
+            await Task.Delay(host.Options.Heartbeat, host.Stopping).ContinueWith(_ => { });
+            var now = await t.GetRunAsync(runId);
+            if (now is null || now.Status.IsTerminal() || now.Status == RunStatus.Waiting) return null;
+            if (await t.TryAcquireLeaseAsync(runId, request) is { } lease) return lease;
+            if (now.LeaseOwner != first?.LeaseOwner || now.LeaseExpiresAt > first?.LeaseExpiresAt)
+            {
+                host.Log($"[run {runId}] is alive under {now.LeaseOwner}; this delivery steps aside");
+                return null;
+            }
+        }
+        return null;
+    }
+}
+
+/// <summary>Gives Hangfire a <see cref="RunExecutor"/> bound to this worker and the server's device pool.</summary>
+public sealed class ExecutorActivator(ExecutorHost host, DevicePool devices) : JobActivator
+{
+    public override object ActivateJob(Type jobType) =>
+        jobType == typeof(RunExecutor) ? new RunExecutor(host, devices) : base.ActivateJob(jobType);
+}

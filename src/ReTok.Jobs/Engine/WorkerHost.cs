@@ -1,0 +1,228 @@
+using System.Text.Json;
+using Hangfire;
+using Hangfire.PostgreSql;
+using Npgsql;
+using NpgsqlTypes;
+using ReTok.Tracking;
+
+namespace ReTok.Jobs.Engine;
+
+/// <summary>What a worker serves: queues, GPU indices (one worker and one leased device per GPU), CPU worker count.</summary>
+public sealed record WorkerOptions
+{
+    public IReadOnlyList<string> Queues { get; init; } = ["gpu", "cpu"];
+    public IReadOnlyList<int> Gpus { get; init; } = [];
+    public int CpuWorkers { get; init; } = 1;
+    public string? Name { get; init; }
+}
+
+/// <summary>
+/// A worker process (`retok worker`): one Hangfire server for the GPU queue (worker count = GPUs given, each execution
+/// leases one device index for its lifetime; without GPUs it runs on CPU with one worker and says so) and one for the
+/// other queues; a WorkerInfo heartbeat row; the <see cref="Reconciler"/> loop. <see cref="StopAsync"/> is the graceful
+/// path (SIGTERM): running handlers get their token cancelled, checkpoint, and their runs are re-queued.
+/// </summary>
+public sealed class WorkerHost : IAsyncDisposable
+{
+    readonly EngineOptions _o;
+    readonly WorkerOptions _w;
+    readonly CancellationTokenSource _stopping = new();
+    readonly CancellationTokenSource _loops = new();
+    readonly List<(BackgroundJobServer Server, DevicePool Pool, string Queue)> _servers = new();
+    readonly List<Task> _background = new();
+    readonly Action<string> _log;
+    JobClient? _client;
+    bool _stopped;
+
+    public WorkerHost(EngineOptions options, WorkerOptions worker, JobKindRegistry? kinds = null, Action<string>? log = null)
+    {
+        options.Validate();
+        _o = options;
+        _w = worker;
+        _log = log ?? (s => Console.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
+        Kinds = kinds ?? JobKindRegistry.Default;
+        HostName = Environment.MachineName;
+        WorkerId = worker.Name ?? $"{HostName}-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..4]}";
+    }
+
+    public string WorkerId { get; }
+    public string HostName { get; }
+    public JobKindRegistry Kinds { get; }
+    public JobClient Client => _client ?? throw new InvalidOperationException("worker not started");
+
+    public async Task StartAsync(CancellationToken ct = default)
+    {
+        var queues = _w.Queues.Select(q => q.Trim()).Where(q => q.Length > 0).Distinct().ToList();
+        if (queues.Count == 0) throw new ArgumentException("a worker needs at least one queue");
+        var tracker = new Tracker(_o.Db, RetokSettings.CreateStore(_o.Artifacts), Faults.CreateRetry(log: _log));
+        _client = new JobClient(_o, Kinds, tracker);
+        await _client.EnsureSchemaAsync(ct);
+        Directory.CreateDirectory(_o.Scratch);
+        var storage = (PostgreSqlStorage)_client.Storage;
+        var host = new ExecutorHost
+        {
+            Options = _o, Client = _client, WorkerId = WorkerId, HostName = HostName, Stopping = _stopping.Token, Log = _log,
+        };
+
+        if (queues.Remove("gpu"))
+        {
+            List<string> devices;
+            if (_w.Gpus.Count == 0)
+            {
+                devices = ["cpu"];
+                _log("no GPUs given (--gpus): serving queue 'gpu' on CPU with 1 worker (device cpu)");
+            }
+            else devices = _w.Gpus.Select(i => $"cuda:{i}").ToList();
+            AddServer("gpu", devices, host, storage);
+        }
+        if (queues.Count > 0)
+            AddServer(string.Join(",", queues), Enumerable.Repeat("cpu", Math.Max(1, _w.CpuWorkers)).ToList(), host, storage);
+
+        await WriteWorkerInfoAsync(ct);
+        _background.Add(LoopAsync(_o.Heartbeat < TimeSpan.FromSeconds(5) ? _o.Heartbeat : TimeSpan.FromSeconds(5), WriteWorkerInfoAsync, "worker heartbeat"));
+        var reconciler = new Reconciler(_client, _log);
+        _background.Add(LoopAsync(_o.ReconcileInterval, reconciler.RunOnceAsync, "reconciler"));
+        _log($"worker {WorkerId} started: {string.Join("; ", _servers.Select(s => $"queue {s.Queue}: {s.Pool.Devices.Count} worker(s) on {string.Join(",", s.Pool.Devices)}"))}");
+        _log(_o.Describe());
+    }
+
+    void AddServer(string queues, List<string> devices, ExecutorHost host, JobStorage storage)
+    {
+        var pool = new DevicePool(devices);
+        var server = new BackgroundJobServer(new BackgroundJobServerOptions
+        {
+            ServerName = $"{WorkerId}:{queues}",
+            Queues = queues.Split(','),
+            WorkerCount = devices.Count,
+            Activator = new ExecutorActivator(host, pool),
+            SchedulePollingInterval = _o.SchedulePollInterval,
+            ShutdownTimeout = _o.ShutdownTimeout,
+            StopTimeout = TimeSpan.Zero,
+        }, storage);
+        _servers.Add((server, pool, queues));
+    }
+
+    async Task LoopAsync(TimeSpan every, Func<CancellationToken, Task> body, string what)
+    {
+        while (!_loops.IsCancellationRequested)
+        {
+            try { await Task.Delay(every, _loops.Token); } catch (OperationCanceledException) { return; }
+            try { await body(_loops.Token); }
+            catch (OperationCanceledException) when (_loops.IsCancellationRequested) { return; }
+            catch (Exception ex) { _log($"{what} failed: {ex.GetType().Name}: {ex.Message}"); }
+        }
+    }
+
+    async Task WriteWorkerInfoAsync(CancellationToken ct)
+    {
+        var slots = _servers.SelectMany(s => s.Pool.Snapshot()).ToDictionary(kv => kv.Key, kv => kv.Value);
+        await using var cmd = Client.Tracker.DataSource.CreateCommand("""
+            INSERT INTO retok.workers (id, host, queues, devices, slots, started_at, last_heartbeat) VALUES (@id, @h, @q, @d, @s, now(), now())
+            ON CONFLICT (id) DO UPDATE SET slots = excluded.slots, last_heartbeat = now()
+            """);
+        cmd.Parameters.AddWithValue("id", WorkerId);
+        cmd.Parameters.AddWithValue("h", HostName);
+        cmd.Parameters.AddWithValue("q", string.Join(",", _servers.Select(s => s.Queue)));
+        cmd.Parameters.AddWithValue("d", string.Join(",", _servers.SelectMany(s => s.Pool.Devices).Distinct()));
+        cmd.Parameters.Add(new NpgsqlParameter("s", NpgsqlDbType.Jsonb) { Value = JsonSerializer.Serialize(slots) });
+        await cmd.ExecuteNonQueryAsync(ct);
+    }
+
+    /// <summary>Graceful stop: stop fetching, cancel running handlers (they checkpoint; runs are re-queued), wait up to ShutdownTimeout.</summary>
+    public async Task StopAsync()
+    {
+        if (_stopped) return;
+        _stopped = true;
+        _log($"worker {WorkerId} stopping: running jobs checkpoint and are re-queued");
+        foreach (var s in _servers) s.Server.SendStop();
+        _stopping.Cancel();
+        await Task.WhenAll(_servers.Select(s => Task.Run(() => s.Server.Dispose())));
+        _loops.Cancel();
+        await Task.WhenAll(_background);
+        if (_client is not null)
+        {
+            try
+            {
+                await using var cmd = _client.Tracker.DataSource.CreateCommand("DELETE FROM retok.workers WHERE id = @id");
+                cmd.Parameters.AddWithValue("id", WorkerId);
+                await cmd.ExecuteNonQueryAsync();
+            }
+            catch (Exception ex) { _log($"could not remove worker row: {ex.Message}"); }
+        }
+        _log($"worker {WorkerId} stopped");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await StopAsync();
+        if (_client is not null) { await _client.DisposeAsync(); await _client.Tracker.DisposeAsync(); }
+    }
+}
+
+/// <summary>
+/// Repairs what at-least-once delivery and crashes can leave behind, from every worker (claims are optimistic, so
+/// concurrent reconcilers are harmless):
+/// <list type="bullet">
+/// <item>a Queued run whose Hangfire job is missing or finished (a crash between commit and enqueue, a deleted job) is enqueued again;</item>
+/// <item>a Running run whose lease expired long ago (longer than Hangfire's own re-delivery would take) is re-queued —
+/// the belt to Hangfire.PostgreSql's sliding invisibility braces (issue #381);</item>
+/// <item>WorkerInfo rows silent for a day are removed.</item>
+/// </list>
+/// </summary>
+public sealed class Reconciler(JobClient client, Action<string> log)
+{
+    public async Task RunOnceAsync(CancellationToken ct)
+    {
+        var o = client.Options;
+        var t = client.Tracker;
+        var candidates = new List<(long Id, string Queue, string? Job)>();
+        await using (var cmd = t.DataSource.CreateCommand("""
+            SELECT id, queue, hangfire_job_id FROM retok.runs
+            WHERE status = 'Queued' AND coalesce(queued_at, created_at) < now() - make_interval(secs => @after) ORDER BY id LIMIT 200
+            """))
+        {
+            cmd.Parameters.AddWithValue("after", o.ReconcileQueuedAfter.TotalSeconds);
+            await using var rd = await cmd.ExecuteReaderAsync(ct);
+            while (await rd.ReadAsync(ct)) candidates.Add((rd.GetInt64(0), rd.GetString(1), rd.IsDBNull(2) ? null : rd.GetString(2)));
+        }
+        if (candidates.Count > 0)
+        {
+            using var conn = client.Storage.GetConnection();
+            foreach (var (id, queue, job) in candidates)
+            {
+                var state = job is null ? null : conn.GetStateData(job)?.Name;
+                if (state is "Enqueued" or "Scheduled" or "Processing" or "Awaiting") continue;
+                await using var claim = t.DataSource.CreateCommand("""
+                    UPDATE retok.runs SET queued_at = now(), hangfire_job_id = NULL
+                    WHERE id = @id AND status = 'Queued' AND hangfire_job_id IS NOT DISTINCT FROM @job
+                    """);
+                claim.Parameters.AddWithValue("id", id);
+                claim.Parameters.AddWithValue("job", (object?)job ?? DBNull.Value);
+                if (await claim.ExecuteNonQueryAsync(ct) != 1) continue;
+                log($"reconciler: run {id} was Queued without a live Hangfire job (job {job ?? "none"}, state {state ?? "none"}); enqueued again");
+                await client.EnqueueAsync(id, queue, ct: ct);
+            }
+        }
+
+        var grace = o.InvisibilityTimeout + o.LeaseTtl + 2 * o.ReconcileInterval;
+        var expired = new List<(long, string)>();
+        await using (var cmd = t.DataSource.CreateCommand("""
+            UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL, hangfire_job_id = NULL,
+                   progress_message = 're-queued by reconciler: lease of ' || coalesce(lease_owner, '?') || ' expired'
+            WHERE status = 'Running' AND lease_expires_at < now() - make_interval(secs => @grace) RETURNING id, queue
+            """))
+        {
+            cmd.Parameters.AddWithValue("grace", grace.TotalSeconds);
+            await using var rd = await cmd.ExecuteReaderAsync(ct);
+            while (await rd.ReadAsync(ct)) expired.Add((rd.GetInt64(0), rd.GetString(1)));
+        }
+        foreach (var (id, queue) in expired)
+        {
+            log($"reconciler: run {id} had an expired lease for over {grace.TotalSeconds:F0} s; re-queued");
+            await client.EnqueueAsync(id, queue, ct: ct);
+        }
+
+        await using (var cmd = t.DataSource.CreateCommand("DELETE FROM retok.workers WHERE last_heartbeat < now() - interval '1 day'"))
+            await cmd.ExecuteNonQueryAsync(ct);
+    }
+}

@@ -1,0 +1,386 @@
+using System.Data;
+using System.Text.Json;
+using Microsoft.EntityFrameworkCore;
+using Npgsql;
+using NpgsqlTypes;
+using Polly;
+using ReTok.Tracking.Artifacts;
+
+namespace ReTok.Tracking;
+
+/// <summary>A write token: the run and the lease generation the writer holds. Fenced writes fail once another executor took over.</summary>
+public readonly record struct Fence(long RunId, long Generation);
+
+public sealed record MetricValue(string Key, long Step, double Value, DateTimeOffset? Time = null);
+
+public sealed record LogLine(string Level, string Message, DateTimeOffset? Time = null);
+
+public sealed record ArtifactSaveOptions
+{
+    /// <summary>checkpoint, npz, image, plot, npy, json, yaml, safetensors, tar, other.</summary>
+    public string Kind { get; init; } = "other";
+    public string ContentType { get; init; } = "application/octet-stream";
+    /// <summary>Replace an existing artifact of the same name with different bytes (e.g. "checkpoints/latest").</summary>
+    public bool Overwrite { get; init; }
+    /// <summary>jsonb metadata stored on the row, e.g. {"step": 40}.</summary>
+    public string? MetadataJson { get; init; }
+}
+
+public sealed record RunFilter(RunStatus? Status = null, string? Kind = null, Guid? PipelineId = null, long? ExperimentId = null,
+    long? ParentRunId = null, int Limit = 50);
+
+/// <summary>An input edge of the lineage graph: <see cref="Use"/> says which run consumed which artifact in which role.</summary>
+public sealed record LineageEdge(ArtifactUse Use, Artifact Artifact);
+
+/// <summary>
+/// The tracking API used by the engine, the CLI and the dashboard: runs, metrics (upserted by run+key+step, so a resumed
+/// job never duplicates a point), artifacts (bytes first, row second: visible only once written and hashed), lineage and
+/// logs. Transient database/blob faults are retried with backoff; deterministic ones surface at once. Writes that take a
+/// <see cref="Fence"/> run in a transaction that share-locks the run row and checks the lease generation first, so an
+/// executor that lost its lease cannot write.
+/// </summary>
+public sealed partial class Tracker : IAsyncDisposable
+{
+    readonly ResiliencePipeline _retry;
+
+    public Tracker(string connectionString, IArtifactStore store, ResiliencePipeline? retry = null)
+    {
+        ConnectionString = connectionString;
+        Store = store;
+        DataSource = NpgsqlDataSource.Create(connectionString);
+        _retry = retry ?? Faults.CreateRetry();
+    }
+
+    public static Tracker FromSettings(RetokSettings s) => new(s.Db, s.CreateStore());
+
+    public string ConnectionString { get; }
+    public IArtifactStore Store { get; }
+    public NpgsqlDataSource DataSource { get; }
+
+    /// <summary>A fresh EF context for queries (dispose it).</summary>
+    public TrackingDb CreateDb() => TrackingDb.Create(ConnectionString);
+
+    public ValueTask DisposeAsync() => DataSource.DisposeAsync();
+
+    // ---------------------------------------------------------------- transactions
+
+    /// <summary>Runs <paramref name="body"/> in a transaction (retried as a whole on transient faults), checking the fence first.</summary>
+    public async Task<T> InTransactionAsync<T>(Fence? fence, Func<NpgsqlConnection, NpgsqlTransaction, CancellationToken, Task<T>> body, CancellationToken ct = default) =>
+        await _retry.ExecuteAsync(async token =>
+        {
+            await using var conn = await DataSource.OpenConnectionAsync(token);
+            await using var tx = await conn.BeginTransactionAsync(IsolationLevel.ReadCommitted, token);
+            if (fence is { } f) await CheckFenceAsync(conn, tx, f, token);
+            var result = await body(conn, tx, token);
+            await tx.CommitAsync(token);
+            return result;
+        }, ct);
+
+    public Task InTransactionAsync(Fence? fence, Func<NpgsqlConnection, NpgsqlTransaction, CancellationToken, Task> body, CancellationToken ct = default) =>
+        InTransactionAsync<bool>(fence, async (c, t, k) => { await body(c, t, k); return true; }, ct);
+
+    /// <summary>Retries a single operation on transient faults.</summary>
+    public async Task<T> RetryAsync<T>(Func<CancellationToken, Task<T>> op, CancellationToken ct = default) =>
+        await _retry.ExecuteAsync(async t => await op(t), ct);
+
+    static async Task CheckFenceAsync(NpgsqlConnection conn, NpgsqlTransaction tx, Fence f, CancellationToken ct)
+    {
+        // FOR SHARE: a concurrent lease takeover (an UPDATE of this row) waits until we commit, so the check stays true for our writes.
+        await using var cmd = new NpgsqlCommand("SELECT lease_generation FROM retok.runs WHERE id = @id FOR SHARE", conn, tx);
+        cmd.Parameters.AddWithValue("id", f.RunId);
+        var gen = await cmd.ExecuteScalarAsync(ct);
+        if (gen is not long g) throw new LeaseLostException($"run {f.RunId} does not exist");
+        if (g != f.Generation)
+            throw new LeaseLostException($"run {f.RunId}: lease generation is {g}, this executor holds {f.Generation}; another executor took over, write refused");
+    }
+
+    // ---------------------------------------------------------------- experiments and runs
+
+    public Task<long> EnsureExperimentAsync(string name, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var cmd = DataSource.CreateCommand(
+                "INSERT INTO retok.experiments (name, created_at) VALUES (@n, now()) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id");
+            cmd.Parameters.AddWithValue("n", name);
+            return (long)(await cmd.ExecuteScalarAsync(t))!;
+        }, ct);
+
+    /// <summary>Inserts a run (and returns it with its id). Parameters must already be validated JSON.</summary>
+    public Task<Run> CreateRunAsync(Run run, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            run.Id = 0;
+            db.Runs.Add(run);
+            await db.SaveChangesAsync(t);
+            db.Entry(run).State = EntityState.Detached;
+            return run;
+        }, ct);
+
+    public Task<Run?> GetRunAsync(long id, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Runs.AsNoTracking().FirstOrDefaultAsync(r => r.Id == id, t);
+        }, ct);
+
+    public Task<List<Run>> ListRunsAsync(RunFilter f, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            var q = db.Runs.AsNoTracking().AsQueryable();
+            if (f.Status is { } s) q = q.Where(r => r.Status == s);
+            if (f.Kind is { } k) q = q.Where(r => r.Kind == k);
+            if (f.PipelineId is { } p) q = q.Where(r => r.PipelineId == p);
+            if (f.ExperimentId is { } e) q = q.Where(r => r.ExperimentId == e);
+            if (f.ParentRunId is { } pr) q = q.Where(r => r.ParentRunId == pr);
+            return await q.OrderByDescending(r => r.Id).Take(f.Limit).ToListAsync(t);
+        }, ct);
+
+    // ---------------------------------------------------------------- metrics
+
+    /// <summary>
+    /// Upserts a batch: INSERT .. ON CONFLICT (run_id, key, step) DO UPDATE, so re-logging a step after a resume replaces
+    /// the point instead of adding a second one. Within one batch the last value for a (key, step) wins.
+    /// </summary>
+    public Task LogMetricsAsync(long runId, IReadOnlyCollection<MetricValue> points, Fence? fence = null, CancellationToken ct = default)
+    {
+        if (points.Count == 0) return Task.CompletedTask;
+        var now = DateTimeOffset.UtcNow;
+        var last = new Dictionary<(string, long), MetricValue>();
+        foreach (var p in points)
+        {
+            if (string.IsNullOrWhiteSpace(p.Key)) throw new ArgumentException($"run {runId}: metric key must not be empty");
+            last[(p.Key, p.Step)] = p;
+        }
+        var keys = last.Values.Select(p => p.Key).ToArray();
+        var steps = last.Values.Select(p => p.Step).ToArray();
+        var values = last.Values.Select(p => p.Value).ToArray();
+        var times = last.Values.Select(p => (p.Time ?? now).ToUniversalTime()).ToArray();
+        return InTransactionAsync(fence, async (c, tx, t) =>
+        {
+            await using var cmd = new NpgsqlCommand("""
+                INSERT INTO retok.metrics (run_id, key, step, value, time)
+                SELECT @run, k, s, v, ts FROM unnest(@keys, @steps, @values, @times) AS u(k, s, v, ts)
+                ON CONFLICT (run_id, key, step) DO UPDATE SET value = excluded.value, time = excluded.time
+                """, c, tx);
+            cmd.Parameters.AddWithValue("run", runId);
+            cmd.Parameters.AddWithValue("keys", keys);
+            cmd.Parameters.AddWithValue("steps", steps);
+            cmd.Parameters.AddWithValue("values", values);
+            cmd.Parameters.AddWithValue("times", times);
+            await cmd.ExecuteNonQueryAsync(t);
+        }, ct);
+    }
+
+    public Task<List<MetricPoint>> GetMetricsAsync(long runId, string? key = null, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            var q = db.Metrics.AsNoTracking().Where(m => m.RunId == runId);
+            if (key is not null) q = q.Where(m => m.Key == key);
+            return await q.OrderBy(m => m.Key).ThenBy(m => m.Step).ToListAsync(t);
+        }, ct);
+
+    /// <summary>The last point (highest step) of each metric key of a run.</summary>
+    public Task<List<MetricPoint>> GetLatestMetricsAsync(long runId, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Metrics.FromSqlInterpolated($"""
+                SELECT DISTINCT ON (key) run_id, key, step, value, time FROM retok.metrics WHERE run_id = {runId} ORDER BY key, step DESC
+                """).AsNoTracking().ToListAsync(t);
+        }, ct);
+
+    // ---------------------------------------------------------------- logs
+
+    public Task LogAsync(long runId, IReadOnlyCollection<LogLine> lines, Fence? fence = null, CancellationToken ct = default)
+    {
+        if (lines.Count == 0) return Task.CompletedTask;
+        var now = DateTimeOffset.UtcNow;
+        return InTransactionAsync(fence, async (c, tx, t) =>
+        {
+            await using var cmd = new NpgsqlCommand("""
+                INSERT INTO retok.logs (run_id, time, level, message)
+                SELECT @run, ts, l, m FROM unnest(@times, @levels, @messages) AS u(ts, l, m)
+                """, c, tx);
+            cmd.Parameters.AddWithValue("run", runId);
+            cmd.Parameters.AddWithValue("times", lines.Select(l => (l.Time ?? now).ToUniversalTime()).ToArray());
+            cmd.Parameters.AddWithValue("levels", lines.Select(l => l.Level).ToArray());
+            cmd.Parameters.AddWithValue("messages", lines.Select(l => l.Message).ToArray());
+            await cmd.ExecuteNonQueryAsync(t);
+        }, ct);
+    }
+
+    public Task LogAsync(long runId, string level, string message, Fence? fence = null, CancellationToken ct = default) =>
+        LogAsync(runId, new[] { new LogLine(level, message) }, fence, ct);
+
+    public Task<List<RunLog>> GetLogsAsync(long runId, long afterId = 0, int limit = 1000, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Logs.AsNoTracking().Where(l => l.RunId == runId && l.Id > afterId).OrderBy(l => l.Id).Take(limit).ToListAsync(t);
+        }, ct);
+
+    // ---------------------------------------------------------------- artifacts
+
+    /// <summary>
+    /// Streams <paramref name="content"/> into the store under a fresh object key, then records the row. The row is the
+    /// commit point: readers never see an artifact whose bytes are incomplete. Saving the same name with the same sha256
+    /// again is a no-op; different bytes need <see cref="ArtifactSaveOptions.Overwrite"/> (else <see cref="ArtifactConflictException"/>).
+    /// A seekable stream is re-sent on a transient store fault.
+    /// </summary>
+    public async Task<Artifact> SaveArtifactAsync(long runId, string name, Stream content, ArtifactSaveOptions? options = null, Fence? fence = null, CancellationToken ct = default)
+    {
+        ArtifactNames.Validate(name);
+        var start = content.CanSeek ? content.Position : -1;
+        var stored = content.CanSeek
+            ? await RetryAsync(async t => { content.Position = start; return await Store.PutAsync(ObjectKey(runId, name), content, options?.ContentType ?? "application/octet-stream", t); }, ct)
+            : await Store.PutAsync(ObjectKey(runId, name), content, options?.ContentType ?? "application/octet-stream", ct);
+        return await RecordArtifactAsync(runId, name, stored, options ?? new ArtifactSaveOptions(), fence, ct);
+    }
+
+    public async Task<Artifact> SaveArtifactFileAsync(long runId, string name, string path, ArtifactSaveOptions? options = null, Fence? fence = null, CancellationToken ct = default)
+    {
+        ArtifactNames.Validate(name);
+        if (!File.Exists(path)) throw new FileNotFoundException($"artifact '{name}' of run {runId}: file {path} does not exist", path);
+        var stored = await RetryAsync(t => Store.PutFileAsync(ObjectKey(runId, name), path, options?.ContentType ?? "application/octet-stream", t), ct);
+        return await RecordArtifactAsync(runId, name, stored, options ?? new ArtifactSaveOptions(), fence, ct);
+    }
+
+    /// <summary>Every put gets its own object key, so a stale writer can never clobber the bytes a current row points at.</summary>
+    static string ObjectKey(long runId, string name) => $"runs/{runId}/{Guid.NewGuid().ToString("N")[..12]}/{name}";
+
+    async Task<Artifact> RecordArtifactAsync(long runId, string name, StoredObject stored, ArtifactSaveOptions o, Fence? fence, CancellationToken ct)
+    {
+        string? orphan = stored.Uri; // deleted unless the row ends up pointing at it
+        try
+        {
+            var replaced = await InTransactionAsync(fence, async (c, tx, t) =>
+            {
+                await using (var sel = new NpgsqlCommand("SELECT sha256, storage_uri FROM retok.artifacts WHERE run_id = @r AND name = @n FOR UPDATE", c, tx))
+                {
+                    sel.Parameters.AddWithValue("r", runId);
+                    sel.Parameters.AddWithValue("n", name);
+                    await using var rd = await sel.ExecuteReaderAsync(t);
+                    if (await rd.ReadAsync(t))
+                    {
+                        var (sha, uri) = (rd.GetString(0), rd.GetString(1));
+                        await rd.CloseAsync();
+                        if (string.Equals(sha, stored.Sha256, StringComparison.OrdinalIgnoreCase)) return (string?)null; // idempotent re-save
+                        if (!o.Overwrite)
+                            throw new ArtifactConflictException($"run {runId} already has artifact '{name}' with sha256 {sha}; the new bytes hash to {stored.Sha256}. Save with Overwrite to replace it.");
+                        await using var up = new NpgsqlCommand("""
+                            UPDATE retok.artifacts SET storage_uri = @u, size_bytes = @s, sha256 = @h, kind = @k, content_type = @ct,
+                                   metadata = @m, created_at = now() WHERE run_id = @r AND name = @n
+                            """, c, tx);
+                        AddArtifactParams(up, runId, name, stored, o);
+                        await up.ExecuteNonQueryAsync(t);
+                        return uri;
+                    }
+                }
+                await using var ins = new NpgsqlCommand("""
+                    INSERT INTO retok.artifacts (run_id, name, kind, storage_uri, size_bytes, sha256, content_type, metadata, created_at)
+                    VALUES (@r, @n, @k, @u, @s, @h, @ct, @m, now())
+                    """, c, tx);
+                AddArtifactParams(ins, runId, name, stored, o);
+                await ins.ExecuteNonQueryAsync(t);
+                return (string?)null;
+            }, ct);
+            orphan = null;
+            var row = await GetArtifactAsync(runId, name, ct) ?? throw new InvalidOperationException($"artifact '{name}' of run {runId} vanished after save");
+            if (row.StorageUri != stored.Uri) orphan = stored.Uri; // same bytes were already recorded
+            if (replaced is not null) await TryDeleteObjectAsync(replaced);
+            return row;
+        }
+        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.UniqueViolation)
+        {
+            // A concurrent save of the same name won the insert: re-run the decision against its row.
+            orphan = null;
+            return await RecordArtifactAsync(runId, name, stored, o, fence, ct);
+        }
+        finally
+        {
+            if (orphan is not null) await TryDeleteObjectAsync(orphan);
+        }
+    }
+
+    static void AddArtifactParams(NpgsqlCommand cmd, long runId, string name, StoredObject stored, ArtifactSaveOptions o)
+    {
+        cmd.Parameters.AddWithValue("r", runId);
+        cmd.Parameters.AddWithValue("n", name);
+        cmd.Parameters.AddWithValue("k", o.Kind);
+        cmd.Parameters.AddWithValue("u", stored.Uri);
+        cmd.Parameters.AddWithValue("s", stored.SizeBytes);
+        cmd.Parameters.AddWithValue("h", stored.Sha256);
+        cmd.Parameters.AddWithValue("ct", o.ContentType);
+        cmd.Parameters.Add(new NpgsqlParameter("m", NpgsqlDbType.Jsonb) { Value = o.MetadataJson ?? "{}" });
+    }
+
+    async Task TryDeleteObjectAsync(string uri)
+    {
+        try { await Store.DeleteAsync(uri); } catch (Exception) { /* an orphan object costs space, not correctness */ }
+    }
+
+    public Task<Artifact?> GetArtifactAsync(long runId, string name, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Artifacts.AsNoTracking().FirstOrDefaultAsync(a => a.RunId == runId && a.Name == name, t);
+        }, ct);
+
+    public Task<Artifact?> GetArtifactAsync(long artifactId, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Artifacts.AsNoTracking().FirstOrDefaultAsync(a => a.Id == artifactId, t);
+        }, ct);
+
+    public Task<List<Artifact>> ListArtifactsAsync(long runId, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.Artifacts.AsNoTracking().Where(a => a.RunId == runId).OrderBy(a => a.Name).ToListAsync(t);
+        }, ct);
+
+    /// <summary>Opens the bytes; the stream throws <see cref="ArtifactIntegrityException"/> at its end if they do not hash to the row's sha256.</summary>
+    public Task<Stream> OpenArtifactAsync(Artifact a, CancellationToken ct = default) =>
+        RetryAsync(t => Store.OpenReadAsync(a.StorageUri, a.Sha256, t), ct);
+
+    /// <summary>Downloads to <paramref name="path"/> (temp file + rename after the sha256 check: a corrupt object never lands there).</summary>
+    public Task DownloadArtifactAsync(Artifact a, string path, CancellationToken ct = default) =>
+        RetryAsync(async t => { await Store.DownloadToFileAsync(a.StorageUri, path, a.Sha256, t); return true; }, ct);
+
+    /// <summary>Records lineage: run <paramref name="runId"/> consumed <paramref name="artifactId"/> as <paramref name="role"/>.</summary>
+    public Task RecordUseAsync(long runId, long artifactId, string role, Fence? fence = null, CancellationToken ct = default) =>
+        InTransactionAsync(fence, async (c, tx, t) =>
+        {
+            await using var cmd = new NpgsqlCommand("""
+                INSERT INTO retok.artifact_uses (run_id, artifact_id, role, time) VALUES (@r, @a, @role, now())
+                ON CONFLICT (run_id, artifact_id, role) DO NOTHING
+                """, c, tx);
+            cmd.Parameters.AddWithValue("r", runId);
+            cmd.Parameters.AddWithValue("a", artifactId);
+            cmd.Parameters.AddWithValue("role", role);
+            await cmd.ExecuteNonQueryAsync(t);
+        }, ct);
+
+    /// <summary>What a run consumed (its inputs, with the producing artifact rows).</summary>
+    public Task<List<LineageEdge>> GetInputsAsync(long runId, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            var uses = await db.ArtifactUses.AsNoTracking().Include(u => u.Artifact).Where(u => u.RunId == runId).OrderBy(u => u.Role).ToListAsync(t);
+            return uses.Select(u => new LineageEdge(u, u.Artifact!)).ToList();
+        }, ct);
+
+    /// <summary>Which runs consumed an artifact.</summary>
+    public Task<List<ArtifactUse>> GetConsumersAsync(long artifactId, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            return await db.ArtifactUses.AsNoTracking().Where(u => u.ArtifactId == artifactId).OrderBy(u => u.RunId).ToListAsync(t);
+        }, ct);
+
+    public static string Json(object value) => JsonSerializer.Serialize(value);
+}
