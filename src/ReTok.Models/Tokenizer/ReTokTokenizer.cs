@@ -426,6 +426,19 @@ public sealed class ReTokTokenizer : nn.Module
         return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner);
     }
 
+    /// <summary>uint8 B x H x W x 3 → float B x 3 x H x W in [-1, 1], as torchvision ToTensor + Normalize(0.5, 0.5).</summary>
+    public static Tensor ImagesFromUint8(Tensor nhwc)
+    {
+        if (nhwc.dtype != ScalarType.Byte || nhwc.dim() != 4 || nhwc.shape[3] != 3)
+            throw new ArgumentException($"expected uint8 images B x H x W x 3, got {nhwc.dtype} [{string.Join(", ", nhwc.shape)}]");
+        var x = nhwc.permute(0, 3, 1, 2).to(ScalarType.Float32) / 255;
+        return (x - 0.5) / 0.5;
+    }
+
+    /// <summary>Reference post-processing: clamp(127.5·x + 128, 0, 255) cast to uint8 (truncation), B x H x W x 3.</summary>
+    public static Tensor ImagesToUint8(Tensor x) =>
+        torch.clamp(127.5 * x.detach() + 128.0, 0, 255).permute(0, 2, 3, 1).to(ScalarType.Byte).contiguous();
+
     /// <summary>Parameters of the training-only `distill_mlp` (may be absent from inference checkpoints).</summary>
     public static bool IsTrainingOnlyKey(string key) => key.StartsWith("s1to2decoder.distill_mlp.");
 
