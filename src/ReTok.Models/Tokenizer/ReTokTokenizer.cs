@@ -41,9 +41,9 @@ public sealed class PackedAttention : nn.Module
         var kh = F.linear(k, w[1], bias[1]).contiguous().view(lk, b * heads, d).transpose(0, 1);
         var vh = F.linear(v, w[2], bias[2]).contiguous().view(lk, b * heads, d).transpose(0, 1);
         qh = qh / Math.Sqrt(d);
-        var scores = keyMask is null
-            ? torch.bmm(qh, kh.transpose(-2, -1))
-            : torch.baddbmm(keyMask.view(b, 1, 1, lk).expand(b, heads, 1, lk).reshape(b * heads, 1, lk), qh, kh.transpose(-2, -1));
+        var scores = torch.bmm(qh, kh.transpose(-2, -1));
+        if (keyMask is not null)   // PyTorch adds the -inf mask through baddbmm; adding 0 / -inf is exact either way
+            scores = scores + keyMask.view(b, 1, 1, lk).expand(b, heads, 1, lk).reshape(b * heads, 1, lk);
         var o = torch.bmm(F.softmax(scores, -1), vh);
         return out_proj.call(o.transpose(0, 1).contiguous().view(lq * b, e)).view(lq, b, e);
     }
