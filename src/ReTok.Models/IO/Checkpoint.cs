@@ -59,7 +59,7 @@ public static class Checkpoint
             var header = Safetensors.ReadHeader(path);
             return new CheckpointInfo(path, "safetensors", new[] { ("(flat)", $"state dict, {header.Count} tensors") }, null, header.Count,
                 header.Values.Sum(h => h.Shape.Aggregate(1L, (a, b) => a * b)),
-                header.Values.GroupBy(h => h.Dtype).ToDictionary(g => g.Key, g => (long)g.Count()), new Dictionary<string, object?>());
+                header.Values.GroupBy(h => Safetensors.DtypeName(h.Dtype)).ToDictionary(g => g.Key, g => (long)g.Count()), new Dictionary<string, object?>());
         }
         using var zip = OpenZip(path);
         var (root, _) = ReadPickle(zip, path);
@@ -225,6 +225,13 @@ public static class Safetensors
         ["F32"] = ScalarType.Float32, ["F16"] = ScalarType.Float16, ["BF16"] = ScalarType.BFloat16, ["F64"] = ScalarType.Float64,
         ["I64"] = ScalarType.Int64, ["I32"] = ScalarType.Int32, ["I16"] = ScalarType.Int16, ["I8"] = ScalarType.Int8,
         ["U8"] = ScalarType.Byte, ["BOOL"] = ScalarType.Bool,
+    };
+
+    /// <summary>safetensors dtype tag → torch-style name (float32, bfloat16, …).</summary>
+    public static string DtypeName(string tag) => tag switch
+    {
+        "F32" => "float32", "F16" => "float16", "BF16" => "bfloat16", "F64" => "float64", "I64" => "int64", "I32" => "int32",
+        "I16" => "int16", "I8" => "int8", "U8" => "uint8", "BOOL" => "bool", _ => tag,
     };
 
     public static Dictionary<string, Entry> ReadHeader(string path)

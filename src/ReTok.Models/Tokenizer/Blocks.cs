@@ -7,7 +7,7 @@ namespace ReTok.Models.Tokenizer;
 
 // CNN pieces of the tokenizer (LlamaGen/GigaTok blocks.py L213-344, L1779-2022). Field names are the state-dict names.
 
-static class Ops
+public static class Ops
 {
     /// <summary>swish as the reference writes it (x·sigmoid(x)), not F.silu, to keep the same rounding.</summary>
     public static Tensor Swish(Tensor x) => x * torch.sigmoid(x);

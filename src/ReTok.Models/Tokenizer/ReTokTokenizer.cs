@@ -340,10 +340,29 @@ public sealed class ReTokTokenizer : nn.Module
         foreach (var (_, m) in root.named_modules())
             switch (m)
             {
-                case Linear l: nn.init.trunc_normal_(l.weight!, 0, 0.02); l.bias?.zero_(); break;
-                case Conv2d c: nn.init.trunc_normal_(c.weight!, 0, 0.02); c.bias?.zero_(); break;
+                case Linear l: TruncNormal(l.weight!, 0.02); l.bias?.zero_(); break;
+                case Conv2d c: TruncNormal(c.weight!, 0.02); c.bias?.zero_(); break;
                 case LayerNorm n: n.weight!.fill_(1); n.bias!.zero_(); break;
             }
+    }
+
+    /// <summary>
+    /// nn.init.trunc_normal_(mean 0, std, a = −2, b = 2) as PyTorch computes it (inverse-CDF sampling). TorchSharp
+    /// 0.107's own trunc_normal_ returns zeros for std 0.02, so it is not used.
+    /// </summary>
+    static void TruncNormal(Tensor w, double std, double a = -2, double b = 2)
+    {
+        static double Cdf(double x) => (1 + Erf(x / Math.Sqrt(2))) / 2;
+        double l = Cdf(a / std), u = Cdf(b / std);
+        w.uniform_(2 * l - 1, 2 * u - 1).erfinv_().mul_(std * Math.Sqrt(2)).clamp_(a, b);
+    }
+
+    /// <summary>erf by Abramowitz–Stegun 7.1.26 (|error| &lt; 1.5e-7): only used for the truncation bounds' CDF.</summary>
+    static double Erf(double x)
+    {
+        double t = 1 / (1 + 0.3275911 * Math.Abs(x));
+        double y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.Exp(-x * x);
+        return Math.Sign(x) * y;
     }
 
     public int TotalTokens => Config.TotalTokens;

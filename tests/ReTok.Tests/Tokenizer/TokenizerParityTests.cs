@@ -107,21 +107,25 @@ public class FullTokenizerParityTests(ITestOutputHelper log)
     public void VQ_SS256_FormulaWeights_EncodeDecode_MatchReference()
     {
         using var _ = NewDisposeScope();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
         var r = TokenizerTestData.Ref("ss_ref.npz");
         using var model = new ReTokTokenizer(TokenizerConfig.VQ_SS256);
+        log.WriteLine($"build {sw.Elapsed.TotalSeconds:F1}s");
         long count = model.parameters().Sum(p => p.NumberOfElements);
         Assert.Equal(r["param_count"].As<long>()[0], count);
         Assert.Equal(136_302_603L, count);   // tokenizer.md §2.7 / paper "136M"
         ApplyFormula(model);
         model.eval();
+        log.WriteLine($"formula weights {sw.Elapsed.TotalSeconds:F1}s");
         var codes = model.Encode(TokenizerTestData.Images(1));
+        log.WriteLine($"encode {sw.Elapsed.TotalSeconds:F1}s");
         var refCodes = r["codes"].ToTensor();
         log.WriteLine($"{codes.ne(refCodes).sum().item<long>()} of 480 codes differ; smallest margin {r["margin"].As<float>().Min():E2}");
         Assert.True(codes.eq(refCodes).all().item<bool>(), "VQ_SS256 codes differ from the reference");
         foreach (var k in new[] { 256, 32 })
         {
             var (maxAbs, sumRel) = Compare(model.Decode(refCodes, k), r, $"dec_k{k}");
-            log.WriteLine($"K={k}: max |Δ| {maxAbs:E2}, sum rel {sumRel:E2}");
+            log.WriteLine($"K={k}: max |Δ| {maxAbs:E2}, sum rel {sumRel:E2} ({sw.Elapsed.TotalSeconds:F1}s)");
             Assert.True(maxAbs <= 1e-4f && sumRel <= 1e-5, $"K={k}: max {maxAbs}, sum rel {sumRel}");
         }
     }
