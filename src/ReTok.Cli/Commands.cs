@@ -12,5 +12,6 @@ public static partial class Commands
         yield return RunCommands.Build();
         yield return ArtifactCommands.Build();
         yield return BenchCommands.Build();
+        yield return TokenizerCommands.Build();
     }
 }

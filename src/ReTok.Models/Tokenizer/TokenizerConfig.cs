@@ -1,0 +1,314 @@
+using System.Globalization;
+using TorchSharp;
+using YamlDotNet.Serialization;
+
+namespace ReTok.Models.Tokenizer;
+
+/// <summary>
+/// The tokenizer's `model.init_args` (reference: VQVitModelPlusArgs, vq_vit_model.py L48-138), with the reference's
+/// snake_case YAML names and the reference's dataclass defaults, so a YAML that leaves a key out means what it means
+/// to the authors' loader. Dead reference options are accepted only at their off value (tokenizer.md §11).
+/// Extensions of ours (not reference keys), for tiny test configs: `ch`, `num_res_blocks`, and explicit
+/// `encoder_width/layers/heads`, `decoder_width/layers/heads` overriding the named sizes.
+/// </summary>
+public sealed record TokenizerConfig
+{
+    public int CodebookSize { get; init; } = 16384;
+    public int CodebookEmbedDim { get; init; } = 8;
+    public bool CodebookL2Norm { get; init; } = true;
+    public bool CodebookShowUsage { get; init; } = true;
+    public double CommitLossBeta { get; init; } = 0.25;
+    public double EntropyLossRatio { get; init; } = 0.0;
+    public int[] EncoderChMult { get; init; } = [1, 1, 2, 2, 4];
+    public int[] DecoderChMult { get; init; } = [1, 1, 2, 2, 4];
+    public string? ModelSize { get; init; } = "small";
+    public string? EncoderSize { get; init; }
+    public string? DecoderSize { get; init; }
+    public int NumLatentTokens { get; init; } = 256;
+    public int ZChannels { get; init; } = 256;
+    public double DropoutP { get; init; } = 0.0;
+    public bool MultiLevelQueryInit { get; init; }
+    public bool LastLevel2dQueryInit { get; init; }
+    public bool MultiLevel2dQueryInit { get; init; }
+    public bool AdaptiveGn { get; init; }
+    public bool D2sUp { get; init; }
+    public bool Rot { get; init; }
+    public bool UseAttn { get; init; } = true;
+    public string FeaRecLossType { get; init; } = "cosine";
+    public double FeaRecLossWeight { get; init; } = 1.0;
+    public int? DistillDepth { get; init; }
+    public int OutInnerDim { get; init; } = 768;
+
+    // extensions (ours): CNN width and depth (reference Encoder/Decoder constructor defaults) and explicit ViT sizes
+    public int Ch { get; init; } = 128;
+    public int NumResBlocks { get; init; } = 2;
+    public int? EncoderWidth { get; init; }
+    public int? EncoderLayers { get; init; }
+    public int? EncoderHeads { get; init; }
+    public int? DecoderWidth { get; init; }
+    public int? DecoderLayers { get; init; }
+    public int? DecoderHeads { get; init; }
+
+    /// <summary>Redundant Token Padding: the reference hard-codes M = N − 32 = 224 (blocks.py L1098, L1137).</summary>
+    public int NumPaddingTokens => NumLatentTokens - 32;
+    public int TotalTokens => NumLatentTokens + NumPaddingTokens;
+    public const int ImageSize = 256;          // ViTEncoder/ViTDecoder default, not configurable in the reference
+    public int PatchSize => 1 << (EncoderChMult.Length - 1);
+    public int GridSize => ImageSize / PatchSize;
+
+    static readonly Dictionary<string, (int Width, int Layers, int Heads)> Sizes = new()
+    {
+        ["tiny"] = (256, 4, 4), ["small"] = (512, 6, 8), ["base"] = (768, 12, 12), ["large"] = (1024, 24, 16),
+        ["xl"] = (1280, 36, 20), ["xxl"] = (1536, 48, 24), ["xxxl"] = (2560, 48, 40),
+    };
+
+    (int Width, int Layers, int Heads) Vit(string which, string? size, int? w, int? l, int? h)
+    {
+        (int, int, int) named = (0, 0, 0);
+        if (size != null && !Sizes.TryGetValue(size, out named))
+            throw new ArgumentException($"{which}_size '{size}' is not one of {string.Join(", ", Sizes.Keys)}");
+        if (size == null && (w == null || l == null || h == null))
+            throw new ArgumentException($"{which}: give {which}_size (or model_size) or all of {which}_width/_layers/_heads");
+        return (w ?? named.Item1, l ?? named.Item2, h ?? named.Item3);
+    }
+
+    public (int Width, int Layers, int Heads) EncoderVit =>
+        Vit("encoder", EncoderSize ?? ModelSize, EncoderWidth, EncoderLayers, EncoderHeads);
+    public (int Width, int Layers, int Heads) DecoderVit =>
+        Vit("decoder", DecoderSize ?? ModelSize, DecoderWidth, DecoderLayers, DecoderHeads);
+
+    /// <summary>configs/vq/VQ_SS256.yaml ("ReTok-S-S", 136M with distill_mlp).</summary>
+    public static TokenizerConfig VQ_SS256 => new()
+    {
+        ModelSize = null, EncoderSize = "small", DecoderSize = "small", MultiLevelQueryInit = true, AdaptiveGn = true,
+        D2sUp = true, Rot = true, UseAttn = false, FeaRecLossType = "mse", FeaRecLossWeight = 1.0, DistillDepth = 3,
+    };
+
+    /// <summary>configs/vq/VQ_SB256.yaml ("ReTok-S-B", 232M with distill_mlp).</summary>
+    public static TokenizerConfig VQ_SB256 => VQ_SS256 with { DecoderSize = "base" };
+
+    public static TokenizerConfig Preset(string name) => name.ToUpperInvariant() switch
+    {
+        "VQ_SS256" or "SS" or "RETOK-S-S" => VQ_SS256,
+        "VQ_SB256" or "SB" or "RETOK-S-B" => VQ_SB256,
+        _ => throw new ArgumentException($"unknown tokenizer preset '{name}' (VQ_SS256, VQ_SB256)"),
+    };
+
+    /// <summary>Throws with the offending key when the config asks for something this port does not build.</summary>
+    public TokenizerConfig Validate()
+    {
+        void Need(bool ok, string msg) { if (!ok) throw new ArgumentException("tokenizer config: " + msg); }
+        Need(NumLatentTokens == 256, $"num_latent_tokens must be 256 (the reference hard-codes 32 and 224 padding queries), got {NumLatentTokens}");
+        Need(EncoderChMult.Length >= 1 && GridSize == 16 && ImageSize % PatchSize == 0,
+            $"encoder_ch_mult must have 5 levels (patch 16 on 256 px gives the 16x16 grid the positional tables need), got [{string.Join(",", EncoderChMult)}]");
+        Need(DecoderChMult.Length == EncoderChMult.Length, "decoder_ch_mult must have as many levels as encoder_ch_mult");
+        Need(ModelSize == null || (EncoderSize == null && DecoderSize == null),
+            "model_size must be null when encoder_size or decoder_size is given (reference assert)");
+        Need(MultiLevelQueryInit, "multi_level_query_init must be True (the other query inits are dead paths, tokenizer.md §11)");
+        Need(!LastLevel2dQueryInit && !MultiLevel2dQueryInit, "last_level_2d_query_init / multi_level_2d_query_init are not ported (deprecated)");
+        Need(AdaptiveGn && D2sUp, "adaptive_gn and d2s_up must be True (the plain decoder variants are not ported)");
+        Need(!UseAttn, "use_attn must be False (AttnBlock is not ported)");
+        Need(Rot, "rot must be True (the plain straight-through quantizer is not ported)");
+        Need(CodebookL2Norm, "codebook_l2_norm must be True");
+        Need(DropoutP == 0, $"dropout_p must be 0.0 (dropout is not ported), got {DropoutP}");
+        Need(FeaRecLossType is "mse" or "cosine", $"fea_rec_loss_type must be 'mse' or 'cosine', got '{FeaRecLossType}'");
+        Need(Ch % 32 == 0, $"ch must be a multiple of 32 (GroupNorm with 32 groups), got {Ch}");
+        Need(ZChannels > 0 && CodebookSize > 0 && CodebookEmbedDim > 0 && NumResBlocks > 0, "sizes must be positive");
+        foreach (var (name, v) in new[] { ("encoder", EncoderVit), ("decoder", DecoderVit) })
+            Need(v.Width % v.Heads == 0, $"{name} width {v.Width} is not divisible by {v.Heads} heads");
+        Need(DistillDepth == null || (DistillDepth >= 1 && DistillDepth <= DecoderVit.Layers),
+            $"distill_depth {DistillDepth} outside 1..{DecoderVit.Layers}");
+        return this;
+    }
+
+    public override string ToString() =>
+        $"TokenizerConfig(enc {EncoderVit}, dec {DecoderVit}, ch {Ch}x[{string.Join(",", EncoderChMult)}], z {ZChannels}, " +
+        $"codebook {CodebookSize}x{CodebookEmbedDim}, distill_depth {DistillDepth?.ToString() ?? "null"}, out_inner_dim {OutInnerDim})";
+
+    public bool SameArchitecture(TokenizerConfig o) =>
+        EncoderVit == o.EncoderVit && DecoderVit == o.DecoderVit && Ch == o.Ch && NumResBlocks == o.NumResBlocks &&
+        EncoderChMult.SequenceEqual(o.EncoderChMult) && DecoderChMult.SequenceEqual(o.DecoderChMult) && ZChannels == o.ZChannels &&
+        CodebookSize == o.CodebookSize && CodebookEmbedDim == o.CodebookEmbedDim && (DistillDepth != null) == (o.DistillDepth != null) &&
+        (DistillDepth == null || OutInnerDim == o.OutInnerDim);
+
+    /// <summary>Name of the preset with this architecture, or null.</summary>
+    public string? PresetName => SameArchitecture(VQ_SS256) ? "VQ_SS256" : SameArchitecture(VQ_SB256) ? "VQ_SB256" : null;
+
+    // ---------------------------------------------------------------- YAML
+
+    /// <summary>Loads `model:` of a reference-style YAML (configs/vq/VQ_SB256.yaml) into a validated config.</summary>
+    public static TokenizerConfig Load(string path) => LoadFile(path).Model;
+
+    public static TokenizerYaml LoadFile(string path)
+    {
+        if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer config {path} does not exist", path);
+        object? root;
+        try { root = new DeserializerBuilder().Build().Deserialize<object>(File.ReadAllText(path)); }
+        catch (YamlDotNet.Core.YamlException e) { throw new InvalidDataException($"tokenizer config {path}: YAML error: {e.Message}", e); }
+        try { return Parse(root); }
+        catch (ArgumentException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+    }
+
+    public static TokenizerYaml Parse(object? root)
+    {
+        var top = Map(root, "top level");
+        foreach (var k in top.Keys)
+            if (k is not ("model" or "trainer" or "loss"))
+                throw new ArgumentException($"unknown top-level key '{k}' (expected model, trainer, loss)");
+        var model = Map(top.GetValueOrDefault("model") ?? throw new ArgumentException("missing 'model' section"), "model");
+        foreach (var k in model.Keys)
+            if (k is not ("model_cls" or "init_args" or "causal_settings"))
+                throw new ArgumentException($"unknown key 'model.{k}' (expected model_cls, init_args, causal_settings)");
+        var cls = model.GetValueOrDefault("model_cls") as string;
+        if (cls != "VQVitModelPlus") throw new ArgumentException($"model.model_cls is '{cls}', this port builds only VQVitModelPlus");
+        var trainer = Map(top.GetValueOrDefault("trainer") ?? new Dictionary<object, object?>(), "trainer");
+        var loss = Map(top.GetValueOrDefault("loss") ?? new Dictionary<object, object?>(), "loss");
+
+        if (model.GetValueOrDefault("causal_settings") is { } cs)
+            foreach (var (k, v) in Map(cs, "model.causal_settings"))
+                switch (k)
+                {
+                    case "causal_type": if (v != null && S(v) is not ("null" or "")) throw new ArgumentException($"model.causal_settings.causal_type must be null (the dead GigaTok length sampler), got '{v}'"); break;
+                    case "dynamic_length_train": if (B(v, k)) throw new ArgumentException("model.causal_settings.dynamic_length_train must be False"); break;
+                    case "dynamic_level_range": case "min_level": break;   // read only by the dead sampler
+                    default: throw new ArgumentException($"unknown key 'model.causal_settings.{k}'");
+                }
+
+        var cfg = new TokenizerConfig();
+        var args = Map(model.GetValueOrDefault("init_args") ?? new Dictionary<object, object?>(), "model.init_args");
+        bool outInnerGiven = false;
+        foreach (var (k, v) in args)
+        {
+            string key = "model.init_args." + k;
+            cfg = k switch
+            {
+                "codebook_size" => cfg with { CodebookSize = I(v, key) },
+                "codebook_embed_dim" => cfg with { CodebookEmbedDim = I(v, key) },
+                "codebook_l2_norm" => cfg with { CodebookL2Norm = B(v, key) },
+                "codebook_show_usage" => cfg with { CodebookShowUsage = B(v, key) },
+                "commit_loss_beta" => cfg with { CommitLossBeta = D(v, key) },
+                "entropy_loss_ratio" => cfg with { EntropyLossRatio = D(v, key) },
+                "encoder_ch_mult" => cfg with { EncoderChMult = IA(v, key) },
+                "decoder_ch_mult" => cfg with { DecoderChMult = IA(v, key) },
+                "model_size" => cfg with { ModelSize = NS(v) },
+                "encoder_size" => cfg with { EncoderSize = NS(v) },
+                "decoder_size" => cfg with { DecoderSize = NS(v) },
+                "num_latent_tokens" => cfg with { NumLatentTokens = I(v, key) },
+                "z_channels" => cfg with { ZChannels = I(v, key) },
+                "dropout_p" => cfg with { DropoutP = D(v, key) },
+                "multi_level_query_init" => cfg with { MultiLevelQueryInit = B(v, key) },
+                "last_level_2d_query_init" => cfg with { LastLevel2dQueryInit = B(v, key) },
+                "multi_level_2d_query_init" => cfg with { MultiLevel2dQueryInit = B(v, key) },
+                "adaptive_gn" => cfg with { AdaptiveGn = B(v, key) },
+                "d2s_up" => cfg with { D2sUp = B(v, key) },
+                "rot" => cfg with { Rot = B(v, key) },
+                "use_attn" => cfg with { UseAttn = B(v, key) },
+                "fea_rec_loss_type" => cfg with { FeaRecLossType = S(v) },
+                "fea_rec_loss_weight" => cfg with { FeaRecLossWeight = D(v, key) },
+                "distill_depth" => cfg with { DistillDepth = NS(v) == null ? null : I(v, key) },
+                "out_inner_dim" => Given(cfg with { OutInnerDim = I(v, key) }, ref outInnerGiven),
+                "ch" => cfg with { Ch = I(v, key) },
+                "num_res_blocks" => cfg with { NumResBlocks = I(v, key) },
+                "encoder_width" => cfg with { EncoderWidth = I(v, key) },
+                "encoder_layers" => cfg with { EncoderLayers = I(v, key) },
+                "encoder_heads" => cfg with { EncoderHeads = I(v, key) },
+                "decoder_width" => cfg with { DecoderWidth = I(v, key) },
+                "decoder_layers" => cfg with { DecoderLayers = I(v, key) },
+                "decoder_heads" => cfg with { DecoderHeads = I(v, key) },
+                _ when DeadOffValues.TryGetValue(k, out var off) => Dead(cfg, key, v, off),
+                _ => throw new ArgumentException($"unknown key '{key}'"),
+            };
+        }
+        // utils/model_init.py L23-35: with distill_loss, out_inner_dim comes from the teacher's width
+        if (!outInnerGiven && trainer.TryGetValue("distill_loss", out var dl) && B(dl, "trainer.distill_loss"))
+        {
+            var teacher = trainer.TryGetValue("distill_model", out var dm) && dm != null ? S(dm) : "dinov2-vit-b";
+            cfg = cfg with
+            {
+                OutInnerDim = teacher switch
+                {
+                    "dinov2-vit-l" => 1024, "dinov2-vit-b" => 768, "dinov2-vit-s" => 384, "siglip-sovit-400m" => 1152,
+                    "clip_dfn-vit-l/14" => 1024, _ => throw new ArgumentException($"trainer.distill_model '{teacher}' has no known width"),
+                }
+            };
+        }
+        return new TokenizerYaml(cfg.Validate(), trainer, loss);
+    }
+
+    /// <summary>Reference keys for features this port leaves out; accepted only at the value that switches them off.</summary>
+    static readonly Dictionary<string, string> DeadOffValues = new()
+    {
+        ["use_lfq"] = "false", ["bernoulli_sample"] = "false", ["eval_deterministic"] = "false", ["simvq"] = "false",
+        ["codebook_transform"] = "null", ["freeze_codebook"] = "false", ["use_rope"] = "false", ["use_qk_norm"] = "false",
+        ["use_flash_attn"] = "false", ["learnable_1d_query_init"] = "false", ["rope_1d"] = "false",
+        ["learnable_2d_query_init"] = "false", ["res_up_down_sample"] = "false", ["downsample_match_channel"] = "false",
+        ["upsample_match_channel"] = "false", ["res_codebook_updown_sample"] = "false", ["downsample_improve"] = "false",
+        ["rope_2d"] = "false", ["stochastic"] = "false", ["stochastic_temperature"] = "*", ["encoder_2d_distill"] = "false",
+        ["with_prior_model"] = "false", ["prior_model_config"] = "null",
+    };
+
+    static TokenizerConfig Dead(TokenizerConfig cfg, string key, object? v, string off)
+    {
+        var s = v == null ? "null" : S(v).ToLowerInvariant();
+        if (off != "*" && s != off && !(off == "null" && s is "~" or ""))
+            throw new ArgumentException($"'{key}: {v}' selects a reference feature this port does not implement (only {off} is accepted)");
+        return cfg;
+    }
+
+    static TokenizerConfig Given(TokenizerConfig c, ref bool flag) { flag = true; return c; }
+
+    static Dictionary<string, object?> Map(object? o, string where) => o switch
+    {
+        Dictionary<object, object?> d => d.ToDictionary(kv => kv.Key.ToString()!, kv => kv.Value),
+        null => new Dictionary<string, object?>(),
+        _ => throw new ArgumentException($"'{where}' must be a mapping, got {o.GetType().Name}"),
+    };
+
+    static string S(object v) => v.ToString() ?? "";
+    static string? NS(object? v) => v == null || S(v) is "null" or "~" or "" ? null : S(v);
+    static int I(object? v, string key) => v != null && int.TryParse(S(v), NumberStyles.Integer, CultureInfo.InvariantCulture, out var i)
+        ? i : throw new ArgumentException($"'{key}' must be an integer, got '{v}'");
+    static double D(object? v, string key) => v != null && double.TryParse(S(v), NumberStyles.Float, CultureInfo.InvariantCulture, out var d)
+        ? d : throw new ArgumentException($"'{key}' must be a number, got '{v}'");
+    static bool B(object? v, string key) => v != null && S(v).ToLowerInvariant() is var s && s is "true" or "false"
+        ? s == "true" : throw new ArgumentException($"'{key}' must be True or False, got '{v}'");
+    static int[] IA(object? v, string key) => v is List<object> l ? l.Select(x => I(x, key)).ToArray()
+        : throw new ArgumentException($"'{key}' must be a list of integers, got '{v}'");
+
+    // ---------------------------------------------------------------- guess from a state dict
+
+    /// <summary>Reconstructs the architecture from state-dict shapes (for `inspect` and wrong-architecture errors).</summary>
+    public static TokenizerConfig Guess(IReadOnlyDictionary<string, torch.Tensor> sd)
+    {
+        long[] Shape(string k) => sd.TryGetValue(k, out var t) ? t.shape
+            : throw new InvalidDataException($"not a ReTok tokenizer state dict: key '{k}' is missing");
+        int Count(string prefix) => sd.Keys.Where(k => k.StartsWith(prefix)).Select(k => k[prefix.Length..].Split('.')[0])
+            .Where(s => int.TryParse(s, out _)).Select(int.Parse).DefaultIfEmpty(-1).Max() + 1;
+        int Heads(int width) => Sizes.Values.Where(s => s.Width == width).Select(s => s.Heads).DefaultIfEmpty(Math.Max(1, width / 64)).First();
+        string? Named(int w, int l) => Sizes.Where(s => s.Value.Width == w && s.Value.Layers == l).Select(s => s.Key).FirstOrDefault();
+
+        int ch = (int)Shape("encoder.conv_in.weight")[0];
+        int levels = Count("encoder.conv_blocks.");
+        var encMult = Enumerable.Range(0, levels).Select(i => (int)Shape($"encoder.conv_blocks.{i}.res.0.conv1.weight")[0] / ch).ToArray();
+        var decMult = Enumerable.Range(0, levels).Select(j => (int)Shape($"decoder.conv_blocks.{j}.res.0.conv1.weight")[0] / ch).Reverse().ToArray();
+        int ew = (int)Shape("s2to1encoder.positional_embedding")[2], el = Count("s2to1encoder.transformer.");
+        int dw = (int)Shape("s1to2decoder.positional_embedding")[2], dl = Count("s1to2decoder.transformer.");
+        var emb = Shape("quantize.embedding.weight");
+        bool distill = sd.ContainsKey("s1to2decoder.distill_mlp.4.weight");
+        string? es = Named(ew, el), ds = Named(dw, dl);
+        return new TokenizerConfig
+        {
+            CodebookSize = (int)emb[0], CodebookEmbedDim = (int)emb[1], EncoderChMult = encMult, DecoderChMult = decMult,
+            ModelSize = null, EncoderSize = es, DecoderSize = ds,
+            EncoderWidth = es == null ? ew : null, EncoderLayers = es == null ? el : null, EncoderHeads = es == null ? Heads(ew) : null,
+            DecoderWidth = ds == null ? dw : null, DecoderLayers = ds == null ? dl : null, DecoderHeads = ds == null ? Heads(dw) : null,
+            ZChannels = (int)Shape("encoder.conv_out.weight")[0], Ch = ch, NumResBlocks = Count("encoder.conv_blocks.0.res."),
+            MultiLevelQueryInit = true, AdaptiveGn = true, D2sUp = true, Rot = true, UseAttn = false, FeaRecLossType = "mse",
+            DistillDepth = distill ? 3 : null,   // the depth is not visible in shapes; 3 is both configs' value
+            OutInnerDim = distill ? (int)Shape("s1to2decoder.distill_mlp.4.weight")[0] : 768,
+        };
+    }
+}
+
+/// <summary>A whole tokenizer YAML: the model config plus the raw trainer/loss sections for the training code.</summary>
+public sealed record TokenizerYaml(TokenizerConfig Model, IReadOnlyDictionary<string, object?> Trainer, IReadOnlyDictionary<string, object?> Loss);
