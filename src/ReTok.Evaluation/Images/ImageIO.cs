@@ -102,7 +102,7 @@ public static class ImageIO
                 int pred = f switch { 0 => 0, 1 => a, 2 => b, 3 => (a + b) >> 1, _ => Paeth(a, b, c) };
                 byte v = (byte)(row[i] - pred);
                 o[i] = v;
-                sum += Math.Abs((sbyte)v);
+                sum += Math.Abs((int)(sbyte)v);
             }
             if (sum < bestSum) { bestSum = sum; best = f; }
         }

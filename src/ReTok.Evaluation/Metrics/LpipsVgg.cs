@@ -36,16 +36,33 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
     public static LpipsVgg Load(string vgg16Path, string linPath)
     {
         var m = new LpipsVgg();
-        var vgg = TorchFile.LoadStateDict(vgg16Path);
-        var lin = TorchFile.LoadStateDict(linPath);
-        StateDict.Load(m.net, vgg, vgg16Path, "classifier.");
-        var linOnly = lin.Where(kv => kv.Key.StartsWith("lin")).ToDictionary(kv => kv.Key, kv => kv.Value);
-        if (linOnly.Count != 5) throw new InvalidDataException($"{linPath}: expected lin0..lin4.model.1.weight (LPIPS v0.1 vgg.pth), found {linOnly.Count} lin weights");
-        foreach (var (k, l) in new[] { ("lin0", m.lin0), ("lin1", m.lin1), ("lin2", m.lin2), ("lin3", m.lin3), ("lin4", m.lin4) })
-            StateDict.Load(l, linOnly.Where(kv => kv.Key.StartsWith(k + ".")).ToDictionary(kv => kv.Key[(k.Length + 1)..], kv => kv.Value), linPath);
-        foreach (var t in vgg.Values.Concat(lin.Values)) t.Dispose();
+        m.LoadBackbone(vgg16Path);
+        m.LoadLinHeads(linPath);
         m.eval();
         return m;
+    }
+
+    public void LoadBackbone(string vgg16Path)
+    {
+        var vgg = TorchFile.LoadStateDict(vgg16Path);
+        try { StateDict.Load(net, vgg, vgg16Path, "classifier."); }
+        finally { foreach (var t in vgg.Values) t.Dispose(); }
+    }
+
+    public void LoadLinHeads(string linPath)
+    {
+        var lin = TorchFile.LoadStateDict(linPath);
+        try
+        {
+            var heads = new[] { lin0, lin1, lin2, lin3, lin4 };
+            for (int k = 0; k < heads.Length; k++)
+            {
+                var key = $"lin{k}.model.1.weight";
+                if (!lin.TryGetValue(key, out var w)) throw new InvalidDataException($"{linPath}: missing '{key}' (expected the LPIPS v0.1 vgg.pth heads lin0..lin4)");
+                StateDict.Load(heads[k], new Dictionary<string, Tensor> { ["model.1.weight"] = w }, linPath);
+            }
+        }
+        finally { foreach (var t in lin.Values) t.Dispose(); }
     }
 
     /// <summary>Per-image LPIPS distance [N] (ReTok reports the mean of per-batch means of this).</summary>
