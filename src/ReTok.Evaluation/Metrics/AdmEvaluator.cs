@@ -31,22 +31,38 @@ public sealed record AdmResults(double InceptionScore, double Fid, double SFid, 
 
     static double? Nullable(double v) => double.IsFinite(v) ? v : null;
 
-    /// <summary>Python's repr of a float: shortest round-trip digits, "1.0" for integers, "1e-05" exponents, "nan".</summary>
+    /// <summary>Python's repr of a float: shortest round-trip digits, fixed notation for 1e-4 <= |v| < 1e16 ("1.0"), else "1e-05"/"1.5e+16"; "nan".</summary>
     public static string PyRepr(double v)
     {
         if (double.IsNaN(v)) return "nan";
         if (double.IsInfinity(v)) return v > 0 ? "inf" : "-inf";
-        var r = v.ToString("R", CultureInfo.InvariantCulture);
-        if (r.Contains('E'))
+        if (v == 0) return double.IsNegative(v) ? "-0.0" : "0.0";
+        // shortest round-trip digits and decimal exponent from .NET's "R" (either notation)
+        var r = Math.Abs(v).ToString("R", CultureInfo.InvariantCulture);
+        int e = 0;
+        var ei = r.IndexOf('E');
+        if (ei >= 0) { e = int.Parse(r[(ei + 1)..], CultureInfo.InvariantCulture); r = r[..ei]; }
+        var dot = r.IndexOf('.');
+        string intPart = dot >= 0 ? r[..dot] : r, frac = dot >= 0 ? r[(dot + 1)..] : "";
+        var digits = (intPart + frac).TrimStart('0');
+        int exp10 = e + intPart.Length - 1 - ((intPart + frac).Length - (intPart + frac).TrimStart('0').Length); // exponent of the first digit
+        digits = digits.TrimEnd('0');
+        if (digits.Length == 0) digits = "0";
+        string sign = v < 0 ? "-" : "";
+        if (exp10 >= -4 && exp10 < 16)
         {
-            // .NET "1E-05" / "1.5E+16" -> Python "1e-05" / "1.5e+16"
-            var parts = r.Split('E');
-            var exp = int.Parse(parts[1], CultureInfo.InvariantCulture);
-            double av = Math.Abs(v);
-            if (av >= 1e-4 && av < 1e16) return v.ToString("0.##################", CultureInfo.InvariantCulture).Contains('.') ? v.ToString("0.##################", CultureInfo.InvariantCulture) : v.ToString("0", CultureInfo.InvariantCulture) + ".0";
-            return $"{parts[0]}e{(exp < 0 ? "-" : "+")}{Math.Abs(exp):00}";
+            string s;
+            if (exp10 >= 0)
+            {
+                var ip = digits.Length > exp10 + 1 ? digits[..(exp10 + 1)] : digits.PadRight(exp10 + 1, '0');
+                var fp = digits.Length > exp10 + 1 ? digits[(exp10 + 1)..] : "0";
+                s = ip + "." + fp;
+            }
+            else s = "0." + new string('0', -exp10 - 1) + digits;
+            return sign + s;
         }
-        return r.Contains('.') ? r : r + ".0";
+        var mant = digits.Length > 1 ? digits[0] + "." + digits[1..] : digits;
+        return $"{sign}{mant}e{(exp10 < 0 ? "-" : "+")}{Math.Abs(exp10):00}";
     }
 }
 

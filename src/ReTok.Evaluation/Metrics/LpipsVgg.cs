@@ -20,15 +20,12 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
 
     private readonly Vgg16Features net;
     private readonly LinLayer lin0, lin1, lin2, lin3, lin4;
-    private readonly Tensor shift, scale;
 
     public LpipsVgg() : base("LpipsVgg")
     {
         net = new Vgg16Features();
         lin0 = new LinLayer(Channels[0]); lin1 = new LinLayer(Channels[1]); lin2 = new LinLayer(Channels[2]);
         lin3 = new LinLayer(Channels[3]); lin4 = new LinLayer(Channels[4]);
-        shift = tensor(new[] { -.030f, -.088f, -.188f }).view(1, 3, 1, 1);
-        scale = tensor(new[] { .458f, .448f, .450f }).view(1, 3, 1, 1);
         RegisterComponents();
     }
 
@@ -69,6 +66,9 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor a, Tensor b)
     {
         using var scope = NewDisposeScope();
+        // ScalingLayer constants (not parameters: vgg.pth does not carry them)
+        var shift = tensor(new[] { -.030f, -.088f, -.188f }, device: a.device).view(1, 3, 1, 1);
+        var scale = tensor(new[] { .458f, .448f, .450f }, device: a.device).view(1, 3, 1, 1);
         var fa = net.Taps((a - shift) / scale, Taps);
         var fb = net.Taps((b - shift) / scale, Taps);
         var lins = new[] { lin0, lin1, lin2, lin3, lin4 };
