@@ -11,7 +11,7 @@ public sealed class InceptionExtractor : IDisposable
 {
     public FidInceptionV3 Model { get; }
     public Device Device { get; }
-    public int BatchSize { get; init; } = 64;
+    public int BatchSize { get; set; } = 64;
     /// <summary>sha256 of the weights file (part of feature-cache keys); "formula" for test weights.</summary>
     public string WeightsId { get; }
 
