@@ -63,8 +63,9 @@ public static class EvalCommands
                 f = ex2.ExtractBatches(ImageFolder.Batches(l, 256, bs).Select(b => b.Batch), l.Count, progress);
             }
             else f = ex2.ExtractNpz(src, "arr_0", progress);
+            long count = f.Count;
             using (f) f.Save(pr.GetValue(output)!);
-            Console.WriteLine($"wrote {pr.GetValue(output)} ({f.Count} images)");
+            Console.WriteLine($"wrote {pr.GetValue(output)} ({count} images)");
             return Task.FromResult(0);
         });
         return cmd;

@@ -133,6 +133,27 @@ public class MetricsTests
     }
 
     [Fact]
+    public void AdmEvaluatorComparesFeatureFilesInTheEvaluatorsOrder()
+    {
+        // Wiring of Open/Compare on features files (no Inception): sample vs reference, P/R from pool features.
+        var dir = Directory.CreateTempSubdirectory("adm").FullName;
+        torch.manual_seed(1);
+        var a = new FeatureSet(torch.rand(40, 2048), torch.rand(40, 2023), torch.randn(40, 1008));
+        var b = new FeatureSet(torch.rand(30, 2048) * 1.1f, torch.rand(30, 2023), torch.randn(30, 1008) * 2);
+        a.Save(Path.Combine(dir, "a.npz")); b.Save(Path.Combine(dir, "b.npz"));
+        using var ra = AdmEvaluator.Open(Path.Combine(dir, "a.npz"), null);
+        using var rb = AdmEvaluator.Open(Path.Combine(dir, "b.npz"), null);
+        var res = AdmEvaluator.Compare(ra, rb, manifold: new ManifoldEstimator { RowBatchSize = 16, ColBatchSize = 16 });
+        Assert.Equal(InceptionScore.Compute(b.Logits), res.InceptionScore);
+        Assert.Equal(rb.Pool.FrechetDistance(ra.Pool), res.Fid);
+        Assert.Equal(rb.Spatial.FrechetDistance(ra.Spatial), res.SFid);
+        var (p, r) = new ManifoldEstimator().Evaluate(a.Pool, b.Pool);
+        Assert.Equal((p, r), (res.Precision, res.Recall));
+        Assert.True(res.Fid > 1);
+        Assert.Throws<InvalidOperationException>(() => AdmEvaluator.Open(Fixture.PathOf("inception.npz"), null)); // images need Inception
+    }
+
+    [Fact]
     public void PythonReprFormatting()
     {
         Assert.Equal("215.8370361328125", AdmResults.PyRepr((float)215.83703613));
