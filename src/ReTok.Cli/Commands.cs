@@ -13,5 +13,6 @@ public static partial class Commands
         yield return ArtifactCommands.Build();
         yield return BenchCommands.Build();
         yield return TokenizerCommands.Build();
+        foreach (var c in EvalCommands.Build()) yield return c;
     }
 }

@@ -185,7 +185,7 @@ public static class TokenizerCommands
         long n = CountImages(images);
         var sw = Stopwatch.StartNew();
         using var writer = output != null || outFloat != null ? new ImageOutputs(output, outFloat, n) : null;
-        var gridRows = new List<byte[]>[] { new(), new() };
+        List<Tensor> gridOrig = new(), gridRec = new();
         double mseSum = 0, psnrSum = 0;
         foreach (var u8 in ReadImages(images, batch))
         {
@@ -197,14 +197,15 @@ public static class TokenizerCommands
             var mse = (rec.to(ScalarType.Float64) - u8.to(ScalarType.Float64)).pow(2).mean(new long[] { 1, 2, 3 });
             mseSum += mse.sum().item<double>();
             psnrSum += (10 * torch.log10(255.0 * 255.0 / mse.clamp_min(1e-10))).sum().item<double>();
-            for (int i = 0; i < u8.shape[0] && gridRows[0].Count < 8; i++)
+            for (int i = 0; i < u8.shape[0] && gridOrig.Count < 8; i++)
             {
-                gridRows[0].Add(u8[i].contiguous().data<byte>().ToArray());
-                gridRows[1].Add(rec[i].contiguous().data<byte>().ToArray());
+                gridOrig.Add(u8[i].unsqueeze(0).MoveToOuterDisposeScope());
+                gridRec.Add(rec[i].unsqueeze(0).MoveToOuterDisposeScope());
             }
         }
         writer?.Commit();
-        if (grid != null) ImageGrid.SavePng(grid, gridRows, TokenizerConfig.ImageSize, TokenizerConfig.ImageSize);
+        // Originals on the first row, reconstructions below.
+        if (grid != null) ImageGrid.Save(grid, torch.cat(gridOrig.Concat(gridRec).ToArray()), nrow: gridOrig.Count);
         log.WriteLine(FormattableString.Invariant(
             $"reconstructed {n} images at K={tokens} in {sw.Elapsed.TotalSeconds:F1}s: PSNR {psnrSum / n:F3} dB (uint8, mean over images), MSE {mseSum / n:F3}")
             + (grid != null ? $"; grid → {grid}" : ""));

@@ -1,34 +1,31 @@
-using SkiaSharp;
+using TorchSharp;
+using static TorchSharp.torch;
 
 namespace ReTok.Evaluation.Images;
 
-/// <summary>Writes uint8 RGB images (N x H x W x 3, row-major bytes) as one PNG grid, e.g. originals beside reconstructions.</summary>
+/// <summary>A grid of uint8 NHWC images like torchvision's make_grid (nrow per row, padding px of padValue around each cell).</summary>
 public static class ImageGrid
 {
-    /// <param name="rows">each row is a list of images (H x W x 3 bytes) of equal size, drawn left to right.</param>
-    public static void SavePng(string path, IReadOnlyList<IReadOnlyList<byte[]>> rows, int height, int width, int gap = 2)
+    public static RgbImage Make(Tensor images, int nrow = 8, int padding = 2, byte padValue = 0)
     {
-        int cols = rows.Max(r => r.Count);
-        int gw = cols * width + (cols + 1) * gap, gh = rows.Count * height + (rows.Count + 1) * gap;
-        using var bmp = new SKBitmap(new SKImageInfo(gw, gh, SKColorType.Rgba8888, SKAlphaType.Opaque));
-        bmp.Erase(SKColors.White);
-        for (int r = 0; r < rows.Count; r++)
-            for (int c = 0; c < rows[r].Count; c++)
-            {
-                var img = rows[r][c];
-                if (img.Length != height * width * 3) throw new ArgumentException($"grid image ({r},{c}) has {img.Length} bytes, expected {height}x{width}x3");
-                int ox = gap + c * (width + gap), oy = gap + r * (height + gap);
-                for (int y = 0; y < height; y++)
-                    for (int x = 0; x < width; x++)
-                    {
-                        int i = (y * width + x) * 3;
-                        bmp.SetPixel(ox + x, oy + y, new SKColor(img[i], img[i + 1], img[i + 2]));
-                    }
-            }
-        using var data = bmp.Encode(SKEncodedImageFormat.Png, 100);
-        var full = Path.GetFullPath(path);
-        Directory.CreateDirectory(Path.GetDirectoryName(full)!);
-        using var f = File.Create(full);
-        data.SaveTo(f);
+        if (images.dim() != 4 || images.shape[3] != 3 || images.dtype != ScalarType.Byte)
+            throw new ArgumentException($"expected uint8 NHWC images [N,H,W,3], got {images.dtype} [{string.Join(",", images.shape)}]");
+        int n = (int)images.shape[0], h = (int)images.shape[1], w = (int)images.shape[2];
+        if (n == 0) throw new ArgumentException("no images for the grid");
+        int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
+        int gw = cols * (w + padding) + padding, gh = rows * (h + padding) + padding;
+        var grid = new RgbImage(gw, gh);
+        if (padValue != 0) Array.Fill(grid.Pixels, padValue);
+        var src = images.contiguous().cpu().bytes.ToArray();
+        for (int k = 0; k < n; k++)
+        {
+            int gx = padding + (k % cols) * (w + padding), gy = padding + (k / cols) * (h + padding);
+            for (int y = 0; y < h; y++)
+                Buffer.BlockCopy(src, ((k * h + y) * w) * 3, grid.Pixels, ((gy + y) * gw + gx) * 3, w * 3);
+        }
+        return grid;
     }
+
+    public static void Save(string path, Tensor images, int nrow = 8, int padding = 2, byte padValue = 0)
+        => ImageIO.SavePng(path, Make(images, nrow, padding, padValue));
 }

@@ -1,0 +1,20 @@
+namespace ReTok.Evaluation.Images;
+
+/// <summary>An 8-bit RGB image, row-major HWC (what PIL's <c>np.asarray(img.convert('RGB'))</c> holds).</summary>
+public sealed record RgbImage(int Width, int Height, byte[] Pixels)
+{
+    public RgbImage(int width, int height) : this(width, height, new byte[checked(width * height * 3)]) { }
+
+    public byte this[int y, int x, int c] => Pixels[(y * Width + x) * 3 + c];
+
+    /// <summary>Copy of the rectangle [x, x+w) x [y, y+h).</summary>
+    public RgbImage Crop(int x, int y, int w, int h)
+    {
+        if (x < 0 || y < 0 || w < 0 || h < 0 || x + w > Width || y + h > Height)
+            throw new ArgumentOutOfRangeException(nameof(x), $"crop {w}x{h}+{x}+{y} outside a {Width}x{Height} image");
+        var r = new RgbImage(w, h);
+        for (int row = 0; row < h; row++)
+            Buffer.BlockCopy(Pixels, ((y + row) * Width + x) * 3, r.Pixels, row * w * 3, w * 3);
+        return r;
+    }
+}
