@@ -95,10 +95,10 @@ public sealed class RMSNorm : nn.Module<Tensor, Tensor>
     public readonly Parameter weight;
     private readonly double eps;
 
-    public RMSNorm(int dim, double eps = 1e-5) : base(nameof(RMSNorm))
+    public RMSNorm(int dim, double eps = 1e-5, Device? device = null) : base(nameof(RMSNorm))
     {
         this.eps = eps;
-        weight = new Parameter(ones(dim));
+        weight = new Parameter(ones(dim, device: device));
         RegisterComponents();
     }
 
@@ -117,12 +117,12 @@ public sealed class FeedForward : nn.Module<Tensor, Tensor>
     public readonly Dropout ffn_dropout;
     private readonly Autocast ac;
 
-    public FeedForward(GptConfig c, Autocast ac) : base(nameof(FeedForward))
+    public FeedForward(GptConfig c, Autocast ac, Device? device = null) : base(nameof(FeedForward))
     {
         this.ac = ac;
-        w1 = nn.Linear(c.Dim, c.FfnHidden, hasBias: false);
-        w3 = nn.Linear(c.Dim, c.FfnHidden, hasBias: false);
-        w2 = nn.Linear(c.FfnHidden, c.Dim, hasBias: false);
+        w1 = nn.Linear(c.Dim, c.FfnHidden, hasBias: false, device: device);
+        w3 = nn.Linear(c.Dim, c.FfnHidden, hasBias: false, device: device);
+        w2 = nn.Linear(c.FfnHidden, c.Dim, hasBias: false, device: device);
         ffn_dropout = nn.Dropout(c.FfnDropoutP);
         RegisterComponents();
     }
@@ -177,12 +177,12 @@ public sealed class Attention : nn.Module
     private readonly double attnDropoutP;
     private readonly Autocast ac;
 
-    public Attention(GptConfig c, Autocast ac) : base(nameof(Attention))
+    public Attention(GptConfig c, Autocast ac, Device? device = null) : base(nameof(Attention))
     {
         this.ac = ac;
         (dim, nHead, headDim, attnDropoutP) = (c.Dim, c.NHead, c.HeadDim, c.AttnDropoutP);
-        wqkv = nn.Linear(c.Dim, 3 * c.Dim, hasBias: false);
-        wo = nn.Linear(c.Dim, c.Dim, hasBias: false);
+        wqkv = nn.Linear(c.Dim, 3 * c.Dim, hasBias: false, device: device);
+        wo = nn.Linear(c.Dim, c.Dim, hasBias: false, device: device);
         resid_dropout = nn.Dropout(c.ResidDropoutP);
         RegisterComponents();
     }
@@ -218,12 +218,12 @@ public sealed class TransformerBlock : nn.Module
     public readonly FeedForward feed_forward;
     public readonly RMSNorm attention_norm, ffn_norm;
 
-    public TransformerBlock(GptConfig c, Autocast ac) : base(nameof(TransformerBlock))
+    public TransformerBlock(GptConfig c, Autocast ac, Device? device = null) : base(nameof(TransformerBlock))
     {
-        attention = new Attention(c, ac);
-        feed_forward = new FeedForward(c, ac);
-        attention_norm = new RMSNorm(c.Dim, c.NormEps);
-        ffn_norm = new RMSNorm(c.Dim, c.NormEps);
+        attention = new Attention(c, ac, device);
+        feed_forward = new FeedForward(c, ac, device);
+        attention_norm = new RMSNorm(c.Dim, c.NormEps, device);
+        ffn_norm = new RMSNorm(c.Dim, c.NormEps, device);
         RegisterComponents();
     }
 
@@ -241,18 +241,21 @@ public sealed class LabelEmbedder : nn.Module
     private readonly int numClasses;
     private readonly double dropoutProb;
 
-    public LabelEmbedder(int numClasses, int hidden, double dropoutProb) : base(nameof(LabelEmbedder))
+    public LabelEmbedder(int numClasses, int hidden, double dropoutProb, Device? device = null) : base(nameof(LabelEmbedder))
     {
         (this.numClasses, this.dropoutProb) = (numClasses, dropoutProb);
-        embedding_table = nn.Embedding(numClasses + (dropoutProb > 0 ? 1 : 0), hidden);
+        embedding_table = nn.Embedding(numClasses + (dropoutProb > 0 ? 1 : 0), hidden, device: device);
         RegisterComponents();
     }
 
-    /// <summary>labels (B,) -> (B,1,D). In training each label becomes the null class with probability p: one rand(B) draw on the labels' device.</summary>
-    public Tensor forward(Tensor labels, bool train)
+    /// <summary>
+    /// labels (B,) -> (B,1,D). In training each label becomes the null class with probability p: one rand(B) draw on the
+    /// labels' device, from <paramref name="gen"/> (the default generator when null, as the reference).
+    /// </summary>
+    public Tensor forward(Tensor labels, bool train, Generator? gen = null)
     {
         if (train && dropoutProb > 0)
-            labels = where(rand(labels.shape[0], device: labels.device) < dropoutProb, full_like(labels, numClasses), labels);
+            labels = where(rand(labels.shape[0], device: labels.device, generator: gen) < dropoutProb, full_like(labels, numClasses), labels);
         return embedding_table.forward(labels).unsqueeze(1);
     }
 }
@@ -276,18 +279,22 @@ public sealed class Gpt : nn.Module
     /// <summary>Explicit-cast mixed precision for training (null = fp32). See <see cref="Autocast"/>.</summary>
     public ScalarType? AutocastDtype { get => ac.Dtype; set => ac.Dtype = value; }
 
-    public Gpt(GptConfig config, Generator? initGenerator = null) : base(nameof(Gpt))
+    /// <summary>Generator for the class-dropout draw in training (null = the default generator, as the reference).</summary>
+    public Generator? ClassDropGenerator { get; set; }
+
+    /// <summary>Builds the model directly on <paramref name="device"/> ("meta" builds the shapes without memory).</summary>
+    public Gpt(GptConfig config, Generator? initGenerator = null, Device? device = null) : base(nameof(Gpt))
     {
         this.config = config.Validate();
-        positional_embedding = new Parameter(zeros(GptConfig.ClsTokenNum + config.BlockSize, config.Dim));
-        cls_embedding = new LabelEmbedder(config.NumClasses, config.Dim, config.ClassDropoutProb);
-        tok_embeddings = nn.Embedding(config.VocabSize, config.Dim);
+        positional_embedding = new Parameter(zeros(GptConfig.ClsTokenNum + config.BlockSize, config.Dim, device: device));
+        cls_embedding = new LabelEmbedder(config.NumClasses, config.Dim, config.ClassDropoutProb, device);
+        tok_embeddings = nn.Embedding(config.VocabSize, config.Dim, device: device);
         tok_dropout = nn.Dropout(config.TokenDropoutP);
-        layers = new ModuleList<TransformerBlock>(Enumerable.Range(0, config.NLayer).Select(_ => new TransformerBlock(config, ac)).ToArray());
-        norm = new RMSNorm(config.Dim, config.NormEps);
-        output = nn.Linear(config.Dim, config.VocabSize, hasBias: false);
+        layers = new ModuleList<TransformerBlock>(Enumerable.Range(0, config.NLayer).Select(_ => new TransformerBlock(config, ac, device)).ToArray());
+        norm = new RMSNorm(config.Dim, config.NormEps, device);
+        output = nn.Linear(config.Dim, config.VocabSize, hasBias: false, device: device);
         RegisterComponents();
-        InitializeWeights(initGenerator);
+        if (device?.type != DeviceType.META) InitializeWeights(initGenerator);
     }
 
     /// <summary>gpt_1d.py:423-453: Linear/Embedding ~ N(0, initializer_range), output zeroed, positions D^-0.5*N(0,1), norms 1.</summary>
@@ -316,7 +323,7 @@ public sealed class Gpt : nn.Module
         long t = idx.shape[1] + GptConfig.ClsTokenNum;
         if (t > positional_embedding.shape[0])
             throw new ArgumentException($"sequence of {idx.shape[1]} codes + 1 class token exceeds block_size+1 = {positional_embedding.shape[0]} positions");
-        var x = cat(new[] { cls_embedding.forward(cond, training), tok_embeddings.forward(idx) }, 1);
+        var x = cat(new[] { cls_embedding.forward(cond, training, ClassDropGenerator), tok_embeddings.forward(idx) }, 1);
         x = x + positional_embedding.narrow(0, 0, t).to_type(x.dtype);
         var h = tok_dropout.forward(x);
         foreach (var layer in layers) h = layer.forward(h);
@@ -340,6 +347,8 @@ public sealed class Gpt : nn.Module
     /// <summary>Decode step (gpt_1d.py:502-514): idx (B,S) codes placed at sequence positions pos..pos+S-1. Returns (B,S,V).</summary>
     public Tensor Decode(Tensor idx, long pos, KvCache cache)
     {
+        if (pos < 1 || pos + idx.shape[1] > positional_embedding.shape[0])
+            throw new ArgumentException($"decode positions {pos}..{pos + idx.shape[1] - 1} are outside 1..{positional_embedding.shape[0] - 1}");
         var x = tok_embeddings.forward(idx);
         x = x + positional_embedding.narrow(0, pos, idx.shape[1]).to_type(x.dtype);
         return Run(tok_dropout.forward(x), cache, pos);
