@@ -8,5 +8,6 @@ public static partial class Commands
     public static IEnumerable<Command> All()
     {
         yield return DbCommands.Build();
+        yield return GeneratorCommands.Build();
     }
 }

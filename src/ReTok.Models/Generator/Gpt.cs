@@ -72,6 +72,51 @@ public sealed record GptConfig(
     public static GptConfig L => Preset("GPT-L");
     public static GptConfig XL => Preset("GPT-XL");
 
+    /// <summary>
+    /// Reads a JSON object with ModelArgs field names (dim, n_layer, n_head, vocab_size, block_size, num_classes,
+    /// class_dropout_prob, token_dropout_p, resid_dropout_p, ffn_dropout_p, attn_dropout_p, multiple_of,
+    /// ffn_dim_multiplier, norm_eps), optionally starting from "gpt_model": "GPT-B" etc. Paths this port does not
+    /// implement (rope, adaLN, QK-norm, t2i) are refused by name.
+    /// </summary>
+    public static GptConfig FromJson(string json, string source)
+    {
+        using var doc = System.Text.Json.JsonDocument.Parse(json);
+        var r = doc.RootElement;
+        GptConfig c = r.TryGetProperty("gpt_model", out var gm) ? Preset(gm.GetString()!) : new GptConfig(0, 0, 0);
+        foreach (var p in r.EnumerateObject())
+        {
+            var v = p.Value;
+            bool True() => v.ValueKind == System.Text.Json.JsonValueKind.True;
+            c = p.Name switch
+            {
+                "gpt_model" => c,
+                "dim" => c with { Dim = v.GetInt32() },
+                "n_layer" => c with { NLayer = v.GetInt32() },
+                "n_head" => c with { NHead = v.GetInt32() },
+                "n_kv_head" when v.ValueKind == System.Text.Json.JsonValueKind.Null || v.GetInt32() == c.NHead => c,
+                "vocab_size" => c with { VocabSize = v.GetInt32() },
+                "block_size" => c with { BlockSize = v.GetInt32() },
+                "num_classes" => c with { NumClasses = v.GetInt32() },
+                "class_dropout_prob" => c with { ClassDropoutProb = v.GetDouble() },
+                "token_dropout_p" => c with { TokenDropoutP = v.GetDouble() },
+                "resid_dropout_p" => c with { ResidDropoutP = v.GetDouble() },
+                "ffn_dropout_p" => c with { FfnDropoutP = v.GetDouble() },
+                "attn_dropout_p" => c with { AttnDropoutP = v.GetDouble() },
+                "multiple_of" => c with { MultipleOf = v.GetInt32() },
+                "ffn_dim_multiplier" => c with { FfnDimMultiplier = v.ValueKind == System.Text.Json.JsonValueKind.Null ? null : v.GetDouble() },
+                "norm_eps" => c with { NormEps = v.GetDouble() },
+                "initializer_range" => c with { InitializerRange = v.GetDouble() },
+                "cls_token_num" when v.GetInt32() == 1 => c,
+                "model_type" when v.GetString() == "c2i" => c,
+                "drop_path_rate" when v.GetDouble() == 0 => c,
+                "rope" or "use_qk_norm" or "use_adaLN" or "use_simple_adaLN" or "use_flash_attn" when !True() => c,
+                "use_flash_attn" => c, // only picks the SDPA backend
+                _ => throw new ArgumentException($"{source}: '{p.Name}' = {v} is not supported by this port (released path: c2i, learned positions, no RoPE/adaLN/QK-norm)"),
+            };
+        }
+        return c.Validate();
+    }
+
     /// <summary>Inference config: all dropouts off (as val_loss_cal.py); class table keeps its null row.</summary>
     public GptConfig WithoutDropout() => this with { TokenDropoutP = 0, ResidDropoutP = 0, FfnDropoutP = 0, AttnDropoutP = 0 };
 }

@@ -53,6 +53,14 @@ public static class GptCheckpoint
     /// </summary>
     public static void LoadStrict(Gpt model, IReadOnlyDictionary<string, Tensor> sd, string source)
     {
+        var own = LoadStrictShapes(model, sd, source);
+        using var _ = no_grad();
+        foreach (var (k, p) in own) p.copy_(sd[k].to(p.dtype, p.device));
+    }
+
+    /// <summary>The name and shape half of <see cref="LoadStrict"/> (works on a model built on the meta device).</summary>
+    public static Dictionary<string, Tensor> LoadStrictShapes(Gpt model, IReadOnlyDictionary<string, Tensor> sd, string source)
+    {
         var own = model.state_dict();
         var extra = sd.Keys.Where(k => !own.ContainsKey(k) && !k.Contains(".kv_cache.")).ToList();
         var missing = own.Keys.Where(k => !sd.ContainsKey(k)).ToList();
@@ -67,8 +75,7 @@ public static class GptCheckpoint
             if (!t.shape.SequenceEqual(p.shape))
                 throw new InvalidDataException($"'{source}': '{k}' has shape [{string.Join(",", t.shape)}], the model expects [{string.Join(",", p.shape)}]");
         }
-        using var _ = no_grad();
-        foreach (var (k, p) in own) p.copy_(sd[k].to(p.dtype, p.device));
+        return own;
     }
 
     public static Gpt Load(GptConfig config, string path, Device? device = null)
