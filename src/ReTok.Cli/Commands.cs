@@ -14,5 +14,6 @@ public static partial class Commands
         yield return BenchCommands.Build();
         yield return TokenizerCommands.Build();
         foreach (var c in EvalCommands.Build()) yield return c;
+        yield return GeneratorCommands.Build();
     }
 }

@@ -1,0 +1,276 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using ReTok.Models;
+using ReTok.Models.Generator;
+using ReTok.Models.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ReTok.Cli;
+
+/// <summary>`retok generator ...`: inspect GPT checkpoints, sample class-conditional token codes, benchmark KV-cache sampling.</summary>
+public static class GeneratorCommands
+{
+    private static readonly Option<string?> PresetOpt = new("--preset") { Description = "GPT-B, GPT-L, GPT-XL, ... (gpt_1d.py GPT_models)" };
+    private static readonly Option<string?> ConfigOpt = new("--config") { Description = "JSON with ModelArgs fields (dim, n_layer, n_head, vocab_size, block_size, num_classes, ...)" };
+    private static readonly Option<string> DeviceOpt = new("--device") { Description = "auto, cpu, cuda, cuda:N", DefaultValueFactory = _ => "auto" };
+
+    public static Command Build()
+    {
+        var g = new Command("generator", "class-conditional AR generator (LlamaGen-style 1D GPT)");
+        g.Subcommands.Add(Inspect());
+        g.Subcommands.Add(Sample());
+        g.Subcommands.Add(Bench());
+        return g;
+    }
+
+    private static GptConfig ResolveConfig(ParseResult pr, IReadOnlyDictionary<string, Tensor>? sd, string? source)
+    {
+        var preset = pr.GetValue(PresetOpt);
+        var config = pr.GetValue(ConfigOpt);
+        if (preset is not null && config is not null) throw new ArgumentException("give either --preset or --config, not both");
+        if (config is not null) return GptConfig.FromJson(File.ReadAllText(config), config);
+        if (preset is not null)
+        {
+            var c = GptConfig.Preset(preset);
+            if (sd is null) return c;
+            // vocab / block / classes follow the checkpoint; depth and width must agree with the preset
+            var inferred = GptCheckpoint.InferConfig(sd, c.NHead, source!);
+            if (inferred.Dim != c.Dim || inferred.NLayer != c.NLayer)
+                throw new ArgumentException($"{source} has dim {inferred.Dim} and {inferred.NLayer} layers, but {preset} has dim {c.Dim} and {c.NLayer} layers");
+            return inferred;
+        }
+        if (sd is null) throw new ArgumentException("give --preset or --config");
+        var match = GptConfig.Presets.FirstOrDefault(p => p.Value.Dim == (int)sd["positional_embedding"].shape[1]);
+        if (match.Key is null) throw new ArgumentException($"{source}: no preset has dim {sd["positional_embedding"].shape[1]}; give --preset or --config (n_head is not stored)");
+        return GptCheckpoint.InferConfig(sd, match.Value.NHead, source!);
+    }
+
+    private static Command Inspect()
+    {
+        var ckpt = new Argument<string>("checkpoint") { Description = ".safetensors or .pt GPT checkpoint" };
+        var cmd = new Command("inspect", "print the state dict summary and the config it implies");
+        cmd.Arguments.Add(ckpt);
+        cmd.Options.Add(PresetOpt);
+        cmd.Options.Add(ConfigOpt);
+        cmd.SetAction((pr, ct) =>
+        {
+            var path = pr.GetValue(ckpt)!;
+            var sd = GptCheckpoint.StripPrefixes(GptCheckpoint.Read(path));
+            long total = sd.Values.Sum(t => t.numel());
+            Console.WriteLine($"{path}: {sd.Count} tensors, {total:N0} parameters, dtypes {string.Join(", ", sd.Values.GroupBy(t => t.dtype).Select(x => $"{x.Key} x{x.Count()}"))}");
+            foreach (var k in new[] { "positional_embedding", "cls_embedding.embedding_table.weight", "tok_embeddings.weight", "layers.0.attention.wqkv.weight", "layers.0.feed_forward.w1.weight", "output.weight" })
+                Console.WriteLine($"  {k,-40} {(sd.TryGetValue(k, out var t) ? "[" + string.Join(", ", t.shape) + "]" : "MISSING")}");
+            var odd = sd.Keys.Where(k => k.Contains("adaLN") || k.Contains("ada_gss") || k.Contains("q_norm") || k.Contains("k_norm")).ToList();
+            if (odd.Count > 0) Console.WriteLine($"  non-release keys (adaLN / QK-norm; not supported): {string.Join(", ", odd.Take(6))}{(odd.Count > 6 ? ", ..." : "")}");
+            var cfg = ResolveConfig(pr, sd, path);
+            var name = GptConfig.Presets.FirstOrDefault(p => p.Value == (cfg.NLayer, cfg.NHead, cfg.Dim)).Key ?? "custom";
+            Console.WriteLine($"config ({name}): dim {cfg.Dim}, layers {cfg.NLayer}, heads {cfg.NHead}, ffn {cfg.FfnHidden}, vocab {cfg.VocabSize}, block {cfg.BlockSize}, classes {cfg.NumClasses}; expected parameters {cfg.ParameterCount:N0}");
+            using var model = new Gpt(cfg, device: META);
+            GptCheckpoint.LoadStrictShapes(model, sd, path);
+            Console.WriteLine("strict load: OK (names and shapes match)");
+            return Task.FromResult(0);
+        });
+        return cmd;
+    }
+
+    private static Command Sample()
+    {
+        var ckpt = new Option<string?>("--checkpoint") { Description = "GPT weights (.safetensors or .pt)" };
+        var randomInit = new Option<bool>("--random-init") { Description = "no checkpoint: reference init from --seed (smoke tests, benchmarks)" };
+        var classes = new Option<string>("--classes") { Description = "comma-separated class ids, e.g. 1,2,3 (or 'random:N' for N i.i.d. uniform labels)", Required = true };
+        var perClass = new Option<int>("--n-per-class") { DefaultValueFactory = _ => 1 };
+        var tokens = new Option<int>("--tokens") { Description = "codes per image K (1..block_size; the reference only uses 256)", DefaultValueFactory = _ => 256 };
+        var cfgScale = new Option<double>("--cfg-scale") { DefaultValueFactory = _ => 1.5 };
+        var schedule = new Option<string>("--cfg-schedule") { Description = string.Join(", ", CfgSchedules.Names), DefaultValueFactory = _ => "step" };
+        var windowStart = new Option<double?>("--window-start", "--step-start-ratio") { Description = "step/rectangular window start (defaults 0.18 / 0.05)" };
+        var windowEnd = new Option<double>("--window-end") { DefaultValueFactory = _ => 1.0 };
+        var interval = new Option<int>("--cfg-interval") { DefaultValueFactory = _ => -1 };
+        var temperature = new Option<double>("--temperature") { DefaultValueFactory = _ => 1.0 };
+        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 0 };
+        var topP = new Option<double>("--top-p") { DefaultValueFactory = _ => 1.0 };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 0 };
+        var batch = new Option<int>("--batch-size") { Description = "images per generate call (the RNG stream runs on across batches)", DefaultValueFactory = _ => 32 };
+        var bf16 = new Option<bool>("--bf16") { Description = "cast the GPT to bfloat16 (--precision bf16); default fp32 as the README run" };
+        var output = new Option<string>("--out") { Description = "codes.npy (+ codes.labels.npy) or codes.npz (keys codes, labels)", Required = true };
+        var cmd = new Command("sample", "sample token codes int64 [N,K] for given classes (decode them with `retok tokenizer decode`)");
+        foreach (var o in new Option[] { PresetOpt, ConfigOpt, ckpt, randomInit, classes, perClass, tokens, cfgScale, schedule, windowStart, windowEnd, interval, temperature, topK, topP, seed, batch, bf16, output, DeviceOpt })
+            cmd.Options.Add(o);
+        cmd.SetAction((pr, ct) =>
+        {
+            var device = Devices.Resolve(pr.GetValue(DeviceOpt));
+            var path = pr.GetValue(ckpt);
+            if (path is null && !pr.GetValue(randomInit)) throw new ArgumentException("give --checkpoint (or --random-init for a smoke run)");
+            var sd = path is null ? null : GptCheckpoint.StripPrefixes(GptCheckpoint.Read(path));
+            var cfg = ResolveConfig(pr, sd, path);
+            var gen = Sampling.NewGenerator(pr.GetValue(seed), device);
+            using var model = path is null ? new Gpt(cfg, new Generator((ulong)pr.GetValue(seed))).to(device) : new Gpt(cfg, device: device);
+            if (sd is not null) GptCheckpoint.LoadStrict(model, sd, path!);
+            if (pr.GetValue(bf16)) model.to(bfloat16);
+            var labels = ParseLabels(pr.GetValue(classes)!, pr.GetValue(perClass), cfg.NumClasses, gen, device);
+            var opts = new SamplingOptions(pr.GetValue(cfgScale), pr.GetValue(schedule)!, pr.GetValue(windowStart), pr.GetValue(windowEnd),
+                pr.GetValue(interval), pr.GetValue(temperature), pr.GetValue(topK), pr.GetValue(topP)).Validate();
+            int k = pr.GetValue(tokens), bs = Math.Max(1, pr.GetValue(batch));
+            long n = labels.shape[0];
+            var codes = new List<Tensor>();
+            var sw = Stopwatch.StartNew();
+            for (long i = 0; i < n; i += bs)
+            {
+                ct.ThrowIfCancellationRequested();
+                var chunk = labels.narrow(0, i, Math.Min(bs, n - i));
+                codes.Add(Sampling.Generate(model, chunk, k, opts, gen).cpu());
+                Console.WriteLine($"  {Math.Min(i + bs, n)}/{n} images, {sw.Elapsed.TotalSeconds:F1} s");
+            }
+            var all = cat(codes, 0);
+            WriteCodes(pr.GetValue(output)!, all, labels.cpu());
+            Console.WriteLine($"wrote {n} x {k} codes to {pr.GetValue(output)} ({n * k / sw.Elapsed.TotalSeconds:F0} tokens/s on {Devices.Describe(device)})");
+            return Task.FromResult(0);
+        });
+        return cmd;
+    }
+
+    internal static Tensor ParseLabels(string spec, int perClass, int numClasses, Generator gen, Device device)
+    {
+        if (perClass < 1) throw new ArgumentException($"--n-per-class must be >= 1, got {perClass}");
+        if (spec.StartsWith("random:", StringComparison.OrdinalIgnoreCase))
+            return Sampling.RandomLabels(long.Parse(spec[7..], CultureInfo.InvariantCulture), numClasses, gen, device);
+        var ids = spec.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(s =>
+            long.TryParse(s, NumberStyles.Integer, CultureInfo.InvariantCulture, out var v) && v >= 0 && v < numClasses ? v
+                : throw new ArgumentException($"--classes: '{s}' is not a class id in 0..{numClasses - 1}")).ToArray();
+        if (ids.Length == 0) throw new ArgumentException("--classes is empty");
+        return tensor(ids.SelectMany(c => Enumerable.Repeat(c, perClass)).ToArray(), int64, device);
+    }
+
+    internal static void WriteCodes(string path, Tensor codes, Tensor labels)
+    {
+        var dir = Path.GetDirectoryName(Path.GetFullPath(path));
+        if (dir is not null) Directory.CreateDirectory(dir);
+        if (path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
+            Npz.Save(path, new Dictionary<string, NpyArray> { ["codes"] = NpyArray.FromTensor(codes), ["labels"] = NpyArray.FromTensor(labels) });
+        else
+        {
+            Npy.Save(path, codes);
+            Npy.Save(LabelsPathFor(path), labels);
+        }
+    }
+
+    /// <summary>codes.npy -> codes.labels.npy</summary>
+    public static string LabelsPathFor(string codesNpy) => Path.ChangeExtension(codesNpy, null) + ".labels.npy";
+
+    private static Command Bench()
+    {
+        var preset = new Option<string>("--gpt") { Description = "preset to time (random init)", DefaultValueFactory = _ => "GPT-B" };
+        var batch = new Option<int>("--batch-size") { DefaultValueFactory = _ => 4 };
+        var tokens = new Option<int>("--tokens") { DefaultValueFactory = _ => 256 };
+        var cfgScale = new Option<double>("--cfg-scale") { DefaultValueFactory = _ => 1.5 };
+        var threads = new Option<int>("--threads") { Description = "torch threads for both runs (0 = leave as is)", DefaultValueFactory = _ => 2 };
+        var repeats = new Option<int>("--repeats") { DefaultValueFactory = _ => 2 };
+        var reference = new Option<bool>("--reference") { Description = "also time the authors' generate.py with /usr/bin/python3 (needs RETOK_REF_RETOK; RETOK_OPENBLAS_DIR selects OpenBLAS)" };
+        var cmd = new Command("bench", "tokens/s and samples/s of KV-cache sampling (CPU), optionally against the reference generate.py");
+        foreach (var o in new Option[] { preset, batch, tokens, cfgScale, threads, repeats, reference }) cmd.Options.Add(o);
+        cmd.SetAction(async (pr, ct) =>
+        {
+            int nThreads = pr.GetValue(threads);
+            if (nThreads > 0) set_num_threads(nThreads);
+            var cfg = GptConfig.Preset(pr.GetValue(preset)!);
+            int b = pr.GetValue(batch), k = pr.GetValue(tokens), reps = Math.Max(1, pr.GetValue(repeats));
+            var opts = new SamplingOptions(pr.GetValue(cfgScale), "step", 0.18);
+            var r = GeneratorBench.Run(cfg, b, k, opts, reps);
+            Console.WriteLine($"ours   {cfg.NLayer}L/{cfg.Dim}d batch {b} (x{(opts.CfgScale > 1 ? 2 : 1)} rows for CFG), {k} tokens, {get_num_threads()} threads: " +
+                $"{r.Seconds:F2} s/batch, {r.TokensPerSecond:F0} tokens/s, {r.SamplesPerSecond:F3} samples/s");
+            Console.WriteLine($"       where time goes: prefill {r.PrefillMs:F1} ms, decode step {r.DecodeStepMs:F1} ms " +
+                $"(model forward {r.ForwardMs:F1} ms, CFG+sampling {r.SampleMs:F1} ms); weights {r.WeightBytes / 1e6:F0} MB streamed per step " +
+                $"= {r.WeightBytes / 1e9 / (r.ForwardMs / 1e3):F1} GB/s, {r.StepFlops / 1e9 / (r.ForwardMs / 1e3):F1} GFLOP/s");
+            if (pr.GetValue(reference))
+            {
+                var py = await GeneratorBench.RunReferenceAsync(pr.GetValue(preset)!, b, k, opts.CfgScale, nThreads, reps, ct);
+                Console.WriteLine($"ref    generate.py on python3-torch {py.Torch} ({py.Blas}): {py.Seconds:F2} s/batch, {b * k / py.Seconds:F0} tokens/s, {b / py.Seconds:F3} samples/s");
+                Console.WriteLine($"ratio  ours/reference throughput: {py.Seconds / r.Seconds:F2}x");
+            }
+            return 0;
+        });
+        return cmd;
+    }
+}
+
+/// <summary>Timing of KV-cache sampling; shared by `retok generator bench`.</summary>
+public static class GeneratorBench
+{
+    public sealed record Result(double Seconds, double TokensPerSecond, double SamplesPerSecond, double PrefillMs, double DecodeStepMs,
+        double ForwardMs, double SampleMs, double WeightBytes, double StepFlops);
+
+    public static Result Run(GptConfig cfg, int batch, int tokens, SamplingOptions opts, int repeats)
+    {
+        using var model = new Gpt(cfg, new Generator(0));
+        // random head so sampling is not trivially uniform
+        using (no_grad()) model.output.weight!.normal_(0, 0.02, new Generator(1));
+        var labels = arange(batch, dtype: int64);
+        var gen = new Generator(0);
+        Sampling.Generate(model, labels, Math.Min(8, tokens), opts, gen); // warm-up
+        double best = double.MaxValue;
+        for (int i = 0; i < repeats; i++)
+        {
+            var sw = Stopwatch.StartNew();
+            using var _ = Sampling.Generate(model, labels, tokens, opts, gen);
+            best = Math.Min(best, sw.Elapsed.TotalSeconds);
+        }
+        // breakdown: prefill, one decode step's forward, and CFG combine + sampling, measured separately
+        model.eval();
+        using var ng = no_grad();
+        long rows = opts.CfgScale > 1 ? 2L * batch : batch;
+        var cond = arange(rows, dtype: int64) % cfg.NumClasses;
+        using var cache = model.NewCache(rows, 1 + tokens);
+        var sw2 = Stopwatch.StartNew();
+        model.Prefill(cond, cache).Dispose();
+        double prefill = sw2.Elapsed.TotalMilliseconds;
+        int steps = Math.Min(32, tokens - 1);
+        var x = zeros(rows, 1, dtype: int64);
+        double fwd = 0, smp = 0;
+        for (int t = 1; t <= steps; t++)
+        {
+            using var scope = NewDisposeScope();
+            sw2.Restart();
+            var lg = model.Decode(x, t, cache).select(1, 0);
+            fwd += sw2.Elapsed.TotalMilliseconds;
+            sw2.Restart();
+            Sampling.SampleToken(opts.CfgScale > 1 ? Sampling.CombineCfg(lg, opts.CfgScale) : lg, opts, gen);
+            smp += sw2.Elapsed.TotalMilliseconds;
+        }
+        long nonEmb = cfg.ParameterCount - (long)cfg.VocabSize * cfg.Dim - (long)cfg.ClassTableRows * cfg.Dim - (long)(cfg.BlockSize + 1) * cfg.Dim;
+        return new Result(best, batch * tokens / best, batch / best, prefill, (best * 1000 - prefill) / Math.Max(1, tokens - 1),
+            fwd / steps, smp / steps, nonEmb * 4.0, 2.0 * nonEmb * rows);
+    }
+
+    public sealed record RefResult(double Seconds, string Torch, string Blas);
+
+    public static async Task<RefResult> RunReferenceAsync(string preset, int batch, int tokens, double cfgScale, int threads, int repeats, CancellationToken ct)
+    {
+        var refDir = Environment.GetEnvironmentVariable("RETOK_REF_RETOK");
+        if (string.IsNullOrEmpty(refDir) || !Directory.Exists(Path.Combine(refDir, "autoregressive")))
+            throw new InvalidOperationException("--reference needs RETOK_REF_RETOK pointing at a checkout of zfu006/ReTok");
+        var script = FindUp(Path.Combine("bench", "generator_ref.py"))
+            ?? throw new FileNotFoundException("bench/generator_ref.py not found above the current directory or the executable");
+        var psi = new ProcessStartInfo("/usr/bin/python3") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { script, preset, batch.ToString(), tokens.ToString(), cfgScale.ToString(CultureInfo.InvariantCulture), threads.ToString(), repeats.ToString() })
+            psi.ArgumentList.Add(a);
+        var blas = Environment.GetEnvironmentVariable("RETOK_OPENBLAS_DIR");
+        if (!string.IsNullOrEmpty(blas)) psi.Environment["LD_LIBRARY_PATH"] = blas;
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync(ct);
+        var stderr = p.StandardError.ReadToEndAsync(ct);
+        await p.WaitForExitAsync(ct);
+        if (p.ExitCode != 0) throw new InvalidOperationException($"reference bench failed ({p.ExitCode}): {await stderr}");
+        var line = (await stdout).Split('\n').Last(l => l.StartsWith("RESULT "));
+        var f = line.Split(' ');
+        return new RefResult(double.Parse(f[1], CultureInfo.InvariantCulture), f[2], string.IsNullOrEmpty(blas) ? "Debian reference BLAS" : "OpenBLAS");
+    }
+
+    private static string? FindUp(string rel)
+    {
+        foreach (var start in new[] { Directory.GetCurrentDirectory(), AppContext.BaseDirectory })
+            for (var d = new DirectoryInfo(start); d is not null; d = d.Parent)
+                if (File.Exists(Path.Combine(d.FullName, rel))) return Path.Combine(d.FullName, rel);
+        return null;
+    }
+}
