@@ -1,0 +1,175 @@
+using TorchSharp;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace ReTok.Models.Training;
+
+/// <summary>
+/// VQLoss settings as the ReTok configs (configs/vq/VQ_S{B,S}256.yaml + VQLoss defaults) set them. Weights that the
+/// reference applies elsewhere: the 0.25 commitment factor lives in the quantizer's commit term, the feature-rec weight
+/// (1.0) inside the model; codebook_weight is stored but never applied by the reference, so it does not exist here.
+/// </summary>
+public sealed record LossConfig(
+    double ReconstructionWeight = 1.0,
+    string ReconstructionLoss = "l2",
+    double PerceptualWeight = 1.0,
+    double DiscWeight = 0.5,
+    long DiscStart = 0,
+    bool DiscAdaptiveWeight = false,
+    long AuxLossEnd = 15000,
+    long? EntropyLossEnd = null,
+    double ProjWeight = 0.5);
+
+/// <summary>The quantizer's training losses: <c>Vq</c> = mean((q - sg(z))^2), <c>Commit</c> = beta * mean((sg(q) - z)^2)
+/// with beta (0.25) already applied, <c>Entropy</c> = entropy_loss_ratio * entropy (0 in the ReTok configs).</summary>
+public sealed record CodebookLosses(Tensor Vq, Tensor Commit, Tensor? Entropy = null);
+
+/// <summary>Every generator term separately (unweighted where a weight applies) plus the weighted total.</summary>
+public sealed record GeneratorLossTerms(
+    Tensor Total,
+    Tensor Reconstruction,          // mse(x, x_hat)                                   x ReconstructionWeight
+    Tensor Perceptual,              // mean_b lpips(x, x_hat)                          x PerceptualWeight
+    Tensor GeneratorAdversarial,    // -mean D(x_hat) (0 before DiscStart)            x AdversarialWeight
+    double AdversarialWeight,       // adaptive weight x adopt_weight(DiscWeight, step)
+    Tensor CodebookVq,
+    Tensor Commitment,
+    Tensor Entropy,
+    Tensor FeatureReconstruction,   // already weighted by the model; 0 from AuxLossEnd on
+    Tensor SemanticAlignment,       // -(1/B) sum_b mean_t cos(student, teacher), in [-1, 1]; 0 when no teacher
+    Tensor SemanticWeighted)        // (1/B) sum_b lambda_b * negcos_b (lambda = ProjWeight unless per-sample weights)
+{
+    /// <summary>Terms in the order they are checked and logged; names are the log keys.</summary>
+    public IEnumerable<(string Name, Tensor Value)> Named()
+    {
+        yield return ("rec", Reconstruction);
+        yield return ("perceptual", Perceptual);
+        yield return ("gen_adv", GeneratorAdversarial);
+        yield return ("vq", CodebookVq);
+        yield return ("commit", Commitment);
+        yield return ("entropy", Entropy);
+        yield return ("feature_rec", FeatureReconstruction);
+        yield return ("semantic", SemanticAlignment);
+        yield return ("semantic_weighted", SemanticWeighted);
+        yield return ("total_g", Total);
+    }
+}
+
+public sealed record DiscriminatorLossTerms(Tensor Total, Tensor LogitsRealMean, Tensor LogitsFakeMean, bool Active)
+{
+    public IEnumerable<(string Name, Tensor Value)> Named()
+    {
+        yield return ("logits_real", LogitsRealMean);
+        yield return ("logits_fake", LogitsFakeMean);
+        yield return ("total_d", Total);
+    }
+}
+
+/// <summary>The loss functions of tokenizer/tokenizer_image/vq/vq_loss.py that the ReTok configs reach.</summary>
+public static class Losses
+{
+    /// <summary>hinge_d_loss: 0.5 * (mean relu(1 - real) + mean relu(1 + fake)).</summary>
+    public static Tensor HingeDLoss(Tensor logitsReal, Tensor logitsFake) =>
+        0.5 * (F.relu(1.0 - logitsReal).mean() + F.relu(1.0 + logitsFake).mean());
+
+    /// <summary>hinge_gen_loss: -mean(D(x_hat)).</summary>
+    public static Tensor HingeGenLoss(Tensor logitsFake) => -logitsFake.mean();
+
+    /// <summary>adopt_weight: <paramref name="value"/> before <paramref name="threshold"/>, else the weight.</summary>
+    public static double AdoptWeight(double weight, long globalStep, long threshold, double value = 0.0) =>
+        globalStep < threshold ? value : weight;
+
+    /// <summary>Per-sample negative cosine, token mean: out[b] = -mean_t cos(student[b,t], teacher[b,t]) (F.normalize eps
+    /// 1e-12 along the last dim). Shapes must match exactly, as the reference asserts.</summary>
+    public static Tensor NegativeCosinePerSample(Tensor student, Tensor teacher)
+    {
+        if (!student.shape.SequenceEqual(teacher.shape))
+            throw new ArgumentException($"semantic alignment: student features [{string.Join(",", student.shape)}] and teacher features [{string.Join(",", teacher.shape)}] differ in shape");
+        var s = F.normalize(student, dim: -1);
+        var t = F.normalize(teacher, dim: -1);
+        var perToken = -(s * t).sum(-1);                       // [B, T...]
+        return perToken.reshape(perToken.shape[0], -1).mean(new long[] { 1 });
+    }
+
+    /// <summary>calculate_adaptive_weight: ||grad nll|| / (||grad g|| + 1e-4) at the last layer, clamped to [0, 1e4], detached.</summary>
+    public static Tensor AdaptiveWeight(Tensor nllLoss, Tensor gLoss, Tensor lastLayer)
+    {
+        var nllGrad = torch.autograd.grad(new[] { nllLoss }, new[] { lastLayer }, retain_graph: true)[0];
+        var gGrad = torch.autograd.grad(new[] { gLoss }, new[] { lastLayer }, retain_graph: true)[0];
+        return (nllGrad.norm() / (gGrad.norm() + 1e-4)).clamp(0.0, 1e4).detach();
+    }
+}
+
+/// <summary>
+/// VQLoss.forward for optimizer_idx 0 (generator) and 1 (discriminator), with the combination exactly as GigaTok's loop
+/// builds it: L_G = w_rec*L_rec + w_p*L_lpips + a*w_d*L_adv + (L_vq + L_commit + L_ent) + L_fea + L_sem_weighted and
+/// L_D = w_d * hinge(D(x), D(x_hat)). The perceptual network is a delegate (LPIPS comes from ReTok.Evaluation); it must
+/// return a per-sample distance of any shape whose mean is the batch mean. Direct (shortcut-decoder) terms, LeCam and
+/// the other discriminator types are off in the ReTok configs and not ported (docs/training.md).
+/// </summary>
+public sealed class TokenizerLoss
+{
+    public LossConfig Config { get; }
+    public PatchGanDiscriminator Discriminator { get; }
+    private readonly Func<Tensor, Tensor, Tensor> perceptual;
+
+    public TokenizerLoss(LossConfig config, PatchGanDiscriminator discriminator, Func<Tensor, Tensor, Tensor> perceptual)
+    {
+        if (config.ReconstructionLoss is not ("l1" or "l2"))
+            throw new ArgumentException($"unknown reconstruction loss '{config.ReconstructionLoss}' (expected l1 or l2)");
+        Config = config;
+        Discriminator = discriminator;
+        this.perceptual = perceptual;
+    }
+
+    /// <param name="featureRec">the model's feature-reconstruction (shortcut) loss, already weighted; null when not computed.</param>
+    /// <param name="semanticWeights">per-sample weights lambda_b [B] (ReTok HSR); null = the constant ProjWeight (released code).</param>
+    /// <param name="lastLayer">decoder's last-layer weight, required only with DiscAdaptiveWeight.</param>
+    public GeneratorLossTerms Generator(Tensor inputs, Tensor reconstructions, CodebookLosses codebook, Tensor? featureRec,
+        long globalStep, Tensor? student = null, Tensor? teacher = null, Tensor? semanticWeights = null, Tensor? lastLayer = null)
+    {
+        var c = Config;
+        var zero = torch.zeros(Array.Empty<long>(), dtype: reconstructions.dtype, device: reconstructions.device);
+        var rec = c.ReconstructionLoss == "l2" ? F.mse_loss(reconstructions, inputs) : F.l1_loss(reconstructions, inputs);
+        var p = perceptual(inputs, reconstructions).mean();
+
+        double discWeight = Losses.AdoptWeight(c.DiscWeight, globalStep, c.DiscStart);
+        var genAdv = globalStep < c.DiscStart ? zero : Losses.HingeGenLoss(Discriminator.forward(reconstructions));
+        double adaptive = 1.0;
+        if (c.DiscAdaptiveWeight && globalStep >= c.DiscStart)
+        {
+            if (lastLayer is null) throw new ArgumentException("DiscAdaptiveWeight needs the decoder's last-layer weight (lastLayer)");
+            adaptive = Losses.AdaptiveWeight(c.ReconstructionWeight * rec + c.PerceptualWeight * p, genAdv, lastLayer).item<float>();
+        }
+
+        var fea = featureRec ?? zero;
+        if (globalStep >= c.AuxLossEnd) fea = fea * 0.0;
+        var ent = codebook.Entropy ?? zero;
+        if (c.EntropyLossEnd is long end && globalStep >= end) ent = zero;
+
+        Tensor sem = zero, semWeighted = zero;
+        if (student is not null && teacher is not null)
+        {
+            var perSample = Losses.NegativeCosinePerSample(student, teacher);
+            sem = perSample.mean();
+            semWeighted = semanticWeights is null
+                ? c.ProjWeight * sem
+                : (semanticWeights.to(perSample.dtype).to(perSample.device) * perSample).mean();
+        }
+
+        var total = c.ReconstructionWeight * rec + c.PerceptualWeight * p + (adaptive * discWeight) * genAdv
+                    + (codebook.Vq + codebook.Commit + ent) + fea + semWeighted;
+        return new GeneratorLossTerms(total, rec, p, genAdv, adaptive * discWeight, codebook.Vq, codebook.Commit, ent, fea, sem, semWeighted);
+    }
+
+    /// <summary>D objective: two separate forwards (real batch, fake batch: BatchNorm sees each alone), inputs detached.</summary>
+    public DiscriminatorLossTerms DiscriminatorStep(Tensor inputs, Tensor reconstructions, long globalStep)
+    {
+        var zero = torch.zeros(Array.Empty<long>(), dtype: reconstructions.dtype, device: reconstructions.device);
+        if (globalStep < Config.DiscStart) return new DiscriminatorLossTerms(zero, zero, zero, false);
+        var real = Discriminator.forward(inputs.detach());
+        var fake = Discriminator.forward(reconstructions.detach());
+        double w = Losses.AdoptWeight(Config.DiscWeight, globalStep, Config.DiscStart);
+        var total = w * Losses.HingeDLoss(real, fake);
+        return new DiscriminatorLossTerms(total, real.detach().mean(), fake.detach().mean(), true);
+    }
+}
