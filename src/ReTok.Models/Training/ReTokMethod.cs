@@ -64,7 +64,7 @@ public sealed class KSampler
 
     /// <summary>K for each of <paramref name="batch"/> samples, int64 [B] on the CPU, drawn from <paramref name="generator"/>
     /// (a seeded CPU torch.Generator whose state the trainer checkpoints).</summary>
-    public Tensor Sample(int batch, Generator generator)
+    public Tensor Sample(int batch, torch.Generator generator)
     {
         var c = Config;
         long n = c.PerSample ? batch : 1;

@@ -174,7 +174,7 @@ public static class EpochOrder
     /// <summary>DistributedSampler(shuffle=True, seed) with one replica: randperm(N) under a generator seeded seed + epoch.</summary>
     public static long[] Permutation(long n, long seed, long epoch)
     {
-        using var g = new Generator((ulong)(seed + epoch));
+        using var g = new torch.Generator((ulong)(seed + epoch));
         using var p = randperm(n, generator: g);
         return p.data<long>().ToArray();
     }
@@ -233,7 +233,7 @@ public sealed class TrainingDataLoader
     {
         using var scope = NewDisposeScope();
         var img = source.Get(datasetIndex);
-        using var g = new Generator(SampleSeed(Config.Seed, epoch, datasetIndex));
+        using var g = new torch.Generator(SampleSeed(Config.Seed, epoch, datasetIndex));
         Tensor outImg = Config.Augmentation switch
         {
             Augmentation.RandomCropFlip => Crops.RandomCropArr(img, Config.ImageSize,
