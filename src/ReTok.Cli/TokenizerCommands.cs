@@ -27,7 +27,26 @@ public static class TokenizerCommands
         cmd.Subcommands.Add(Decode());
         cmd.Subcommands.Add(Reconstruct());
         cmd.Subcommands.Add(Bench());
+        cmd.Subcommands.Add(Convert());
         return cmd;
+    }
+
+    static Command Convert()
+    {
+        var ckpt = new Argument<string>("CKPT") { Description = "torch .pt/.pth training checkpoint" };
+        var output = new Option<string>("--out") { Description = "flat state dict .safetensors", Required = true };
+        var c = new Command("convert", "extract the weights Load would use (ema preferred) into a .safetensors file");
+        c.Arguments.Add(ckpt);
+        c.Options.Add(output);
+        c.Options.Add(PreferOpt);
+        c.SetAction((pr, ct) =>
+        {
+            var sd = Checkpoint.Load(pr.GetValue(ckpt)!, pr.GetValue(PreferOpt)!);
+            Checkpoint.SaveSafetensors(pr.GetValue(output)!, sd);
+            Console.WriteLine($"wrote {sd.Count} tensors to {pr.GetValue(output)}");
+            return Task.FromResult(0);
+        });
+        return c;
     }
 
     static Command Inspect()
