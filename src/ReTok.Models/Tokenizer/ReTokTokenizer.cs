@@ -392,7 +392,7 @@ public sealed class ReTokTokenizer : nn.Module
         int kmax = (int)tokenCounts.max().item<long>();
         CheckCodes(codes, kmax);
         using var _ = torch.no_grad();
-        return DecodeQuant(quantize.Entry(codes[.., ..kmax].to(Device)), kmax, KeyMask(tokenCounts, kmax)).Pixels;
+        return DecodeQuant(quantize.Entry(codes[.., ..kmax].to(Device)), kmax, KeyMask(tokenCounts.to(Device), kmax)).Pixels;
     }
 
     /// <summary>
