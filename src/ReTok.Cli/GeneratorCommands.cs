@@ -130,7 +130,7 @@ public static class GeneratorCommands
         return cmd;
     }
 
-    internal static Tensor ParseLabels(string spec, int perClass, int numClasses, Generator gen, Device device)
+    public static Tensor ParseLabels(string spec, int perClass, int numClasses, Generator gen, Device device)
     {
         if (perClass < 1) throw new ArgumentException($"--n-per-class must be >= 1, got {perClass}");
         if (spec.StartsWith("random:", StringComparison.OrdinalIgnoreCase))
@@ -142,7 +142,7 @@ public static class GeneratorCommands
         return tensor(ids.SelectMany(c => Enumerable.Repeat(c, perClass)).ToArray(), int64, device);
     }
 
-    internal static void WriteCodes(string path, Tensor codes, Tensor labels)
+    public static void WriteCodes(string path, Tensor codes, Tensor labels)
     {
         var dir = Path.GetDirectoryName(Path.GetFullPath(path));
         if (dir is not null) Directory.CreateDirectory(dir);

@@ -104,6 +104,17 @@ public class GptModelTests
         Assert.Equal(TinyConfig() with { TokenDropoutP = 0.1, ResidDropoutP = 0.1, FfnDropoutP = 0.1 }, inferred);
     }
 
+    [Theory]
+    [InlineData("pt_plain.pt")]
+    [InlineData("pt_nested.pt")]
+    [InlineData("pt_nested_args.pt")]
+    public void ReadsPyTorchStateDictsPlainAndNestedUnderModel(string file)
+    {
+        var sd = GptCheckpoint.Read(File(file));
+        Assert.Equal(new[] { "norm.weight", "positional_embedding" }, sd.Keys.OrderBy(k => k, StringComparer.Ordinal));
+        Assert.Equal(0f, MaxAbsDiff(sd["positional_embedding"], arange(6f).reshape(2, 3)));
+    }
+
     [Fact]
     public void SafetensorsRoundTripIsExact()
     {
