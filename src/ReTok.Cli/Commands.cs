@@ -8,5 +8,6 @@ public static partial class Commands
     public static IEnumerable<Command> All()
     {
         yield return DbCommands.Build();
+        foreach (var c in DashboardCommands.Build()) yield return c;
     }
 }
