@@ -8,6 +8,10 @@ public static partial class Commands
     public static IEnumerable<Command> All()
     {
         yield return DbCommands.Build();
+        foreach (var c in EngineCommands.Build()) yield return c;
+        yield return RunCommands.Build();
+        yield return ArtifactCommands.Build();
+        yield return BenchCommands.Build();
         foreach (var c in DashboardCommands.Build()) yield return c;
     }
 }

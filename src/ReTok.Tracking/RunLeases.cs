@@ -82,17 +82,18 @@ public sealed partial class Tracker
         }, ct);
 
     /// <summary>Gives the run back to the queue (graceful shutdown, transient-failure retry): status Queued, lease cleared.</summary>
-    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, CancellationToken ct = default) =>
+    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, string? failure = null, CancellationToken ct = default) =>
         InTransactionAsync<bool>(null, async (c, tx, t) =>
         {
             await using var cmd = new NpgsqlCommand("""
                 UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                       failure_reason = @note, progress_message = coalesce(@note, progress_message)
+                       failure_reason = @failure, progress_message = coalesce(@note, progress_message)
                 WHERE id = @id AND lease_generation = @gen AND status = 'Running'
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
             cmd.Parameters.AddWithValue("note", (object?)note ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("failure", (object?)failure ?? DBNull.Value);
             return await cmd.ExecuteNonQueryAsync(t) == 1;
         }, ct);
 
@@ -108,8 +109,9 @@ public sealed partial class Tracker
             await using (var cmd = new NpgsqlCommand("""
                 WITH RECURSIVE tree(id) AS (
                     SELECT @id::bigint
-                    UNION SELECT r.id FROM retok.runs r JOIN tree ON r.parent_run_id = tree.id OR r.fan_in_run_id = tree.id
-                    UNION SELECT r.continued_by_run_id FROM retok.runs r JOIN tree ON r.id = tree.id WHERE r.continued_by_run_id IS NOT NULL)
+                    UNION
+                    SELECT r.id FROM retok.runs r JOIN tree ON r.parent_run_id = tree.id OR r.fan_in_run_id = tree.id
+                        OR r.id = (SELECT p.continued_by_run_id FROM retok.runs p WHERE p.id = tree.id))
                 SELECT id FROM tree
                 """, c, tx))
             {

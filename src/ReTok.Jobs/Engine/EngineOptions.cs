@@ -55,6 +55,7 @@ public sealed record EngineOptions
             Db = s.Db,
             Artifacts = s.Artifacts,
             Scratch = Environment.GetEnvironmentVariable("RETOK_SCRATCH") ?? Path.Combine(s.Home, "scratch"),
+            AutoMigrate = Environment.GetEnvironmentVariable("RETOK_AUTO_MIGRATE") is not ("0" or "false"),
         };
         return o.WithOverrides(k => Environment.GetEnvironmentVariable("RETOK_ENGINE_" + k));
     }

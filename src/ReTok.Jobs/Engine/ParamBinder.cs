@@ -59,31 +59,32 @@ public static class ParamBinder
     {
         var under = Nullable.GetUnderlyingType(type);
         if (under is not null) { type = under; nullable = true; }
+        var expected = Describe(type) + (nullable ? " or null" : "");
         if (IsNull(node))
         {
-            if (!nullable) errors.Add($"{path}: expected {Describe(type)}, got null");
+            if (!nullable) errors.Add($"{path}: expected {expected}, got null");
             return null;
         }
         if (type == typeof(object) || typeof(JsonNode).IsAssignableFrom(type) || type == typeof(JsonElement)) return Untyped(node);
-        if (type == typeof(string)) return Scalar(node, path, type, errors) is { } s ? JsonValue.Create(s) : null;
+        if (type == typeof(string)) return Scalar(node, path, expected, errors) is { } s ? JsonValue.Create(s) : null;
         if (type == typeof(bool))
         {
-            var s = Scalar(node, path, type, errors);
+            var s = Scalar(node, path, expected, errors);
             if (s is null) return null;
             if (s.Equals("true", StringComparison.OrdinalIgnoreCase)) return JsonValue.Create(true);
             if (s.Equals("false", StringComparison.OrdinalIgnoreCase)) return JsonValue.Create(false);
-            errors.Add($"{path}: expected {Describe(type)}, got '{s}'");
+            errors.Add($"{path}: expected {expected}, got '{s}'");
             return null;
         }
         if (IsInteger(type))
         {
-            var s = Scalar(node, path, type, errors);
+            var s = Scalar(node, path, expected, errors);
             if (s is null) return null;
             if (!long.TryParse(s.Replace("_", ""), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var l))
             {
                 // 1e4 written for an integer is common in ML configs: accept it when it is integral.
                 if (double.TryParse(s, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && d == Math.Floor(d) && Math.Abs(d) < 9e15) l = (long)d;
-                else { errors.Add($"{path}: expected {Describe(type)}, got '{s}'"); return null; }
+                else { errors.Add($"{path}: expected {expected}, got '{s}'"); return null; }
             }
             var (min, max) = IntegerRange(type);
             if (l < min || l > max) { errors.Add($"{path}: {l} is out of range for {Describe(type)}"); return null; }
@@ -91,27 +92,27 @@ public static class ParamBinder
         }
         if (type == typeof(double) || type == typeof(float) || type == typeof(decimal))
         {
-            var s = Scalar(node, path, type, errors);
+            var s = Scalar(node, path, expected, errors);
             if (s is null) return null;
             var t = s.ToLowerInvariant() switch { ".inf" or "+.inf" or "inf" => "Infinity", "-.inf" or "-inf" => "-Infinity", ".nan" or "nan" => "NaN", _ => s };
             if (t is "Infinity" or "-Infinity" or "NaN") return JsonValue.Create(t);
             if (double.TryParse(s.Replace("_", ""), NumberStyles.Float, CultureInfo.InvariantCulture, out var d)) return JsonValue.Create(d);
-            errors.Add($"{path}: expected {Describe(type)}, got '{s}'");
+            errors.Add($"{path}: expected {expected}, got '{s}'");
             return null;
         }
         if (type.IsEnum)
         {
-            var s = Scalar(node, path, type, errors);
+            var s = Scalar(node, path, expected, errors);
             if (s is null) return null;
             var names = Enum.GetNames(type);
             var hit = names.FirstOrDefault(n => n.Equals(s, StringComparison.OrdinalIgnoreCase)
                                                 || JsonNamingPolicy.SnakeCaseLower.ConvertName(n).Equals(s, StringComparison.OrdinalIgnoreCase));
-            if (hit is null) { errors.Add($"{path}: expected {Describe(type)}, got '{s}'"); return null; }
+            if (hit is null) { errors.Add($"{path}: expected {expected}, got '{s}'"); return null; }
             return JsonValue.Create(JsonNamingPolicy.SnakeCaseLower.ConvertName(hit));
         }
         if (DictionaryValueType(type) is { } valueType)
         {
-            if (node is not YamlMappingNode map) { errors.Add($"{path}: expected {Describe(type)}, got {What(node)}"); return null; }
+            if (node is not YamlMappingNode map) { errors.Add($"{path}: expected {expected}, got {What(node)}"); return null; }
             var obj = new JsonObject();
             foreach (var (k, v) in map.Children)
             {
@@ -122,7 +123,7 @@ public static class ParamBinder
         }
         if (ElementType(type) is { } elementType)
         {
-            if (node is not YamlSequenceNode seq) { errors.Add($"{path}: expected {Describe(type)}, got {What(node)}"); return null; }
+            if (node is not YamlSequenceNode seq) { errors.Add($"{path}: expected {expected}, got {What(node)}"); return null; }
             var arr = new JsonArray();
             var i = 0;
             foreach (var item in seq.Children) arr.Add(Convert(item, elementType, $"{path}[{i++}]", NullableElement(elementType), errors));
@@ -130,7 +131,7 @@ public static class ParamBinder
         }
         if (type.IsClass || (type.IsValueType && !type.IsPrimitive))
         {
-            if (node is not YamlMappingNode map) { errors.Add($"{path}: expected {Describe(type)}, got {What(node)}"); return null; }
+            if (node is not YamlMappingNode map) { errors.Add($"{path}: expected {expected}, got {What(node)}"); return null; }
             var props = Properties(type);
             var obj = new JsonObject();
             foreach (var (k, v) in map.Children)
@@ -139,7 +140,7 @@ public static class ParamBinder
                 if (!props.TryGetValue(key, out var p))
                 {
                     var hint = Closest(key, props.Keys);
-                    errors.Add($"{path}.{key}: unknown key{(hint is null ? "" : $" (did you mean '{hint}'?)")}; {Describe(type)} has: {string.Join(", ", props.Keys.Order())}");
+                    errors.Add($"{path}.{key}: unknown key{(hint is null ? "" : $" (did you mean '{hint}'?)")}; known keys of {type.Name}: {string.Join(", ", props.Keys.Order())}");
                     continue;
                 }
                 obj[key] = Convert(v, p.Type, $"{path}.{key}", p.Nullable, errors);
@@ -200,10 +201,10 @@ public static class ParamBinder
     static bool IsNull(YamlNode n) => n is YamlScalarNode s && s.Style == YamlDotNet.Core.ScalarStyle.Plain
                                       && (s.Value is null or "" or "~" || s.Value.Equals("null", StringComparison.OrdinalIgnoreCase));
 
-    static string? Scalar(YamlNode node, string path, Type type, List<string> errors)
+    static string? Scalar(YamlNode node, string path, string expected, List<string> errors)
     {
         if (node is YamlScalarNode s) return s.Value ?? "";
-        errors.Add($"{path}: expected {Describe(type)}, got {What(node)}");
+        errors.Add($"{path}: expected {expected}, got {What(node)}");
         return null;
     }
 

@@ -210,6 +210,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             if (error is null)
             {
                 await ctx.FlushAsync();
+                if (ctx.Snapshot() is { } last) await t.RenewLeaseAsync(lease, host.Options.LeaseTtl, last); // final progress message
                 var ready = await RunTransitions.SucceedAsync(t, lease);
                 host.Log($"[run {run.Id}] succeeded");
                 foreach (var r in ready) await host.Client.EnqueueAsync(r.RunId, r.Queue);
@@ -223,7 +224,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 var delay = TimeSpan.FromTicks(Math.Min(TimeSpan.FromMinutes(10).Ticks, host.Options.RetryBaseDelay.Ticks << Math.Min(20, lease.Attempt - 1)));
                 var note = $"attempt {lease.Attempt}/{kind.MaxAttempts} failed ({message}); retrying in {delay.TotalSeconds:F1} s";
                 await t.LogAsync(run.Id, "warn", note, lease.Fence);
-                if (await t.ReleaseToQueueAsync(lease, note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
+                if (await t.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
                 host.Log($"[run {run.Id}] {note}");
                 return;
             }

@@ -1,0 +1,50 @@
+using System.CommandLine;
+using ReTok.Jobs.Engine;
+using ReTok.Tracking;
+
+namespace ReTok.Cli;
+
+/// <summary>Options and error handling shared by the engine/tracking commands.</summary>
+static class CliSupport
+{
+    public static readonly Option<string?> Artifacts = new("--artifacts") { Description = "artifact store: folder, file:PATH or blob:CONTAINER;CONNECTION (default: $RETOK_ARTIFACTS or .state/artifacts)" };
+
+    public static Command WithStoreOptions(this Command c)
+    {
+        c.Options.Add(DbCommands.DbOption);
+        c.Options.Add(Artifacts);
+        return c;
+    }
+
+    public static EngineOptions Engine(ParseResult pr) => EngineOptions.FromEnvironment(pr.GetValue(DbCommands.DbOption), pr.GetValue(Artifacts));
+
+    /// <summary>A client for commands that read/write tracking (checks the database is reachable, migrating if configured).</summary>
+    public static async Task<JobClient> ClientAsync(ParseResult pr, CancellationToken ct)
+    {
+        var o = Engine(pr);
+        // Redirected output (pipes, CI logs) has no width: don't wrap tables at Spectre's default 80 columns.
+        if (Console.IsOutputRedirected) Spectre.Console.AnsiConsole.Profile.Width = 200;
+        var c = new JobClient(o);
+        await c.EnsureSchemaAsync(ct);
+        return c;
+    }
+
+    /// <summary>Turns the errors a user can fix into one clear line and an exit code instead of a stack trace.</summary>
+    public static async Task<int> Guard(Func<Task<int>> body)
+    {
+        try { return await body(); }
+        catch (SpecValidationException ex) { Console.Error.WriteLine($"invalid spec: {ex.Message}"); return 2; }
+        catch (DatabaseUnreachableException ex) { Console.Error.WriteLine(ex.Message); return 3; }
+        catch (Tracking.Artifacts.ArtifactIntegrityException ex) { Console.Error.WriteLine(ex.Message); return 4; }
+        catch (CliError ex) { Console.Error.WriteLine(ex.Message); return ex.ExitCode; }
+    }
+
+    public static string Duration(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:00}m" : t.TotalMinutes >= 1 ? $"{t.Minutes}m{t.Seconds:00}s" : $"{t.TotalSeconds:F1}s";
+
+    public static string Size(long b) => b >= 1 << 30 ? $"{b / (double)(1 << 30):F2} GiB" : b >= 1 << 20 ? $"{b / (double)(1 << 20):F1} MiB" : b >= 1 << 10 ? $"{b / 1024.0:F1} KiB" : $"{b} B";
+}
+
+sealed class CliError(string message, int exitCode = 1) : Exception(message)
+{
+    public int ExitCode { get; } = exitCode;
+}

@@ -1,0 +1,129 @@
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Kinds.Selftest;
+
+namespace ReTok.Tests.Engine;
+
+/// <summary>Spec parsing and strict parameter binding (no database).</summary>
+public class JobSpecTests
+{
+    static SpecValidationException Invalid(string yaml, params string[] sets) =>
+        Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(yaml, sets));
+
+    [Fact]
+    public void BindsSnakeCaseKeysFillsDefaultsAndAppliesOverrides()
+    {
+        var plan = JobSpecs.Parse("""
+            kind: selftest
+            name: demo
+            params: {n: 12, step_ms: 5}
+            """, ["checkpoint_every=3", "scale=2.5", "fail_at_step=~"]);
+        var step = Assert.Single(plan.Steps);
+        var p = Assert.IsType<SelftestParams>(step.Params);
+        Assert.Equal((12, 5, 3, 2.5, (int?)null, 0), (p.N, p.StepMs, p.CheckpointEvery, p.Scale, p.FailAtStep, p.Shards));
+        Assert.Equal("cpu", step.Queue);
+        Assert.Contains("\"checkpoint_every\":3", step.ParamsJson);
+        Assert.Contains("\"transient_failures\":0", step.ParamsJson); // defaults are stored too
+        Assert.Equal(16, step.ConfigHash.Length);
+    }
+
+    [Fact]
+    public void UnknownKeyNamesThePathAndSuggestsTheClosestKey()
+    {
+        var ex = Invalid("kind: selftest\nparams: {n: 3, step_msec: 10}");
+        var e = Assert.Single(ex.Errors);
+        Assert.StartsWith("params.step_msec: unknown key (did you mean 'step_ms'?)", e);
+    }
+
+    [Fact]
+    public void WrongTypesNameThePathAndTheExpectedType()
+    {
+        var ex = Invalid("kind: selftest\nparams: {n: forty, scale: [1, 2], fail_at_step: 2.5}", "checkpoint_every=true");
+        Assert.Contains("params.n: expected an integer (int), got 'forty'", ex.Errors);
+        Assert.Contains("params.scale: expected a number (double), got a list", ex.Errors);
+        Assert.Contains("params.fail_at_step: expected an integer (int) or null, got '2.5'", ex.Errors);
+        Assert.Contains("params.checkpoint_every: expected an integer (int), got 'true'", ex.Errors);
+        Assert.Equal(4, ex.Errors.Count);
+    }
+
+    [Fact]
+    public void ValueChecksOfTheRecordRunAtSubmitTime()
+    {
+        var ex = Invalid("kind: selftest\nparams: {n: -1}");
+        Assert.Equal(["params.n: must be >= 0, got -1"], ex.Errors);
+    }
+
+    [Fact]
+    public void NestedRecordsListsEnumsAndDottedOverrides()
+    {
+        var kinds = new JobKindRegistry().Register(typeof(NestedJob), new JobKindAttribute("nested"));
+        var plan = JobSpecs.Parse("""
+            kind: nested
+            params:
+              trainer: {lr: 1.0e-4, global_batch_size: 128, betas: [0.9, 0.95]}
+              model: {decoder_size: base}
+            """, ["trainer.lr=2e-4", "model.codebook.size=16384", "mode=fast_eval"], kinds);
+        var p = Assert.IsType<NestedParams>(plan.Steps[0].Params);
+        Assert.Equal(2e-4, p.Trainer.Lr);
+        Assert.Equal(128, p.Trainer.GlobalBatchSize);
+        Assert.Equal([0.9, 0.95], p.Trainer.Betas);
+        Assert.Equal(16384, p.Model.Codebook!.Size);
+        Assert.Equal(Mode.FastEval, p.Mode);
+
+        var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse("kind: nested\nparams: {trainer: {lr: 1, betas: [0.9, x]}, model: {decoder_size: 3, codebook: {size: 3000000000}}, mode: slow}", null, kinds));
+        Assert.Contains("params.trainer.betas[1]: expected a number (double), got 'x'", ex.Errors);
+        Assert.Contains("params.model.codebook.size: 3000000000 is out of range for an integer (int)", ex.Errors);
+        Assert.Contains("params.mode: expected one of: train, fast_eval, got 'slow'", ex.Errors);
+        Assert.Contains("params.trainer.global_batch_size: required key is missing (expected an integer (int))", ex.Errors);
+    }
+
+    [Fact]
+    public void PipelineStepsNeedsInputsAndErrors()
+    {
+        var plan = JobSpecs.Parse("""
+            pipeline: chain
+            steps:
+              report: {kind: selftest, needs: [transform], inputs: {data: transform/result.json}}
+              produce: {kind: selftest, params: {n: 2}}
+              transform: {kind: selftest, inputs: {data: produce/result.json}}
+            """, ["transform.n=7"]);
+        Assert.Equal(["produce", "transform", "report"], plan.Steps.Select(s => s.Step));
+        Assert.Equal(["produce"], plan.Steps[1].Needs); // implied by the input
+        Assert.Equal(7, ((SelftestParams)plan.Steps[1].Params).N);
+
+        var ex = Invalid("""
+            pipeline: bad
+            steps:
+              a: {kind: selftest, needs: [b]}
+              b: {kind: selftest, needs: [a]}
+              c: {kind: nope, params: {}}
+              d: {kind: selftest, inputs: {x: zzz/file.bin}, paramz: {}}
+            """);
+        Assert.Contains(ex.Errors, e => e.StartsWith("steps.c.kind: unknown job kind 'nope'"));
+        Assert.Contains(ex.Errors, e => e.StartsWith("steps.d.inputs.x: step 'zzz' does not exist"));
+        Assert.Contains(ex.Errors, e => e.StartsWith("steps.d.paramz: unknown key"));
+        var cyc = Invalid("pipeline: c\nsteps:\n  a: {kind: selftest, needs: [b]}\n  b: {kind: selftest, needs: [a]}");
+        Assert.Contains(cyc.Errors, e => e.StartsWith("steps: the needs form a cycle: a -> b -> a"));
+        Assert.Contains(Invalid("pipeline: c\nsteps:\n  a: {kind: selftest}", "b.n=1").Errors, e => e.Contains("STEP one of: a"));
+        Assert.Contains(Invalid("kind: selftest\ninputs: {data: produce/x.npz}").Errors, e => e.Contains("use run:ID/x.npz"));
+    }
+
+    [Fact]
+    public void ParamsFromMergesAReferenceStyleConfigUnderParams()
+    {
+        var dir = Directory.CreateTempSubdirectory("spec").FullName;
+        File.WriteAllText(Path.Combine(dir, "base.yaml"), "trainer: {lr: 1.0e-4, global_batch_size: 128}\nmodel: {decoder_size: small}\n");
+        File.WriteAllText(Path.Combine(dir, "job.yaml"), "kind: nested\nparams_from: base.yaml\nparams:\n  model: {decoder_size: base}\n");
+        var kinds = new JobKindRegistry().Register(typeof(NestedJob), new JobKindAttribute("nested"));
+        var p = (NestedParams)JobSpecs.Load(Path.Combine(dir, "job.yaml"), ["trainer.global_batch_size=64"], kinds).Steps[0].Params;
+        Assert.Equal(("base", 64, 1e-4), (p.Model.DecoderSize, p.Trainer.GlobalBatchSize, p.Trainer.Lr));
+        var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Load(Path.Combine(dir, "job.yaml"), ["trainer.lr=fast"], kinds));
+        Assert.StartsWith(Path.Combine(dir, "job.yaml") + ": params.trainer.lr: expected a number (double), got 'fast'", ex.Message);
+    }
+
+    public enum Mode { Train, FastEval }
+    public sealed record Trainer { public double Lr { get; init; } public required int GlobalBatchSize { get; init; } public double[] Betas { get; init; } = [0.9, 0.95]; }
+    public sealed record Codebook { public int Size { get; init; } = 4096; }
+    public sealed record Model { public string DecoderSize { get; init; } = "base"; public Codebook? Codebook { get; init; } }
+    public sealed record NestedParams { public required Trainer Trainer { get; init; } public Model Model { get; init; } = new(); public Mode Mode { get; init; } }
+    public sealed class NestedJob : IJobHandler<NestedParams> { public Task RunAsync(JobContext ctx, NestedParams p) => Task.CompletedTask; }
+}
