@@ -71,6 +71,8 @@ public sealed class DashboardServer : IAsyncDisposable
             k.Limits.MaxRequestBodySize = o.MaxUploadBytes + 64 * 1024; // the multipart envelope around a spec of MaxUploadBytes
         });
         builder.Logging.SetMinimumLevel(o.LogLevel);
+        // "No XML encryptor configured": expected on Linux; the key folder is made owner-only instead (AuthSetup).
+        builder.Logging.AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error);
         var s = builder.Services;
         s.AddSingleton(o);
         s.AddSingleton(client);
@@ -95,7 +97,11 @@ public sealed class DashboardServer : IAsyncDisposable
             return Task.CompletedTask;
         }));
         var storage = client.Storage;
-        s.AddHangfire(_ => { });
+        // Only what UseHangfireDashboard needs. Not AddHangfire(): its IGlobalConfiguration factory swaps Hangfire's
+        // process-wide log provider and job activator for this host's, which breaks any other Hangfire user in the
+        // process (a worker, parallel tests) with ObjectDisposedException once this host stops.
+        s.AddSingleton<IGlobalConfiguration>(GlobalConfiguration.Configuration);
+        s.AddSingleton(Hangfire.Dashboard.DashboardRoutes.Routes);
 
         var app = builder.Build();
         app.Use(async (ctx, next) =>

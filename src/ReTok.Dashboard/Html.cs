@@ -86,9 +86,14 @@ public static class Html
 
     public static string Table(IEnumerable<string> headers, IEnumerable<IEnumerable<string>> rows, string cls = "", string? emptyText = "nothing yet")
     {
-        var sb = new StringBuilder($"<table class=\"{cls}\"><thead><tr>");
-        foreach (var h in headers) sb.Append($"<th>{h}</th>");
-        sb.Append("</tr></thead><tbody>");
+        var sb = new StringBuilder($"<table class=\"{cls}\">");
+        if (headers.Any(h => h.Length > 0))
+        {
+            sb.Append("<thead><tr>");
+            foreach (var h in headers) sb.Append($"<th>{h}</th>");
+            sb.Append("</tr></thead>");
+        }
+        sb.Append("<tbody>");
         var any = false;
         foreach (var r in rows)
         {

@@ -162,7 +162,7 @@ public static class Pages
             {(msg is null ? "" : $"<p class=\"ok\">{E(msg)}</p>")}
             <div data-run="{id}" data-active="{active}" data-reload="1" id="run-live">
             <p><span class="c-status">{Status(r.Status)}</span> <span class="c-progress">{Progress(r)}</span>
-            ETA <span class="c-eta">{Eta(r)}</span> <span class="c-message muted">{E(r.ProgressMessage)}</span></p></div>
+            <span class="muted">ETA</span> <span class="c-eta">{(Eta(r) is { Length: > 0 } eta ? eta : "—")}</span> <span class="c-message muted">{E(r.ProgressMessage)}</span></p></div>
             <p>{actions}</p>
             {(r.FailureReason is { } fr ? $"<h2>Failure reason</h2><pre class=\"error\" id=\"failure\">{E(fr)}</pre>" : "")}
             """;
@@ -172,7 +172,7 @@ public static class Pages
             Kv("tags", string.Join(" ", r.Tags.Select(t => $"<a href=\"/runs?tag={U(t)}\">{E(t)}</a>"))),
             Kv("queue / host / device", $"{E(r.Queue)} / {E(r.Host)} / {E(r.Device)}"), Kv("attempt", E(r.Attempt)),
             Kv("created / started / finished", $"{Time(r.CreatedAt)} / {Time(r.StartedAt)} / {Time(r.FinishedAt)}"),
-            Kv("config hash / seed", $"<code>{E(r.ConfigHash)}</code> / {E(r.Seed)}"), Kv("code version", $"<code>{E(r.CodeVersion)}</code>"),
+            Kv("config hash / seed", $"<code>{E(r.ConfigHash)}</code> / {(r.Seed is { } seed ? E(seed) : "—")}"), Kv("code version", $"<code>{E(r.CodeVersion)}</code>"),
             Kv("pipeline", r.PipelineId is { } pid ? $"<a href=\"/runs?pipeline={pid}\">{pid}</a> step {E(r.PipelineStep)}" : ""),
             Kv("shard", r.ShardIndex is { } si ? E(si) : ""),
         }.Where(row => row.Skip(1).First().Length > 0), "kv", null);

@@ -35,7 +35,13 @@ public static class AuthSetup
     public static void AddRetokAuth(this IServiceCollection services, DashboardOptions o)
     {
         var dp = services.AddDataProtection().SetApplicationName("retok-dashboard");
-        if (o.KeysDir is { } dir) dp.PersistKeysToFileSystem(new DirectoryInfo(dir));
+        if (o.KeysDir is { } dir)
+        {
+            // The keys encrypt the auth cookies: keep the folder private to the service account (no XML encryptor on Linux).
+            var info = Directory.CreateDirectory(dir);
+            if (!OperatingSystem.IsWindows()) File.SetUnixFileMode(info.FullName, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            dp.PersistKeysToFileSystem(info);
+        }
         services.AddAntiforgery(a =>
         {
             a.HeaderName = CsrfHeader;
