@@ -86,7 +86,7 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
             cmd.Parameters.AddWithValue("id", live);
             await cmd.ExecuteNonQueryAsync();
         }
-        await page.Locator("#run-live .c-message", new() { HasText = "step 6/12" }).WaitForAsync(new() { Timeout = 15000 });
+        await page.Locator("#run-live .c-message", new() { HasText = "step 6/12" }).WaitForAsync();
         Assert.Equal("2m05s", await page.Locator("#run-live .c-eta").InnerTextAsync());
         Assert.Equal("Running", await page.Locator("#run-live .st").InnerTextAsync());
         await using (var cmd = f.Tracker.DataSource.CreateCommand("UPDATE retok.runs SET status = 'Succeeded', progress = 1, finished_at = now() WHERE id = @id"))
@@ -94,7 +94,7 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
             cmd.Parameters.AddWithValue("id", live);
             await cmd.ExecuteNonQueryAsync();
         }
-        await page.Locator("#run-live .st", new() { HasText = "Succeeded" }).WaitForAsync(new() { Timeout = 15000 });
+        await page.Locator("#run-live .st", new() { HasText = "Succeeded" }).WaitForAsync();
 
         Step("submit a bad spec: the validation error with its key path, nothing queued");
         await page.GotoAsync($"{f.BaseUrl}/submit");
