@@ -2,7 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
 using ReTok.Models;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using ReTok.Cli;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using static ReTok.Tests.Generator.GeneratorFixtures;
 using static TorchSharp.torch;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;

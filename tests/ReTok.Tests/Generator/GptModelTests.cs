@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generator.GeneratorFixtures;
 using static TorchSharp.torch;

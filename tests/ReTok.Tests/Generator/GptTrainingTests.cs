@@ -1,4 +1,4 @@
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generator.GeneratorFixtures;
 using static TorchSharp.torch;

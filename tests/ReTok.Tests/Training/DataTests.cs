@@ -61,7 +61,7 @@ public class DataTests
     [Fact]
     public void LoaderIsDeterministicAndResumesAtAPosition()
     {
-        var g = new Generator(2);
+        var g = new torch.Generator(2);
         var images = new TensorImageSource(U8(randint(0, 256, new long[] { 10, 40, 50, 3 }, generator: g)));
         var cfg = new DataConfig(BatchSize: 3, ImageSize: 32, Seed: 4);
         var a = new TrainingDataLoader(images, cfg);

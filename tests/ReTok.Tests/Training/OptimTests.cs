@@ -54,8 +54,8 @@ public class OptimTests
     [Fact]
     public void OptimizerStateRoundTripsAndResumesIdentically()
     {
-        var g = new Generator(5);
-        Parameter P() => new Parameter(randn(new long[] { 4, 3 }, generator: new Generator(9)));
+        var g = new torch.Generator(5);
+        Parameter P() => new Parameter(randn(new long[] { 4, 3 }, generator: new torch.Generator(9)));
         var (p1, p2) = (P(), P());
         var o1 = new NamedAdamW(new[] { ("w", p1) }, lr: 1e-2);
         var grads = Enumerable.Range(0, 4).Select(_ => randn(new long[] { 4, 3 }, generator: g)).ToList();
