@@ -8,6 +8,7 @@ public static partial class Commands
     public static IEnumerable<Command> All()
     {
         yield return DbCommands.Build();
+        yield return QuickstartCommands.Build();
         foreach (var c in EngineCommands.Build()) yield return c;
         yield return RunCommands.Build();
         yield return ArtifactCommands.Build();
