@@ -15,7 +15,11 @@ while [ $# -gt 0 ]; do
 done
 : "${RETOK_REF_RETOK:?set RETOK_REF_RETOK to a checkout of zfu006/ReTok}"
 dotnet build src/ReTok.Cli -v q -clp:ErrorsOnly >/dev/null
-RETOK="dotnet src/ReTok.Cli/bin/Debug/net10.0/retok.dll"
+# run from a copy so that rebuilding the worktree during a long benchmark cannot replace the running assemblies
+BIN=$(mktemp -d /tmp/retok-bench-XXXXXX)
+trap 'rm -rf "$BIN"' EXIT
+cp -r src/ReTok.Cli/bin/Debug/net10.0/. "$BIN/"
+RETOK="dotnet $BIN/retok.dll"
 ours=$($RETOK tokenizer bench --config "$CONFIG" --batch-size "$BATCH" --iters "$ITERS" --tokens "$TOKENS" --device cpu 2>/dev/null | tee /dev/stderr | grep BENCH_JSON | cut -d' ' -f2-)
 refenv=()
 [ -n "${OPENBLAS_DIR:-}" ] && refenv=(env LD_LIBRARY_PATH="$OPENBLAS_DIR")

@@ -93,6 +93,15 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
         var refInner = fx.Ref["train_inner"].ToTensor();
         Assert.Equal(refInner.shape, sem!.shape);
         Assert.True((sem - refInner).abs().max().item<float>() <= Tol);
+        // per-sample K in the training forward: same mask path as the reference's memory_key_padding_mask decode;
+        // the rotated quant equals the code vectors only up to ~4e-6 (tokenizer.md §4.3), hence the looser bound
+        using (torch.no_grad())
+        {
+            var (ps, _, _) = model.Forward(fx.Images, tokenCounts: fx.Ref["persample_counts"].ToTensor(), semantic: false);
+            var (psMax, _) = Compare(ps, fx.Ref, "dec_persample");
+            log.WriteLine($"per-sample training forward vs reference: max |Δ| {psMax:E2}");
+            Assert.True(psMax <= 1e-3f, $"per-sample forward: max {psMax}");
+        }
         // gradients reach the encoder through the rotation trick
         (recon.pow(2).mean() + losses.Quantizer + 0.5 * sem.mean()).backward();
         var g = model.named_parameters().First(p => p.name == "encoder.conv_in.weight").parameter.grad;
