@@ -116,12 +116,15 @@ public class MetricsTests
     {
         var legacy = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_legacy.pth"));
         var zip = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_zip.pth"));
+        var py2 = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_py2style.pth")); // OrderedDict([[k, v], ...]) as in the released vgg.pth
+        Assert.Equal(legacy.Keys.OrderBy(k => k), py2.Keys.OrderBy(k => k));
         Assert.Equal(5, legacy.Count);
         Assert.Equal(legacy.Keys.OrderBy(k => k), zip.Keys.OrderBy(k => k));
         Assert.Equal(new long[] { 1, 512, 1, 1 }, legacy["lin4.model.1.weight"].shape);
         foreach (var k in legacy.Keys)
         {
             Assert.True(legacy[k].eq(zip[k]).all().item<bool>(), k);
+            Assert.True(legacy[k].eq(py2[k]).all().item<bool>(), k);
             var shape = legacy[k].shape;
             // the generator numbered VGG16's 26 features.* tensors first, then the heads (sorted key order)
             int idx = 26 + legacy.Keys.OrderBy(x => x, StringComparer.Ordinal).ToList().IndexOf(k);
