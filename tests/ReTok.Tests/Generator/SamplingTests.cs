@@ -168,7 +168,7 @@ public class SamplingTests
         var a = cat(new[] { m32.Prefill(f.T("labels"), c32), m32.Decode(z.narrow(1, 0, 15), 1, c32) }, 1);
         var b = cat(new[] { m16.Prefill(f.T("labels"), c16), m16.Decode(z.narrow(1, 0, 15), 1, c16) }, 1);
         Assert.Equal(ScalarType.Float32, b.dtype);
-        Assert.True(MaxAbsDiff(a, b) is > 0 and < 0.25, $"bf16 vs fp32 logits {MaxAbsDiff(a, b)}"); // logits span ~+-10
+        Assert.True(MaxAbsDiff(a, b) is > 0f and < 0.25f, $"bf16 vs fp32 logits {MaxAbsDiff(a, b)}"); // logits span ~+-10
         var toks = Sampling.Generate(m16, tensor(new long[] { 1, 2 }), 16, new SamplingOptions(CfgScale: 2.0, CfgSchedule: "step"), new Generator(0));
         Assert.Equal(new long[] { 2, 16 }, toks.shape);
     }
