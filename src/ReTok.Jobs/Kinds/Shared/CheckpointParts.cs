@@ -36,6 +36,20 @@ public static class CheckpointParts
             await ctx.SaveArtifactAsync(Prefix + n, new MemoryStream(), "checkpoint", overwrite: true, metadata: new { released = true });
     }
 
+    /// <summary>
+    /// Releases the parts of another, finished run (a fan-in releasing its shards' parts after registering the merged
+    /// outputs). Not fenced: only for runs that are terminal, which nobody else writes to.
+    /// </summary>
+    public static async Task ReleaseOfRunAsync(JobContext ctx, long runId, IEnumerable<string> names)
+    {
+        if (runId == ctx.RunId) { await ReleaseAsync(ctx, names); return; }
+        foreach (var n in names)
+            await ctx.Tracker.SaveArtifactAsync(runId, Prefix + n, new MemoryStream(), new Tracking.ArtifactSaveOptions
+            {
+                Kind = "checkpoint", Overwrite = true, MetadataJson = JsonSerializer.Serialize(new { released = true, by_run = ctx.RunId }),
+            });
+    }
+
     /// <summary>Saves a JSON state object as checkpoints/latest (state.json) tagged with <paramref name="step"/>.</summary>
     public static Task SaveStateAsync<T>(JobContext ctx, long step, T state) => ctx.SaveCheckpointAsync(step, dir =>
         File.WriteAllTextAsync(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(state, ParamBinder.Json)));
