@@ -15,5 +15,6 @@ public static partial class Commands
         yield return TokenizerCommands.Build();
         foreach (var c in EvalCommands.Build()) yield return c;
         yield return GeneratorCommands.Build();
+        yield return DatasetCommands.Build();
     }
 }

@@ -1,3 +1,4 @@
+using System.Formats.Tar;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
@@ -164,23 +165,32 @@ public static class DatasetExtraction
         return n;
     }
 
-    /// <summary>Writes row k of the parts as {k:06d}.png (8-bit RGB, Pillow reads them back bit-identically).</summary>
-    public static void WritePngs(IReadOnlyList<string> parts, string dir, int size, int parallelism, CancellationToken ct)
+    /// <summary>
+    /// Writes row k of the parts as {k:06d}.png (8-bit RGB; Pillow reads them back bit-identically) into a tar with
+    /// sorted names, a fixed time and mode, so equal datasets give byte-identical tars.
+    /// </summary>
+    public static void WritePngTar(IReadOnlyList<string> parts, string tarPath, int size, int parallelism, CancellationToken ct)
     {
-        Directory.CreateDirectory(dir);
+        using var fs = new FileStream(tarPath, FileMode.Create, FileAccess.Write);
+        using var tw = new TarWriter(fs, TarEntryFormat.Ustar, leaveOpen: false);
         long row = 0;
         int per = size * size * 3;
         foreach (var p in parts)
         {
             var a = Npz.LoadKey(p, "arr_0");
             int n = (int)a.Shape[0];
-            long first = row;
+            var pngs = new byte[n][];
             Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, parallelism), CancellationToken = ct }, i =>
             {
                 var px = new byte[per];
                 Buffer.BlockCopy(a.Data, i * per, px, 0, per);
-                ImageIO.SavePng(Path.Combine(dir, $"{first + i:000000}.png"), new RgbImage(size, size, px));
+                pngs[i] = ImageIO.EncodePng(new RgbImage(size, size, px));
             });
+            for (int i = 0; i < n; i++)
+                tw.WriteEntry(new UstarTarEntry(TarEntryType.RegularFile, $"{row + i:000000}.png")
+                {
+                    ModificationTime = DateTimeOffset.UnixEpoch, Mode = (UnixFileMode)0b110_100_100, DataStream = new MemoryStream(pngs[i]),
+                });
             row += n;
         }
     }

@@ -159,19 +159,19 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
             order_sha256 = sel.OrderSha256, skipped_count = state.Skipped.Count,
             skipped = state.Skipped.Select(s => new { position = s.Position, file = s.File, reason = s.Reason }),
         }, new JsonSerializerOptions { WriteIndented = true }));
-        string? pngDir = null;
+        string? pngTar = null;
         if (p.SavePngs)
         {
-            pngDir = Path.Combine(outDir, "pngs");
+            pngTar = Path.Combine(outDir, "pngs.tar");
             ctx.ReportProgress(total, total, $"writing {count} PNGs");
-            DatasetExtraction.WritePngs(partFiles, pngDir, size, workers, ctx.CancellationToken);
+            DatasetExtraction.WritePngTar(partFiles, pngTar, size, workers, ctx.CancellationToken);
         }
 
         ctx.LogMetrics(0, ("extract/images", count), ("extract/skipped", state.Skipped.Count), ("extract/images_per_s", imagesPerS));
         await ctx.SaveArtifactFileAsync("class_names.json", classNames, "json", overwrite: true);
         await ctx.SaveArtifactFileAsync("extract_report.json", report, "json", overwrite: true);
         await ctx.SaveArtifactFileAsync("preview.png", preview, "image", overwrite: true);
-        if (pngDir is not null) await ctx.SaveArtifactDirAsync("pngs.tar", pngDir, "tar", overwrite: true, metadata: new { images = count });
+        if (pngTar is not null) await ctx.SaveArtifactFileAsync("pngs.tar", pngTar, "tar", overwrite: true, contentType: "application/x-tar", metadata: new { images = count, names = "{row:06d}.png" });
         await ctx.SaveArtifactFileAsync("dataset.npz", npz, "npz", overwrite: true,
             metadata: new { images = count, image_size = size, classes = sel.ClassNames.Count, skipped = state.Skipped.Count, order_sha256 = sel.OrderSha256 });
         ctx.Log($"dataset.npz: {count} images of {size}x{size}, {sel.ClassNames.Count} classes, {state.Skipped.Count} skipped; {imagesPerS:F1} img/s");
