@@ -17,5 +17,6 @@ public static partial class Commands
         foreach (var c in EvalCommands.Build()) yield return c;
         yield return GeneratorCommands.Build();
         foreach (var c in DashboardCommands.Build()) yield return c;
+        yield return DatasetCommands.Build();
     }
 }
