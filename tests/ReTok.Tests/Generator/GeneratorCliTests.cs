@@ -2,10 +2,10 @@ using System.CommandLine;
 using ReTok.Cli;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
-using static ReTok.Tests.Generator.GeneratorFixtures;
+using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

@@ -4,7 +4,7 @@ using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

@@ -10,7 +10,7 @@ public class ReTokMethodTests
     public void UniformPaddedKSamplingCoversOneToNPlusMUniformly()
     {
         var sampler = new KSampler(new KSamplerConfig());
-        var k = sampler.Sample(48_000, new Generator(1)).data<long>().ToArray();
+        var k = sampler.Sample(48_000, new torch.Generator(1)).data<long>().ToArray();
         Assert.Equal(1, k.Min());
         Assert.Equal(480, k.Max());
         Assert.InRange(k.Average(), 238.5, 242.5);                         // (1 + 480) / 2
@@ -28,24 +28,24 @@ public class ReTokMethodTests
     [Fact]
     public void KSamplingVariantsAndSeeds()
     {
-        var prior = new KSampler(KSamplerConfig.PriorNestedDropout).Sample(5000, new Generator(3)).data<long>().ToArray();
+        var prior = new KSampler(KSamplerConfig.PriorNestedDropout).Sample(5000, new torch.Generator(3)).data<long>().ToArray();
         Assert.Equal(256, prior.Max());
         Assert.Equal(1, prior.Min());
 
         var batch = new KSampler(new KSamplerConfig(PerSample: false));
-        var g = new Generator(4);
+        var g = new torch.Generator(4);
         var draws = Enumerable.Range(0, 20).Select(_ => batch.Sample(8, g).data<long>().ToArray()).ToList();
         Assert.All(draws, d => Assert.Single(d.Distinct()));
         Assert.True(draws.Select(d => d[0]).Distinct().Count() > 10);
 
-        var pow = new KSampler(new KSamplerConfig(Distribution: KDistribution.PowersOfTwo)).Sample(4000, new Generator(5)).data<long>().ToArray();
+        var pow = new KSampler(new KSamplerConfig(Distribution: KDistribution.PowersOfTwo)).Sample(4000, new torch.Generator(5)).data<long>().ToArray();
         Assert.Equal(new long[] { 1, 2, 4, 8, 16, 32, 64, 128, 256, 480 }, pow.Distinct().Order().ToArray());
 
-        Assert.All(new KSampler(KSamplerConfig.Released).Sample(6, new Generator(6)).data<long>().ToArray(), v => Assert.Equal(256, v));
+        Assert.All(new KSampler(KSamplerConfig.Released).Sample(6, new torch.Generator(6)).data<long>().ToArray(), v => Assert.Equal(256, v));
 
         var s = new KSampler(new KSamplerConfig());
-        Assert.Equal(s.Sample(64, new Generator(9)).data<long>().ToArray(), s.Sample(64, new Generator(9)).data<long>().ToArray());
-        Assert.NotEqual(s.Sample(64, new Generator(9)).data<long>().ToArray(), s.Sample(64, new Generator(10)).data<long>().ToArray());
+        Assert.Equal(s.Sample(64, new torch.Generator(9)).data<long>().ToArray(), s.Sample(64, new torch.Generator(9)).data<long>().ToArray());
+        Assert.NotEqual(s.Sample(64, new torch.Generator(9)).data<long>().ToArray(), s.Sample(64, new torch.Generator(10)).data<long>().ToArray());
         Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(MinTokens: 500)));
     }
 
