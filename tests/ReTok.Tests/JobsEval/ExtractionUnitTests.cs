@@ -103,7 +103,8 @@ public class ExtractionUnitTests
         if (spec.Contains("retok-s-b"))
         {
             var eval = Assert.IsType<ReTok.Jobs.Kinds.EvalReconstruction.EvalReconstructionParams>(plan.Steps.Single(s => s.Step == "eval").Params);
-            Assert.Equal(("VQ_SB256", new[] { 32, 64, 128, 256 }, "gpu"), (eval.Preset, eval.TokenCounts, plan.Steps.Single(s => s.Step == "eval").Queue));
+            Assert.Equal(("VQ_SB256", "gpu", 4), (eval.Preset, plan.Steps.Single(s => s.Step == "eval").Queue, eval.Shards));
+            Assert.Equal(new[] { 32, 64, 128, 256 }, eval.TokenCounts);
             Assert.Equal("extract/dataset.npz", plan.Steps.Single(s => s.Step == "eval").Inputs["data"]);
         }
     }
