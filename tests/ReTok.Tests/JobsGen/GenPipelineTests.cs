@@ -13,7 +13,7 @@ namespace ReTok.Tests.JobsGen;
 
 /// <summary>
 /// Tiny end-to-end on CPU with a real PostgreSQL and an in-process worker: random-init tiny tokenizer -> extract-codes
-/// (ten-crop) -> train-generator (4 steps, checkpointed) -> sample-gfid with 2 shards, twice with the same seed.
+/// (center view) -> train-generator (4 steps, checkpointed) -> sample-gfid with 2 shards, twice with the same seed.
 /// </summary>
 public sealed class GenPipelineTests : IClassFixture<TestDatabase>
 {
@@ -29,7 +29,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         SchedulePollInterval = TimeSpan.FromMilliseconds(250), ReconcileInterval = TimeSpan.FromSeconds(1), ReconcileQueuedAfter = TimeSpan.FromSeconds(15),
     };
 
-    static async Task<Run> WaitAsync(Tracker t, long id, int seconds = 150)
+    static async Task<Run> WaitAsync(Tracker t, long id, int seconds = 300)
     {
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (DateTime.UtcNow < deadline)
@@ -89,20 +89,20 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         await worker.StartAsync();
         var sw = System.Diagnostics.Stopwatch.StartNew();
 
-        // extract-codes: 2 images x 10 crops, first 8 codes
-        var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 8, BatchSize = 1, ChunkImages = 1 },
+        // extract-codes: 2 images, center view (ten-crop costs 10 encodes per image: too slow for the suite), first 8 codes
+        var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = false, Tokens = 8, BatchSize = 1, ChunkImages = 1 },
             inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["data"] = Ref("dataset.npz") });
         await WaitFinalAsync(t, ex);
         var codesNpz = Npz.Load(await Download(t, ex, "codes.npz", root));
-        Assert.Equal(new long[] { 20, 8 }, codesNpz["codes"].Shape);
-        Assert.Equal(Enumerable.Repeat(1L, 10).Concat(Enumerable.Repeat(3L, 10)), codesNpz["labels"].As<long>());
+        Assert.Equal(new long[] { 2, 8 }, codesNpz["codes"].Shape);
+        Assert.Equal(new long[] { 1, 3 }, codesNpz["labels"].As<long>());
         Assert.All(codesNpz["codes"].As<long>(), c => Assert.InRange(c, 0, 16383));
         _out.WriteLine($"extract-codes {sw.Elapsed.TotalSeconds:F1}s");
 
         // train-generator: tiny GPT, 4 steps, checkpoint at 2
         var tr = await client.SubmitAsync("train-generator", new TrainGeneratorParams
         {
-            GptModel = null, Dim = 32, NLayer = 1, NHead = 2, NumClasses = 4, MaxSteps = 4, WarmupSteps = 2, GlobalBatchSize = 8,
+            GptModel = null, Dim = 32, NLayer = 1, NHead = 2, NumClasses = 4, MaxSteps = 4, WarmupSteps = 2, GlobalBatchSize = 2,
             CheckpointEvery = 2, Lr = 1e-3,
         }, inputs: new Dictionary<string, string> { ["codes"] = $"run:{ex}/codes.npz" });
         await WaitFinalAsync(t, tr);
@@ -115,12 +115,12 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         Assert.Equal((32, 1, 8, 4), (cfg.Dim, cfg.NLayer, cfg.BlockSize, cfg.NumClasses));
         _out.WriteLine($"train-generator {sw.Elapsed.TotalSeconds:F1}s");
 
-        // sample-gfid: 5 samples over 2 shards, twice with the same seed
+        // sample-gfid: 3 samples over 2 shards, twice with the same seed
         async Task<(Dictionary<string, NpyArray> Npz, long Agg)> Sample()
         {
             var id = await client.SubmitAsync("sample-gfid", new SampleGfidParams
             {
-                NumSamples = 5, NumShards = 2, Tokens = 8, BatchSize = 2, CfgScale = 1.5, Seed = 11, WeightsDir = weights, CheckpointEvery = 1,
+                NumSamples = 3, NumShards = 2, Tokens = 8, BatchSize = 2, CfgScale = 1.5, Seed = 11, WeightsDir = weights, CheckpointEvery = 1,
             }, inputs: new Dictionary<string, string>
             {
                 ["generator"] = $"run:{tr}/generator.safetensors", ["generator_config"] = $"run:{tr}/generator.yaml",
@@ -131,11 +131,11 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
             return (Npz.Load(await Download(t, agg.Id, "samples.npz", root)), agg.Id);
         }
         var (a, aggA) = await Sample();
-        Assert.Equal(new long[] { 5, 256, 256, 3 }, a["arr_0"].Shape);
+        Assert.Equal(new long[] { 3, 256, 256, 3 }, a["arr_0"].Shape);
         Assert.Equal("|u1", a["arr_0"].Dtype);
-        Assert.Equal(new long[] { 5 }, a["labels"].Shape);
+        Assert.Equal(new long[] { 3 }, a["labels"].Shape);
         Assert.All(a["labels"].As<long>(), l => Assert.InRange(l, 0, 3));
-        Assert.Equal(new long[] { 5, 8 }, a["codes"].Shape);
+        Assert.Equal(new long[] { 3, 8 }, a["codes"].Shape);
         Assert.NotNull(await t.GetArtifactAsync(aggA, "grid.png"));
         var metrics = await File.ReadAllTextAsync(await Download(t, aggA, "metrics.json", root));
         Assert.Contains("pt_inception-2015-12-05-6726825d.pth", metrics); // skipped, naming the missing file
