@@ -34,7 +34,8 @@ public static class QuickstartCommands
             var o = CliSupport.Engine(pr);
             var settings = RetokSettings.FromEnvironment(o.Db, o.Artifacts);
             AnsiConsole.MarkupLine($"[bold]ReTok.Jobs quickstart[/]  home [blue]{Markup.Escape(settings.Home)}[/]");
-            await TrackingDb.CheckReachableAsync(o.Db, ct);
+            // The server must answer; the database itself is created and migrated by the client below.
+            await TrackingDb.CheckReachableAsync(new Npgsql.NpgsqlConnectionStringBuilder(o.Db) { Database = "postgres" }.ConnectionString, ct);
             await using var client = new JobClient(o);
             await client.EnsureSchemaAsync(ct);
             AnsiConsole.MarkupLine($"tracking  [green]ok[/]  {Markup.Escape(Redact(o.Db))}; artifacts {Markup.Escape(o.Artifacts)}");
