@@ -119,7 +119,7 @@ public sealed class ViTQFormerEncoder : nn.Module<Tensor, Tensor>
         long b = s.shape[0];
         var x = encoder_embed.call(ln_pre.call(s.reshape(b, s.shape[1], -1).permute(2, 0, 1)));   // (256, B, E)
         var q = MultiLevelQueries(x.permute(1, 2, 0).reshape(b, width, grid, grid)).permute(1, 0, 2);  // (256, B, E)
-        q = global_proj.call(torch.cat(new[] { q, q[32..] }, 0));                                 // (480, B, E)
+        q = global_proj.call(torch.cat(new[] { q, q.narrow(0, 32, q.shape[0] - 32) }, 0));                                 // (480, B, E)
         var queryPos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0);
         foreach (var layer in transformer) q = layer.forward(q, x, positional_embedding, queryPos);
         q = ln_post.call(q).permute(1, 2, 0).reshape(b, width, 1, q.shape[0]);
@@ -184,9 +184,9 @@ public sealed class ViTQFormerDecoder : nn.Module
     {
         long b = z.shape[0];
         var x = decoder_embed.call(ln_pre.call(z.reshape(b, z.shape[1] * z.shape[2], z.shape[3]).permute(2, 0, 1)));  // (W, B, E)
-        var q = x[..1].repeat(grid * grid, 1, 1);
-        var pos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0)[..tokens];
-        x = x[..tokens];
+        var q = x.narrow(0, 0, 1).repeat(grid * grid, 1, 1);
+        var pos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0).narrow(0, 0, tokens);
+        x = x.narrow(0, 0, tokens);
         Tensor? feat = null;
         for (int i = 0; i < transformer.Count; i++)
         {
@@ -383,7 +383,7 @@ public sealed class ReTokTokenizer : nn.Module
     {
         CheckCodes(codes, tokens);
         using var _ = torch.no_grad();
-        return DecodeQuant(quantize.Entry(codes[.., ..tokens].to(Device)), tokens).Pixels;
+        return DecodeQuant(quantize.Entry(codes.narrow(1, 0, tokens).to(Device)), tokens).Pixels;
     }
 
     /// <summary>Per-sample K (nested dropout granularity "per sample"): sample b reads its first tokenCounts[b] codes.</summary>
@@ -392,7 +392,7 @@ public sealed class ReTokTokenizer : nn.Module
         int kmax = (int)tokenCounts.max().item<long>();
         CheckCodes(codes, kmax);
         using var _ = torch.no_grad();
-        return DecodeQuant(quantize.Entry(codes[.., ..kmax].to(Device)), kmax, KeyMask(tokenCounts.to(Device), kmax)).Pixels;
+        return DecodeQuant(quantize.Entry(codes.narrow(1, 0, kmax).to(Device)), kmax, KeyMask(tokenCounts.to(Device), kmax)).Pixels;
     }
 
     /// <summary>

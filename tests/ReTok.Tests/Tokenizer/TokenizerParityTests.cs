@@ -108,7 +108,8 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
         Assert.Equal(refInner.shape, sem!.shape);
         Assert.True((sem - refInner).abs().max().item<float>() <= Tol);
         // per-sample K in the training forward: same mask path as the reference's memory_key_padding_mask decode;
-        // the rotated quant equals the code vectors only up to ~4e-6 (tokenizer.md §4.3), hence the looser bound
+        // the rotated quant equals the code vectors only up to ~4e-6 (tokenizer.md §4.3), hence the looser bound.
+        // Run before the backward on purpose: with TorchSharp's Range indexer (x[..k]) this order gave NaN gradients.
         using (torch.no_grad())
         {
             var (ps, _, _) = model.Forward(fx.Images, tokenCounts: fx.Ref["persample_counts"].ToTensor(), semantic: false);
@@ -117,6 +118,18 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
             Assert.True(psMax <= 1e-3f, $"per-sample forward: max {psMax}");
         }
         // Gradients reaching the encoder through the rotation trick are checked in EncoderGradients_* below (quarantined).
+    }
+
+    [Fact]
+    public void TrainingForward_AllTokens_HasFiniteGradients()
+    {
+        // regression: slicing with TorchSharp's Range indexer (x[..480]) made this backward produce NaN gradients
+        using var _ = NewDisposeScope();
+        using var model = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(F("tiny.yaml")), F("tiny.safetensors"));
+        model.train();
+        var (recon, losses, sem) = model.Forward(fx.Images.narrow(0, 0, 1), 480, featureRecLoss: true);
+        (recon.pow(2).mean() + losses.Quantizer + losses.FeatureRec! + 0.5 * sem!.mean()).backward();
+        Assert.All(model.named_parameters(), p => Assert.True(p.parameter.grad is not null && p.parameter.grad.isfinite().all().item<bool>(), p.name));
     }
 }
 
