@@ -30,35 +30,6 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
     readonly ITestOutputHelper _log;
     public EvalReconstructionJobTests(EngineEnvironment env, ITestOutputHelper log) => (_env, _log) = (env, log);
 
-    const string TinyYaml = """
-        # tiny random-init tokenizer for the JobsEval tests (reference keys + our ch/num_res_blocks/ViT-size extensions)
-        model:
-          model_cls: VQVitModelPlus
-          init_args:
-            codebook_size: 64
-            codebook_embed_dim: 8
-            encoder_ch_mult: [1, 1, 1, 1, 2]
-            decoder_ch_mult: [1, 1, 1, 1, 2]
-            model_size: null
-            num_latent_tokens: 256
-            z_channels: 32
-            multi_level_query_init: True
-            adaptive_gn: True
-            d2s_up: True
-            rot: True
-            use_attn: False
-            fea_rec_loss_type: "mse"
-            distill_depth: null
-            ch: 32
-            num_res_blocks: 1
-            encoder_width: 32
-            encoder_layers: 1
-            encoder_heads: 2
-            decoder_width: 32
-            decoder_layers: 1
-            decoder_heads: 2
-        """;
-
     /// <summary>The 4 images jobs/eval-recon-tiny.yaml's extract step selects, extracted with the job's core in one chunk (no engine).</summary>
     static string MakeData(string root, string src)
     {
