@@ -421,7 +421,7 @@ public static class ReconstructionCore
         FeatureSet Compute() => ex.ExtractBatches(
             Npz.ReadRows(a.DataPath, "arr_0", ex.BatchSize).TakeWhile(c => c.Start < a.Count)
                .Select(c => c.Chunk.ToTensor().narrow(0, 0, Math.Min(c.Chunk.Shape[0], a.Count - c.Start))),
-            a.Count);
+            a.Count, disposeBatches: true);
         // the cache is keyed by file content, so only the whole file may use it
         var feats = cache is not null && rows == a.Count ? cache.GetOrCompute(a.DataPath, ex.WeightsId, Compute, m => ctx.Log(m)) : Compute();
         return EvalBatch.FromFeatures(feats, a.DataPath);
