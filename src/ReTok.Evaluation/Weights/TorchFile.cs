@@ -24,13 +24,14 @@ public static class TorchFile
         f.Position = 0;
         try
         {
-            if (n >= 2 && head[0] == 0x80) return LoadLegacy(f, path);
-            if (n >= 4 && head[0] == (byte)'P' && head[1] == (byte)'K') return LoadZip(f, path);
+            // safetensors first: its 8-byte header length can start with 0x80, the pickle PROTO opcode
             if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
             {
                 f.Dispose();
                 return TorchSharp.PyBridge.Safetensors.LoadStateDict(path);
             }
+            if (n >= 2 && head[0] == 0x80) return LoadLegacy(f, path);
+            if (n >= 4 && head[0] == (byte)'P' && head[1] == (byte)'K') return LoadZip(f, path);
         }
         catch (Exception ex) when (ex is not InvalidDataException and not FileNotFoundException)
         {

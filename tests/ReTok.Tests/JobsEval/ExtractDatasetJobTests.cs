@@ -115,26 +115,27 @@ public sealed class ExtractDatasetJobTests : IClassFixture<EngineEnvironment>
     public async Task KilledWorkerAndCancelledRunResumeToTheBytesOfAnUninterruptedRun()
     {
         var sw = Stopwatch.StartNew();
-        await WorkerAsync();
-        var a = _env.StartWorker("extract-kill-a", "extract-kill");
+        // Two workers on their own queue, started together with the shared one; the job goes to one of them.
+        var w = new[] { _env.StartWorker("extract-kill-1", "extract-kill"), _env.StartWorker("extract-kill-2", "extract-kill") };
+        await Task.WhenAll(w.Select(x => x.WaitReadyAsync()).Append(WorkerAsync()));
         var root = Directory.CreateTempSubdirectory("jobs-eval-resume").FullName;
         var source = MakeSource(root);
         var p = new ExtractDatasetParams { Source = source, OnCorrupt = OnCorrupt.Skip, Seed = 3, ChunkSize = 2, SavePngs = true };
         var plain = await Submit(p);
-        await a.WaitReadyAsync();
         var slow = p with { ThrottleMs = 1000 };
         var killed = await Submit(slow, "extract-kill");
-        var cancelled = await Submit(slow);
-        await SucceededAsync(_env, plain);
-        var want = await ShaAsync(_env.Tracker, plain, "dataset.npz");
 
-        // SIGKILL mid-run: another worker takes over after the lease expires and resumes from the last chunk.
-        await _env.WaitRunAsync(killed, r => r.Status == RunStatus.Running, "Running on worker A");
-        var b = _env.StartWorker("extract-kill-b", "extract-kill");
+        // SIGKILL mid-run: the other worker takes over after the lease expires and resumes from the last chunk.
+        var running = await _env.WaitRunAsync(killed, r => r.Status == RunStatus.Running && r.LeaseOwner is not null, "Running");
+        var a = w.Single(x => running.LeaseOwner!.StartsWith(x.Name + "/"));
+        var b = w.Single(x => x != a);
         await _env.WaitRunAsync(killed, r => r.Progress >= 0.3, "30 % progress");
         var ckAtKill = await CheckpointStepAsync(_env.Tracker, killed);
         a.Kill();
-        Assert.True(ckAtKill >= 4, $"checkpoint at image {ckAtKill}");
+        Assert.True(ckAtKill >= 4 && ckAtKill < 18, $"checkpoint at image {ckAtKill}");
+        var cancelled = await Submit(slow); // on the shared worker, while the killed run waits for its lease to expire
+        await SucceededAsync(_env, plain);
+        var want = await ShaAsync(_env.Tracker, plain, "dataset.npz");
 
         // Cancel mid-run, then retry: resumes from its checkpoint.
         await _env.WaitRunAsync(cancelled, r => r.Status == RunStatus.Running && r.Progress >= 0.3, "30 % progress");

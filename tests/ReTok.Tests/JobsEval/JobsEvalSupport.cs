@@ -9,6 +9,36 @@ namespace ReTok.Tests.JobsEval;
 /// <summary>Helpers shared by the JobsEval tests: test image folders, artifact downloads, checkpoint steps.</summary>
 public static class JobsEvalSupport
 {
+    /// <summary>A tiny tokenizer config (codebook 64, CNN ch 32, 1-layer ViTs of width 32).</summary>
+    public const string TinyYaml = """
+        # tiny random-init tokenizer for the JobsEval tests (reference keys + our ch/num_res_blocks/ViT-size extensions)
+        model:
+          model_cls: VQVitModelPlus
+          init_args:
+            codebook_size: 64
+            codebook_embed_dim: 8
+            encoder_ch_mult: [1, 1, 1, 1, 2]
+            decoder_ch_mult: [1, 1, 1, 1, 2]
+            model_size: null
+            num_latent_tokens: 256
+            z_channels: 32
+            multi_level_query_init: True
+            adaptive_gn: True
+            d2s_up: True
+            rot: True
+            use_attn: False
+            fea_rec_loss_type: "mse"
+            distill_depth: null
+            ch: 32
+            num_res_blocks: 1
+            encoder_width: 32
+            encoder_layers: 1
+            encoder_heads: 2
+            decoder_width: 32
+            decoder_layers: 1
+            decoder_heads: 2
+        """;
+
     public static string Fixture(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "fixtures", .. parts]);
 
     /// <summary>

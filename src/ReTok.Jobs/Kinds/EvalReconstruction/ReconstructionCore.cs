@@ -145,8 +145,9 @@ public static class ReconstructionCore
                 if (rows.Current.Start != row) throw new InvalidOperationException($"batch grid broken: expected a batch at row {row}, got {rows.Current.Start}");
                 int n = (int)Math.Min(chunk.Shape[0], partEnd - row);
                 using var scope = NewDisposeScope();
-                var gt = chunk.ToTensor().narrow(0, 0, n);
-                ReconstructBatch(model, lpips, device, gt, s.TokenCounts, part);
+                var (codes, width, perK) = ReconstructBatch(model, lpips, device, chunk.ToTensor().narrow(0, 0, n), s.TokenCounts);
+                part.AddCodes(codes, width);
+                foreach (var (k, res) in perK) part.Add(k, res);
             }
             var name = $"recon_{next:D9}.npz";
             var path = Path.Combine(dir, name);
@@ -162,30 +163,38 @@ public static class ReconstructionCore
         return state;
     }
 
-    static void ReconstructBatch(ReTokTokenizer model, LpipsVgg? lpips, Device device, Tensor gtU8, int[] ks, PartBuilder part)
+    /// <summary>One K of one batch: uint8 NHWC reconstruction bytes, per-image PSNR/SSIM (and LPIPS when a model is given).</summary>
+    public sealed record KResult(byte[] Recon, double[] Psnr, double[] Ssim, double[]? Lpips);
+
+    /// <summary>
+    /// Encodes a uint8 NHWC batch once (codes B x 480) and, for every K, decodes the first K codes and scores the result as
+    /// reconstruction_ddp.py: uint8 = trunc(clamp(127.5x+128)), PSNR/SSIM on the uint8 image, LPIPS on the GT in [-1,1]
+    /// and the raw decoder output.
+    /// </summary>
+    public static (long[] Codes, int Width, Dictionary<int, KResult> PerK) ReconstructBatch(ReTokTokenizer model, LpipsVgg? lpips, Device device, Tensor gtU8, int[] ks)
     {
         using var _ = no_grad();
+        using var scope = NewDisposeScope();
         int n = (int)gtU8.shape[0], per = 256 * 256 * 3;
         var x = ReconstructionEvaluator.ToModelInput(gtU8).to(device);
-        var codes = model.Encode(x).cpu();
+        var codes = model.Encode(x).cpu().to(ScalarType.Int64).contiguous();
         var g = gtU8.contiguous().bytes.ToArray();
-        part.AddCodes(codes);
+        var perK = new Dictionary<int, KResult>();
         foreach (var k in ks)
         {
             var raw = model.Decode(codes, k);
-            var u8 = ReconstructionEvaluator.ToUint8(raw);
-            var r = u8.bytes.ToArray();
+            var r = ReconstructionEvaluator.ToUint8(raw).bytes.ToArray();
             var ps = new double[n]; var ss = new double[n];
             Parallel.For(0, n, i =>
             {
                 ps[i] = ReconMetrics.Psnr(g.AsSpan(i * per, per), r.AsSpan(i * per, per));
                 ss[i] = ReconMetrics.Ssim(g.AsSpan(i * per, per), r.AsSpan(i * per, per), 256, 256);
             });
-            double[]? lp = null;
-            if (lpips is not null)
-                lp = lpips.call(x, raw.to(ScalarType.Float32)).to(ScalarType.Float64).cpu().reshape(-1).data<double>().ToArray();
-            part.Add(k, r, ps, ss, lp);
+            double[]? lp = lpips is null ? null
+                : lpips.call(x, raw.to(ScalarType.Float32)).to(ScalarType.Float64).cpu().reshape(-1).data<double>().ToArray();
+            perK[k] = new KResult(r, ps, ss, lp);
         }
+        return (codes.data<long>().ToArray(), (int)codes.shape[1], perK);
     }
 
     /// <summary>Accumulates one part in memory.</summary>
@@ -197,19 +206,19 @@ public static class ReconstructionCore
             ks.ToDictionary(k => k, _ => (new MemoryStream(), new List<double>(), new List<double>(), new List<double>(), new List<double>()));
         public int Rows { get; private set; }
 
-        public void AddCodes(Tensor codes)
+        public void AddCodes(long[] codes, int width)
         {
-            _width = (int)codes.shape[1];
-            _codes.AddRange(codes.to(ScalarType.Int64).contiguous().data<long>().ToArray());
-            Rows += (int)codes.shape[0];
+            _width = width;
+            _codes.AddRange(codes);
+            Rows += codes.Length / width;
         }
 
-        public void Add(int k, byte[] recon, double[] psnr, double[] ssim, double[]? lp)
+        public void Add(int k, KResult r)
         {
             var e = _k[k];
-            e.Recon.Write(recon);
-            e.Psnr.AddRange(psnr); e.Ssim.AddRange(ssim);
-            if (lp is not null) { e.Lpips.AddRange(lp); e.LpipsBatch.Add(lp.Average()); }
+            e.Recon.Write(r.Recon);
+            e.Psnr.AddRange(r.Psnr); e.Ssim.AddRange(r.Ssim);
+            if (r.Lpips is not null) { e.Lpips.AddRange(r.Lpips); e.LpipsBatch.Add(r.Lpips.Average()); }
         }
 
         public void Save(string path, long first)
@@ -412,7 +421,7 @@ public static class ReconstructionCore
         FeatureSet Compute() => ex.ExtractBatches(
             Npz.ReadRows(a.DataPath, "arr_0", ex.BatchSize).TakeWhile(c => c.Start < a.Count)
                .Select(c => c.Chunk.ToTensor().narrow(0, 0, Math.Min(c.Chunk.Shape[0], a.Count - c.Start))),
-            a.Count);
+            a.Count, disposeBatches: true);
         // the cache is keyed by file content, so only the whole file may use it
         var feats = cache is not null && rows == a.Count ? cache.GetOrCompute(a.DataPath, ex.WeightsId, Compute, m => ctx.Log(m)) : Compute();
         return EvalBatch.FromFeatures(feats, a.DataPath);
