@@ -42,7 +42,7 @@ public sealed class PatchGanDiscriminator : Module<Tensor, Tensor>
         layers.Add(Conv2d(ndf * last, ndf * mult, kw, stride: 1, padding: 1, bias: false));
         layers.Add(BatchNorm2d(ndf * mult));
         layers.Add(LeakyReLU(0.2, inplace: true));
-        layers.Add(Conv2d(ndf * mult, 1, kw, stride: 1, padding: 1));
+        layers.Add(new SafeConv2d(ndf * mult, 1, kw, stride: 1, padding: 1)); // 1 output channel: see SafeConv2d
         main = Sequential(layers);
         RegisterComponents();
         InitWeights();
@@ -56,6 +56,7 @@ public sealed class PatchGanDiscriminator : Module<Tensor, Tensor>
         foreach (var m in main.children())
         {
             if (m is Conv2d conv) init.normal_(conv.weight, 0.0, 0.02);
+            else if (m is SafeConv2d safe) init.normal_(safe.Weight, 0.0, 0.02);
             else if (m is BatchNorm2d bn)
             {
                 init.normal_(bn.weight, 1.0, 0.02);

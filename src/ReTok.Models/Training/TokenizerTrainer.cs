@@ -1,0 +1,296 @@
+using System.Diagnostics;
+using System.Text.Json;
+using ReTok.Models.Dinov2;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace ReTok.Models.Training;
+
+/// <summary>What the trainer asks of the tokenizer in one generator forward.</summary>
+/// <param name="Images">[B, 3, H, W] in [-1, 1].</param>
+/// <param name="TokensPerSample">int64 [B], K per image (CPU). Decode from the first K of the N+M tokens:
+/// <c>NestedDropout.Plan(K)</c> gives num_tokens and the key-padding mask for the decoder's cross-attention.</param>
+/// <param name="ComputeFeatureRecLoss">true while s &lt; aux_loss_end (the model computes L_fea only then).</param>
+/// <param name="ReturnSemanticFeatures">true when the teacher runs: return distill_mlp(decoder layer-3 queries).</param>
+public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, bool ComputeFeatureRecLoss, bool ReturnSemanticFeatures);
+
+/// <param name="Reconstruction">[B, 3, H, W].</param>
+/// <param name="Codebook">VQ losses over all N+M tokens (commit already x 0.25).</param>
+/// <param name="FeatureRecLoss">weighted mse(sg(S_cnn), S_vit) when requested, else null.</param>
+/// <param name="SemanticFeatures">[B, 256, 768] student features when requested, else null.</param>
+/// <param name="Indices">code indices (logging only; may be null).</param>
+/// <param name="LastLayerWeight">decoder's last conv weight, needed only with LossConfig.DiscAdaptiveWeight.</param>
+/// <param name="Metrics">extra scalars to log (e.g. codebook usage).</param>
+public sealed record TokenizerStepOutput(Tensor Reconstruction, CodebookLosses Codebook, Tensor? FeatureRecLoss,
+    Tensor? SemanticFeatures, Tensor? Indices = null, Tensor? LastLayerWeight = null, IReadOnlyDictionary<string, double>? Metrics = null);
+
+/// <summary>The tokenizer as the trainer sees it. <see cref="Module"/> provides named parameters (optimizer, EMA,
+/// freezing by name prefix), the state dict (checkpoints) and train()/eval().</summary>
+public interface ITrainableTokenizer
+{
+    nn.Module Module { get; }
+    TokenizerStepOutput Forward(TokenizerStepInput input);
+}
+
+/// <summary>
+/// Trainer settings. Optimisation and loss defaults are the reference's (vq_train.py + VQ_SB256.yaml); K sampling and
+/// lambda(K) default to our reading of the paper (docs/training.md). <see cref="Released"/> reproduces the released
+/// code: K fixed at 256, constant semantic weight 0.5.
+/// </summary>
+public sealed record TrainerConfig(
+    long TotalSteps,
+    double BaseLr = 1e-4,
+    double EndLr = 1e-5,
+    long WarmupSteps = 0,
+    double Beta1 = 0.9,
+    double Beta2 = 0.95,
+    double WeightDecay = 1e-4,
+    double Eps = 1e-8,
+    double MaxGradNorm = 10.0,
+    bool UseEma = false,
+    double EmaDecay = 0.9999,
+    int GradAccumulationSteps = 1,
+    long Seed = 0,
+    LossConfig? Loss = null,
+    KSamplerConfig? KSampler = null,
+    SemanticWeightConfig? SemanticWeight = null,
+    DecoderFinetuneConfig? Finetune = null,
+    string Precision = "auto")
+{
+    public LossConfig LossOrDefault => Loss ?? new LossConfig();
+    public KSamplerConfig KSamplerOrDefault => KSampler ?? new KSamplerConfig();
+    public SemanticWeightConfig SemanticWeightOrDefault => SemanticWeight ?? new SemanticWeightConfig();
+
+    public static TrainerConfig Released(long totalSteps) =>
+        new(totalSteps, KSampler: KSamplerConfig.Released, SemanticWeight: SemanticWeightConfig.Released);
+}
+
+public sealed record StepResult(long Step, IReadOnlyDictionary<string, double> Scalars);
+
+/// <summary>A loss term or gradient norm went NaN/inf: training stops (the reference raises RuntimeError on NaN).</summary>
+public sealed class TrainingDivergedException(long step, string term, double value)
+    : Exception($"training diverged at step {step}: '{term}' is {value}")
+{
+    public long Step { get; } = step;
+    public string Term { get; } = term;
+}
+
+/// <summary>
+/// One iteration = GigaTok's vq_train.py loop body: teacher features (no grad), G forward with K per sample, all loss
+/// terms, backward, clip 10, AdamW step, lr(t) applied after the step (one-step lag), EMA; then, from s = t+1 >=
+/// disc_start, one D step on the same batch and the detached reconstruction. Any non-finite term throws
+/// <see cref="TrainingDivergedException"/>. <see cref="Save"/>/<see cref="Load"/> cover everything a bit-identical
+/// resume needs (model, EMA, discriminator incl. BatchNorm stats, both optimizers, step, RNG states, data position).
+/// </summary>
+public sealed class TokenizerTrainer : IDisposable
+{
+    public TrainerConfig Config { get; }
+    public ITrainableTokenizer Tokenizer { get; }
+    public PatchGanDiscriminator Discriminator { get; }
+    public TokenizerLoss Loss { get; }
+    public ISemanticTeacher? Teacher { get; }
+    public TrainingDataLoader Data { get; }
+    public AdamW OptimizerG { get; }
+    public AdamW OptimizerD { get; }
+    public Ema? Ema { get; }
+    public KSampler KSampler { get; }
+    public Precision Precision { get; }
+    /// <summary>Completed iterations t (the reference's train_steps).</summary>
+    public long Step { get; private set; }
+    public bool FinetuneApplied { get; private set; }
+
+    private readonly Device device;
+    private readonly Generator kGenerator;
+    private readonly GradAccumulation accumulation;
+
+    /// <summary>Fired after each step with its scalars (logging hook).</summary>
+    public event Action<StepResult>? StepCompleted;
+
+    public TokenizerTrainer(ITrainableTokenizer tokenizer, PatchGanDiscriminator discriminator,
+        Func<Tensor, Tensor, Tensor> perceptual, ISemanticTeacher? teacher, TrainingDataLoader data, TrainerConfig config,
+        Device? device = null)
+    {
+        if (config.TotalSteps < 1) throw new ArgumentException($"TotalSteps must be >= 1, got {config.TotalSteps}");
+        Config = config;
+        Tokenizer = tokenizer;
+        Discriminator = discriminator;
+        Teacher = teacher;
+        Data = data;
+        this.device = device ?? CPU;
+        Precision = Precision.Resolve(config.Precision, this.device);
+        Loss = new TokenizerLoss(config.LossOrDefault, discriminator, perceptual);
+        KSampler = new KSampler(config.KSamplerOrDefault);
+        kGenerator = new Generator((ulong)config.Seed);
+        accumulation = new GradAccumulation(config.GradAccumulationSteps);
+        OptimizerG = new AdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
+        OptimizerD = new AdamW(NamedParams(discriminator), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
+        if (config.UseEma) Ema = new Ema(NamedParams(tokenizer.Module), config.EmaDecay); // exact copy at start
+        tokenizer.Module.train();
+        discriminator.train(); // BatchNorm batch statistics in both G and D passes, as the reference
+    }
+
+    private static List<(string, Parameter)> NamedParams(nn.Module m) => m.named_parameters().Select(p => (p.name, p.parameter)).ToList();
+
+    public double LearningRateAt(long t) =>
+        LrSchedule.CosineWithWarmup(t, Config.BaseLr, Config.WarmupSteps, Config.TotalSteps, Config.EndLr);
+
+    private bool FinetuneActive => Config.Finetune is { } f && Step >= f.StartStep;
+
+    private void ApplyFinetune()
+    {
+        var f = Config.Finetune!;
+        foreach (var (name, p) in Tokenizer.Module.named_parameters()) p.requires_grad = f.Trainable(name);
+        FinetuneApplied = true;
+    }
+
+    public StepResult TrainStep()
+    {
+        var sw = Stopwatch.StartNew();
+        using var scope = NewDisposeScope();
+        long t = Step, s = t + 1;
+        var cfg = Config;
+        var scalars = new Dictionary<string, double>();
+
+        if (FinetuneActive && !FinetuneApplied) ApplyFinetune();
+        var ft = FinetuneActive ? cfg.Finetune : null;
+
+        var images = Data.Next().to(device);
+        int b = (int)images.shape[0];
+        var k = ft is { KeepNestedDropout: false } ? full(new long[] { b }, (long)ft.FixedK, dtype: int64) : KSampler.Sample(b, kGenerator);
+        bool semantic = Teacher is not null && !(ft?.TeacherOff ?? false);
+        var teacherFeat = semantic ? Teacher!.Features(images) : null;
+        var lambdaCfg = cfg.SemanticWeightOrDefault;
+
+        // ---- generator ----
+        OptimizerG.ZeroGrad();
+        var imgChunks = accumulation.Split(images);
+        var kChunks = accumulation.Split(k);
+        var teacherChunks = teacherFeat is null ? null : accumulation.Split(teacherFeat);
+        var recons = new List<Tensor>();
+        for (int i = 0; i < imgChunks.Count; i++)
+        {
+            var x = imgChunks[i];
+            var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic));
+            Tensor? lambda = semantic && lambdaCfg.Schedule != LambdaSchedule.Constant ? lambdaCfg.At(kChunks[i]).to(device) : null;
+            if (semantic && lambdaCfg.Schedule == LambdaSchedule.Constant && lambdaCfg.Lambda0 != cfg.LossOrDefault.ProjWeight)
+                lambda = full(new long[] { x.shape[0] }, lambdaCfg.Lambda0, dtype: float32, device: device);
+            var terms = Loss.Generator(x, Precision.Out(output.Reconstruction), output.Codebook, output.FeatureRecLoss, s,
+                semantic ? output.SemanticFeatures : null, teacherChunks?[i], lambda, output.LastLayerWeight);
+            foreach (var (name, v) in terms.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
+            Accumulate(scalars, "adv_weight", terms.AdversarialWeight, imgChunks.Count);
+            if (lambda is not null) Accumulate(scalars, "lambda_mean", lambda.mean().item<float>(), imgChunks.Count);
+            if (output.Metrics is not null)
+                foreach (var (name, v) in output.Metrics) Accumulate(scalars, name, v, imgChunks.Count);
+            (accumulation.Steps == 1 ? terms.Total : terms.Total * accumulation.LossScale).backward();
+            recons.Add(output.Reconstruction.detach());
+        }
+        var gParams = OptimizerG.Parameters.Select(p => p.Param).ToList();
+        scalars["grad_norm_g"] = CheckFinite(s, "grad_norm_g", GradClip.ClipGradNorm(gParams, cfg.MaxGradNorm));
+        scalars["lr"] = OptimizerG.LearningRate;
+        OptimizerG.Step();
+        OptimizerG.LearningRate = LearningRateAt(t);
+        Ema?.Update(OptimizerG.Parameters);
+
+        // ---- discriminator ----
+        OptimizerD.ZeroGrad(); // also drops the gradients the G backward left in D (reference: optimizer_disc.zero_grad)
+        if (s >= cfg.LossOrDefault.DiscStart)
+        {
+            for (int i = 0; i < imgChunks.Count; i++)
+            {
+                var d = Loss.DiscriminatorStep(imgChunks[i], Precision.Out(recons[i]), s);
+                foreach (var (name, v) in d.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
+                (accumulation.Steps == 1 ? d.Total : d.Total * accumulation.LossScale).backward();
+            }
+            scalars["grad_norm_d"] = CheckFinite(s, "grad_norm_d", GradClip.ClipGradNorm(Discriminator.parameters(), cfg.MaxGradNorm));
+            scalars["lr_disc"] = OptimizerD.LearningRate;
+            OptimizerD.Step();
+            OptimizerD.LearningRate = LearningRateAt(t);
+        }
+
+        Step = t + 1;
+        var kf = k.to(float32);
+        scalars["k_mean"] = kf.mean().item<float>();
+        scalars["k_min"] = kf.min().item<float>();
+        scalars["k_max"] = kf.max().item<float>();
+        scalars["semantic_on"] = semantic ? 1 : 0;
+        scalars["img_per_s"] = b / Math.Max(sw.Elapsed.TotalSeconds, 1e-9);
+        var result = new StepResult(Step, scalars);
+        StepCompleted?.Invoke(result);
+        return result;
+    }
+
+    private static void Accumulate(Dictionary<string, double> d, string name, double v, int n) =>
+        d[name] = d.GetValueOrDefault(name) + v / n;
+
+    private static double CheckFinite(long step, string term, Tensor v) => CheckFinite(step, term, v.to(float64).item<double>());
+
+    private static double CheckFinite(long step, string term, double v) =>
+        double.IsFinite(v) ? v : throw new TrainingDivergedException(step, term, v);
+
+    // ------------------------------------------------------------------------------------------------------------
+    // state
+    // ------------------------------------------------------------------------------------------------------------
+
+    private sealed record TrainerStateFile(long Step, long DataEpoch, long DataBatch, bool FinetuneApplied, int BatchSize,
+        long DataSeed, long Seed, bool UseEma, string Config);
+
+    /// <summary>Write the full training state to <paramref name="dir"/> (replaced atomically: written to a sibling
+    /// temp folder, then swapped in).</summary>
+    public void Save(string dir)
+    {
+        dir = Path.GetFullPath(dir.TrimEnd('/', '\\'));
+        var tmp = dir + ".tmp";
+        if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
+        Directory.CreateDirectory(tmp);
+        StateDicts.Save(Path.Combine(tmp, "model.safetensors"), Tokenizer.Module.state_dict());
+        if (Ema is not null) StateDicts.Save(Path.Combine(tmp, "ema.safetensors"), Ema.StateDict());
+        StateDicts.Save(Path.Combine(tmp, "discriminator.safetensors"), Discriminator.state_dict());
+        StateDicts.Save(Path.Combine(tmp, "optimizer.safetensors"), OptimizerG.StateDict());
+        StateDicts.Save(Path.Combine(tmp, "optimizer_disc.safetensors"), OptimizerD.StateDict());
+        StateDicts.Save(Path.Combine(tmp, "rng.safetensors"), new Dictionary<string, Tensor>
+        {
+            ["k_generator"] = kGenerator.get_state(),
+            ["torch_cpu"] = get_rng_state(),
+        });
+        var st = new TrainerStateFile(Step, Data.Position.Epoch, Data.Position.Batch, FinetuneApplied, Data.Config.BatchSize,
+            Data.Config.Seed, Config.Seed, Config.UseEma, Config.ToString());
+        File.WriteAllText(Path.Combine(tmp, "trainer.json"), JsonSerializer.Serialize(st, new JsonSerializerOptions { WriteIndented = true }));
+        var old = dir + ".old";
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+        if (Directory.Exists(dir)) Directory.Move(dir, old);
+        Directory.Move(tmp, dir);
+        if (Directory.Exists(old)) Directory.Delete(old, true);
+    }
+
+    /// <summary>Restore a state written by <see cref="Save"/> into this (identically configured) trainer.</summary>
+    public void Load(string dir)
+    {
+        var json = Path.Combine(dir, "trainer.json");
+        if (!File.Exists(json)) throw new FileNotFoundException($"not a trainer state folder (no trainer.json): {dir}", json);
+        var st = JsonSerializer.Deserialize<TrainerStateFile>(File.ReadAllText(json))
+                 ?? throw new InvalidDataException($"{json}: empty");
+        if (st.BatchSize != Data.Config.BatchSize || st.DataSeed != Data.Config.Seed)
+            throw new InvalidDataException($"{json}: saved with batch {st.BatchSize}, data seed {st.DataSeed}; this run has batch {Data.Config.BatchSize}, data seed {Data.Config.Seed} (the data position would not mean the same batches)");
+        if (st.UseEma != Config.UseEma) throw new InvalidDataException($"{json}: saved with UseEma={st.UseEma}, this run has UseEma={Config.UseEma}");
+        string F(string name) => Path.Combine(dir, name);
+        StateDicts.LoadInto(Tokenizer.Module, StateDicts.Load(F("model.safetensors")), F("model.safetensors"));
+        if (Ema is not null) Ema.LoadStateDict(StateDicts.Load(F("ema.safetensors")), F("ema.safetensors"));
+        StateDicts.LoadInto(Discriminator, StateDicts.Load(F("discriminator.safetensors")), F("discriminator.safetensors"));
+        OptimizerG.LoadStateDict(StateDicts.Load(F("optimizer.safetensors")), F("optimizer.safetensors"));
+        OptimizerD.LoadStateDict(StateDicts.Load(F("optimizer_disc.safetensors")), F("optimizer_disc.safetensors"));
+        var rng = StateDicts.Load(F("rng.safetensors"));
+        kGenerator.set_state(rng["k_generator"]);
+        set_rng_state(rng["torch_cpu"]);
+        Step = st.Step;
+        Data.Position = new DataPosition(st.DataEpoch, st.DataBatch);
+        FinetuneApplied = false;
+        if (st.FinetuneApplied) ApplyFinetune();
+    }
+
+    public void Dispose()
+    {
+        Ema?.Dispose();
+        kGenerator.Dispose();
+    }
+}
