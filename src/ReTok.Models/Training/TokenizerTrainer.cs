@@ -101,7 +101,7 @@ public sealed class TokenizerTrainer : IDisposable
     public bool FinetuneApplied { get; private set; }
 
     private readonly Device device;
-    private readonly Generator kGenerator;
+    private readonly torch.Generator kGenerator;
     private readonly GradAccumulation accumulation;
 
     /// <summary>Fired after each step with its scalars (logging hook).</summary>
@@ -121,7 +121,7 @@ public sealed class TokenizerTrainer : IDisposable
         Precision = Precision.Resolve(config.Precision, this.device);
         Loss = new TokenizerLoss(config.LossOrDefault, discriminator, perceptual);
         KSampler = new KSampler(config.KSamplerOrDefault);
-        kGenerator = new Generator((ulong)config.Seed);
+        kGenerator = new torch.Generator((ulong)config.Seed);
         accumulation = new GradAccumulation(config.GradAccumulationSteps);
         OptimizerG = new AdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
         OptimizerD = new AdamW(NamedParams(discriminator), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);

@@ -15,7 +15,7 @@ public class ConvBugTests
     [InlineData(16, 5, 8, 3, 2)]
     public void SafeConv2dGradientsMatchFloat64(int cin, int cout, int hw, int k, int stride)
     {
-        var g = new Generator(17);
+        var g = new torch.Generator(17);
         var x = randn(new long[] { 2, cin, hw, hw }, generator: g);
         var conv = new SafeConv2d(cin, cout, k, stride, 1);
         var go = randn(conv.forward(x).shape, generator: g);

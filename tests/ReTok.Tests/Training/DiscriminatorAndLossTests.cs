@@ -107,7 +107,7 @@ public class DiscriminatorAndLossTests
     {
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
         var loss = new TokenizerLoss(new LossConfig(DiscStart: 1_000_000), disc, FixedPerceptual);
-        var g = new Generator(3);
+        var g = new torch.Generator(3);
         var x = rand(new long[] { 3, 3, 32, 32 }, generator: g) * 2 - 1;
         var s = randn(new long[] { 3, 4, 16 }, generator: g);
         var t = randn(new long[] { 3, 4, 16 }, generator: g);
