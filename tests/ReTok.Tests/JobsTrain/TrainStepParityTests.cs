@@ -161,3 +161,27 @@ public class TrainStepParityTests(ITestOutputHelper log)
         log.WriteLine($"{names.Length} tensors, worst relative difference of |grad| (norms > 1e-6): {worst:E2}");
     }
 }
+
+/// <summary>Training makes progress: on two fixed images the tiny tokenizer's reconstruction loss falls by 30 % within
+/// eight steps (full objective: GAN, feature reconstruction, semantic stand-in; released K = 256). Seeded, so the same
+/// numbers every run (0.579 -> ~0.32).</summary>
+public class TrainingProgressTests(ITestOutputHelper log)
+{
+    [Fact]
+    public void ReconstructionLossFallsWithinEightSteps()
+    {
+        manual_seed(0);
+        using var model = JobsTrainData.TinyTokenizer();
+        using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
+        var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
+            new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
+        var config = TrainerConfig.Released(8) with { BaseLr = 1e-3, EndLr = 1e-4 };
+        using var trainer = new TokenizerTrainer(new ReTokTrainable(model), disc, JobsTrainData.FixedPerceptual,
+            new JobsTrainData.FixedTeacher(model.Config.OutInnerDim), data, config);
+        var rec = new List<double>();
+        for (int t = 0; t < 8; t++) rec.Add(trainer.TrainStep().Scalars["rec"]);
+        log.WriteLine("rec: " + string.Join(", ", rec.Select(r => r.ToString("F4"))));
+        double first = rec.Take(2).Average(), last = rec.TakeLast(3).Average();
+        Assert.True(last < 0.7 * first, $"reconstruction loss did not fall by 30 %: first two steps {first:F4}, last three {last:F4}");
+    }
+}
