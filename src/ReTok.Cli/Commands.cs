@@ -8,6 +8,7 @@ public static partial class Commands
     public static IEnumerable<Command> All()
     {
         yield return DbCommands.Build();
+        yield return QuickstartCommands.Build();
         foreach (var c in EngineCommands.Build()) yield return c;
         yield return RunCommands.Build();
         yield return ArtifactCommands.Build();
@@ -15,5 +16,7 @@ public static partial class Commands
         yield return TokenizerCommands.Build();
         foreach (var c in EvalCommands.Build()) yield return c;
         yield return GeneratorCommands.Build();
+        foreach (var c in DashboardCommands.Build()) yield return c;
+        yield return DatasetCommands.Build();
     }
 }

@@ -65,9 +65,17 @@ print(n / (time.perf_counter() - s))
             sw.Restart();
             foreach (var f in files) AdmCrop.CenterCropArr(ImageIO.LoadRgb(f), 256);
             double oursSeq = files.Count / sw.Elapsed.TotalSeconds;
+            sw.Restart();
+            var decoded = files.Select(ImageIO.LoadRgb).ToList();
+            double decodeOnly = files.Count / sw.Elapsed.TotalSeconds;
+            sw.Restart();
+            foreach (var im in decoded) AdmCrop.CenterCropArr(im, 256);
+            double cropOnly = files.Count / sw.Elapsed.TotalSeconds;
+            Console.WriteLine($"# ours split (1 thread): decode {decodeOnly:F1} img/s, resize+crop {cropOnly:F1} img/s");
             var pil = RunPython(python, PyCrop, "RETOK_REF_RETOK", files.ToArray());
             Console.WriteLine($"adm-crop  ours {oursSeq,8:F1} img/s (1 thread), {oursPar,8:F1} img/s (parallel)  | Pillow {Fmt(pil)} img/s (1 thread)  | ratio ours/Pillow {(pil is double p ? $"{oursSeq / p:F2}x (1 thread), {oursPar / p:F2}x (parallel)" : "n/a")}");
 
+            if (incCount <= 0) return 0;
             using var model = new FidInceptionV3();
             StateDict.ApplyFormula(model, (n, s) => n.EndsWith("running_var") || n.EndsWith("bn.weight") ? (0.1, 1.0) : (0.05, 0.0));
             using var ex = new InceptionExtractor(model, "formula") { BatchSize = 8 };

@@ -60,7 +60,7 @@ public static class EvalCommands
             if (Directory.Exists(src))
             {
                 var l = ImageFolder.List(src);
-                f = ex2.ExtractBatches(ImageFolder.Batches(l, 256, bs).Select(b => b.Batch), l.Count, progress);
+                f = ex2.ExtractBatches(ImageFolder.Batches(l, 256, bs).Select(b => b.Batch), l.Count, progress, disposeBatches: true);
             }
             else f = ex2.ExtractNpz(src, "arr_0", progress);
             long count = f.Count;

@@ -3,4 +3,6 @@ using ReTok.Cli;
 
 var root = new RootCommand("retok — ReTok tokenizer research pipeline as tracked batch jobs");
 foreach (var c in Commands.All()) root.Subcommands.Add(c);
-return await root.Parse(args).InvokeAsync();
+// ProcessTerminationTimeout = null: System.CommandLine would otherwise exit 2 s after SIGTERM/SIGINT (code 143/130),
+// cutting short `retok worker`'s graceful shutdown (checkpoint + re-queue); the worker handles those signals itself.
+return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });

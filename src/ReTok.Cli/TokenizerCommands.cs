@@ -27,7 +27,26 @@ public static class TokenizerCommands
         cmd.Subcommands.Add(Decode());
         cmd.Subcommands.Add(Reconstruct());
         cmd.Subcommands.Add(Bench());
+        cmd.Subcommands.Add(Convert());
         return cmd;
+    }
+
+    static Command Convert()
+    {
+        var ckpt = new Argument<string>("CKPT") { Description = "torch .pt/.pth training checkpoint" };
+        var output = new Option<string>("--out") { Description = "flat state dict .safetensors", Required = true };
+        var c = new Command("convert", "extract the weights Load would use (ema preferred) into a .safetensors file");
+        c.Arguments.Add(ckpt);
+        c.Options.Add(output);
+        c.Options.Add(PreferOpt);
+        c.SetAction((pr, ct) =>
+        {
+            var sd = Checkpoint.Load(pr.GetValue(ckpt)!, pr.GetValue(PreferOpt)!);
+            Checkpoint.SaveSafetensors(pr.GetValue(output)!, sd);
+            Console.WriteLine($"wrote {sd.Count} tensors to {pr.GetValue(output)}");
+            return Task.FromResult(0);
+        });
+        return c;
     }
 
     static Command Inspect()
@@ -82,7 +101,7 @@ public static class TokenizerCommands
     static Command Bench()
     {
         var config = new Option<string>("--config") { Description = "YAML or preset", DefaultValueFactory = _ => "VQ_SS256" };
-        var iters = new Option<int>("--iters") { Description = "timed repetitions (after one warm-up)", DefaultValueFactory = _ => 3 };
+        var iters = new Option<int>("--iters") { Description = "timed repetitions (after a batch-1 warm-up)", DefaultValueFactory = _ => 1 };
         var tokens = new Option<int>("--tokens") { Description = "K for decode", DefaultValueFactory = _ => 256 };
         var c = new Command("bench", "images/s of encode and decode(K) with freshly initialised weights (see bench/tokenizer.sh for the reference comparison)");
         foreach (var o in new Option[] { config, BatchOpt, iters, tokens, DeviceOpt }) c.Options.Add(o);
@@ -148,6 +167,7 @@ public static class TokenizerCommands
             var c = model.Encode(ReTokTokenizer.ImagesFromUint8(u8)).cpu();
             Array.Copy(c.data<long>().ToArray(), 0, codes, done * model.TotalTokens, c.NumberOfElements);
             done += u8.shape[0];
+            u8.Dispose();
         }
         Npy.Save(output, NpyArray.Of(codes, n, model.TotalTokens));
         log.WriteLine($"encoded {n} images → {output} int64 [{n},{model.TotalTokens}] in {sw.Elapsed.TotalSeconds:F1}s ({n / sw.Elapsed.TotalSeconds:F2} img/s)");
@@ -202,6 +222,7 @@ public static class TokenizerCommands
                 gridOrig.Add(u8[i].unsqueeze(0).MoveToOuterDisposeScope());
                 gridRec.Add(rec[i].unsqueeze(0).MoveToOuterDisposeScope());
             }
+            u8.Dispose();
         }
         writer?.Commit();
         // Originals on the first row, reconstructions below.
@@ -220,8 +241,8 @@ public static class TokenizerCommands
         var dev = Devices.Resolve(device);
         model.to(dev).eval();
         var x = (torch.rand(new long[] { batch, 3, 256, 256 }) * 2 - 1).to(dev);
-        Tensor codes = model.Encode(x);                       // warm-up
-        using (var _ = NewDisposeScope()) model.Decode(codes, tokens);
+        using (var _ = NewDisposeScope()) model.Decode(model.Encode(x.narrow(0, 0, 1)), tokens);   // warm-up at batch 1
+        var codes = torch.randint(0, cfg.CodebookSize, new long[] { batch, model.TotalTokens }, dtype: ScalarType.Int64);  // decode cost does not depend on the values
         double Time(Action a)
         {
             var sw = Stopwatch.StartNew();

@@ -17,6 +17,8 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
     public DbSet<RunLog> Logs => Set<RunLog>();
     public DbSet<Pipeline> Pipelines => Set<Pipeline>();
     public DbSet<WorkerInfo> Workers => Set<WorkerInfo>();
+    public DbSet<User> Users => Set<User>();
+    public DbSet<ApiToken> ApiTokens => Set<ApiToken>();
 
     protected override void OnModelCreating(ModelBuilder b)
     {
@@ -61,6 +63,16 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
         });
         b.Entity<Pipeline>().HasIndex(p => p.CreatedAt);
         b.Entity<WorkerInfo>().HasKey(w => w.Id);
+        b.Entity<User>(e =>
+        {
+            e.HasIndex(u => u.Name).IsUnique();
+            e.Property(u => u.Role).HasConversion<string>().HasMaxLength(16);
+        });
+        b.Entity<ApiToken>(e =>
+        {
+            e.HasIndex(t => t.TokenHash).IsUnique();
+            e.HasOne(t => t.User).WithMany().HasForeignKey(t => t.UserId).OnDelete(DeleteBehavior.Cascade);
+        });
     }
 
     public static DbContextOptions<TrackingDb> Options(string connectionString) =>

@@ -25,9 +25,9 @@ public static class ImageIO
 
     public static unsafe RgbImage DecodeRgb(byte[] bytes, string what = "image")
     {
-        using var ms = new MemoryStream(bytes, writable: false);
-        using var codec = SKCodec.Create(ms, out var created)
-            ?? throw new InvalidDataException($"{what}: cannot decode image ({created}); the file is corrupt or not an image");
+        using var data = SKData.CreateCopy(bytes); // native buffer: no managed-stream callbacks while decoding
+        using var codec = SKCodec.Create(data)
+            ?? throw new InvalidDataException($"{what}: cannot decode image; the file is corrupt or not an image");
         int w = codec.Info.Width, h = codec.Info.Height;
         // ColorSpace null = no colour conversion, as PIL.
         var info = new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Unpremul);

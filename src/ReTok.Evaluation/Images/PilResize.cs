@@ -107,17 +107,19 @@ public static class PilResize
 
         var dst = new RgbImage(cur.Width, outH);
         int rowLen = cur.Width * 3;
-        Parallel.For(0, outH, yy =>
+        Parallel.For(0, outH, () => new int[rowLen], (yy, _, acc) =>
         {
             int ymin = bv[yy * 2], ymax = bv[yy * 2 + 1], kb = yy * ksv;
             var p = cur.Pixels;
-            for (int i = 0; i < rowLen; i++)
+            Array.Fill(acc, 1 << (PrecisionBits - 1));
+            for (int y = 0; y < ymax; y++) // row-major accumulation: same integer sums as PIL's per-pixel loop
             {
-                int s = 1 << (PrecisionBits - 1);
-                for (int y = 0; y < ymax; y++) s += p[(y + ymin) * rowLen + i] * kv[kb + y];
-                dst.Pixels[yy * rowLen + i] = Clip8(s);
+                int k = kv[kb + y], row = (y + ymin) * rowLen;
+                for (int i = 0; i < rowLen; i++) acc[i] += p[row + i] * k;
             }
-        });
+            for (int i = 0; i < rowLen; i++) dst.Pixels[yy * rowLen + i] = Clip8(acc[i]);
+            return acc;
+        }, _ => { });
         return dst;
     }
 }

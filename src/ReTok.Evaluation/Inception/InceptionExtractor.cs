@@ -62,10 +62,11 @@ public sealed class InceptionExtractor : IDisposable
             throw new InvalidDataException($"{npzPath}: '{key}' has shape [{string.Join(",", h.Shape)}], expected an NHWC image batch [N,H,W,3]");
         if (h.Dtype != "|u1" && h.Dtype != "<f4")
             throw new InvalidDataException($"{npzPath}: '{key}' has dtype {h.Dtype}, expected uint8 (or float32 0..255) images");
-        return ExtractBatches(Npz.ReadRows(npzPath, key, BatchSize).Select(c => c.Chunk.ToTensor()), h.Shape[0], progress);
+        return ExtractBatches(Npz.ReadRows(npzPath, key, BatchSize).Select(c => c.Chunk.ToTensor()), h.Shape[0], progress, disposeBatches: true);
     }
 
-    public FeatureSet ExtractBatches(IEnumerable<Tensor> batches, long total, IProgress<(long Done, long Total)>? progress = null)
+    /// <summary>Features of a stream of uint8 NHWC batches (e.g. reconstructions as they are decoded); <paramref name="total"/> is for progress only.</summary>
+    public FeatureSet ExtractBatches(IEnumerable<Tensor> batches, long total, IProgress<(long Done, long Total)>? progress = null, bool disposeBatches = false)
     {
         var pools = new List<Tensor>(); var spatials = new List<Tensor>(); var logits = new List<Tensor>();
         long done = 0;
@@ -74,7 +75,7 @@ public sealed class InceptionExtractor : IDisposable
             var f = Run(b);
             pools.Add(f.Pool); spatials.Add(f.Spatial); logits.Add(f.Logits);
             done += b.shape[0];
-            b.Dispose();
+            if (disposeBatches) b.Dispose();
             progress?.Report((done, total));
         }
         if (pools.Count == 0) throw new InvalidDataException("no images to extract features from");

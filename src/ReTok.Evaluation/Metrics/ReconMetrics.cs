@@ -82,23 +82,25 @@ public static class ReconMetrics
         var dst = new float[h * w];
         var line = new double[Math.Max(h, w) + size];
         var outLine = new double[Math.Max(h, w)];
+        int size1 = size / 2, size2 = size - size1 - 1;
         for (int c = 0; c < w; c++)
         {
-            Filter1D(i => src[i * w + c], h, size, line, outLine);
+            for (int j = 0; j < h + size1 + size2; j++) line[j] = src[Reflect(j - size1, h) * w + c];
+            Filter1D(line, h, size, outLine);
             for (int r = 0; r < h; r++) tmp[r * w + c] = (float)outLine[r];
         }
         for (int r = 0; r < h; r++)
         {
-            Filter1D(i => tmp[r * w + i], w, size, line, outLine);
+            for (int j = 0; j < w + size1 + size2; j++) line[j] = tmp[r * w + Reflect(j - size1, w)];
+            Filter1D(line, w, size, outLine);
             for (int c = 0; c < w; c++) dst[r * w + c] = (float)outLine[c];
         }
         return dst;
     }
 
-    static void Filter1D(Func<int, float> at, int len, int size, double[] ext, double[] o)
+    // NI_UniformFilter1D: ext holds the line extended by size/2 values on the left
+    static void Filter1D(double[] ext, int len, int size, double[] o)
     {
-        int size1 = size / 2, size2 = size - size1 - 1;
-        for (int j = 0; j < len + size1 + size2; j++) ext[j] = at(Reflect(j - size1, len));
         double tmp = 0.0;
         for (int l = 0; l < size; l++) tmp += ext[l];
         tmp /= size;

@@ -16,7 +16,7 @@ public static class StateDict
         var missing = own.Keys.Where(k => !sd.ContainsKey(k) && !k.EndsWith("num_batches_tracked")).ToList();
         if (missing.Count > 0)
             throw new InvalidDataException($"{source}: missing {missing.Count} weight(s) for {module.GetName()}: {string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? ", ..." : "")}");
-        var extra = sd.Keys.Where(k => !own.ContainsKey(k) && !ignoreExtra.Any(k.StartsWith)).ToList();
+        var extra = sd.Keys.Where(k => !own.ContainsKey(k) && !k.EndsWith("num_batches_tracked") && !ignoreExtra.Any(k.StartsWith)).ToList();
         if (extra.Count > 0)
             throw new InvalidDataException($"{source}: unexpected weight(s) {string.Join(", ", extra.Take(8))} (is this the right file?)");
         using var _ = no_grad();

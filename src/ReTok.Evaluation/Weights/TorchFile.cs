@@ -274,9 +274,22 @@ public static class TorchFile
             return sb.ToString();
         }
 
+        // Python 3 pickles OrderedDict() and adds items with SETITEMS; Python 2 era files pass [[k, v], ...] to the constructor.
+        static PyDict OrderedDict(object?[] a)
+        {
+            var d = new PyDict();
+            if (a.Length > 0 && a[0] is List<object?> items)
+                foreach (var it in items)
+                {
+                    var kv = it as IList<object?> ?? throw new InvalidDataException("OrderedDict item is not a pair");
+                    d[kv[0]!] = kv[1];
+                }
+            return d;
+        }
+
         static object? Reduce(Global fn, object?[] a) => (fn.Module, fn.Name) switch
         {
-            ("collections", "OrderedDict") => new PyDict(),
+            ("collections", "OrderedDict") => OrderedDict(a),
             ("torch._utils", "_rebuild_tensor_v2") or ("torch._utils", "_rebuild_tensor") => new TensorRef(
                 (StorageRef)a[0]!, Convert.ToInt64(a[1]), ((object?[])a[2]!).Select(Convert.ToInt64).ToArray(),
                 ((object?[])a[3]!).Select(Convert.ToInt64).ToArray()),

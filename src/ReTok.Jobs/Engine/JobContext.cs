@@ -282,6 +282,9 @@ public sealed class JobContext
             return ParamBinder.ToJson(p);
         }
         var shardJson = shardParams.Select((p, i) => Json(sk, p, $"shard {i} params")).ToList();
+        // Children follow the parent's queue (a spec may have overridden it) unless their kind needs another kind of queue.
+        var parentDefault = _s.Kinds.TryGet(Run.Kind, out var pk) ? pk.Queue : Run.Queue;
+        string QueueOf(JobKindInfo k) => k.Queue == parentDefault ? Run.Queue : k.Queue;
         var aggJson = Json(ak, aggregatorParams, "aggregator params");
 
         var (fan, created) = await _s.Tracker.InTransactionAsync(_s.Lease.Fence, async (conn, tx, t) =>
@@ -300,7 +303,7 @@ public sealed class JobContext
                 Queue = queue, Tags = parent.Tags.ToList(), ExperimentId = parent.ExperimentId, ParentRunId = parent.Id,
                 PipelineId = parent.PipelineId, PipelineStep = parent.PipelineStep,
             };
-            var agg = Child(ak.Name, aggJson, ak.Queue);
+            var agg = Child(ak.Name, aggJson, QueueOf(ak));
             agg.Name = $"{parent.Name ?? $"run {parent.Id}"}/aggregate";
             agg.Status = shardJson.Count == 0 ? RunStatus.Queued : RunStatus.Waiting;
             agg.QueuedAt = shardJson.Count == 0 ? DateTimeOffset.UtcNow : null;
@@ -309,7 +312,7 @@ public sealed class JobContext
             await db.SaveChangesAsync(t);
             var shards = shardJson.Select((json, i) =>
             {
-                var s = Child(sk.Name, json, sk.Queue);
+                var s = Child(sk.Name, json, QueueOf(sk));
                 s.Name = $"{parent.Name ?? $"run {parent.Id}"}/shard-{i}";
                 s.Status = RunStatus.Queued; s.QueuedAt = DateTimeOffset.UtcNow; s.FanInRunId = agg.Id; s.ShardIndex = i;
                 return s;
@@ -321,8 +324,8 @@ public sealed class JobContext
         }, _s.WriteToken);
         if (created)
         {
-            foreach (var id in fan.ShardRunIds) await _s.Client.EnqueueAsync(id, sk.Queue, ct: _s.WriteToken);
-            if (fan.ShardRunIds.Count == 0) await _s.Client.EnqueueAsync(fan.AggregatorRunId, ak.Queue, ct: _s.WriteToken);
+            foreach (var id in fan.ShardRunIds) await _s.Client.EnqueueAsync(id, QueueOf(sk), ct: _s.WriteToken);
+            if (fan.ShardRunIds.Count == 0) await _s.Client.EnqueueAsync(fan.AggregatorRunId, QueueOf(ak), ct: _s.WriteToken);
             Log($"spawned {fan.ShardRunIds.Count} '{shardKind}' shards (runs {string.Join(", ", fan.ShardRunIds)}); aggregator '{aggregatorKind}' is run {fan.AggregatorRunId}");
         }
         return fan;

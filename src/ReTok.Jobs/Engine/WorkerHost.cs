@@ -115,7 +115,10 @@ public sealed class WorkerHost : IAsyncDisposable
 
     async Task WriteWorkerInfoAsync(CancellationToken ct)
     {
-        var slots = _servers.SelectMany(s => s.Pool.Snapshot()).ToDictionary(kv => kv.Key, kv => kv.Value);
+        // Without --gpus the gpu and cpu servers both have "cpu" slots: name such slots with their queues.
+        var all = _servers.SelectMany(s => s.Pool.Snapshot().Select(kv => (s.Queue, Slot: kv.Key, Run: kv.Value))).ToList();
+        var shared = all.GroupBy(x => x.Slot).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
+        var slots = all.ToDictionary(x => shared.Contains(x.Slot) ? $"{x.Slot} ({x.Queue})" : x.Slot, x => x.Run);
         await using var cmd = Client.Tracker.DataSource.CreateCommand("""
             INSERT INTO retok.workers (id, host, queues, devices, slots, started_at, last_heartbeat) VALUES (@id, @h, @q, @d, @s, now(), now())
             ON CONFLICT (id) DO UPDATE SET slots = excluded.slots, last_heartbeat = now()

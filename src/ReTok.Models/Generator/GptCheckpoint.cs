@@ -6,7 +6,7 @@ using TorchSharp;
 using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
-namespace ReTok.Models.Generator;
+namespace ReTok.Models.Generation;
 
 public static class GptCheckpoint
 {

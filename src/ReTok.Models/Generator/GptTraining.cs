@@ -5,7 +5,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace ReTok.Models.Generator;
+namespace ReTok.Models.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

@@ -4,7 +4,7 @@ using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
-namespace ReTok.Models.Generator;
+namespace ReTok.Models.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

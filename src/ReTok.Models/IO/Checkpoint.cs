@@ -89,8 +89,9 @@ public static class Checkpoint
     /// Keys for which <paramref name="mayBeMissing"/> holds may be absent (they keep their current values).
     /// Values are cast to each parameter's dtype and device.
     /// </summary>
-    public static void LoadInto(nn.Module m, IReadOnlyDictionary<string, Tensor> sd, string source, Func<string, bool>? mayBeMissing = null)
+    public static void LoadInto(nn.Module m, IEnumerable<KeyValuePair<string, Tensor>> stateDict, string source, Func<string, bool>? mayBeMissing = null)
     {
+        var sd = stateDict as IReadOnlyDictionary<string, Tensor> ?? stateDict.ToDictionary(kv => kv.Key, kv => kv.Value);
         var own = m.state_dict();
         var missing = own.Keys.Where(k => !sd.ContainsKey(k) && !(mayBeMissing?.Invoke(k) ?? false)).ToList();
         var unexpected = sd.Keys.Where(k => !own.ContainsKey(k)).ToList();

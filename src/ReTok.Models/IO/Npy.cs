@@ -183,6 +183,9 @@ public static class Npy
 /// <summary>.npz = zip of .npy entries (numpy's savez: stored; savez_compressed: deflated; both are read).</summary>
 public static class Npz
 {
+    /// <summary>numpy's savez stamps members 1980-01-01 00:00 (ZipInfo default); so do we, so equal arrays give byte-identical files.</summary>
+    public static readonly DateTimeOffset EntryTime = new(1980, 1, 1, 0, 0, 0, TimeSpan.Zero);
+
     public static Dictionary<string, NpyArray> Load(string path)
     {
         using var zip = OpenZip(path);
@@ -243,6 +246,7 @@ public static class Npz
             foreach (var (k, a) in arrays)
             {
                 var e = zip.CreateEntry(k + ".npy", compress ? CompressionLevel.Fastest : CompressionLevel.NoCompression);
+                e.LastWriteTime = Npz.EntryTime;
                 using var s = e.Open();
                 Npy.Write(s, a);
             }
@@ -282,7 +286,9 @@ public sealed class NpzStreamWriter : IDisposable
     {
         EndArray();
         _key = key;
-        _entry = _zip.CreateEntry(key + ".npy", CompressionLevel.NoCompression).Open();
+        var e = _zip.CreateEntry(key + ".npy", CompressionLevel.NoCompression);
+        e.LastWriteTime = Npz.EntryTime;
+        _entry = e.Open();
         Npy.WriteHeader(_entry, dtype, shape);
         _expected = shape.Aggregate(1L, (a, b) => a * b) * Npy.ItemSize(dtype);
         _written = 0;

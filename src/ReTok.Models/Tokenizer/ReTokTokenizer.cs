@@ -393,7 +393,7 @@ public sealed class ReTokTokenizer : nn.Module
         int kmax = (int)tokenCounts.max().item<long>();
         CheckCodes(codes, kmax);
         using var _ = torch.no_grad();
-        return DecodeQuant(quantize.Entry(codes[.., ..kmax].to(Device)), kmax, KeyMask(tokenCounts, kmax)).Pixels;
+        return DecodeQuant(quantize.Entry(codes[.., ..kmax].to(Device)), kmax, KeyMask(tokenCounts.to(Device), kmax)).Pixels;
     }
 
     /// <summary>
@@ -426,17 +426,19 @@ public sealed class ReTokTokenizer : nn.Module
         Tensor images, int tokens = 256, Tensor? tokenCounts = null, bool featureRecLoss = false, bool semantic = true)
     {
         CheckImages(images);
+        Tensor? mask = null;
+        if (tokenCounts is not null)
+        {
+            if (tokenCounts.dim() != 1 || tokenCounts.shape[0] != images.shape[0])
+                throw new ArgumentException($"tokenCounts must have one entry per image ({images.shape[0]}), got [{string.Join(", ", tokenCounts.shape)}]");
+            tokens = (int)tokenCounts.max().item<long>();
+        }
+        if (tokens < 1 || tokens > TotalTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"tokens must be 1..{TotalTokens}, got {tokens}");
+        if (tokenCounts is not null) mask = KeyMask(tokenCounts.to(Device), tokens);
         images = images.to(Device);
         var s = encoder.call(images);
         var h = quant_conv.call(s2to1encoder.call(s));
         var (quant, vq, commit, entropy, usage, idx) = quantize.forward(h);
-        Tensor? mask = null;
-        if (tokenCounts is not null)
-        {
-            tokens = (int)tokenCounts.max().item<long>();
-            mask = KeyMask(tokenCounts.to(Device), tokens);
-        }
-        if (tokens < 1 || tokens > TotalTokens) throw new ArgumentOutOfRangeException(nameof(tokens), $"tokens must be 1..{TotalTokens}, got {tokens}");
         var (recon, spatial, inner) = DecodeQuant(quant, tokens, mask, semantic && HasDistillMlp);
         Tensor? fea = null;
         if (featureRecLoss)

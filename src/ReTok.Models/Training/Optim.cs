@@ -11,7 +11,7 @@ namespace ReTok.Models.Training;
 /// frozen modules in decoder fine-tuning, and K-dependent parameters under nested dropout.
 /// Per-parameter step counts (bias correction) as PyTorch keeps them. State is addressable by parameter name.
 /// </summary>
-public sealed class AdamW
+public sealed class NamedAdamW
 {
     private sealed class Slot
     {
@@ -27,7 +27,7 @@ public sealed class AdamW
     public double Eps { get; }
     public double WeightDecay { get; }
 
-    public AdamW(IEnumerable<(string Name, Parameter Param)> parameters, double lr = 1e-4, double beta1 = 0.9,
+    public NamedAdamW(IEnumerable<(string Name, Parameter Param)> parameters, double lr = 1e-4, double beta1 = 0.9,
         double beta2 = 0.95, double eps = 1e-8, double weightDecay = 1e-4)
     {
         this.parameters = parameters.ToList();

@@ -91,8 +91,8 @@ public sealed class TokenizerTrainer : IDisposable
     public TokenizerLoss Loss { get; }
     public ISemanticTeacher? Teacher { get; }
     public TrainingDataLoader Data { get; }
-    public AdamW OptimizerG { get; }
-    public AdamW OptimizerD { get; }
+    public NamedAdamW OptimizerG { get; }
+    public NamedAdamW OptimizerD { get; }
     public Ema? Ema { get; }
     public KSampler KSampler { get; }
     public Precision Precision { get; }
@@ -123,8 +123,8 @@ public sealed class TokenizerTrainer : IDisposable
         KSampler = new KSampler(config.KSamplerOrDefault);
         kGenerator = new torch.Generator((ulong)config.Seed);
         accumulation = new GradAccumulation(config.GradAccumulationSteps);
-        OptimizerG = new AdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
-        OptimizerD = new AdamW(NamedParams(discriminator), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
+        OptimizerG = new NamedAdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
+        OptimizerD = new NamedAdamW(NamedParams(discriminator), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
         if (config.UseEma) Ema = new Ema(NamedParams(tokenizer.Module), config.EmaDecay); // exact copy at start
         tokenizer.Module.train();
         discriminator.train(); // BatchNorm batch statistics in both G and D passes, as the reference

@@ -7,10 +7,10 @@ namespace ReTok.Models.Training;
 public enum PilFilter { Box, Bilinear, Bicubic }
 
 /// <summary>
-/// PIL's Image.resize for 8-bit RGB (Resample.c, Pillow 9.4): separable passes, horizontal first then vertical, each
+/// PIL's Image.resize for 8-bit images (Resample.c, Pillow 9.4): separable passes, horizontal first then vertical, each
 /// skipped when that size does not change; per pass 22-bit fixed-point coefficients from precompute_coeffs and
-/// normalize_coeffs_8bpc, out = clamp((2^21 + sum p*k) >> 22, 0, 255). Computed as float64 matmuls over integers,
-/// which are exact (all partial sums &lt; 2^53), so results are bit-identical to PIL.
+/// normalize_coeffs_8bpc, out = clamp((2^21 + sum p*k) >> 22, 0, 255). Same integer arithmetic as PIL, so results
+/// are bit-identical (DataTests.PilResizeIsBitExact).
 /// </summary>
 public static class PilResize
 {
@@ -33,14 +33,18 @@ public static class PilResize
         return 0.0;
     }
 
-    /// <summary>Dense [outSize, inSize] matrix of PIL's integer coefficients (as float64).</summary>
-    public static Tensor Coefficients(int inSize, int outSize, PilFilter filter)
+    /// <summary>precompute_coeffs + normalize_coeffs_8bpc: per output index its first input index, tap count, and
+    /// <c>kSize</c> integer coefficients starting at <c>o * kSize</c>.</summary>
+    public static (int[] First, int[] Count, int[] K, int KSize) Coefficients(int inSize, int outSize, PilFilter filter)
     {
         var (support0, fn) = FilterOf(filter);
         double scale = (double)inSize / outSize, filterscale = Math.Max(scale, 1.0);
         double support = support0 * filterscale, ss = 1.0 / filterscale;
-        var m = new double[outSize * inSize];
-        var k = new double[(int)Math.Ceiling(support) * 2 + 1];
+        int ksize = (int)Math.Ceiling(support) * 2 + 1;
+        var first = new int[outSize];
+        var count = new int[outSize];
+        var kk = new int[outSize * ksize];
+        var k = new double[ksize];
         for (int xx = 0; xx < outSize; xx++)
         {
             double center = (xx + 0.5) * scale, ww = 0.0;
@@ -58,27 +62,59 @@ public static class PilResize
             for (int x = 0; x < xmax; x++)
             {
                 double v = ww != 0.0 ? k[x] / ww : k[x];
-                m[xx * inSize + xmin + x] = v < 0 ? (int)(-0.5 + v * (1 << PrecisionBits)) : (int)(0.5 + v * (1 << PrecisionBits));
+                kk[xx * ksize + x] = v < 0 ? (int)(-0.5 + v * (1 << PrecisionBits)) : (int)(0.5 + v * (1 << PrecisionBits));
             }
+            first[xx] = xmin;
+            count[xx] = xmax;
         }
-        return tensor(m, new long[] { outSize, inSize }, float64);
+        return (first, count, kk, ksize);
     }
 
     /// <summary>uint8 [H, W, C] -> uint8 [outH, outW, C].</summary>
     public static Tensor Resize(Tensor hwc, int outW, int outH, PilFilter filter)
     {
         if (hwc.dtype != ScalarType.Byte || hwc.dim() != 3) throw new ArgumentException($"PIL resize expects uint8 [H,W,C], got {hwc.dtype} [{string.Join(",", hwc.shape)}]");
-        using var scope = NewDisposeScope();
-        int h = (int)hwc.shape[0], w = (int)hwc.shape[1];
-        var x = hwc.to(float64);
+        if (outW < 1 || outH < 1) throw new ArgumentException($"PIL resize to {outW}x{outH}");
+        int h = (int)hwc.shape[0], w = (int)hwc.shape[1], c = (int)hwc.shape[2];
+        var src = hwc.contiguous().data<byte>().ToArray();
         if (outW != w)
-            x = Pass(matmul(Coefficients(w, outW, filter), x.permute(1, 0, 2).reshape(w, -1)).reshape(outW, h, -1).permute(1, 0, 2));
+        {
+            var (first, count, kk, ks) = Coefficients(w, outW, filter);
+            var dst = new byte[h * outW * c];
+            for (int y = 0; y < h; y++)
+                for (int xx = 0; xx < outW; xx++)
+                    for (int ch = 0; ch < c; ch++)
+                    {
+                        long acc = 1L << (PrecisionBits - 1);
+                        int row = y * w * c + first[xx] * c + ch;
+                        for (int t = 0; t < count[xx]; t++) acc += src[row + t * c] * (long)kk[xx * ks + t];
+                        dst[(y * outW + xx) * c + ch] = Clip8(acc);
+                    }
+            (src, w) = (dst, outW);
+        }
         if (outH != h)
-            x = Pass(matmul(Coefficients(h, outH, filter), x.reshape(h, -1)).reshape(outH, outW, -1));
-        return x.to(ScalarType.Byte).contiguous().MoveToOuterDisposeScope();
+        {
+            var (first, count, kk, ks) = Coefficients(h, outH, filter);
+            var dst = new byte[outH * w * c];
+            int stride = w * c;
+            for (int yy = 0; yy < outH; yy++)
+                for (int i = 0; i < stride; i++)
+                {
+                    long acc = 1L << (PrecisionBits - 1);
+                    int col = first[yy] * stride + i;
+                    for (int t = 0; t < count[yy]; t++) acc += src[col + t * stride] * (long)kk[yy * ks + t];
+                    dst[yy * stride + i] = Clip8(acc);
+                }
+            (src, h) = (dst, outH);
+        }
+        return tensor(src, new long[] { h, w, c }, ScalarType.Byte);
     }
 
-    private static Tensor Pass(Tensor acc) => ((acc + (1 << (PrecisionBits - 1))) / (1 << PrecisionBits)).floor_().clamp_(0, 255);
+    private static byte Clip8(long acc)
+    {
+        long v = acc >> PrecisionBits;
+        return (byte)(v < 0 ? 0 : v > 255 ? 255 : v);
+    }
 }
 
 /// <summary>ADM crops (dataset/augmentation.py) on uint8 HWC tensors, with the random draws injected.</summary>

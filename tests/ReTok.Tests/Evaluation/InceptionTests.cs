@@ -27,6 +27,26 @@ public class InceptionTests
         return m;
     }
 
+    internal static Dictionary<string, string> ReferenceKeys(string file, string prefix = "") =>
+        File.ReadAllLines(Fixture.PathOf(file)).Where(l => l.StartsWith(prefix) && !l.Contains("num_batches_tracked"))
+            .ToDictionary(l => l.Split(' ')[0], l => l[(l.IndexOf(' ') + 1)..].Replace(" ", ""));
+
+    static Dictionary<string, string> OurKeys(TorchSharp.torch.nn.Module m, Func<string, string>? rename = null) =>
+        m.state_dict().Where(kv => !kv.Key.EndsWith("num_batches_tracked"))
+            .ToDictionary(kv => (rename ?? (n => n))(kv.Key), kv => "[" + string.Join(",", kv.Value.shape) + "]");
+
+    [Fact]
+    public void ParameterNamesAndShapesMatchTheReferenceStateDicts()
+    {
+        // pytorch-fid's fid_inception_v3 state dict (what pt_inception-2015-12-05-6726825d.pth holds) and torchvision vgg16's
+        // features.* (vgg16-397923af.pth), so the released files load 1:1.
+        using var inc = new FidInceptionV3();
+        Assert.Equal(ReferenceKeys("inception_state_dict.txt").OrderBy(k => k.Key), OurKeys(inc).OrderBy(k => k.Key));
+        using var lp = new ReTok.Evaluation.Metrics.LpipsVgg();
+        var ours = OurKeys(lp, n => n.StartsWith("net.") ? n[4..] : n).Where(k => k.Key.StartsWith("features.")).OrderBy(k => k.Key);
+        Assert.Equal(ReferenceKeys("vgg16_state_dict.txt", "features.").OrderBy(k => k.Key), ours);
+    }
+
     [Fact]
     public void Tf1LegacyBilinearMatchesTorchFidelity()
     {

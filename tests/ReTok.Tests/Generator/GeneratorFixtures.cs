@@ -1,10 +1,10 @@
 using System.Text.Json;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

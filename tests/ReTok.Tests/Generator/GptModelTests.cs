@@ -1,10 +1,10 @@
 using System.Text.Json;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using TorchSharp;
-using static ReTok.Tests.Generator.GeneratorFixtures;
+using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 
@@ -102,6 +102,17 @@ public class GptModelTests
         Assert.Throws<InvalidDataException>(() => GptCheckpoint.LoadStrict(new Gpt(TinyConfig() with { NLayer = 3 }), sd, "w"));
         var inferred = GptCheckpoint.InferConfig(sd, 4, "tiny");
         Assert.Equal(TinyConfig() with { TokenDropoutP = 0.1, ResidDropoutP = 0.1, FfnDropoutP = 0.1 }, inferred);
+    }
+
+    [Theory]
+    [InlineData("pt_plain.pt")]
+    [InlineData("pt_nested.pt")]
+    [InlineData("pt_nested_args.pt")]
+    public void ReadsPyTorchStateDictsPlainAndNestedUnderModel(string file)
+    {
+        var sd = GptCheckpoint.Read(File(file));
+        Assert.Equal(new[] { "norm.weight", "positional_embedding" }, sd.Keys.OrderBy(k => k, StringComparer.Ordinal));
+        Assert.Equal(0f, MaxAbsDiff(sd["positional_embedding"], arange(6f).reshape(2, 3)));
     }
 
     [Fact]

@@ -1,9 +1,9 @@
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using TorchSharp;
-using static ReTok.Tests.Generator.GeneratorFixtures;
+using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 

@@ -1,10 +1,10 @@
 using System.Text.Json;
-using ReTok.Models.Generator;
+using ReTok.Models.Generation;
 using TorchSharp;
-using static ReTok.Tests.Generator.GeneratorFixtures;
+using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.Generator;
+namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 
@@ -149,6 +149,28 @@ public class SamplingTests
         Assert.True(part.eq(full.narrow(1, 0, 7)).all().item<bool>());
         Assert.Throws<ArgumentException>(() => Sampling.Generate(model, labels, 17, oc));
         Assert.Throws<ArgumentException>(() => Sampling.Generate(model, tensor(new long[] { 11 }), 4, oc));
+    }
+
+    [Fact]
+    public void Bf16ModelSamplesWithFp32LogitsAndCloseScores()
+    {
+        // the sampler's --precision bf16: the whole GPT cast; RMSNorm still normalises in fp32 and logits come out fp32
+        using var m32 = TinyModel();
+        using var m16 = TinyModel();
+        m16.to(bfloat16);
+        m32.eval();
+        m16.eval();
+        using var _ = no_grad();
+        var f = Npz("forward.npz");
+        var z = f.T("codes");
+        using var c32 = m32.NewCache(3, 17);
+        using var c16 = m16.NewCache(3, 17);
+        var a = cat(new[] { m32.Prefill(f.T("labels"), c32), m32.Decode(z.narrow(1, 0, 15), 1, c32) }, 1);
+        var b = cat(new[] { m16.Prefill(f.T("labels"), c16), m16.Decode(z.narrow(1, 0, 15), 1, c16) }, 1);
+        Assert.Equal(ScalarType.Float32, b.dtype);
+        Assert.True(MaxAbsDiff(a, b) is > 0f and < 0.25f, $"bf16 vs fp32 logits {MaxAbsDiff(a, b)}"); // logits span ~+-10
+        var toks = Sampling.Generate(m16, tensor(new long[] { 1, 2 }), 16, new SamplingOptions(CfgScale: 2.0, CfgSchedule: "step"), new Generator(0));
+        Assert.Equal(new long[] { 2, 16 }, toks.shape);
     }
 
     [Fact]

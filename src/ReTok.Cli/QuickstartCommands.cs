@@ -1,0 +1,176 @@
+using System.CommandLine;
+using System.Security.Cryptography;
+using Microsoft.EntityFrameworkCore;
+using ReTok.Dashboard;
+using ReTok.Dashboard.Auth;
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Quickstart;
+using ReTok.Tracking;
+using Spectre.Console;
+
+namespace ReTok.Cli;
+
+/// <summary>
+/// `retok quickstart`: the whole pipeline on the embedded default (local PostgreSQL + filesystem artifacts) with an
+/// in-process worker and dashboard, on a synthetic dataset, in minutes on a 2-core CPU.
+/// </summary>
+public static class QuickstartCommands
+{
+    public static Command Build()
+    {
+        var spec = new Option<string>("--spec") { Description = "pipeline spec", DefaultValueFactory = _ => "jobs/quickstart.yaml" };
+        var set = new Option<string[]>("--set") { Description = "override STEP.KEY=VALUE (repeatable)" };
+        var classes = new Option<int>("--classes") { Description = "synthetic classes", DefaultValueFactory = _ => 4 };
+        var perClass = new Option<int>("--per-class") { Description = "synthetic images per class", DefaultValueFactory = _ => 8 };
+        var urls = new Option<string>("--urls") { Description = "dashboard URL", DefaultValueFactory = _ => "http://127.0.0.1:5080" };
+        var noDashboard = new Option<bool>("--no-dashboard") { Description = "do not start the dashboard" };
+        var exit = new Option<bool>("--exit") { Description = "exit when the pipeline ends instead of serving the dashboard until Ctrl+C" };
+        var workers = new Option<int>("--cpu-workers") { Description = "concurrent jobs in the in-process worker", DefaultValueFactory = _ => 2 };
+        var cmd = new Command("quickstart", "run extract -> train tokenizer -> eval reconstruction -> codes -> train GPT -> gFID on a synthetic dataset")
+            { spec, set, classes, perClass, urls, noDashboard, exit, workers };
+        cmd.WithStoreOptions();
+        cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
+        {
+            var o = CliSupport.Engine(pr);
+            var settings = RetokSettings.FromEnvironment(o.Db, o.Artifacts);
+            AnsiConsole.MarkupLine($"[bold]ReTok.Jobs quickstart[/]  home [blue]{Markup.Escape(settings.Home)}[/]");
+            // The server must answer; the database itself is created and migrated by the client below.
+            await TrackingDb.CheckReachableAsync(new Npgsql.NpgsqlConnectionStringBuilder(o.Db) { Database = "postgres" }.ConnectionString, ct);
+            await using var client = new JobClient(o);
+            await client.EnsureSchemaAsync(ct);
+            AnsiConsole.MarkupLine($"tracking  [green]ok[/]  {Markup.Escape(Redact(o.Db))}; artifacts {Markup.Escape(o.Artifacts)}");
+
+            var data = Path.Combine(settings.Home, "quickstart", "images");
+            if (!Directory.Exists(data) || !Directory.EnumerateFiles(data, "*", SearchOption.AllDirectories).Any())
+            {
+                var n = SyntheticDataset.Generate(data, pr.GetValue(classes), pr.GetValue(perClass), seed: 0);
+                AnsiConsole.MarkupLine($"dataset   [green]generated[/] {n} synthetic images in {Markup.Escape(data)}");
+            }
+            else AnsiConsole.MarkupLine($"dataset   [green]reused[/] {Markup.Escape(data)}");
+
+            await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu", "cpu"], CpuWorkers = pr.GetValue(workers), Name = $"quickstart-{Environment.ProcessId}" },
+                log: _ => { });
+            await worker.StartAsync(ct);
+            AnsiConsole.MarkupLine($"worker    [green]started[/] {worker.WorkerId} (no GPU: gpu-queue jobs run on CPU)");
+
+            DashboardServer? dashboard = null;
+            string? password = null;
+            if (!pr.GetValue(noDashboard))
+            {
+                password = await EnsureAdminAsync(o.Db, Path.Combine(settings.Home, "quickstart", "admin-password.txt"), ct);
+                dashboard = await DashboardServer.StartAsync(new DashboardOptions
+                {
+                    Engine = o, Urls = [pr.GetValue(urls)!], JobsDir = Path.GetFullPath("jobs"),
+                    KeysDir = Path.Combine(settings.Home, "dashboard-keys"), LogLevel = Microsoft.Extensions.Logging.LogLevel.Warning,
+                }, ct: ct);
+                AnsiConsole.MarkupLine($"dashboard [green]listening[/] {Markup.Escape(string.Join(", ", dashboard.Addresses))}  (user [bold]admin[/], password in {Markup.Escape(Path.Combine(settings.Home, "quickstart", "admin-password.txt"))})");
+            }
+
+            try
+            {
+                var tokenizer = EnsureTinyTokenizer(Path.Combine(settings.Home, "quickstart", "tokenizer.safetensors"), "jobs/quickstart/tokenizer-tiny.yaml");
+                AnsiConsole.MarkupLine("tokenizer [yellow]untrained tiny ReTok tokenizer (seeded init)[/]: train-tokenizer is not part of this pipeline yet");
+                var overrides = new List<string> { $"extract.source={data}", $"eval.checkpoint={tokenizer}", $"eval.config={Path.GetFullPath("jobs/quickstart/tokenizer-tiny.yaml")}" };
+                overrides.AddRange(pr.GetValue(set) ?? []);
+                var plan = JobSpecs.Load(pr.GetValue(spec)!, overrides, JobKindRegistry.Default);
+                var submitted = await client.SubmitAsync(plan, ct);
+                var pipeline = submitted.PipelineId ?? throw new CliError($"{pr.GetValue(spec)} is not a pipeline spec");
+                AnsiConsole.MarkupLine($"pipeline  [green]submitted[/] {pipeline}: {string.Join(" -> ", submitted.Runs.Select(r => r.Step))}");
+
+                var runs = await WatchAsync(o.Db, pipeline, ct);
+                PrintMetrics(o.Db, runs);
+                var failed = runs.Where(r => r.Status != RunStatus.Succeeded).ToList();
+                foreach (var f in failed)
+                    AnsiConsole.MarkupLine($"[red]{f.PipelineStep} ({f.Kind}) {f.Status}[/]: {Markup.Escape(f.FailureReason ?? "")}");
+                if (dashboard != null)
+                    AnsiConsole.MarkupLine($"\nInspect runs, curves, grids and lineage at [link]{Markup.Escape(dashboard.Addresses.FirstOrDefault() ?? "")}[/] (user admin, password {Markup.Escape(password ?? "")})");
+                if (dashboard != null && !pr.GetValue(exit))
+                {
+                    AnsiConsole.MarkupLine("Dashboard keeps serving; Ctrl+C stops it.");
+                    try { await Task.Delay(Timeout.Infinite, ct); } catch (OperationCanceledException) { }
+                }
+                return failed.Count == 0 ? 0 : 1;
+            }
+            finally
+            {
+                if (dashboard != null) await dashboard.DisposeAsync();
+                await worker.StopAsync();
+            }
+        }));
+        return cmd;
+    }
+
+    /// <summary>Live table of the pipeline's runs (status, progress, ETA) until every run is terminal.</summary>
+    static async Task<List<Run>> WatchAsync(string db, Guid pipeline, CancellationToken ct)
+    {
+        List<Run> runs = new();
+        var table = new Table().AddColumns("step", "kind", "run", "status", "progress", "ETA", "message");
+        await AnsiConsole.Live(table).AutoClear(false).StartAsync(async live =>
+        {
+            while (true)
+            {
+                await using (var ctx = TrackingDb.Create(db))
+                    runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).OrderBy(r => r.Id).ToListAsync(ct);
+                table.Rows.Clear();
+                foreach (var r in runs.Where(r => r.ParentRunId == null || r.PipelineStep != null))
+                    table.AddRow(Markup.Escape(r.PipelineStep ?? "-"), r.Kind, r.Id.ToString(), Colour(r.Status),
+                        $"{r.Progress * 100:F0}%", r.EtaSeconds is { } e && r.Status == RunStatus.Running ? CliSupport.Duration(TimeSpan.FromSeconds(e)) : "",
+                        Markup.Escape(Trim(r.ProgressMessage ?? r.FailureReason ?? "", 60)));
+                live.Refresh();
+                if (runs.Count > 0 && runs.All(r => r.Status.IsTerminal())) break;
+                await Task.Delay(1000, ct);
+            }
+        });
+        return runs;
+    }
+
+    static void PrintMetrics(string db, List<Run> runs)
+    {
+        using var ctx = TrackingDb.Create(db);
+        var ids = runs.Select(r => r.Id).ToList();
+        var last = ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId))
+            .GroupBy(m => new { m.RunId, m.Key })
+            .Select(g => g.OrderByDescending(m => m.Step).First())
+            .ToList();
+        string[] headline = ["rfid", "sfid", "is", "psnr", "ssim", "lpips", "codebook_usage", "gfid", "precision", "recall", "loss"];
+        var table = new Table().Title("metrics (last value per key)").AddColumns("step", "run", "metric", "value");
+        foreach (var r in runs.OrderBy(r => r.Id))
+            foreach (var m in last.Where(m => m.RunId == r.Id && headline.Any(h => m.Key == h || m.Key.StartsWith(h + "@"))).OrderBy(m => m.Key))
+                table.AddRow(Markup.Escape(r.PipelineStep ?? r.Kind), r.Id.ToString(), Markup.Escape(m.Key), m.Value.ToString("G6"));
+        if (table.Rows.Count == 0) table.AddRow("-", "-", "no headline metrics recorded", "-");
+        AnsiConsole.Write(table);
+        var skipped = ctx.Logs.AsNoTracking().Where(l => ids.Contains(l.RunId) && l.Message.Contains("skipped")).Select(l => l.Message).Distinct().Take(6).ToList();
+        foreach (var s in skipped) AnsiConsole.MarkupLine($"[yellow]note[/] {Markup.Escape(s)}");
+    }
+
+    /// <summary>Seeded tiny tokenizer weights for the pipeline's reconstruction step (written once).</summary>
+    static string EnsureTinyTokenizer(string path, string config)
+    {
+        if (File.Exists(path)) return path;
+        TorchSharp.torch.manual_seed(0);
+        using var m = new ReTok.Models.Tokenizer.ReTokTokenizer(ReTok.Models.Tokenizer.TokenizerConfig.Load(config));
+        ReTok.Models.IO.Checkpoint.SaveSafetensors(path, m.state_dict());
+        return path;
+    }
+
+    /// <summary>The quickstart's admin account: created once with a random password kept in the state folder.</summary>
+    static async Task<string> EnsureAdminAsync(string db, string passwordFile, CancellationToken ct)
+    {
+        var store = new UserStore(db);
+        if (File.Exists(passwordFile) && await store.AnyAdminAsync(ct)) return (await File.ReadAllTextAsync(passwordFile, ct)).Trim();
+        var password = Convert.ToBase64String(RandomNumberGenerator.GetBytes(12)).Replace('/', 'x').Replace('+', 'y');
+        await store.AddAsync("admin", password, UserRole.Admin, update: true, ct: ct);
+        Directory.CreateDirectory(Path.GetDirectoryName(passwordFile)!);
+        await File.WriteAllTextAsync(passwordFile, password + "\n", ct);
+        return password;
+    }
+
+    static string Colour(RunStatus s) => s switch
+    {
+        RunStatus.Succeeded => "[green]succeeded[/]", RunStatus.Failed => "[red]failed[/]", RunStatus.Running => "[blue]running[/]",
+        RunStatus.Cancelled => "[yellow]cancelled[/]", _ => s.ToString().ToLowerInvariant(),
+    };
+
+    static string Trim(string s, int n) => s.Length <= n ? s : s[..(n - 1)] + "…";
+    static string Redact(string cs) => System.Text.RegularExpressions.Regex.Replace(cs, "(?i)password=[^;]*", "Password=***");
+}

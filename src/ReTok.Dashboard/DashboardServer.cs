@@ -1,0 +1,157 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Hangfire;
+using Microsoft.AspNetCore.Authentication;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using ReTok.Dashboard.Auth;
+using ReTok.Jobs.Engine;
+using ReTok.Tracking;
+using HangfireDashboardOptions = Hangfire.DashboardOptions;
+
+namespace ReTok.Dashboard;
+
+/// <summary>
+/// The dashboard host: Kestrel + pages + JSON API + OpenAPI + Hangfire's dashboard under /hangfire, all behind one
+/// login. It only reads tracking and talks to the engine through <see cref="JobClient"/>; it runs no jobs itself.
+/// </summary>
+public sealed class DashboardServer : IAsyncDisposable
+{
+    readonly JobClient _client;
+    public WebApplication App { get; }
+    public IReadOnlyList<string> Addresses { get; private set; } = [];
+
+    DashboardServer(WebApplication app, JobClient client) { App = app; _client = client; }
+
+    /// <summary>Migrates/checks the database, applies the bind rule (loopback, or an admin must exist) and starts listening.</summary>
+    public static async Task<DashboardServer> StartAsync(DashboardOptions o, JobKindRegistry? kinds = null, CancellationToken ct = default)
+    {
+        var client = new JobClient(o.Engine, kinds);
+        try
+        {
+            await client.EnsureSchemaAsync(ct);
+            var users = new UserStore(o.Engine.Db);
+            var exposed = o.Urls.Where(u => !DashboardOptions.IsLoopback(u)).ToList();
+            if (exposed.Count > 0 && !await users.AnyAdminAsync(ct))
+                throw new DashboardConfigException(
+                    $"refusing to listen on {string.Join(", ", exposed)}: not a loopback address and no admin user exists, so nobody could log in " +
+                    "and the Hangfire dashboard would be unguarded. Create one first with `retok users add NAME --role admin`, " +
+                    "or bind to loopback (--urls http://127.0.0.1:5080).");
+            var app = Build(o, client, users);
+            var server = new DashboardServer(app, client);
+            await app.StartAsync(ct);
+            server.Addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.ToList() ?? [];
+            return server;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
+    }
+
+    static WebApplication Build(DashboardOptions o, JobClient client, UserStore users)
+    {
+        var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
+        {
+            ApplicationName = typeof(DashboardServer).Assembly.GetName().Name, ContentRootPath = AppContext.BaseDirectory,
+            EnvironmentName = Environments.Production,
+        });
+        builder.WebHost.UseUrls(o.Urls.ToArray());
+        builder.WebHost.ConfigureKestrel(k =>
+        {
+            k.AddServerHeader = false;
+            k.Limits.MaxRequestBodySize = o.MaxUploadBytes + 64 * 1024; // the multipart envelope around a spec of MaxUploadBytes
+        });
+        builder.Logging.SetMinimumLevel(o.LogLevel);
+        // "No XML encryptor configured": expected on Linux; the key folder is made owner-only instead (AuthSetup).
+        builder.Logging.AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error);
+        var s = builder.Services;
+        s.AddSingleton(o);
+        s.AddSingleton(client);
+        s.AddSingleton(client.Tracker);
+        s.AddSingleton(users);
+        s.AddSingleton<DashboardData>();
+        s.AddSingleton<SpecSubmitter>();
+        s.Configure<FormOptions>(f => { f.MultipartBodyLengthLimit = o.MaxUploadBytes; f.ValueLengthLimit = (int)o.MaxUploadBytes; });
+        s.ConfigureHttpJsonOptions(j =>
+        {
+            j.SerializerOptions.PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower;
+            j.SerializerOptions.DictionaryKeyPolicy = null;
+            j.SerializerOptions.Converters.Add(new JsonStringEnumConverter());
+            j.SerializerOptions.NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals;
+        });
+        s.AddRetokAuth(o);
+        s.AddOpenApi(a => a.AddDocumentTransformer((doc, _, _) =>
+        {
+            doc.Info.Title = "ReTok.Jobs dashboard API";
+            doc.Info.Description = "Runs, metrics, artifacts, lineage, logs, experiments, workers; submit/cancel/retry. " +
+                                   "Authenticate with `Authorization: Bearer rtk_…` (create with `retok tokens create`).";
+            return Task.CompletedTask;
+        }));
+        var storage = client.Storage;
+        // Only what UseHangfireDashboard needs. Not AddHangfire(): its IGlobalConfiguration factory swaps Hangfire's
+        // process-wide log provider and job activator for this host's, which breaks any other Hangfire user in the
+        // process (a worker, parallel tests) with ObjectDisposedException once this host stops.
+        s.AddSingleton<IGlobalConfiguration>(GlobalConfiguration.Configuration);
+        s.AddSingleton(Hangfire.Dashboard.DashboardRoutes.Routes);
+
+        var app = builder.Build();
+        app.Use(async (ctx, next) =>
+        {
+            var h = ctx.Response.Headers;
+            h.XContentTypeOptions = "nosniff";
+            h["Referrer-Policy"] = "same-origin";
+            if (!ctx.Request.Path.StartsWithSegments("/hangfire"))
+            {
+                h.XFrameOptions = "DENY";
+                h.ContentSecurityPolicy = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'";
+            }
+            await next();
+        });
+        app.UseAuthentication();
+        // Hangfire's dashboard is middleware, not an endpoint: send anonymous visitors to the login first.
+        app.Use(async (ctx, next) =>
+        {
+            if (ctx.Request.Path.StartsWithSegments("/hangfire") && ctx.User.Identity?.IsAuthenticated != true)
+            {
+                await ctx.ChallengeAsync(AuthSetup.Smart);
+                return;
+            }
+            await next();
+        });
+        app.UseHangfireDashboard("/hangfire", new HangfireDashboardOptions
+        {
+            Authorization = [new HangfireAuthFilter()],
+            IsReadOnlyFunc = HangfireAuthFilter.IsReadOnly,
+            AppPath = "/runs",
+            DashboardTitle = "ReTok.Jobs · Hangfire",
+            DisplayStorageConnectionString = false,
+        }, storage);
+        app.UseAuthorization();
+
+        app.MapGet("/healthz", async (DashboardData d, CancellationToken ct) =>
+                await d.DatabaseOkAsync(ct) ? Results.Text("ok") : Results.Text("database unreachable", statusCode: 503))
+            .AllowAnonymous().WithSummary("liveness/readiness probe (no auth): 200 when PostgreSQL answers");
+        app.MapOpenApi("/openapi/{documentName}.json").RequireAuthorization(AuthSetup.ViewerPolicy);
+        Api.Map(app);
+        Pages.Map(app);
+        return app;
+    }
+
+    public Task WaitForShutdownAsync(CancellationToken ct = default) => App.WaitForShutdownAsync(ct);
+
+    public async ValueTask DisposeAsync()
+    {
+        try { await App.StopAsync(); } catch (Exception) { /* already stopped */ }
+        await App.DisposeAsync();
+        await _client.DisposeAsync();
+    }
+}

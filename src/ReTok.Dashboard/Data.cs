@@ -1,0 +1,194 @@
+using System.Text.Json;
+using Microsoft.EntityFrameworkCore;
+using ReTok.Tracking;
+
+namespace ReTok.Dashboard;
+
+public sealed record RunQuery(string? Experiment = null, string? Kind = null, RunStatus? Status = null, string? Tag = null,
+    Guid? Pipeline = null, int Limit = 200);
+
+public sealed record RunDto(long Id, string? Name, string Kind, RunStatus Status, string? Experiment, IReadOnlyList<string> Tags,
+    double Progress, string? ProgressMessage, double? EtaSeconds, DateTimeOffset CreatedAt, DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt,
+    string Queue, string? Host, string? Device, int Attempt, bool CancelRequested, string? FailureReason, string? HangfireJobId,
+    Guid? PipelineId, string? PipelineStep, long? ParentRunId, int? ShardIndex, long? FanInRunId, long? ContinuedByRunId,
+    string ConfigHash, long? Seed, string? CodeVersion, JsonElement Parameters, JsonElement Inputs)
+{
+    public static RunDto From(Run r) => new(r.Id, r.Name, r.Kind, r.Status, r.Experiment?.Name, r.Tags, r.Progress, r.ProgressMessage,
+        r.EtaSeconds, r.CreatedAt, r.StartedAt, r.FinishedAt, r.Queue, r.Host, r.Device, r.Attempt, r.CancelRequested, r.FailureReason,
+        r.HangfireJobId, r.PipelineId, r.PipelineStep, r.ParentRunId, r.ShardIndex, r.FanInRunId, r.ContinuedByRunId, r.ConfigHash, r.Seed,
+        r.CodeVersion, Json(r.Parameters), Json(r.Inputs));
+
+    static JsonElement Json(string s) { using var d = JsonDocument.Parse(string.IsNullOrWhiteSpace(s) ? "{}" : s); return d.RootElement.Clone(); }
+}
+
+/// <summary>The live part of a run, for the polling script and `GET /api/runs/live`.</summary>
+public sealed record LiveDto(long Id, RunStatus Status, double Progress, string? ProgressMessage, double? EtaSeconds, bool Terminal, string ProgressHtml, string Eta);
+
+public sealed record ArtifactDto(long Id, long RunId, string Name, string Kind, long SizeBytes, string Sha256, string ContentType,
+    JsonElement Metadata, DateTimeOffset CreatedAt, string DownloadUrl)
+{
+    public static ArtifactDto From(Artifact a)
+    {
+        using var d = JsonDocument.Parse(string.IsNullOrWhiteSpace(a.Metadata) ? "{}" : a.Metadata);
+        return new(a.Id, a.RunId, a.Name, a.Kind, a.SizeBytes, a.Sha256, a.ContentType, d.RootElement.Clone(), a.CreatedAt,
+            $"/api/runs/{a.RunId}/artifacts/{a.Name}");
+    }
+}
+
+public sealed record RunRef(long Id, string? Name, string Kind, RunStatus Status);
+public sealed record LineageInput(string Role, long ArtifactId, string Artifact, string Sha256, RunRef Producer);
+public sealed record LineageConsumer(string Role, RunRef Run);
+public sealed record LineageOutput(long ArtifactId, string Artifact, IReadOnlyList<LineageConsumer> ConsumedBy);
+public sealed record LineageDto(long RunId, IReadOnlyDictionary<string, string> DeclaredInputs, IReadOnlyList<LineageInput> Inputs,
+    IReadOnlyList<LineageOutput> Outputs, RunRef? Parent, IReadOnlyList<RunRef> Children, RunRef? FanIn, RunRef? ContinuedBy,
+    IReadOnlyList<RunRef> Pipeline);
+
+public sealed record LogDto(long Id, DateTimeOffset Time, string Level, string Message);
+public sealed record MetricPointDto(string Key, long Step, double Value, DateTimeOffset Time);
+public sealed record ExperimentDto(long Id, string Name, string? Description, DateTimeOffset CreatedAt, int Runs, int Active);
+public sealed record SlotDto(string Device, RunRef? Run, double? Progress);
+public sealed record WorkerDto(string Id, string Host, string Queues, IReadOnlyList<SlotDto> Slots, DateTimeOffset StartedAt,
+    DateTimeOffset LastHeartbeat, double SecondsSinceHeartbeat, bool Stale);
+
+/// <summary>Read side of the dashboard: EF queries over the tracking schema (writes go through JobClient/Tracker).</summary>
+public sealed class DashboardData(Tracker tracker, DashboardOptions options)
+{
+    public Tracker Tracker => tracker;
+
+    public async Task<List<Run>> ListRunsAsync(RunQuery f, CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        var q = db.Runs.AsNoTracking().Include(r => r.Experiment).AsQueryable();
+        if (!string.IsNullOrWhiteSpace(f.Experiment)) q = q.Where(r => r.Experiment!.Name == f.Experiment);
+        if (!string.IsNullOrWhiteSpace(f.Kind)) q = q.Where(r => r.Kind == f.Kind);
+        if (f.Status is { } s) q = q.Where(r => r.Status == s);
+        if (!string.IsNullOrWhiteSpace(f.Tag)) q = q.Where(r => r.Tags.Contains(f.Tag));
+        if (f.Pipeline is { } p) q = q.Where(r => r.PipelineId == p);
+        return await q.OrderByDescending(r => r.Id).Take(Math.Clamp(f.Limit, 1, 2000)).ToListAsync(ct);
+    }
+
+    public async Task<Run?> GetRunAsync(long id, CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        return await db.Runs.AsNoTracking().Include(r => r.Experiment).FirstOrDefaultAsync(r => r.Id == id, ct);
+    }
+
+    public async Task<List<Run>> GetRunsAsync(IReadOnlyCollection<long> ids, CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        var rows = await db.Runs.AsNoTracking().Include(r => r.Experiment).Where(r => ids.Contains(r.Id)).ToListAsync(ct);
+        return ids.Select(i => rows.FirstOrDefault(r => r.Id == i)).OfType<Run>().ToList();
+    }
+
+    public static LiveDto Live(Run r) => new(r.Id, r.Status, r.Progress, r.ProgressMessage, r.EtaSeconds, r.Status.IsTerminal(), Html.Progress(r), Html.Eta(r));
+
+    public async Task<(List<string> Kinds, List<string> Experiments, List<string> Tags)> FilterChoicesAsync(CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        var kinds = await db.Runs.Select(r => r.Kind).Distinct().OrderBy(k => k).ToListAsync(ct);
+        var exps = await db.Experiments.Select(e => e.Name).OrderBy(n => n).ToListAsync(ct);
+        var tags = await db.Database.SqlQueryRaw<string>("SELECT DISTINCT unnest(tags) AS \"Value\" FROM retok.runs ORDER BY 1 LIMIT 500").ToListAsync(ct);
+        return (kinds, exps, tags);
+    }
+
+    public async Task<LineageDto> LineageAsync(Run run, CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        var inputs = await tracker.GetInputsAsync(run.Id, ct);
+        var producerIds = inputs.Select(e => e.Artifact.RunId).ToHashSet();
+        var artifacts = await db.Artifacts.AsNoTracking().Where(a => a.RunId == run.Id).OrderBy(a => a.Name).ToListAsync(ct);
+        var artIds = artifacts.Select(a => a.Id).ToList();
+        var uses = await db.ArtifactUses.AsNoTracking().Where(u => artIds.Contains(u.ArtifactId)).OrderBy(u => u.RunId).ToListAsync(ct);
+        var children = await db.Runs.AsNoTracking().Where(r => r.ParentRunId == run.Id).OrderBy(r => r.Id).Select(r => r.Id).ToListAsync(ct);
+        var related = producerIds.Concat(uses.Select(u => u.RunId)).Concat(children)
+            .Concat(new[] { run.ParentRunId, run.FanInRunId, run.ContinuedByRunId }.OfType<long>()).ToHashSet();
+        var pipeline = run.PipelineId is { } pid
+            ? await db.Runs.AsNoTracking().Where(r => r.PipelineId == pid).OrderBy(r => r.Id).ToListAsync(ct) : new List<Run>();
+        var refs = (await db.Runs.AsNoTracking().Where(r => related.Contains(r.Id)).ToListAsync(ct)).Concat(pipeline)
+            .DistinctBy(r => r.Id).ToDictionary(r => r.Id, Ref);
+        RunRef R(long id) => refs.TryGetValue(id, out var x) ? x : new RunRef(id, null, "?", RunStatus.Waiting);
+        var declared = JsonSerializer.Deserialize<Dictionary<string, string>>(string.IsNullOrWhiteSpace(run.Inputs) ? "{}" : run.Inputs) ?? new();
+        return new LineageDto(run.Id, declared,
+            inputs.Select(e => new LineageInput(e.Use.Role, e.Artifact.Id, e.Artifact.Name, e.Artifact.Sha256, R(e.Artifact.RunId))).ToList(),
+            artifacts.Select(a => new LineageOutput(a.Id, a.Name, uses.Where(u => u.ArtifactId == a.Id).Select(u => new LineageConsumer(u.Role, R(u.RunId))).ToList()))
+                .Where(o => o.ConsumedBy.Count > 0).ToList(),
+            run.ParentRunId is { } p ? R(p) : null, children.Select(R).ToList(),
+            run.FanInRunId is { } f ? R(f) : null, run.ContinuedByRunId is { } c ? R(c) : null,
+            pipeline.Select(Ref).ToList());
+    }
+
+    public static RunRef Ref(Run r) => new(r.Id, r.Name ?? r.PipelineStep, r.Kind, r.Status);
+
+    /// <summary>The last <paramref name="tail"/> log lines (or those after <paramref name="afterId"/>), oldest first.</summary>
+    public async Task<List<LogDto>> LogsAsync(long runId, long? afterId, int tail, CancellationToken ct)
+    {
+        tail = Math.Clamp(tail, 1, 5000);
+        if (afterId is { } a)
+            return (await tracker.GetLogsAsync(runId, a, tail, ct)).Select(l => new LogDto(l.Id, l.Time, l.Level, l.Message)).ToList();
+        await using var db = tracker.CreateDb();
+        var rows = await db.Logs.AsNoTracking().Where(l => l.RunId == runId).OrderByDescending(l => l.Id).Take(tail).ToListAsync(ct);
+        rows.Reverse();
+        return rows.Select(l => new LogDto(l.Id, l.Time, l.Level, l.Message)).ToList();
+    }
+
+    public async Task<List<ExperimentDto>> ExperimentsAsync(CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        return await db.Experiments.AsNoTracking().OrderBy(e => e.Name)
+            .Select(e => new ExperimentDto(e.Id, e.Name, e.Description, e.CreatedAt, e.Runs.Count,
+                e.Runs.Count(r => r.Status == RunStatus.Running || r.Status == RunStatus.Queued || r.Status == RunStatus.Waiting)))
+            .ToListAsync(ct);
+    }
+
+    public async Task<List<WorkerDto>> WorkersAsync(CancellationToken ct)
+    {
+        await using var db = tracker.CreateDb();
+        var rows = await db.Workers.AsNoTracking().OrderBy(w => w.Host).ThenBy(w => w.Id).ToListAsync(ct);
+        var slots = rows.ToDictionary(w => w.Id, w => JsonSerializer.Deserialize<Dictionary<string, long?>>(string.IsNullOrWhiteSpace(w.Slots) ? "{}" : w.Slots) ?? new());
+        var runIds = slots.Values.SelectMany(s => s.Values).OfType<long>().ToHashSet();
+        var runs = await db.Runs.AsNoTracking().Where(r => runIds.Contains(r.Id)).ToDictionaryAsync(r => r.Id, ct);
+        var now = DateTimeOffset.UtcNow;
+        return rows.Select(w =>
+        {
+            var age = (now - w.LastHeartbeat).TotalSeconds;
+            var s = slots[w.Id].OrderBy(kv => kv.Key, StringComparer.Ordinal)
+                .Select(kv => kv.Value is { } id && runs.TryGetValue(id, out var r) ? new SlotDto(kv.Key, Ref(r), r.Progress)
+                    : new SlotDto(kv.Key, kv.Value is { } id2 ? new RunRef(id2, null, "?", RunStatus.Running) : null, null)).ToList();
+            return new WorkerDto(w.Id, w.Host, w.Queues, s, w.StartedAt, w.LastHeartbeat, Math.Round(age, 1), age > options.WorkerStaleAfter.TotalSeconds);
+        }).ToList();
+    }
+
+    /// <summary>The last value of every metric key, for several runs at once (compare page).</summary>
+    public async Task<Dictionary<long, Dictionary<string, MetricPoint>>> LatestAsync(IReadOnlyCollection<long> runIds, CancellationToken ct)
+    {
+        var ids = runIds.ToArray();
+        await using var db = tracker.CreateDb();
+        var rows = await db.Metrics.FromSqlInterpolated($"""
+            SELECT DISTINCT ON (run_id, key) run_id, key, step, value, time FROM retok.metrics WHERE run_id = ANY({ids}) ORDER BY run_id, key, step DESC
+            """).AsNoTracking().ToListAsync(ct);
+        return ids.ToDictionary(i => i, i => rows.Where(m => m.RunId == i).ToDictionary(m => m.Key));
+    }
+
+    /// <summary>Series grouped by key; keys with more than <paramref name="maxPointsPerKey"/> points are thinned evenly (last point kept).</summary>
+    public async Task<Dictionary<string, List<MetricPoint>>> SeriesAsync(long runId, CancellationToken ct, int maxPointsPerKey = 5000)
+    {
+        var all = await tracker.GetMetricsAsync(runId, null, ct);
+        return all.GroupBy(m => m.Key).ToDictionary(g => g.Key, g =>
+        {
+            var l = g.ToList();
+            if (l.Count <= maxPointsPerKey) return l;
+            var every = (int)Math.Ceiling(l.Count / (double)maxPointsPerKey);
+            return l.Where((_, i) => i % every == 0 || i == l.Count - 1).ToList();
+        });
+    }
+
+    public async Task<bool> DatabaseOkAsync(CancellationToken ct)
+    {
+        try
+        {
+            await using var cmd = tracker.DataSource.CreateCommand("SELECT 1");
+            return await cmd.ExecuteScalarAsync(ct) is int;
+        }
+        catch (Exception) { return false; }
+    }
+}

@@ -1,0 +1,129 @@
+using ReTok.Jobs.Engine;
+
+namespace ReTok.Jobs.Kinds.EvalReconstruction;
+
+/// <summary>An artifact of a given run (how shards and the aggregator get the parent's inputs).</summary>
+public sealed record ArtifactRef
+{
+    public long RunId { get; init; }
+    public string Name { get; init; } = "";
+    public override string ToString() => $"run:{RunId}/{Name}";
+}
+
+/// <summary>Where the tokenizer comes from: tracked artifacts (weights + YAML), or a checkpoint file on the worker + a preset or YAML path.</summary>
+public sealed record TokenizerSource
+{
+    public ArtifactRef? Weights { get; init; }
+    public ArtifactRef? Config { get; init; }
+    /// <summary>Authors' .pt (or a .safetensors) on the worker, used when <see cref="Weights"/> is null.</summary>
+    public string? Checkpoint { get; init; }
+    /// <summary>VQ_SS256 / VQ_SB256, used when no config artifact or path is given.</summary>
+    public string? Preset { get; init; }
+    public string? ConfigPath { get; init; }
+    /// <summary>Entry of a nested training checkpoint to load (ema, model, state_dict).</summary>
+    public string Prefer { get; init; } = "ema";
+
+    public string Describe() =>
+        (Weights is not null ? $"{Weights}" : Checkpoint ?? "?") + " with " +
+        (Config is not null ? $"{Config}" : ConfigPath ?? $"preset {Preset}") + $" (prefer {Prefer})";
+}
+
+/// <summary>What every phase needs to know (stored in the shard and aggregator parameters too).</summary>
+public sealed record ReconSettings
+{
+    /// <summary>Decode lengths K (the first K of the 1-D tokens).</summary>
+    public int[] TokenCounts { get; init; } = [32, 64, 128, 256];
+    /// <summary>Images per forward; LPIPS is a mean of per-batch means over this grid (reconstruction_ddp.py used 32 per GPU).</summary>
+    public int BatchSize { get; init; } = 32;
+    /// <summary>Batches per checkpointed part.</summary>
+    public int ChunkBatches { get; init; } = 8;
+    /// <summary>Weights folder for Inception / VGG16 / LPIPS heads (default $RETOK_HOME/weights).</summary>
+    public string? WeightsDir { get; init; }
+    public bool Lpips { get; init; } = true;
+    /// <summary>rFID, sFID and IS (need the Inception weights).</summary>
+    public bool Fid { get; init; } = true;
+    public int InceptionBatchSize { get; init; } = 64;
+    /// <summary>Cache the reference's Inception features under $RETOK_HOME/cache/features (keyed by content and weights).</summary>
+    public bool FeatureCache { get; init; } = true;
+    public int GridImages { get; init; } = 8;
+    /// <summary>Free the storage of the checkpoint parts once the outputs are registered.</summary>
+    public bool ReleaseParts { get; init; } = true;
+
+    public IEnumerable<string> Validate()
+    {
+        if (TokenCounts.Length == 0) yield return "token_counts: give at least one K";
+        foreach (var k in TokenCounts) if (k < 1 || k > 256) yield return $"token_counts: K must be 1..256, got {k}";
+        if (TokenCounts.Distinct().Count() != TokenCounts.Length) yield return "token_counts: duplicate K";
+        if (BatchSize < 1) yield return $"batch_size: must be >= 1, got {BatchSize}";
+        if (ChunkBatches < 1) yield return $"chunk_batches: must be >= 1, got {ChunkBatches}";
+        if (InceptionBatchSize < 1) yield return $"inception_batch_size: must be >= 1, got {InceptionBatchSize}";
+        if (GridImages < 1) yield return $"grid_images: must be >= 1, got {GridImages}";
+    }
+}
+
+/// <summary>
+/// Parameters of eval-reconstruction. Inputs: `data` (a dataset.npz), `tokenizer` + `tokenizer_config` (train-tokenizer's
+/// outputs) or, without them, <see cref="Checkpoint"/> + <see cref="Preset"/>/<see cref="Config"/>; optional `reference`
+/// (an image batch npz or a reference batch with mu/sigma/mu_s/sigma_s) for rFID instead of the data itself.
+/// </summary>
+public sealed record EvalReconstructionParams : IValidatableParams
+{
+    public int[] TokenCounts { get; init; } = [32, 64, 128, 256];
+    public int BatchSize { get; init; } = 32;
+    public int ChunkBatches { get; init; } = 8;
+    /// <summary>&gt; 1: that many shard runs reconstruct disjoint index ranges; an aggregator concatenates and scores.</summary>
+    public int Shards { get; init; } = 1;
+    /// <summary>Only the first N images of the data npz.</summary>
+    public int? Limit { get; init; }
+    /// <summary>Tokenizer checkpoint on the worker (the authors' .pt) when there is no `tokenizer` input.</summary>
+    public string? Checkpoint { get; init; }
+    /// <summary>VQ_SS256 or VQ_SB256 when there is no `tokenizer_config` input and no <see cref="Config"/>.</summary>
+    public string? Preset { get; init; }
+    /// <summary>A tokenizer YAML on the worker (configs/vq/VQ_SB256.yaml style).</summary>
+    public string? Config { get; init; }
+    public string Prefer { get; init; } = "ema";
+    public string? WeightsDir { get; init; }
+    public bool Lpips { get; init; } = true;
+    public bool Fid { get; init; } = true;
+    public int InceptionBatchSize { get; init; } = 64;
+    public bool FeatureCache { get; init; } = true;
+    public int GridImages { get; init; } = 8;
+    public bool ReleaseParts { get; init; } = true;
+
+    public ReconSettings ToSettings() => new()
+    {
+        TokenCounts = TokenCounts, BatchSize = BatchSize, ChunkBatches = ChunkBatches, WeightsDir = WeightsDir, Lpips = Lpips, Fid = Fid,
+        InceptionBatchSize = InceptionBatchSize, FeatureCache = FeatureCache, GridImages = GridImages, ReleaseParts = ReleaseParts,
+    };
+
+    public IEnumerable<string> Validate()
+    {
+        foreach (var e in ToSettings().Validate()) yield return e;
+        if (Shards < 1) yield return $"shards: must be >= 1, got {Shards}";
+        if (Limit is < 1) yield return $"limit: must be >= 1, got {Limit}";
+        if (Preset is not null && Config is not null) yield return "preset: give either preset or config, not both";
+        if (Prefer is not ("ema" or "model" or "state_dict")) yield return $"prefer: must be ema, model or state_dict, got '{Prefer}'";
+    }
+}
+
+/// <summary>One shard: rows [start, end) of the data (start is a multiple of the batch size, so batches line up with a single-worker run).</summary>
+public sealed record EvalReconShardParams
+{
+    public TokenizerSource Tokenizer { get; init; } = new();
+    public ArtifactRef Data { get; init; } = new();
+    public long Start { get; init; }
+    public long End { get; init; }
+    public ReconSettings Settings { get; init; } = new();
+}
+
+/// <summary>The fan-in: concatenates the shards' parts in order and computes the metrics.</summary>
+public sealed record EvalReconAggregateParams
+{
+    public ArtifactRef Data { get; init; } = new();
+    public ArtifactRef? Reference { get; init; }
+    public long Count { get; init; }
+    public int ExpectedShards { get; init; }
+    public int CodebookSize { get; init; }
+    public string Tokenizer { get; init; } = "";
+    public ReconSettings Settings { get; init; } = new();
+}

@@ -1,0 +1,230 @@
+using System.Text.Json;
+using ReTok.Evaluation.Images;
+using ReTok.Evaluation.Inception;
+using ReTok.Evaluation.Metrics;
+using ReTok.Evaluation.Weights;
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Kinds.TrainGenerator;
+using ReTok.Models;
+using ReTok.Models.Generation;
+using ReTok.Models.IO;
+using ReTok.Models.Tokenizer;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ReTok.Jobs.Kinds.SampleGfid;
+
+public sealed record SampleGfidParams : IValidatableParams
+{
+    public int NumSamples { get; init; } = 50000;
+    /// <summary>Shards (runs) the samples are split over; give the number of GPU (or CPU) worker slots.</summary>
+    public int NumShards { get; init; } = 1;
+    /// <summary>K: tokens generated per image and decoded (<= block_size, <= 256).</summary>
+    public int Tokens { get; init; } = 256;
+    public double CfgScale { get; init; } = 1.5;
+    public string CfgSchedule { get; init; } = "step";
+    public double? WindowStart { get; init; }
+    public double Temperature { get; init; } = 1.0;
+    public int TopK { get; init; }
+    public double TopP { get; init; } = 1.0;
+    public int Seed { get; init; }
+    public int BatchSize { get; init; } = 32;
+    /// <summary>Checkpoint the generated codes every this many batches.</summary>
+    public int CheckpointEvery { get; init; } = 10;
+    /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
+    public string? WeightsDir { get; init; }
+
+    // set by the parent for its shards: the index range and where the inputs are (run:ID/NAME)
+    public long ShardStart { get; init; }
+    public long ShardCount { get; init; }
+    public Dictionary<string, string>? InputRefs { get; init; }
+
+    public IEnumerable<string> Validate()
+    {
+        if (NumSamples < 1) yield return $"num_samples: must be >= 1, got {NumSamples}";
+        if (NumShards < 1) yield return $"num_shards: must be >= 1, got {NumShards}";
+        if (Tokens < 1 || Tokens > 256) yield return $"tokens: must be in 1..256, got {Tokens}";
+        if (BatchSize < 1) yield return $"batch_size: must be >= 1, got {BatchSize}";
+        if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
+        string? err = null;
+        try { ToSamplingOptions().Validate(); } catch (ArgumentException e) { err = e.Message; }
+        if (err is not null) yield return $"cfg_schedule/temperature/top_k/top_p: {err}";
+    }
+
+    public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, Temperature: Temperature, TopK: TopK, TopP: TopP);
+
+    public static readonly string[] ModelRoles = ["generator", "generator_config", "tokenizer", "tokenizer_config"];
+}
+
+/// <summary>
+/// gFID sampling (sample_c2i_cfg_search.py) as a fan-out: the parent spawns num_shards shards; shard k owns sample
+/// indices [k*N/S, (k+1)*N/S), batch j of it draws uniform labels then codes from a generator seeded
+/// ShardSeed(seed,k,S)*1_000_003 + j, decodes the first K codes and writes samples_shard.npz; sample-gfid-aggregate
+/// concatenates in shard order into samples.npz, grid.png and (with Inception weights and a reference) the metrics.
+/// </summary>
+[JobKind("sample-gfid", Queue = "gpu", Description = "generate samples with the GPT + tokenizer decoder (sharded) and compute gFID")]
+public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
+{
+    public static long BatchSeed(SampleGfidParams p, int shard, long batch) => Sampling.ShardSeed(p.Seed, shard, p.NumShards) * 1_000_003L + batch;
+
+    public async Task RunAsync(JobContext ctx, SampleGfidParams p)
+    {
+        if (ctx.ShardIndex is null)
+        {
+            var refs = new Dictionary<string, string>();
+            foreach (var role in SampleGfidParams.ModelRoles.Append("reference"))
+            {
+                if (role == "reference" && !ctx.InputRoles.Contains(role)) continue;
+                var a = await ctx.ResolveInputAsync(role);
+                refs[role] = $"run:{a.RunId}/{a.Name}";
+            }
+            var shards = Enumerable.Range(0, p.NumShards).Select(k =>
+            {
+                long s = (long)k * p.NumSamples / p.NumShards, e = (long)(k + 1) * p.NumSamples / p.NumShards;
+                return (object)(p with { ShardStart = s, ShardCount = e - s, InputRefs = refs });
+            }).ToList();
+            await ctx.SpawnShardsAsync("sample-gfid", shards, "sample-gfid-aggregate", p with { InputRefs = refs });
+            return;
+        }
+        await RunShardAsync(ctx, p, ctx.ShardIndex.Value);
+    }
+
+    public static async Task<string> InputAsync(JobContext ctx, SampleGfidParams p, string role)
+    {
+        if (p.InputRefs is null || !p.InputRefs.TryGetValue(role, out var r) || !InputRef.TryParse(r, out var ir) || ir.RunId is null)
+            throw new JobFailedException($"sample-gfid: no input '{role}' passed to this run");
+        return await ctx.GetRunArtifactFileAsync(ir.RunId.Value, ir.Artifact, role);
+    }
+
+    static async Task RunShardAsync(JobContext ctx, SampleGfidParams p, int shard)
+    {
+        var device = Devices.Resolve(ctx.Device);
+        var cfg = GeneratorYaml.Read(await InputAsync(ctx, p, "generator_config"));
+        using var gpt = GptCheckpoint.Load(cfg, await InputAsync(ctx, p, "generator"), device);
+        if (device.type == DeviceType.CUDA) gpt.AutocastDtype = ScalarType.BFloat16;
+        using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(await InputAsync(ctx, p, "tokenizer_config")), await InputAsync(ctx, p, "tokenizer"));
+        tok.to(device).eval();
+        if (p.Tokens > cfg.BlockSize) throw new JobFailedException($"tokens: {p.Tokens} > the generator's block_size {cfg.BlockSize}");
+
+        long n = p.ShardCount;
+        long batches = (n + p.BatchSize - 1) / p.BatchSize;
+        var codes = new List<Tensor>();
+        var labels = new List<Tensor>();
+        long doneBatches = 0;
+        if (await ctx.LoadCheckpointAsync() is { } ck)
+        {
+            codes.Add(Npy.Load(Path.Combine(ck.Dir, "codes.npy")).ToTensor());
+            labels.Add(Npy.Load(Path.Combine(ck.Dir, "labels.npy")).ToTensor());
+            doneBatches = ck.Step;
+        }
+        Task Save(long b)
+        {
+            var c = cat(codes, 0); var l = cat(labels, 0);
+            codes = [c]; labels = [l];
+            return ctx.SaveCheckpointAsync(b, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), c); Npy.Save(Path.Combine(dir, "labels.npy"), l); return Task.CompletedTask; });
+        }
+        var opts = p.ToSamplingOptions();
+        for (long b = doneBatches; b < batches; b++)
+        {
+            if (ctx.CancellationToken.IsCancellationRequested) { await Save(b); ctx.ThrowIfCancellationRequested(); }
+            long size = Math.Min(p.BatchSize, n - b * p.BatchSize);
+            using (var scope = NewDisposeScope())
+            {
+                using var gen = Sampling.NewGenerator(BatchSeed(p, shard, b), device);
+                var y = Sampling.RandomLabels(size, cfg.NumClasses, gen, device);
+                var z = Sampling.Generate(gpt, y, p.Tokens, opts, gen);
+                codes.Add(z.cpu().MoveToOuterDisposeScope());
+                labels.Add(y.cpu().MoveToOuterDisposeScope());
+            }
+            ctx.ReportProgress(b + 1, batches + 1, $"generated batch {b + 1}/{batches}");
+            if ((b + 1) % p.CheckpointEvery == 0 && b + 1 < batches) await Save(b + 1);
+        }
+        var allCodes = cat(codes, 0);
+        var allLabels = cat(labels, 0);
+
+        // decode (deterministic) straight into the shard's npz
+        var outPath = Path.Combine(ctx.ScratchDir, "samples_shard.npz");
+        using (var w = new NpzStreamWriter(outPath))
+        {
+            w.BeginArray("arr_0", "|u1", [n, TokenizerConfig.ImageSize, TokenizerConfig.ImageSize, 3]);
+            for (long s = 0; s < n; s += p.BatchSize)
+            {
+                ctx.ThrowIfCancellationRequested();
+                using var scope = NewDisposeScope();
+                var z = allCodes.narrow(0, s, Math.Min(p.BatchSize, n - s));
+                var img = ReconstructionEvaluator.ToUint8(tok.Decode(z, p.Tokens));
+                w.Append(img.bytes);
+            }
+            w.Add("labels", NpyArray.FromTensor(allLabels));
+            w.Add("codes", NpyArray.FromTensor(allCodes));
+            w.Commit();
+        }
+        ctx.ReportProgress(1, 1, $"shard {shard}: {n} samples");
+        await ctx.SaveArtifactFileAsync("samples_shard.npz", outPath, "npz", metadata: new { shard, start = p.ShardStart, count = n });
+    }
+}
+
+/// <summary>Fan-in of sample-gfid: samples.npz (arr_0, labels, codes in shard order), grid.png, metrics.json and metrics.</summary>
+[JobKind("sample-gfid-aggregate", Queue = "gpu", Description = "gFID aggregator: concatenates shard samples, computes FID/sFID/IS/precision/recall")]
+public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
+{
+    public async Task RunAsync(JobContext ctx, SampleGfidParams p)
+    {
+        var shards = await ctx.GetShardsAsync();
+        if (shards.Count != p.NumShards) throw new JobFailedException($"expected {p.NumShards} shards, found {shards.Count}");
+        var files = new List<string>();
+        foreach (var s in shards) files.Add(await ctx.GetRunArtifactFileAsync(s.Id, "samples_shard.npz", $"shard-{s.ShardIndex}"));
+        var headers = files.Select(f => Npz.Header(f, "arr_0")).ToList();
+        long total = headers.Sum(h => h.Shape[0]);
+        if (total != p.NumSamples) throw new JobFailedException($"shards hold {total} samples, expected {p.NumSamples}");
+        var outPath = Path.Combine(ctx.ScratchDir, "samples.npz");
+        using (var w = new NpzStreamWriter(outPath))
+        {
+            var shape = headers[0].Shape.ToArray(); shape[0] = total;
+            w.BeginArray("arr_0", "|u1", shape);
+            foreach (var f in files)
+                foreach (var (_, chunk) in Npz.ReadRows(f, "arr_0", 256)) w.Append(chunk.Data);
+            w.Add("labels", NpyArray.FromTensor(cat(files.Select(f => Npz.LoadKey(f, "labels").ToTensor()).ToList(), 0)));
+            w.Add("codes", NpyArray.FromTensor(cat(files.Select(f => Npz.LoadKey(f, "codes").ToTensor()).ToList(), 0)));
+            w.Commit();
+        }
+        await ctx.SaveArtifactFileAsync("samples.npz", outPath, "npz", metadata: new { samples = total, tokens = p.Tokens, cfg_scale = p.CfgScale });
+        var first = Npz.ReadRows(outPath, "arr_0", 64).First().Chunk.ToTensor();
+        var grid = Path.Combine(ctx.ScratchDir, "grid.png");
+        ImageGrid.Save(grid, first, nrow: 8);
+        await ctx.SaveArtifactFileAsync("grid.png", grid, "image");
+
+        var metrics = new Dictionary<string, object?> { ["tokens"] = p.Tokens, ["cfg_scale"] = p.CfgScale, ["num_samples"] = total };
+        string? weights = null;
+        try { weights = WeightsRegistry.Resolve("inception", p.WeightsDir); }
+        catch (MissingWeightsException e) { ctx.Log($"gFID skipped: {e.Message}", "warn"); metrics["skipped"] = e.Message; }
+        if (weights is not null && p.InputRefs?.ContainsKey("reference") != true)
+        {
+            ctx.Log("gFID skipped: no 'reference' input (an npz of real images or a reference batch with mu/sigma)", "warn");
+            metrics["skipped"] = "no reference input";
+        }
+        else if (weights is not null)
+        {
+            var reference = await SampleGfidJob.InputAsync(ctx, p, "reference");
+            ctx.ReportProgress(0, 1, "Inception features");
+            InceptionExtractor? ex = null;
+            InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
+            using var r = AdmEvaluator.Open(reference, Ex, log: s => ctx.Log(s));
+            using var s = AdmEvaluator.Open(outPath, Ex, log: m => ctx.Log(m));
+            var res = AdmEvaluator.Compare(r, s, warn: m => ctx.Log(m, "warn"));
+            string k = $"@k={p.Tokens}";
+            var vals = new List<(string, double)>
+            {
+                ($"gfid{k}", res.Fid), ($"gfid{k},cfg={p.CfgScale.ToString(System.Globalization.CultureInfo.InvariantCulture)}", res.Fid),
+                ($"sfid{k}", res.SFid), ($"is{k}", res.InceptionScore), ($"precision{k}", res.Precision), ($"recall{k}", res.Recall),
+            };
+            ctx.LogMetrics(p.Tokens, vals.Where(v => double.IsFinite(v.Item2)).ToArray());
+            foreach (var (key, v) in vals) metrics[key] = double.IsFinite(v) ? v : null;
+            ctx.Log(res.ToText());
+        }
+        var mj = Path.Combine(ctx.ScratchDir, "metrics.json");
+        await File.WriteAllTextAsync(mj, JsonSerializer.Serialize(metrics, new JsonSerializerOptions { WriteIndented = true }));
+        await ctx.SaveArtifactFileAsync("metrics.json", mj, "json");
+        ctx.ReportProgress(1, 1, $"aggregated {shards.Count} shards, {total} samples");
+    }
+}

@@ -1,0 +1,200 @@
+using System.Diagnostics;
+using System.Text.Json;
+using ReTok.Jobs.Engine;
+using ReTok.Models;
+using ReTok.Models.Generation;
+using ReTok.Models.IO;
+using ReTok.Models.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ReTok.Jobs.Kinds.TrainGenerator;
+
+public sealed record TrainGeneratorParams : IValidatableParams
+{
+    /// <summary>Preset (GPT-B, GPT-L, GPT-XL, ...) or null for the explicit dim/n_layer/n_head.</summary>
+    public string? GptModel { get; init; } = "GPT-B";
+    public int Dim { get; init; }
+    public int NLayer { get; init; }
+    public int NHead { get; init; }
+    public int VocabSize { get; init; } = 16384;
+    /// <summary>Tokens per image; 0 = the codes' width.</summary>
+    public int BlockSize { get; init; }
+    public int NumClasses { get; init; } = 1000;
+    public double ClassDropoutProb { get; init; } = 0.1;
+    public double TokenDropoutP { get; init; } = 0.1;
+    /// <summary>Residual and FFN dropout (--dropout-p).</summary>
+    public double DropoutP { get; init; } = 0.1;
+
+    public double Lr { get; init; } = 1e-4;
+    public double WeightDecay { get; init; } = 0.05;
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.95;
+    public double MaxGradNorm { get; init; } = 1.0;
+    public long WarmupSteps { get; init; } = 5000;
+    public long MaxSteps { get; init; } = 1_500_000;
+    public double FractDecay { get; init; } = 0.2;
+    public string DecayType { get; init; } = "sqrt";
+    public int GlobalBatchSize { get; init; } = 256;
+    public int Seed { get; init; }
+    public int CheckpointEvery { get; init; } = 5000;
+    public int LogEvery { get; init; } = 1;
+
+    public IEnumerable<string> Validate()
+    {
+        if (GptModel is null && (Dim <= 0 || NLayer <= 0 || NHead <= 0)) yield return "gpt_model: give a preset or dim, n_layer and n_head";
+        if (GptModel is not null && !GptConfig.Presets.ContainsKey(GptModel)) yield return $"gpt_model: unknown preset '{GptModel}' (known: {string.Join(", ", GptConfig.Presets.Keys)})";
+        if (MaxSteps < 1) yield return $"max_steps: must be >= 1, got {MaxSteps}";
+        if (WarmupSteps < 0) yield return $"warmup_steps: must be >= 0, got {WarmupSteps}";
+        if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
+        if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
+        if (LogEvery < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
+        if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
+    }
+
+    public GptConfig ToConfig(int blockSize)
+    {
+        var c = GptModel is not null ? GptConfig.Preset(GptModel, VocabSize, blockSize, NumClasses) : new GptConfig(Dim, NLayer, NHead, VocabSize, blockSize, NumClasses);
+        return c with { ClassDropoutProb = ClassDropoutProb, TokenDropoutP = TokenDropoutP, ResidDropoutP = DropoutP, FfnDropoutP = DropoutP };
+    }
+}
+
+/// <summary>
+/// train_c2i.py on extracted codes (`--dataset imagenet_code`): each epoch a seeded permutation of the code rows (one
+/// row = one crop of one image), batches of global_batch_size, fp32 on CPU / bf16 autocast on CUDA. Checkpoint holds
+/// model, AdamW state, step, both RNG states; the data position is the step (the permutation of epoch e is a function of
+/// seed and e), so a resumed run on CPU continues bit-identically.
+/// </summary>
+[JobKind("train-generator", Queue = "gpu", Description = "class-conditional GPT on extracted tokenizer codes (train_c2i.py)")]
+public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
+{
+    public async Task RunAsync(JobContext ctx, TrainGeneratorParams p)
+    {
+        var codesPath = await ctx.GetInputFileAsync("codes");
+        var codes = Npz.LoadKey(codesPath, "codes").ToTensor().to(int64);
+        var labels = Npz.LoadKey(codesPath, "labels").ToTensor().to(int64);
+        if (codes.dim() != 2 || labels.dim() != 1 || codes.shape[0] != labels.shape[0] || codes.shape[0] == 0)
+            throw new JobFailedException($"input 'codes' ({codesPath}): need codes [M,T] and labels [M], got [{string.Join(",", codes.shape)}] and [{string.Join(",", labels.shape)}]");
+        int block = p.BlockSize > 0 ? p.BlockSize : (int)codes.shape[1];
+        if (block > codes.shape[1]) throw new JobFailedException($"block_size: {block} > the codes' width {codes.shape[1]}");
+        codes = codes.narrow(1, 0, block).contiguous();
+        if (codes.max().item<long>() >= p.VocabSize) throw new JobFailedException($"vocab_size: codes reach {codes.max().item<long>()}, >= vocab_size {p.VocabSize}");
+        if (labels.max().item<long>() >= p.NumClasses) throw new JobFailedException($"num_classes: labels reach {labels.max().item<long>()}, >= num_classes {p.NumClasses}");
+
+        var device = Devices.Resolve(ctx.Device);
+        var cfg = p.ToConfig(block);
+        manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
+        using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
+        model.ClassDropGenerator = new Generator((ulong)p.Seed + 1, device);
+        var opts = GptTrainOptions.ForDevice(device) with
+        {
+            Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
+            WarmupSteps = p.WarmupSteps, TotalSteps = p.MaxSteps, FractDecay = p.FractDecay, DecayType = p.DecayType,
+        };
+
+        long start = 0;
+        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync();
+        if (ck is { } c)
+        {
+            start = c.Step;
+            GptCheckpoint.LoadStrict(model, Safetensors.Load(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
+        }
+        using var trainer = new GptTrainer(model, opts, start);
+        if (ck is { } c2)
+        {
+            trainer.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
+            var rng = Safetensors.Load(Path.Combine(c2.Dir, "rng.safetensors"));
+            set_rng_state(rng["torch_cpu"]);
+            model.ClassDropGenerator.set_state(rng["class_drop"]);
+        }
+
+        long m = codes.shape[0];
+        int bs = (int)Math.Min(p.GlobalBatchSize, m);
+        long perEpoch = m / bs; // drop_last
+        Tensor? perm = null; long permEpoch = -1;
+        var sw = Stopwatch.StartNew();
+        long tokensSince = 0;
+
+        async Task Save(long step)
+        {
+            await ctx.SaveCheckpointAsync(step, dir =>
+            {
+                GptCheckpoint.SaveSafetensors(model, Path.Combine(dir, "model.safetensors"));
+                trainer.Optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
+                Safetensors.Save(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
+                {
+                    ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state(),
+                });
+                File.WriteAllText(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch }));
+                return Task.CompletedTask;
+            });
+        }
+
+        for (long step = start; step < p.MaxSteps; step++)
+        {
+            if (ctx.CancellationToken.IsCancellationRequested)
+            {
+                await Save(step);
+                ctx.ThrowIfCancellationRequested();
+            }
+            long epoch = step / perEpoch, b = step % perEpoch;
+            if (epoch != permEpoch)
+            {
+                perm?.Dispose();
+                perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
+                permEpoch = epoch;
+            }
+            GptStepResult r;
+            using (var scope = NewDisposeScope())
+            {
+                var idx = perm!.narrow(0, b * bs, bs);
+                r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
+            }
+            tokensSince += (long)bs * block;
+            if ((step + 1) % p.LogEvery == 0 || step + 1 == p.MaxSteps)
+            {
+                var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
+                ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
+                sw.Restart(); tokensSince = 0;
+            }
+            if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
+            ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
+            if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
+        }
+        perm?.Dispose();
+
+        var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
+        GptCheckpoint.SaveSafetensors(model, outModel);
+        var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
+        File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
+        await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
+        await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml");
+    }
+}
+
+/// <summary>generator.yaml: the GptConfig under ModelArgs names (flat map, read back by <see cref="Read"/>).</summary>
+public static class GeneratorYaml
+{
+    public static string Write(GptConfig c) => string.Join("\n", new[]
+    {
+        "# GPT config (ModelArgs names of gpt_1d.py)",
+        $"dim: {c.Dim}", $"n_layer: {c.NLayer}", $"n_head: {c.NHead}", $"vocab_size: {c.VocabSize}", $"block_size: {c.BlockSize}",
+        $"num_classes: {c.NumClasses}", F("class_dropout_prob", c.ClassDropoutProb), F("token_dropout_p", c.TokenDropoutP),
+        F("resid_dropout_p", c.ResidDropoutP), F("ffn_dropout_p", c.FfnDropoutP), F("attn_dropout_p", c.AttnDropoutP),
+        $"multiple_of: {c.MultipleOf}", F("norm_eps", c.NormEps), F("initializer_range", c.InitializerRange),
+    }) + "\n";
+
+    static string F(string k, double v) => $"{k}: {v.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}";
+
+    public static GptConfig Read(string path)
+    {
+        var map = new YamlDotNet.Serialization.DeserializerBuilder().Build().Deserialize<Dictionary<string, object?>>(File.ReadAllText(path))
+                  ?? throw new InvalidDataException($"{path}: empty generator config");
+        var json = new Dictionary<string, object?>();
+        foreach (var (k, v) in map)
+            json[k] = v is string s && double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var d)
+                ? (s.Contains('.') || s.Contains('e') || s.Contains('E') ? d : (object)(long)d) : v;
+        try { return GptConfig.FromJson(JsonSerializer.Serialize(json), path); }
+        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException) { throw new InvalidDataException($"{path}: {e.Message}", e); }
+    }
+}

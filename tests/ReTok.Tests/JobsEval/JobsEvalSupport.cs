@@ -1,0 +1,57 @@
+using System.Text.Json.Nodes;
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Quickstart;
+using ReTok.Tests.Engine;
+using ReTok.Tracking;
+
+namespace ReTok.Tests.JobsEval;
+
+/// <summary>Helpers shared by the JobsEval tests: test image folders, artifact downloads, checkpoint steps.</summary>
+public static class JobsEvalSupport
+{
+    public static string Fixture(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "fixtures", .. parts]);
+
+    /// <summary>
+    /// 3 synthetic classes x 4 images (JPEG + PNG, odd sizes), plus in class 2 the evaluation fixtures' grey, CMYK,
+    /// palette and RGBA images (converted like PIL), plus two corrupt files in class 1 (a truncated JPEG and text named .png).
+    /// </summary>
+    public static string MakeSource(string root)
+    {
+        var dir = Directory.CreateDirectory(Path.Combine(root, "source")).FullName;
+        SyntheticDataset.Generate(dir, classes: 3, perClass: 4, seed: 7);
+        var c1 = Path.Combine(dir, SyntheticDataset.ClassNames[1]);
+        var c2 = Path.Combine(dir, SyntheticDataset.ClassNames[2]);
+        foreach (var f in new[] { "c_260x1000_gray.png", "f_300x280_cmyk.jpg", "i_311x263_palette.png", "d_600x530_rgba.png" })
+            File.Copy(Fixture("evaluation", "images", f), Path.Combine(c2, "x_" + f));
+        var jpg = Directory.GetFiles(c1, "*.jpg").Order().First();
+        var bytes = File.ReadAllBytes(jpg);
+        File.WriteAllBytes(Path.Combine(c1, "n00000001_0100_corrupt.jpg"), bytes[..(bytes.Length * 2 / 5)]);
+        File.WriteAllText(Path.Combine(c1, "n00000001_0101_corrupt.png"), "this is not a PNG");
+        return dir;
+    }
+
+    public static async Task<string> DownloadAsync(Tracker t, long runId, string name, string dir)
+    {
+        var a = await t.GetArtifactAsync(runId, name) ?? throw new Xunit.Sdk.XunitException($"run {runId} has no artifact '{name}'");
+        var path = Path.Combine(dir, $"{runId}-{name.Replace('/', '_')}");
+        if (!File.Exists(path)) await t.DownloadArtifactAsync(a, path);
+        return path;
+    }
+
+    public static async Task<string> ShaAsync(Tracker t, long runId, string name) =>
+        (await t.GetArtifactAsync(runId, name) ?? throw new Xunit.Sdk.XunitException($"run {runId} has no artifact '{name}'")).Sha256;
+
+    public static async Task<long> CheckpointStepAsync(Tracker t, long runId) =>
+        await t.GetArtifactAsync(runId, JobContext.CheckpointName) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
+
+    public static async Task<string> LogsAsync(Tracker t, long runId) =>
+        string.Join("\n", (await t.GetLogsAsync(runId, limit: 100_000)).Select(l => $"{l.Level}: {l.Message}"));
+
+    public static async Task<Run> SucceededAsync(EngineEnvironment env, long runId, int seconds = 120)
+    {
+        var r = await env.WaitTerminalAsync(runId, seconds);
+        if (r.Status != RunStatus.Succeeded)
+            throw new Xunit.Sdk.XunitException($"run {runId} ({r.Kind}) ended {r.Status}: {r.FailureReason}\n{await LogsAsync(env.Tracker, runId)}\n{env.WorkerLogs()}");
+        return r;
+    }
+}

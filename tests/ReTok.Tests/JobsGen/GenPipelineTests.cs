@@ -1,0 +1,151 @@
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Kinds.ExtractCodes;
+using ReTok.Jobs.Kinds.SampleGfid;
+using ReTok.Jobs.Kinds.TrainGenerator;
+using ReTok.Models.IO;
+using ReTok.Models.Tokenizer;
+using ReTok.Tests.Tracking;
+using ReTok.Tracking;
+using TorchSharp;
+using Xunit.Abstractions;
+
+namespace ReTok.Tests.JobsGen;
+
+/// <summary>
+/// Tiny end-to-end on CPU with a real PostgreSQL and an in-process worker: random-init tiny tokenizer -> extract-codes
+/// (center view) -> train-generator (4 steps, checkpointed) -> sample-gfid with 2 shards, twice with the same seed.
+/// </summary>
+public sealed class GenPipelineTests : IClassFixture<TestDatabase>
+{
+    readonly TestDatabase _db;
+    readonly ITestOutputHelper _out;
+    public GenPipelineTests(TestDatabase db, ITestOutputHelper o) { _db = db; _out = o; }
+
+    EngineOptions Options(string root) => new()
+    {
+        Db = _db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
+        QueuePollInterval = TimeSpan.FromMilliseconds(150), InvisibilityTimeout = TimeSpan.FromSeconds(60),
+        LeaseTtl = TimeSpan.FromSeconds(30), Heartbeat = TimeSpan.FromMilliseconds(300), RetryBaseDelay = TimeSpan.FromMilliseconds(300),
+        SchedulePollInterval = TimeSpan.FromMilliseconds(250), ReconcileInterval = TimeSpan.FromSeconds(1), ReconcileQueuedAfter = TimeSpan.FromSeconds(15),
+    };
+
+    static async Task<Run> WaitAsync(Tracker t, long id, int seconds = 300)
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(seconds);
+        while (DateTime.UtcNow < deadline)
+        {
+            var r = await t.GetRunAsync(id);
+            if (r!.Status.IsTerminal()) return r;
+            await Task.Delay(200);
+        }
+        throw new TimeoutException($"run {id} not finished in {seconds} s");
+    }
+
+    /// <summary>Waits for a run; if it continued into an aggregator, for that one.</summary>
+    static async Task<Run> WaitFinalAsync(Tracker t, long id)
+    {
+        var r = await WaitAsync(t, id);
+        Assert.True(r.Status == RunStatus.Succeeded, $"run {id} ({r.Kind}): {r.Status} {r.FailureReason}");
+        return r.ContinuedByRunId is { } next ? await WaitFinalAsync(t, next) : r;
+    }
+
+    static async Task<string> Download(Tracker t, long run, string name, string dir)
+    {
+        var a = await t.GetArtifactAsync(run, name) ?? throw new Xunit.Sdk.XunitException($"run {run} has no {name}");
+        var path = Path.Combine(dir, $"{run}-{name.Replace('/', '_')}");
+        await t.DownloadArtifactAsync(a, path);
+        return path;
+    }
+
+    [Fact]
+    public async Task TinyTokenizerToCodesToGptToShardedSamples_IsDeterministic()
+    {
+        var root = Directory.CreateTempSubdirectory("retok-jobsgen").FullName;
+        var o = Options(root);
+        await using var client = new JobClient(o);
+        await client.EnsureSchemaAsync();
+        var t = client.Tracker;
+
+        // inputs made by the test: tiny tokenizer (random init), 2 images, an empty weights folder (metrics are skipped)
+        var tokDir = Path.Combine(root, "in");
+        Directory.CreateDirectory(tokDir);
+        var yaml = Path.Combine(tokDir, "tokenizer.yaml");
+        File.Copy(Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer", "tiny.yaml"), yaml);
+        torch.manual_seed(7);
+        using (var tok = new ReTokTokenizer(TokenizerConfig.Load(yaml)))
+            Checkpoint.SaveSafetensors(Path.Combine(tokDir, "tokenizer.safetensors"), tok.state_dict());
+        var images = torch.randint(0, 256, new long[] { 2, 256, 256, 3 }, torch.ScalarType.Byte, generator: new torch.Generator(3));
+        Npz.Save(Path.Combine(tokDir, "dataset.npz"), new Dictionary<string, NpyArray>
+        {
+            ["arr_0"] = NpyArray.FromTensor(images), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 1, 3 })),
+        });
+        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        foreach (var f in new[] { "tokenizer.yaml", "tokenizer.safetensors", "dataset.npz" })
+            await t.SaveArtifactFileAsync(src.Id, f, Path.Combine(tokDir, f));
+        string Ref(string name) => $"run:{src.Id}/{name}";
+        var weights = Directory.CreateDirectory(Path.Combine(root, "weights")).FullName;
+
+        await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "jobsgen-test" }, log: s => { });
+        await worker.StartAsync();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+
+        // extract-codes: 2 images, center view (ten-crop costs 10 encodes per image: too slow for the suite), first 8 codes
+        var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = false, Tokens = 8, BatchSize = 1, ChunkImages = 1 },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["data"] = Ref("dataset.npz") });
+        await WaitFinalAsync(t, ex);
+        var codesNpz = Npz.Load(await Download(t, ex, "codes.npz", root));
+        Assert.Equal(new long[] { 2, 8 }, codesNpz["codes"].Shape);
+        Assert.Equal(new long[] { 1, 3 }, codesNpz["labels"].As<long>());
+        Assert.All(codesNpz["codes"].As<long>(), c => Assert.InRange(c, 0, 16383));
+        _out.WriteLine($"extract-codes {sw.Elapsed.TotalSeconds:F1}s");
+
+        // train-generator: tiny GPT, 4 steps, checkpoint at 2
+        var tr = await client.SubmitAsync("train-generator", new TrainGeneratorParams
+        {
+            GptModel = null, Dim = 32, NLayer = 1, NHead = 2, NumClasses = 4, MaxSteps = 4, WarmupSteps = 2, GlobalBatchSize = 2,
+            CheckpointEvery = 2, Lr = 1e-3,
+        }, inputs: new Dictionary<string, string> { ["codes"] = $"run:{ex}/codes.npz" });
+        await WaitFinalAsync(t, tr);
+        await using (var db = t.CreateDb())
+        {
+            var keys = db.Metrics.Where(m => m.RunId == tr).Select(m => m.Key).Distinct().ToList();
+            Assert.Contains("loss", keys); Assert.Contains("grad_norm", keys); Assert.Contains("tokens_per_s", keys); Assert.Contains("lr", keys);
+        }
+        var cfg = GeneratorYaml.Read(await Download(t, tr, "generator.yaml", root));
+        Assert.Equal((32, 1, 8, 4), (cfg.Dim, cfg.NLayer, cfg.BlockSize, cfg.NumClasses));
+        _out.WriteLine($"train-generator {sw.Elapsed.TotalSeconds:F1}s");
+
+        // sample-gfid: 3 samples over 2 shards, twice with the same seed
+        async Task<(Dictionary<string, NpyArray> Npz, long Agg)> Sample()
+        {
+            var id = await client.SubmitAsync("sample-gfid", new SampleGfidParams
+            {
+                NumSamples = 3, NumShards = 2, Tokens = 8, BatchSize = 2, CfgScale = 1.5, Seed = 11, WeightsDir = weights, CheckpointEvery = 1,
+            }, inputs: new Dictionary<string, string>
+            {
+                ["generator"] = $"run:{tr}/generator.safetensors", ["generator_config"] = $"run:{tr}/generator.yaml",
+                ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["reference"] = Ref("dataset.npz"),
+            });
+            var agg = await WaitFinalAsync(t, id);
+            Assert.Equal("sample-gfid-aggregate", agg.Kind);
+            return (Npz.Load(await Download(t, agg.Id, "samples.npz", root)), agg.Id);
+        }
+        var (a, aggA) = await Sample();
+        Assert.Equal(new long[] { 3, 256, 256, 3 }, a["arr_0"].Shape);
+        Assert.Equal("|u1", a["arr_0"].Dtype);
+        Assert.Equal(new long[] { 3 }, a["labels"].Shape);
+        Assert.All(a["labels"].As<long>(), l => Assert.InRange(l, 0, 3));
+        Assert.Equal(new long[] { 3, 8 }, a["codes"].Shape);
+        Assert.NotNull(await t.GetArtifactAsync(aggA, "grid.png"));
+        var metrics = await File.ReadAllTextAsync(await Download(t, aggA, "metrics.json", root));
+        Assert.Contains("pt_inception-2015-12-05-6726825d.pth", metrics); // skipped, naming the missing file
+        _out.WriteLine($"sample-gfid {sw.Elapsed.TotalSeconds:F1}s");
+
+        var (b, _) = await Sample();
+        Assert.Equal(a["labels"].As<long>(), b["labels"].As<long>());
+        Assert.Equal(a["codes"].As<long>(), b["codes"].As<long>());
+        Assert.True(a["arr_0"].Data.AsSpan().SequenceEqual(b["arr_0"].Data), "same seed must give byte-identical samples");
+        _out.WriteLine($"total {sw.Elapsed.TotalSeconds:F1}s");
+        await worker.StopAsync();
+    }
+}

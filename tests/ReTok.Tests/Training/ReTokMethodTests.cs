@@ -1,0 +1,110 @@
+using ReTok.Models.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ReTok.Tests.Training;
+
+public class ReTokMethodTests
+{
+    [Fact]
+    public void UniformPaddedKSamplingCoversOneToNPlusMUniformly()
+    {
+        var sampler = new KSampler(new KSamplerConfig());
+        var k = sampler.Sample(48_000, new torch.Generator(1)).data<long>().ToArray();
+        Assert.Equal(1, k.Min());
+        Assert.Equal(480, k.Max());
+        Assert.InRange(k.Average(), 238.5, 242.5);                         // (1 + 480) / 2
+        var counts = new int[4];
+        foreach (var v in k) counts[(v - 1) / 120]++;
+        Assert.All(counts, c => Assert.InRange(c, 11_400, 12_600));        // each quarter ~ 12000
+        // tail activation (paper.md §1.4): P(position 256 decoded) = 225/480 under padding, 1/256 without
+        Assert.Equal(225.0 / 480, sampler.KeepProbability(256), 12);
+        Assert.Equal(353.0 / 480, sampler.KeepProbability(128), 12);
+        Assert.Equal(449.0 / 480, sampler.KeepProbability(32), 12);
+        Assert.InRange(k.Count(v => v >= 256) / (double)k.Length, 225.0 / 480 - 0.01, 225.0 / 480 + 0.01);
+        Assert.Equal(1.0 / 256, new KSampler(KSamplerConfig.PriorNestedDropout).KeepProbability(256), 12);
+    }
+
+    [Fact]
+    public void KSamplingVariantsAndSeeds()
+    {
+        var prior = new KSampler(KSamplerConfig.PriorNestedDropout).Sample(5000, new torch.Generator(3)).data<long>().ToArray();
+        Assert.Equal(256, prior.Max());
+        Assert.Equal(1, prior.Min());
+
+        var batch = new KSampler(new KSamplerConfig(PerSample: false));
+        var g = new torch.Generator(4);
+        var draws = Enumerable.Range(0, 20).Select(_ => batch.Sample(8, g).data<long>().ToArray()).ToList();
+        Assert.All(draws, d => Assert.Single(d.Distinct()));
+        Assert.True(draws.Select(d => d[0]).Distinct().Count() > 10);
+
+        var pow = new KSampler(new KSamplerConfig(Distribution: KDistribution.PowersOfTwo)).Sample(4000, new torch.Generator(5)).data<long>().ToArray();
+        Assert.Equal(new long[] { 1, 2, 4, 8, 16, 32, 64, 128, 256, 480 }, pow.Distinct().Order().ToArray());
+
+        Assert.All(new KSampler(KSamplerConfig.Released).Sample(6, new torch.Generator(6)).data<long>().ToArray(), v => Assert.Equal(256, v));
+
+        var s = new KSampler(new KSamplerConfig());
+        Assert.Equal(s.Sample(64, new torch.Generator(9)).data<long>().ToArray(), s.Sample(64, new torch.Generator(9)).data<long>().ToArray());
+        Assert.NotEqual(s.Sample(64, new torch.Generator(9)).data<long>().ToArray(), s.Sample(64, new torch.Generator(10)).data<long>().ToArray());
+        Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(MinTokens: 500)));
+    }
+
+    [Fact]
+    public void SemanticWeightDecreasesWithK()
+    {
+        var lin = new SemanticWeightConfig();
+        Assert.Equal(0.5, lin.At(1));
+        Assert.Equal(0.25, lin.At(128), 2);
+        Assert.Equal(0.0, lin.At(256));
+        Assert.Equal(0.0, lin.At(480));
+        foreach (var cfg in new[] { lin, lin with { Schedule = LambdaSchedule.Cosine }, lin with { Schedule = LambdaSchedule.Step, StepK = 64 },
+                     lin with { LambdaEnd = 0.1, KEnd = 480 } })
+        {
+            var values = Enumerable.Range(1, 480).Select(k => cfg.At(k)).ToArray();
+            for (int i = 1; i < values.Length; i++) Assert.True(values[i] <= values[i - 1] + 1e-15, $"{cfg.Schedule} increases at K={i + 1}");
+            Assert.Equal(cfg.Lambda0, values[0], 12);
+            Assert.Equal(cfg.LambdaEnd, values[^1], 12);
+        }
+        var cos = lin with { Schedule = LambdaSchedule.Cosine };
+        Assert.Equal(0.25, cos.At(128), 2);
+        Assert.Equal(0.5, (lin with { Schedule = LambdaSchedule.Step, StepK = 64 }).At(64));
+        Assert.Equal(0.0, (lin with { Schedule = LambdaSchedule.Step, StepK = 64 }).At(65));
+        Assert.All(Enumerable.Range(1, 480), k => Assert.Equal(0.5, SemanticWeightConfig.Released.At(k)));
+        var kt = tensor(new long[] { 1, 129, 300 });
+        Assert.Equal(new[] { 0.5f, (float)lin.At(129), 0f }, lin.At(kt).data<float>().ToArray());
+    }
+
+    [Fact]
+    public void NestedDropoutMasksAndDecodePlans()
+    {
+        var k = tensor(new long[] { 1, 3 });
+        Assert.Equal(new[] { true, false, false, false, true, true, true, false }, NestedDropout.KeepMask(k, 4).data<bool>().ToArray());
+        Assert.Equal(new[] { false, true, true, true, false, false, false, true }, NestedDropout.KeyPaddingMask(k, 4).data<bool>().ToArray());
+
+        var plan = NestedDropout.Plan(k);
+        Assert.Equal(3, plan.NumTokens);
+        Assert.Equal(new long[] { 2, 3 }, plan.KeyPaddingMask!.shape);
+        Assert.Equal(new[] { false, true, true, false, false, false }, plan.KeyPaddingMask.data<bool>().ToArray());
+        var same = NestedDropout.Plan(tensor(new long[] { 7, 7, 7 }));
+        Assert.Equal(7, same.NumTokens);
+        Assert.Null(same.KeyPaddingMask);
+        Assert.Throws<ArgumentException>(() => NestedDropout.Plan(tensor(new long[] { 0, 2 })));
+
+        var tokens = ones(2, 4, 5);
+        var z = NestedDropout.ZeroTail(tokens, k);
+        Assert.Equal(new[] { 5f, 0f, 0f, 0f, 5f, 5f, 5f, 0f }, z.sum(-1).data<float>().ToArray());
+    }
+
+    [Fact]
+    public void FinetuneSelectsTrainableParametersByPrefix()
+    {
+        var f = new DecoderFinetuneConfig(StartStep: 10);
+        Assert.True(f.Trainable("decoder.conv_in.weight"));
+        Assert.False(f.Trainable("s1to2decoder.transformer.0.linear1.weight"));
+        Assert.False(f.Trainable("encoder.conv_in.weight"));
+        Assert.False(f.Trainable("quantize.embedding.weight"));
+        var both = f with { TrainablePrefixes = new[] { "decoder.", "s1to2decoder." } };
+        Assert.True(both.Trainable("s1to2decoder.transformer.0.linear1.weight"));
+        Assert.True(f.TeacherOff);
+    }
+}
