@@ -4,6 +4,7 @@ using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Models.Training;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 
@@ -153,5 +154,68 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
         Assert.Contains("params.ckpt_evry: unknown key (did you mean 'ckpt_every'?)", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec("q").Replace("disc_dim: 8}", "disc_dim: 8, lecam: true}")));
         Assert.Contains("lecam: only False is ported", ex.Message);
+    }
+}
+
+/// <summary>How the spec's keys reach the trainer (no training).</summary>
+public class TrainTokenizerParamsTests
+{
+    static TrainTokenizerParams Parse(string yaml) => (TrainTokenizerParams)JobSpecs.Parse(yaml).Steps[0].Params;
+
+    const string Model = """
+        kind: train-tokenizer
+        params:
+          model:
+            model_cls: VQVitModelPlus
+            init_args: {encoder_size: small, decoder_size: small, model_size: null, multi_level_query_init: True, adaptive_gn: True,
+                        d2s_up: True, rot: True, use_attn: False, fea_rec_loss_type: mse, distill_depth: 3}
+          iterations: 100
+        """;
+
+    [Fact]
+    public void DefaultsAreTheReferenceLoopPlusOurReTokReading()
+    {
+        var p = Parse(Model);
+        var cfg = p.TokenizerModel();
+        Assert.Equal("VQ_SS256", cfg.PresetName);
+        Assert.Equal(768, cfg.OutInnerDim);            // trainer.distill_loss (default True) + dinov2-vit-b
+        var t = TrainTokenizerJob.TrainerConfigOf(p, cfg);
+        Assert.Equal((100L, 1e-4, 1e-5, 0L, 0.9, 0.95, 1e-4, 10.0), (t.TotalSteps, t.BaseLr, t.EndLr, t.WarmupSteps, t.Beta1, t.Beta2, t.WeightDecay, t.MaxGradNorm));
+        Assert.Equal((0L, 0.5, 1.0, 1.0, 15000L), (t.LossOrDefault.DiscStart, t.LossOrDefault.DiscWeight, t.LossOrDefault.PerceptualWeight, t.LossOrDefault.ReconstructionWeight, t.LossOrDefault.AuxLossEnd));
+        Assert.Equal((KDistribution.Uniform, true, 480, true), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.UsePadding, t.KSamplerOrDefault.MaxK, t.KSamplerOrDefault.PerSample));
+        Assert.Equal((LambdaSchedule.Linear, 0.5, 0.0), (t.SemanticWeightOrDefault.Schedule, t.SemanticWeightOrDefault.Lambda0, t.SemanticWeightOrDefault.LambdaEnd));
+        Assert.Null(t.Finetune);
+        Assert.False(t.UseEma);
+        Assert.True(p.SemanticOn);
+    }
+
+    [Fact]
+    public void ReleasedLoopFinetuneAndSwitchesMapThrough()
+    {
+        var p = Parse(Model + "\n" + """
+              trainer: {max_grad_norm: 0.0, freeze_but_decoder_iter: 40}
+              loss: {params: {proj_weight: 0.25, perceptual_weight: 0.0}}
+              retok: {nested_dropout: false, semantic_schedule: constant}
+              ema: true
+              gradient_accumulation_steps: 2
+            """);
+        var t = TrainTokenizerJob.TrainerConfigOf(p, p.TokenizerModel());
+        Assert.Equal((KDistribution.Fixed, 256), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.FixedK));
+        Assert.Equal((LambdaSchedule.Constant, 0.25), (t.SemanticWeightOrDefault.Schedule, t.SemanticWeightOrDefault.Lambda0));
+        Assert.Equal(0.25, t.LossOrDefault.ProjWeight);
+        Assert.Equal(double.PositiveInfinity, t.MaxGradNorm);   // 0 = no clipping, as `if max_grad_norm != 0`
+        Assert.Equal(40, t.Finetune!.StartStep);
+        Assert.Equal(new[] { "decoder." }, t.Finetune.Prefixes);
+        Assert.True(t.Finetune.TeacherOff);
+        Assert.True(t.UseEma);
+        Assert.Equal(2, t.GradAccumulationSteps);
+        Assert.Equal(0.0, t.LossOrDefault.PerceptualWeight);
+
+        var off = Parse(Model + "\n  retok: {semantic_weight: 0.0, semantic_schedule: constant}\n");
+        Assert.False(off.SemanticOn);   // no teacher needed
+        var ex = Assert.Throws<SpecValidationException>(() => Parse(Model.Replace("distill_depth: 3", "distill_depth: null")));
+        Assert.Contains("the semantic loss is on", ex.Message);
+        ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {min_tokens: 600}\n"));
+        Assert.Contains("retok.min_tokens: must be in 1..480", ex.Message);
     }
 }

@@ -31,6 +31,11 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         if (p.TorchThreads is int threads) torch.set_num_threads(threads);
         var device = Devices.Resolve(ctx.Device);
         var cfg = p.TokenizerModel();
+        if (device.type != DeviceType.CUDA && p.MixedPrecision.ToLowerInvariant() == "bf16")
+        {
+            ctx.Log("mixed_precision bf16 is for CUDA; this run is on the CPU and trains in fp32");
+            p = p with { MixedPrecision = "fp32" };
+        }
         ctx.Log($"train-tokenizer: {cfg} on {Devices.Describe(device)}, {p.Iterations} iterations, batch {p.Trainer.GlobalBatchSize}");
 
         var source = await OpenDataAsync(ctx, p);
@@ -108,7 +113,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
 
     // ------------------------------------------------------------------------------------------------ setup
 
-    internal static TrainerConfig TrainerConfigOf(TrainTokenizerParams p, TokenizerConfig cfg)
+    public static TrainerConfig TrainerConfigOf(TrainTokenizerParams p, TokenizerConfig cfg)
     {
         var r = p.Retok;
         var lp = p.Loss.Params;
