@@ -16,6 +16,7 @@ public static partial class Commands
         yield return TokenizerCommands.Build();
         foreach (var c in EvalCommands.Build()) yield return c;
         yield return GeneratorCommands.Build();
+        yield return TrainCommands.Build();
         foreach (var c in DashboardCommands.Build()) yield return c;
         yield return DatasetCommands.Build();
     }

@@ -1,3 +1,4 @@
+using ReTok.Models.Training;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -162,7 +163,8 @@ public sealed class DecoderLevel : nn.Module
 /// </summary>
 public sealed class CnnDecoder : nn.Module<Tensor, Tensor>
 {
-    readonly Conv2d conv_in, conv_out;
+    readonly Conv2d conv_in;
+    readonly SafeConv2d conv_out;   // 3 output channels: libtorch CPU gets this conv's input gradient wrong (SafeConv2d)
     readonly ModuleList<ResnetBlock> mid = new();
     readonly ModuleList<DecoderLevel> conv_blocks = new();
     readonly ModuleList<AdaptiveGroupNorm> adaptive = new();
@@ -183,7 +185,7 @@ public sealed class CnnDecoder : nn.Module<Tensor, Tensor>
             prev = cout;
         }
         norm_out = Ops.Norm(prev);
-        conv_out = nn.Conv2d(prev, 3, 3, padding: 1);
+        conv_out = new SafeConv2d(prev, 3, 3, padding: 1);
         RegisterComponents();
     }
 

@@ -74,9 +74,9 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
         Assert.True(d100 <= Tol, $"per-sample K=100 differs from a K=100 decode by {d100}");
     }
 
-    // Quarantined: on libtorch 2.10 CPU the input-gradient of stride-1 convs with out-channels % 16 != 0 is wrong or NaN
-    // (see Training/SafeConv2d.cs and ConvBugTests); the tokenizer's conv_out (-> 3 channels) must use SafeConv2d first (issue 7).
-    [Fact(Skip = "libtorch CPU conv input-gradient bug: conv_out needs SafeConv2d before tokenizer training (issue 7)")]
+    // On libtorch 2.10 CPU the input-gradient of stride-1 convs with out-channels % 16 != 0 is wrong or NaN (see
+    // Training/SafeConv2d.cs and ConvBugTests); the pixel decoder's conv_out (-> 3 channels) is a SafeConv2d for that.
+    [Fact]
     public void EncoderGradients_ReachConvInThroughTheRotationTrick()
     {
         using var _ = NewDisposeScope();

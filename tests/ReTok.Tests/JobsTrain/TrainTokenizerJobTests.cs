@@ -1,0 +1,221 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using ReTok.Jobs.Engine;
+using ReTok.Jobs.Kinds.TrainTokenizer;
+using ReTok.Models.IO;
+using ReTok.Models.Tokenizer;
+using ReTok.Models.Training;
+using ReTok.Tracking;
+using Xunit.Abstractions;
+
+namespace ReTok.Tests.JobsTrain;
+
+/// <summary>
+/// `train-tokenizer` end to end with real `retok worker` processes on PostgreSQL: a run whose worker is SIGKILLed
+/// mid-run resumes from its checkpoint on another worker and ends with weights byte-identical to an uninterrupted run
+/// (and the same metric at every step); a NaN fails the run naming the step and the term, without retry, keeping the
+/// last good checkpoint; a semantic loss without teacher weights fails with a clear message. Tiny tokenizer at 256 px,
+/// 2 images, batch 1.
+/// </summary>
+public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputHelper log) : IClassFixture<TrainJobEnvironment>
+{
+    /// <summary>The tiny tokenizer of tests/fixtures/tokenizer/tiny.yaml with a 32-dim semantic teacher (test-made weights).</summary>
+    string Spec(string queue, string extra = "")
+    {
+        var model = File.ReadAllText(JobsTrainData.Fixture("tokenizer", "tiny.yaml"));
+        model = model[model.IndexOf("model:", StringComparison.Ordinal)..model.IndexOf("trainer:", StringComparison.Ordinal)];
+        var indented = string.Join("\n", model.TrimEnd().Split('\n').Select(l => "  " + l));
+        return $$"""
+            kind: train-tokenizer
+            queue: {{queue}}
+            params:
+            {{indented}}
+              trainer: {global_batch_size: 1, lr: 2e-4, distill_loss: true}
+              loss: {params: {perceptual_weight: 0.0, disc_dim: 8} }
+              retok: {semantic_weight: 0.5, teacher: {embed_dim: 32, depth: 1, num_heads: 2} }
+              distill_weights: {{env.TeacherWeights}}
+              data_path: {{JobsTrainData.Fixture("tokenizer", "images.npz")}}
+              iterations: 6
+              ckpt_every: 2
+              recon_every: 3
+              recon_images: 2
+              torch_threads: 1
+            {{extra}}
+            """;
+    }
+
+    async Task<long> SubmitAsync(string yaml) => (await env.Client.SubmitAsync(JobSpecs.Parse(yaml))).Runs[0].RunId;
+
+    async Task<long> CheckpointStepAsync(long runId) =>
+        await env.Tracker.GetArtifactAsync(runId, JobContext.CheckpointName) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
+
+    [Fact]
+    public async Task KilledWorkerRunResumesToBitIdenticalWeights()
+    {
+        var sw = Stopwatch.StartNew();
+        var a = env.StartWorker("jt-a", "jt-kill");
+        var killed = await SubmitAsync(Spec("jt-kill"));
+        var whole = await SubmitAsync(Spec("jt-main"));
+        await a.WaitReadyAsync();
+        await env.WaitRunAsync(killed, r => r.Status == RunStatus.Running, "Running on worker A");
+        var b = env.StartWorker("jt-b", "jt-main,jt-kill");   // starts while A holds the run: it takes the other one first
+        var deadline = DateTime.UtcNow.AddSeconds(240);
+        while (await CheckpointStepAsync(killed) < 2 && DateTime.UtcNow < deadline) await Task.Delay(100);
+        var ckAtKill = await CheckpointStepAsync(killed);
+        var progressAtKill = (await env.Tracker.GetRunAsync(killed))!.ProgressMessage;
+        a.Kill();
+        log.WriteLine($"killed worker A at checkpoint step {ckAtKill} ({progressAtKill}) after {sw.Elapsed.TotalSeconds:F0} s");
+        Assert.InRange(ckAtKill, 2, 5);
+
+        var k = await env.WaitTerminalAsync(killed, 400);
+        var w = await env.WaitTerminalAsync(whole, 400);
+        log.WriteLine($"both runs done after {sw.Elapsed.TotalSeconds:F0} s");
+        Assert.True(k.Status == RunStatus.Succeeded, $"{k.Status}: {k.FailureReason}\n{env.WorkerLogs()}");
+        Assert.True(w.Status == RunStatus.Succeeded, $"{w.Status}: {w.FailureReason}\n{env.WorkerLogs()}");
+        Assert.True(k.Attempt >= 2, $"attempt {k.Attempt}");
+        Assert.Contains($"resuming from checkpoint at step {ckAtKill}", b.Output);
+
+        // byte-identical weights, and every step's metrics equal to the uninterrupted run's (re-run steps replaced)
+        var tk = (await env.Tracker.GetArtifactAsync(killed, "tokenizer.safetensors"))!;
+        var tw = (await env.Tracker.GetArtifactAsync(whole, "tokenizer.safetensors"))!;
+        Assert.Equal(tw.Sha256, tk.Sha256);
+        foreach (var key in new[] { "total_g", "total_d", "rec", "semantic", "k_mean", "grad_norm_g" })
+        {
+            var mk = await env.Tracker.GetMetricsAsync(killed, key);
+            var mw = await env.Tracker.GetMetricsAsync(whole, key);
+            Assert.Equal(Enumerable.Range(1, 6).Select(i => (long)i), mk.Select(m => m.Step));
+            Assert.Equal(mw.Select(m => m.Value), mk.Select(m => m.Value));
+        }
+        Assert.NotEqual(0, (await env.Tracker.GetMetricsAsync(whole, "semantic"))[0].Value);   // the teacher ran
+
+        // the outputs a downstream job reads
+        var names = (await env.Tracker.ListArtifactsAsync(whole)).Select(x => x.Name).ToHashSet();
+        foreach (var n in new[] { "tokenizer.safetensors", "tokenizer.yaml", JobContext.CheckpointName, "recon/step_3.png", "recon/step_6.png" })
+            Assert.Contains(n, names);
+        var dir = Directory.CreateTempSubdirectory("jt-out").FullName;
+        await env.Tracker.DownloadArtifactAsync(tw, Path.Combine(dir, "tokenizer.safetensors"));
+        await env.Tracker.DownloadArtifactAsync((await env.Tracker.GetArtifactAsync(whole, "tokenizer.yaml"))!, Path.Combine(dir, "tokenizer.yaml"));
+        var cfg = TokenizerConfig.Load(Path.Combine(dir, "tokenizer.yaml"));
+        Assert.True(cfg.SameArchitecture(JobsTrainData.TinyConfig()));
+        using var trained = ReTokTokenizer.FromCheckpoint(cfg, Path.Combine(dir, "tokenizer.safetensors"));
+        var codes = trained.Encode(ReTokTokenizer.ImagesFromUint8(JobsTrainData.TinyImagesUint8()));
+        Assert.True(trained.Decode(codes, 32).isfinite().all().item<bool>());
+    }
+
+    [Fact]
+    public async Task NanLossFailsNamingStepAndTermWithoutRetryKeepingTheLastCheckpoint()
+    {
+        var w = env.StartWorker("jt-nan", "jt-nan");
+        var id = await SubmitAsync(Spec("jt-nan", "  debug_inject_nan_at_step: 3").Replace("semantic_weight: 0.5", "semantic_weight: 0.0"));
+        var run = await env.WaitTerminalAsync(id, 300);
+        Assert.Equal(RunStatus.Failed, run.Status);
+        Assert.Equal(1, run.Attempt);    // deterministic: not retried
+        Assert.Contains("training diverged at step 3", run.FailureReason);
+        Assert.Contains("loss term 'rec'", run.FailureReason);
+        Assert.Contains("last good checkpoint is at step 2", run.FailureReason);
+        Assert.Equal(2, await CheckpointStepAsync(id));
+        Assert.Equal([1L, 2L], (await env.Tracker.GetMetricsAsync(id, "total_g")).Select(m => m.Step));
+        Assert.Null(await env.Tracker.GetArtifactAsync(id, "tokenizer.safetensors"));
+        w.Dispose();
+    }
+
+    [Fact]
+    public async Task SemanticLossWithoutTeacherWeightsFailsNamingTheFile()
+    {
+        var w = env.StartWorker("jt-teacher", "jt-teacher");
+        var id = await SubmitAsync(Spec("jt-teacher").Replace($"distill_weights: {env.TeacherWeights}", ""));
+        var run = await env.WaitTerminalAsync(id, 300);
+        Assert.Equal(RunStatus.Failed, run.Status);
+        Assert.Equal(1, run.Attempt);
+        Assert.Contains("DINOv2 teacher weights are missing", run.FailureReason);
+        Assert.Contains("dinov2_vitb14_pretrain.pth", run.FailureReason);
+        Assert.Contains("retok weights import", run.FailureReason);
+        Assert.Contains("semantic_weight: 0", run.FailureReason);
+        w.Dispose();
+    }
+
+    [Fact]
+    public void SpecsInJobsFolderValidate()
+    {
+        var root = AppContext.BaseDirectory;
+        while (root is not null && !Directory.Exists(Path.Combine(root, "jobs"))) root = Path.GetDirectoryName(root);
+        Assert.NotNull(root);
+        foreach (var name in new[] { "retok-s-b.yaml", "retok-s-s.yaml", "retok-tiny.yaml" })
+        {
+            var plan = JobSpecs.Load(Path.Combine(root!, "jobs", name));
+            var p = Assert.IsType<TrainTokenizerParams>(plan.Steps[0].Params);
+            var cfg = p.TokenizerModel();
+            log.WriteLine($"{name}: {cfg}");
+            if (name == "retok-s-b.yaml") Assert.Equal("VQ_SB256", cfg.PresetName);
+            if (name == "retok-s-s.yaml") Assert.Equal("VQ_SS256", cfg.PresetName);
+        }
+        // a reference-key typo is named with its path
+        var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec("q").Replace("ckpt_every: 2", "ckpt_evry: 2")));
+        Assert.Contains("params.ckpt_evry: unknown key (did you mean 'ckpt_every'?)", ex.Message);
+        ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec("q").Replace("disc_dim: 8}", "disc_dim: 8, lecam: true}")));
+        Assert.Contains("lecam: only False is ported", ex.Message);
+    }
+}
+
+/// <summary>How the spec's keys reach the trainer (no training).</summary>
+public class TrainTokenizerParamsTests
+{
+    static TrainTokenizerParams Parse(string yaml) => (TrainTokenizerParams)JobSpecs.Parse(yaml).Steps[0].Params;
+
+    const string Model = """
+        kind: train-tokenizer
+        params:
+          model:
+            model_cls: VQVitModelPlus
+            init_args: {encoder_size: small, decoder_size: small, model_size: null, multi_level_query_init: True, adaptive_gn: True,
+                        d2s_up: True, rot: True, use_attn: False, fea_rec_loss_type: mse, distill_depth: 3}
+          iterations: 100
+        """;
+
+    [Fact]
+    public void DefaultsAreTheReferenceLoopPlusOurReTokReading()
+    {
+        var p = Parse(Model);
+        var cfg = p.TokenizerModel();
+        Assert.Equal("VQ_SS256", cfg.PresetName);
+        Assert.Equal(768, cfg.OutInnerDim);            // trainer.distill_loss (default True) + dinov2-vit-b
+        var t = TrainTokenizerJob.TrainerConfigOf(p, cfg);
+        Assert.Equal((100L, 1e-4, 1e-5, 0L, 0.9, 0.95, 1e-4, 10.0), (t.TotalSteps, t.BaseLr, t.EndLr, t.WarmupSteps, t.Beta1, t.Beta2, t.WeightDecay, t.MaxGradNorm));
+        Assert.Equal((0L, 0.5, 1.0, 1.0, 15000L), (t.LossOrDefault.DiscStart, t.LossOrDefault.DiscWeight, t.LossOrDefault.PerceptualWeight, t.LossOrDefault.ReconstructionWeight, t.LossOrDefault.AuxLossEnd));
+        Assert.Equal((KDistribution.Uniform, true, 480, true), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.UsePadding, t.KSamplerOrDefault.MaxK, t.KSamplerOrDefault.PerSample));
+        Assert.Equal((LambdaSchedule.Linear, 0.5, 0.0), (t.SemanticWeightOrDefault.Schedule, t.SemanticWeightOrDefault.Lambda0, t.SemanticWeightOrDefault.LambdaEnd));
+        Assert.Null(t.Finetune);
+        Assert.False(t.UseEma);
+        Assert.True(p.SemanticOn);
+    }
+
+    [Fact]
+    public void ReleasedLoopFinetuneAndSwitchesMapThrough()
+    {
+        var p = Parse(Model + "\n" + """
+              trainer: {max_grad_norm: 0.0, freeze_but_decoder_iter: 40}
+              loss: {params: {proj_weight: 0.25, perceptual_weight: 0.0}}
+              retok: {nested_dropout: false, semantic_schedule: constant}
+              ema: true
+              gradient_accumulation_steps: 2
+            """);
+        var t = TrainTokenizerJob.TrainerConfigOf(p, p.TokenizerModel());
+        Assert.Equal((KDistribution.Fixed, 256), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.FixedK));
+        Assert.Equal((LambdaSchedule.Constant, 0.25), (t.SemanticWeightOrDefault.Schedule, t.SemanticWeightOrDefault.Lambda0));
+        Assert.Equal(0.25, t.LossOrDefault.ProjWeight);
+        Assert.Equal(double.PositiveInfinity, t.MaxGradNorm);   // 0 = no clipping, as `if max_grad_norm != 0`
+        Assert.Equal(40, t.Finetune!.StartStep);
+        Assert.Equal(new[] { "decoder." }, t.Finetune.Prefixes);
+        Assert.True(t.Finetune.TeacherOff);
+        Assert.True(t.UseEma);
+        Assert.Equal(2, t.GradAccumulationSteps);
+        Assert.Equal(0.0, t.LossOrDefault.PerceptualWeight);
+
+        var off = Parse(Model + "\n  retok: {semantic_weight: 0.0, semantic_schedule: constant}\n");
+        Assert.False(off.SemanticOn);   // no teacher needed
+        var ex = Assert.Throws<SpecValidationException>(() => Parse(Model.Replace("distill_depth: 3", "distill_depth: null")));
+        Assert.Contains("the semantic loss is on", ex.Message);
+        ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {min_tokens: 600}\n"));
+        Assert.Contains("retok.min_tokens: must be in 1..480", ex.Message);
+    }
+}
