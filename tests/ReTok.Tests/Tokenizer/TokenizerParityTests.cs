@@ -117,7 +117,7 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
             log.WriteLine($"per-sample training forward vs reference: max |Δ| {psMax:E2}");
             Assert.True(psMax <= 1e-3f, $"per-sample forward: max {psMax}");
         }
-        // Gradients reaching the encoder through the rotation trick are checked in EncoderGradients_* below (quarantined).
+        // Gradients reaching the encoder through the rotation trick are checked in EncoderGradients_* above.
     }
 
     [Fact]
