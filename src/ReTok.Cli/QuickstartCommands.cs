@@ -68,9 +68,8 @@ public static class QuickstartCommands
 
             try
             {
-                var tokenizer = EnsureTinyTokenizer(Path.Combine(settings.Home, "quickstart", "tokenizer.safetensors"), "jobs/quickstart/tokenizer-tiny.yaml");
-                AnsiConsole.MarkupLine("tokenizer [yellow]untrained tiny ReTok tokenizer (seeded init)[/]: train-tokenizer is not part of this pipeline yet");
-                var overrides = new List<string> { $"extract.source={data}", $"eval.checkpoint={tokenizer}", $"eval.config={Path.GetFullPath("jobs/quickstart/tokenizer-tiny.yaml")}" };
+                // the generator's class embedding covers the synthetic classes only, so samples are of classes it has seen
+                var overrides = new List<string> { $"extract.source={data}", $"gpt.num_classes={pr.GetValue(classes)}" };
                 overrides.AddRange(pr.GetValue(set) ?? []);
                 var plan = JobSpecs.Load(pr.GetValue(spec)!, overrides, JobKindRegistry.Default);
                 var submitted = await client.SubmitAsync(plan, ct);
@@ -141,16 +140,6 @@ public static class QuickstartCommands
         AnsiConsole.Write(table);
         var skipped = ctx.Logs.AsNoTracking().Where(l => ids.Contains(l.RunId) && l.Message.Contains("skipped")).Select(l => l.Message).Distinct().Take(6).ToList();
         foreach (var s in skipped) AnsiConsole.MarkupLine($"[yellow]note[/] {Markup.Escape(s)}");
-    }
-
-    /// <summary>Seeded tiny tokenizer weights for the pipeline's reconstruction step (written once).</summary>
-    static string EnsureTinyTokenizer(string path, string config)
-    {
-        if (File.Exists(path)) return path;
-        TorchSharp.torch.manual_seed(0);
-        using var m = new ReTok.Models.Tokenizer.ReTokTokenizer(ReTok.Models.Tokenizer.TokenizerConfig.Load(config));
-        ReTok.Models.IO.Checkpoint.SaveSafetensors(path, m.state_dict());
-        return path;
     }
 
     /// <summary>The quickstart's admin account: created once with a random password kept in the state folder.</summary>

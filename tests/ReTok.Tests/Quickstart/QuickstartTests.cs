@@ -15,8 +15,6 @@ public class QuickstartTests
         return d?.FullName ?? throw new InvalidOperationException("repository root not found");
     }
 
-    // Quarantined: its first run exposed a database-creation bug (fixed in QuickstartCommands), and the session ended
-    // before the fixed build could be re-run; enable it once it has passed again (issue 10).
     [Fact]
     public async Task QuickstartPipelineRecordsRunsMetricsAndArtifacts()
     {
@@ -24,7 +22,11 @@ public class QuickstartTests
         var dbName = $"retok_qs_{Guid.NewGuid():N}"[..24];
         var db = new NpgsqlConnectionStringBuilder(server) { Database = dbName }.ConnectionString;
         var home = Directory.CreateTempSubdirectory("retok-qs").FullName;
-        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard", "--classes", "2", "--per-class", "3"])
+        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard", "--classes", "2", "--per-class", "3",
+            // shortest settings: every step runs and checkpoints at least once
+            "--set", "train.iterations=4", "--set", "train.ckpt_every=2", "--set", "train.recon_every=4", "--set", "train.trainer.global_batch_size=2",
+            "--set", "eval.token_counts=[16,256]", "--set", "gpt.max_steps=6", "--set", "gpt.checkpoint_every=3", "--set", "gpt.warmup_steps=2",
+            "--set", "sample.num_samples=4", "--set", "sample.batch_size=2"])
         {
             WorkingDirectory = Root(), RedirectStandardOutput = true, RedirectStandardError = true,
         };
@@ -41,14 +43,23 @@ public class QuickstartTests
 
         await using var ctx = TrackingDb.Create(db);
         var runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineStep != null).ToListAsync();
-        Assert.Contains(runs, r => r.PipelineStep == "extract" && r.Status == RunStatus.Succeeded);
-        Assert.Contains(runs, r => r.PipelineStep == "eval" && r.Status == RunStatus.Succeeded);
-        var ids = runs.Select(r => r.Id).ToList();
+        foreach (var step in new[] { "extract", "train", "eval", "codes", "gpt", "sample" })
+            Assert.Contains(runs, r => r.PipelineStep == step && r.Status == RunStatus.Succeeded);
+        var pipeline = runs[0].PipelineId;
+        var all = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).ToListAsync();
+        Assert.All(all, r => Assert.Equal(RunStatus.Succeeded, r.Status));
+        Assert.Contains(all, r => r.Kind == "sample-gfid-aggregate");
+        var ids = all.Select(r => r.Id).ToList();
         var artifacts = await ctx.Artifacts.AsNoTracking().Where(a => ids.Contains(a.RunId)).Select(a => a.Name).ToListAsync();
-        Assert.Contains("dataset.npz", artifacts);
+        foreach (var name in new[] { "dataset.npz", "tokenizer.safetensors", "tokenizer.yaml", "codes.npz", "generator.safetensors", "samples.npz", "grid.png" })
+            Assert.Contains(name, artifacts);
         Assert.Contains(artifacts, a => a.StartsWith("recon_k"));
+        Assert.Contains(artifacts, a => a.StartsWith("recon/step_"));
         var keys = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId)).Select(m => m.Key).Distinct().ToListAsync();
         Assert.Contains(keys, k => k.StartsWith("psnr@k="));
+        foreach (var k in new[] { "rec", "total_g", "codebook_usage", "loss", "grad_norm" }) Assert.Contains(k, keys);
+        // Without Inception weights gFID is reported as skipped, never faked.
+        Assert.DoesNotContain(keys, k => k.StartsWith("gfid"));
         var psnr = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId) && m.Key.StartsWith("psnr@k=")).Select(m => m.Value).ToListAsync();
         Assert.All(psnr, v => Assert.True(double.IsFinite(v) && v > 0, $"psnr {v}"));
     }

@@ -102,7 +102,11 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
         var cfg = GeneratorYaml.Read(await InputAsync(ctx, p, "generator_config"));
         using var gpt = GptCheckpoint.Load(cfg, await InputAsync(ctx, p, "generator"), device);
         if (device.type == DeviceType.CUDA) gpt.AutocastDtype = ScalarType.BFloat16;
-        using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(await InputAsync(ctx, p, "tokenizer_config")), await InputAsync(ctx, p, "tokenizer"));
+        var tokCfg = TokenizerConfig.Load(await InputAsync(ctx, p, "tokenizer_config"));
+        // a generator trained with a larger vocabulary could sample codes the tokenizer has no entry for
+        if (cfg.VocabSize > tokCfg.CodebookSize)
+            throw new JobFailedException($"generator vocab_size {cfg.VocabSize} > the tokenizer's codebook_size {tokCfg.CodebookSize}: train the generator with vocab_size: {tokCfg.CodebookSize}");
+        using var tok = ReTokTokenizer.FromCheckpoint(tokCfg, await InputAsync(ctx, p, "tokenizer"));
         tok.to(device).eval();
         if (p.Tokens > cfg.BlockSize) throw new JobFailedException($"tokens: {p.Tokens} > the generator's block_size {cfg.BlockSize}");
 
