@@ -3,8 +3,9 @@ using YamlDotNet.RepresentationModel;
 namespace ReTok.Tests.Deploy;
 
 /// <summary>
-/// Structural checks of docker/ and infra/k8s/ (no Docker engine or kubeconform on these machines, so this is the
-/// schema check we can run): required fields, pinned images, non-root users, resource limits, GPU requests.
+/// Checks of docker/ and infra/k8s/ (no Docker engine or kubeconform on these machines): the manifests are read
+/// strictly into the Kubernetes API models of the official C# client (unknown or mistyped fields fail), plus our
+/// structural rules: required fields, pinned images, non-root users, resource limits, GPU requests.
 /// </summary>
 public class DeploymentLintTests
 {
@@ -35,6 +36,33 @@ public class DeploymentLintTests
             n = next;
         }
         return n;
+    }
+
+    /// <summary>Schema check: every manifest deserialises strictly into the typed Kubernetes models (KubernetesClient).</summary>
+    [Fact]
+    public void K8sManifestsMatchTheKubernetesApiSchema()
+    {
+        int count = 0;
+        foreach (var f in Directory.GetFiles(Path.Combine(Root, "infra", "k8s"), "*.yaml").Order())
+        {
+            List<object> objs;
+            try { objs = k8s.KubernetesYaml.LoadAllFromString(File.ReadAllText(f), strict: true); }
+            catch (Exception e) { throw new Xunit.Sdk.XunitException($"{Path.GetFileName(f)}: not a valid Kubernetes manifest: {e.Message} {e.InnerException?.Message}"); }
+            foreach (var o in objs)
+            {
+                Assert.IsAssignableFrom<k8s.IKubernetesObject<k8s.Models.V1ObjectMeta>>(o);
+                count++;
+            }
+        }
+        Assert.True(count >= 6, $"only {count} Kubernetes objects found");
+    }
+
+    [Fact]
+    public void StrictSchemaCheckRejectsAMisspelledField()
+    {
+        const string bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replica: 2\n  selector: {matchLabels: {a: b}}\n  template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: i}]}}\n";
+        Assert.ThrowsAny<Exception>(() => k8s.KubernetesYaml.LoadAllFromString(bad, strict: true));
+        Assert.Single(k8s.KubernetesYaml.LoadAllFromString(bad.Replace("replica:", "replicas:"), strict: true));
     }
 
     [Fact]
