@@ -103,6 +103,7 @@ public static class QuickstartCommands
     static async Task<List<Run>> WatchAsync(string db, Guid pipeline, CancellationToken ct)
     {
         List<Run> runs = new();
+        if (!AnsiConsole.Profile.Capabilities.Interactive) return await WatchPlainAsync(db, pipeline, ct);
         var table = new Table().AddColumns("step", "kind", "run", "status", "progress", "ETA", "message");
         await AnsiConsole.Live(table).AutoClear(false).StartAsync(async live =>
         {
@@ -121,6 +122,28 @@ public static class QuickstartCommands
             }
         });
         return runs;
+    }
+
+    /// <summary>Without a terminal (logs, CI): one line per status change or 10 % of progress, instead of redrawn tables.</summary>
+    static async Task<List<Run>> WatchPlainAsync(string db, Guid pipeline, CancellationToken ct)
+    {
+        var shown = new Dictionary<long, (RunStatus Status, int Decile)>();
+        while (true)
+        {
+            List<Run> runs;
+            await using (var ctx = TrackingDb.Create(db))
+                runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).OrderBy(r => r.Id).ToListAsync(ct);
+            foreach (var r in runs)
+            {
+                var now = (r.Status, (int)(r.Progress * 10));
+                if (shown.TryGetValue(r.Id, out var was) && was == now) continue;
+                shown[r.Id] = now;
+                var eta = r.EtaSeconds is { } e && r.Status == RunStatus.Running ? $" ETA {CliSupport.Duration(TimeSpan.FromSeconds(e))}" : "";
+                Console.WriteLine($"{DateTime.Now:HH:mm:ss} {r.PipelineStep ?? "-",-8} {r.Kind,-22} run {r.Id,-4} {r.Status.ToString().ToLowerInvariant(),-9} {r.Progress * 100,3:F0}%{eta}  {Trim(r.ProgressMessage ?? r.FailureReason ?? "", 70)}");
+            }
+            if (runs.Count > 0 && runs.All(r => r.Status.IsTerminal())) return runs;
+            await Task.Delay(1000, ct);
+        }
     }
 
     static void PrintMetrics(string db, List<Run> runs)
