@@ -57,6 +57,23 @@ public class DeploymentLintTests
         Assert.True(count >= 6, $"only {count} Kubernetes objects found");
     }
 
+    /// <summary>A RETOK_* setting in a manifest or the compose file that no code reads is silently ignored: fail instead.</summary>
+    [Fact]
+    public void EveryRetokSettingInDeploymentFilesIsReadByTheCode()
+    {
+        var code = string.Join("\n", Directory.GetFiles(Path.Combine(Root, "src"), "*.cs", SearchOption.AllDirectories).Select(File.ReadAllText));
+        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Jobs", "Engine", "EngineOptions.cs"));
+        var files = Directory.GetFiles(Path.Combine(Root, "infra", "k8s"), "*.yaml").Append(Path.Combine(Root, "docker", "compose.yaml"));
+        var keys = files.SelectMany(f => System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(f), @"^\s*(RETOK_[A-Z0-9_]+)\s*:", System.Text.RegularExpressions.RegexOptions.Multiline)
+            .Select(m => (File: Path.GetFileName(f), Key: m.Groups[1].Value))).ToList();
+        Assert.NotEmpty(keys);
+        foreach (var (file, key) in keys)
+        {
+            bool read = key.StartsWith("RETOK_ENGINE_") ? engine.Contains($"\"{key["RETOK_ENGINE_".Length..]}\"") : code.Contains($"\"{key}\"");
+            Assert.True(read, $"{file}: {key} is not read by any code (misspelled? engine settings are RETOK_ENGINE_POLL_MS, _INVISIBILITY_S, ...)");
+        }
+    }
+
     [Fact]
     public void StrictSchemaCheckRejectsAMisspelledField()
     {
