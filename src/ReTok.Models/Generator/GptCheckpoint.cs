@@ -1,9 +1,8 @@
-// Thin strict loading/saving of GPT weights. The general checkpoint reader (.pt with nested {"model": ...}) is
-// ReTok.Models.IO.Checkpoint (tokenizer branch); this file only covers what the generator needs on its own:
-// safetensors via TorchSharp.PyBridge and a strict name+shape check that names the offending key.
+// Strict loading/saving of GPT weights: files are read by the shared ReTok.Models.IO.Checkpoint reader (.safetensors,
+// .pt with nested {"model": ...}); this file adds the reference's prefix stripping and a strict name+shape check.
 using System.Collections;
+using ReTok.Models.IO;
 using TorchSharp;
-using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
 namespace ReTok.Models.Generation;
@@ -15,32 +14,17 @@ public static class GptCheckpoint
 
     /// <summary>
     /// Reads a state dict from .safetensors, or from a PyTorch .pt/.pth holding a plain state dict or one nested under
-    /// "model"/"module"/"state_dict". Anything PyBridge cannot unpickle (e.g. an argparse.Namespace under "args") fails
-    /// with a message naming the file; convert it once to safetensors (docs/generator.md).
+    /// "model"/"module"/"state_dict" (the restricted unpickler leaves argparse.Namespace "args" and optimizer state inert).
     /// </summary>
     public static Dictionary<string, Tensor> Read(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"GPT checkpoint '{path}' does not exist", path);
-        if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase))
-            return Safetensors.LoadStateDict(path);
-        Hashtable table;
-        try
+        // one reader for every PyTorch file (IO/Checkpoint.cs): "model" first as in sample_c2i.py; args/optimizer are inert
+        try { return Checkpoint.Load(path, prefer: "model"); }
+        catch (Exception e) when (e is not FileNotFoundException)
         {
-            using var fs = File.OpenRead(path);
-            table = PyTorchUnpickler.UnpickleStateDict(fs);
+            throw new InvalidDataException($"cannot read GPT checkpoint '{path}': {e.Message}", e);
         }
-        catch (Exception e)
-        {
-            throw new InvalidDataException($"cannot read PyTorch checkpoint '{path}' ({e.GetType().Name}: {e.Message}); " +
-                "convert it to safetensors (see docs/generator.md, 'Checkpoints')", e);
-        }
-        foreach (var k in ModelKeys)
-            if (table[k] is Hashtable inner) { table = inner; break; }
-        var sd = new Dictionary<string, Tensor>();
-        foreach (DictionaryEntry e in table)
-            if (e.Value is Tensor t) sd[(string)e.Key] = t;
-            else throw new InvalidDataException($"'{path}': entry '{e.Key}' is a {e.Value?.GetType().Name ?? "null"}, not a tensor");
-        return sd;
     }
 
     /// <summary>torch.compile / DDP prefixes the reference strips before saving (train_c2i.py:554-557).</summary>
@@ -107,7 +91,7 @@ public static class GptCheckpoint
         var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
         Directory.CreateDirectory(dir);
         var tmp = path + ".tmp";
-        Safetensors.SaveStateDict(tmp, model.state_dict());
+        TorchSharp.PyBridge.Safetensors.SaveStateDict(tmp, model.state_dict());
         File.Move(tmp, path, overwrite: true);
     }
 }

@@ -159,7 +159,7 @@ public static class Checkpoint
     {
         if (root is not Dictionary<object, object?> top)
             throw new InvalidDataException($"checkpoint {path}: top-level object is {root?.GetType().Name ?? "None"}, expected a dict / state dict");
-        foreach (var name in new[] { prefer, "ema", "model", "state_dict" }.Distinct())
+        foreach (var name in new[] { prefer, "ema", "model", "module", "state_dict" }.Distinct())
             if (top.TryGetValue(name, out var v) && v is Dictionary<object, object?> d && d.Values.Any(x => x is PickleTensor))
                 return (d, name);
         if (top.Values.Any(x => x is PickleTensor)) return (top, null);

@@ -1,32 +1,23 @@
 using System.Collections;
+using ReTok.Models.IO;
 using TorchSharp;
-using TorchSharp.PyBridge;
 using static TorchSharp.torch;
 
 namespace ReTok.Models.Training;
 
 /// <summary>
-/// State-dict files for the training area. Interim: reads .safetensors (PyBridge) and PyTorch pickles
-/// (.pt/.pth, e.g. dinov2_vitb14_pretrain.pth, via PyBridge's unpickler); writes .safetensors. Once the shared
-/// IO/Checkpoint.Load is on main, <see cref="Load"/> should delegate to it.
+/// State-dict files for the training area: reads through the shared reader IO/Checkpoint (.safetensors, PyTorch zip
+/// files such as dinov2_vitb14_pretrain.pth); writes .safetensors atomically.
 /// </summary>
 public static class StateDicts
 {
     public static Dictionary<string, Tensor> Load(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"state dict file not found: {path}", path);
-        try
-        {
-            if (path.EndsWith(".safetensors", StringComparison.OrdinalIgnoreCase)) return Safetensors.LoadStateDict(path);
-            var table = PyTorchUnpickler.UnpickleStateDict(path);
-            var d = new Dictionary<string, Tensor>();
-            foreach (DictionaryEntry e in table)
-                if (e.Value is Tensor t) d[(string)e.Key] = t;
-            return d;
-        }
+        try { return Checkpoint.Load(path, prefer: "model"); }
         catch (Exception ex) when (ex is not FileNotFoundException)
         {
-            throw new InvalidDataException($"{path}: cannot read a state dict ({ex.GetType().Name}: {ex.Message})", ex);
+            throw new InvalidDataException($"{path}: cannot read a state dict ({ex.Message})", ex);
         }
     }
 
@@ -35,7 +26,7 @@ public static class StateDicts
     {
         var cpu = stateDict.ToDictionary(kv => kv.Key, kv => kv.Value.detach().cpu().contiguous());
         var tmp = path + ".tmp";
-        Safetensors.SaveStateDict(tmp, cpu);
+        TorchSharp.PyBridge.Safetensors.SaveStateDict(tmp, cpu);
         File.Move(tmp, path, overwrite: true);
     }
 
