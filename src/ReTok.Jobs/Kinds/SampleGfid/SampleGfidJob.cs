@@ -33,6 +33,8 @@ public sealed record SampleGfidParams : IValidatableParams
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
     public string? WeightsDir { get; init; }
+    /// <summary>Test hook: sleep this long after each generated batch (kill-and-resume tests need a shard that lasts).</summary>
+    public int DebugBatchDelayMs { get; init; }
 
     // set by the parent for its shards: the index range and where the inputs are (run:ID/NAME)
     public long ShardStart { get; init; }
@@ -162,6 +164,7 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
                 labels.Add(y.cpu().MoveToOuterDisposeScope());
             }
             ctx.ReportProgress(b + 1, batches + 1, $"generated batch {b + 1}/{batches}");
+            if (p.DebugBatchDelayMs > 0) await Task.Delay(p.DebugBatchDelayMs);
             if ((b + 1) % p.CheckpointEvery == 0 && b + 1 < batches) await Save(b + 1);
         }
         var allCodes = cat(codes, 0);
