@@ -33,6 +33,8 @@ public sealed record SampleGfidParams : IValidatableParams
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
     public string? WeightsDir { get; init; }
+    /// <summary>Cache the reference's Inception features (keyed by file content and weights): a CFG search evaluates against it every round.</summary>
+    public bool FeatureCache { get; init; } = true;
     /// <summary>Test hook: sleep this long after each generated batch (kill-and-resume tests need a shard that lasts).</summary>
     public int DebugBatchDelayMs { get; init; }
 
@@ -238,7 +240,7 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             ctx.ReportProgress(0, 1, "Inception features");
             InceptionExtractor? ex = null;
             InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
-            using var r = AdmEvaluator.Open(reference, Ex, log: s => ctx.Log(s));
+            using var r = AdmEvaluator.Open(reference, Ex, p.FeatureCache ? ReTok.Evaluation.Features.FeatureCache.Default() : null, log: s => ctx.Log(s));
             using var s = AdmEvaluator.Open(outPath, Ex, log: m => ctx.Log(m));
             var res = AdmEvaluator.Compare(r, s, warn: m => ctx.Log(m, "warn"));
             gfid = res.Fid;
