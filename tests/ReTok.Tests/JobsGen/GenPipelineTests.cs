@@ -2,6 +2,7 @@ using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.ExtractCodes;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Jobs.Kinds.TrainGenerator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Tests.Tracking;
@@ -147,5 +148,49 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         Assert.True(a["arr_0"].Data.AsSpan().SequenceEqual(b["arr_0"].Data), "same seed must give byte-identical samples");
         _out.WriteLine($"total {sw.Elapsed.TotalSeconds:F1}s");
         await worker.StopAsync();
+    }
+
+    [Fact]
+    public async Task TenCropExtraction_GivesTenRowsPerImageInTorchvisionOrder()
+    {
+        var root = Directory.CreateTempSubdirectory("retok-jobsgen-tencrop").FullName;
+        var o = Options(root);
+        await using var client = new JobClient(o);
+        await client.EnsureSchemaAsync();
+        var t = client.Tracker;
+        var inputs = await GenTestInputs.CreateAsync(t, root, images: 1, inceptionWeights: false);
+        await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "jobsgen-tencrop" }, log: s => { });
+        await worker.StartAsync();
+        var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 8, BatchSize = 1 },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = inputs.Ref("tokenizer.safetensors"), ["tokenizer_config"] = inputs.Ref("tokenizer.yaml"), ["data"] = inputs.Ref("dataset.npz") });
+        await WaitFinalAsync(t, ex);
+        var codes = Npz.Load(await Download(t, ex, "codes.npz", root));
+        Assert.Equal(new long[] { 10, 8 }, codes["codes"].Shape);
+        Assert.Equal(Enumerable.Repeat(0L, 10), codes["labels"].As<long>());   // the image's label on each of its 10 rows
+        var rows = codes["codes"].As<long>().Chunk(8).ToArray();
+        Assert.True(rows.Distinct(new RowComparer()).Count() >= 2, "ten crops gave ten identical code rows");
+
+        // rows 1 (top-right crop) and 7 (bottom-left of the flipped image) against the crops encoded here: the job's rows
+        // follow torchvision TenCrop order of ADM center_crop_arr(img, 281)
+        var data = Npz.Load(await Download(t, inputs.RunId, "dataset.npz", root));
+        var img = new ReTok.Evaluation.Images.RgbImage(256, 256, data["arr_0"].Data);
+        var c = ReTok.Evaluation.Images.AdmCrop.CenterCropArr(img, 281);
+        using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(await Download(t, inputs.RunId, "tokenizer.yaml", root)),
+                                                      await Download(t, inputs.RunId, "tokenizer.safetensors", root));
+        tok.eval();
+        using var views = CodeExtraction.TenCrop(torch.tensor(c.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte));
+        using (torch.no_grad())
+            foreach (var j in new[] { 1, 7 })
+            {
+                var want = tok.Encode(views[0, j].unsqueeze(0)).narrow(1, 0, 8).to(torch.ScalarType.Int64).data<long>().ToArray();
+                Assert.Equal(want, rows[j]);
+            }
+        await worker.StopAsync();
+    }
+
+    sealed class RowComparer : IEqualityComparer<long[]>
+    {
+        public bool Equals(long[]? a, long[]? b) => a!.SequenceEqual(b!);
+        public int GetHashCode(long[] a) => a.Aggregate(17, (h, v) => h * 31 + v.GetHashCode());
     }
 }
