@@ -2,6 +2,7 @@ using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.ExtractCodes;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Jobs.Kinds.TrainGenerator;
+using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Tests.Tracking;
@@ -147,5 +148,62 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         Assert.True(a["arr_0"].Data.AsSpan().SequenceEqual(b["arr_0"].Data), "same seed must give byte-identical samples");
         _out.WriteLine($"total {sw.Elapsed.TotalSeconds:F1}s");
         await worker.StopAsync();
+    }
+
+    [Fact]
+    public async Task TenCropExtraction_GivesTenRowsPerImageInTorchvisionOrder()
+    {
+        var root = Directory.CreateTempSubdirectory("retok-jobsgen-tencrop").FullName;
+        var o = Options(root);
+        await using var client = new JobClient(o);
+        await client.EnsureSchemaAsync();
+        var t = client.Tracker;
+        // the tokenizer fixture (reference init from a fixed seed: its codes depend on the image, unlike a fresh random
+        // init whose first codes are the same for every crop) and the first fixture image with label 2
+        var fx = Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer");
+        var image = Npz.LoadKey(Path.Combine(fx, "images.npz"), "arr_0").ToTensor().narrow(0, 0, 1).contiguous();
+        Npz.Save(Path.Combine(root, "dataset.npz"), new Dictionary<string, NpyArray>
+        {
+            ["arr_0"] = NpyArray.FromTensor(image), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 2 })),
+        });
+        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        await t.SaveArtifactFileAsync(src.Id, "tokenizer.yaml", Path.Combine(fx, "tiny.yaml"));
+        await t.SaveArtifactFileAsync(src.Id, "tokenizer.safetensors", Path.Combine(fx, "tiny.safetensors"));
+        await t.SaveArtifactFileAsync(src.Id, "dataset.npz", Path.Combine(root, "dataset.npz"));
+        string Ref(string name) => $"run:{src.Id}/{name}";
+        await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "jobsgen-tencrop" }, log: s => { });
+        await worker.StartAsync();
+        var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 16, BatchSize = 1 },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["data"] = Ref("dataset.npz") });
+        await WaitFinalAsync(t, ex);
+        var codes = Npz.Load(await Download(t, ex, "codes.npz", root));
+        Assert.Equal(new long[] { 10, 16 }, codes["codes"].Shape);
+        Assert.Equal(Enumerable.Repeat(2L, 10), codes["labels"].As<long>());   // the image's label on each of its 10 rows
+        var rows = codes["codes"].As<long>().Chunk(16).ToArray();
+        Assert.True(rows.Distinct(new RowComparer()).Count() >= 2, $"ten crops gave only {rows.Distinct(new RowComparer()).Count()} distinct code rows");
+
+        // rows 1 (top-right crop) and 7 (bottom-left of the flipped image) against the crops encoded here: the job's rows
+        // follow torchvision TenCrop order of ADM center_crop_arr(img, 281)
+        var img = new ReTok.Evaluation.Images.RgbImage(256, 256, image.data<byte>().ToArray());
+        var c = ReTok.Evaluation.Images.AdmCrop.CenterCropArr(img, 281);
+        using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(Path.Combine(fx, "tiny.yaml")), Path.Combine(fx, "tiny.safetensors"));
+        tok.eval();
+        using var views = CodeExtraction.TenCrop(torch.tensor(c.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte));
+        var wants = new List<long[]>();
+        using (torch.no_grad())
+            foreach (var j in new[] { 1, 7 })
+            {
+                var want = tok.Encode(views[0, j].unsqueeze(0)).narrow(1, 0, 16).to(torch.ScalarType.Int64).data<long>().ToArray();
+                Assert.Equal(want, rows[j]);
+                wants.Add(want);
+            }
+        Assert.NotEqual(wants[0], wants[1]); // the two checked crops are told apart, so the row order is really checked
+        await worker.StopAsync();
+    }
+
+    sealed class RowComparer : IEqualityComparer<long[]>
+    {
+        public bool Equals(long[]? a, long[]? b) => a!.SequenceEqual(b!);
+        public int GetHashCode(long[] a) => a.Aggregate(17, (h, v) => h * 31 + v.GetHashCode());
     }
 }

@@ -33,11 +33,21 @@ public sealed record SampleGfidParams : IValidatableParams
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
     public string? WeightsDir { get; init; }
+    /// <summary>Cache the reference's Inception features (keyed by file content and weights): a CFG search evaluates against it every round.</summary>
+    public bool FeatureCache { get; init; } = true;
+    /// <summary>Test hook: sleep this long after each generated batch (kill-and-resume tests need a shard that lasts).</summary>
+    public int DebugBatchDelayMs { get; init; }
 
     // set by the parent for its shards: the index range and where the inputs are (run:ID/NAME)
     public long ShardStart { get; init; }
     public long ShardCount { get; init; }
     public Dictionary<string, string>? InputRefs { get; init; }
+
+    /// <summary>CFG scale search (cfg_scale is then ignored, as --search in the reference); null = one evaluation.</summary>
+    public CfgSearchParams? CfgSearch { get; init; }
+    // set by the search for its rounds: the first scale and the scales evaluated so far (with their gFID)
+    public double? CfgStart { get; init; }
+    public List<CfgPoint>? CfgHistory { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -49,6 +59,7 @@ public sealed record SampleGfidParams : IValidatableParams
         string? err = null;
         try { ToSamplingOptions().Validate(); } catch (ArgumentException e) { err = e.Message; }
         if (err is not null) yield return $"cfg_schedule/temperature/top_k/top_p: {err}";
+        if (CfgSearch is not null) foreach (var e in CfgSearch.Validate(CfgSchedule)) yield return e;
     }
 
     public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, Temperature: Temperature, TopK: TopK, TopP: TopP);
@@ -78,15 +89,33 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
                 var a = await ctx.ResolveInputAsync(role);
                 refs[role] = $"run:{a.RunId}/{a.Name}";
             }
-            var shards = Enumerable.Range(0, p.NumShards).Select(k =>
+            if (p.CfgSearch is { } search)
             {
-                long s = (long)k * p.NumSamples / p.NumShards, e = (long)(k + 1) * p.NumSamples / p.NumShards;
-                return (object)(p with { ShardStart = s, ShardCount = e - s, InputRefs = refs });
-            }).ToList();
-            await ctx.SpawnShardsAsync("sample-gfid", shards, "sample-gfid-aggregate", p with { InputRefs = refs });
+                // the search decides by gFID: fail now rather than after sampling the first scale
+                if (!refs.ContainsKey("reference")) throw new JobFailedException("cfg_search: needs a 'reference' input (real images npz or a reference batch) for gFID");
+                try { WeightsRegistry.Resolve("inception", p.WeightsDir); }
+                catch (MissingWeightsException e) { throw new JobFailedException($"cfg_search: needs gFID, but {e.Message}"); }
+                double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
+                    : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
+                ctx.Log($"cfg_search ({search.Mode}): first scale {start}");
+                await SpawnRoundAsync(ctx, p with { InputRefs = refs, CfgStart = start, CfgHistory = [] }, start);
+                return;
+            }
+            await SpawnRoundAsync(ctx, p with { InputRefs = refs }, p.CfgScale);
             return;
         }
         await RunShardAsync(ctx, p, ctx.ShardIndex.Value);
+    }
+
+    /// <summary>One evaluation at <paramref name="scale"/>: num_shards shards and an aggregator (which continues a cfg_search).</summary>
+    public static Task<FanOut> SpawnRoundAsync(JobContext ctx, SampleGfidParams p, double scale)
+    {
+        var shards = Enumerable.Range(0, p.NumShards).Select(k =>
+        {
+            long s = (long)k * p.NumSamples / p.NumShards, e = (long)(k + 1) * p.NumSamples / p.NumShards;
+            return (object)(p with { ShardStart = s, ShardCount = e - s, CfgScale = scale, CfgSearch = null, CfgStart = null, CfgHistory = null });
+        }).ToList();
+        return ctx.SpawnShardsAsync("sample-gfid", shards, "sample-gfid-aggregate", p with { CfgScale = scale });
     }
 
     public static async Task<string> InputAsync(JobContext ctx, SampleGfidParams p, string role)
@@ -141,6 +170,7 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
                 labels.Add(y.cpu().MoveToOuterDisposeScope());
             }
             ctx.ReportProgress(b + 1, batches + 1, $"generated batch {b + 1}/{batches}");
+            if (p.DebugBatchDelayMs > 0) await Task.Delay(p.DebugBatchDelayMs);
             if ((b + 1) % p.CheckpointEvery == 0 && b + 1 < batches) await Save(b + 1);
         }
         var allCodes = cat(codes, 0);
@@ -199,6 +229,7 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         await ctx.SaveArtifactFileAsync("grid.png", grid, "image");
 
         var metrics = new Dictionary<string, object?> { ["tokens"] = p.Tokens, ["cfg_scale"] = p.CfgScale, ["num_samples"] = total };
+        double? gfid = null;
         string? weights = null;
         try { weights = WeightsRegistry.Resolve("inception", p.WeightsDir); }
         catch (MissingWeightsException e) { ctx.Log($"gFID skipped: {e.Message}", "warn"); metrics["skipped"] = e.Message; }
@@ -213,9 +244,10 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             ctx.ReportProgress(0, 1, "Inception features");
             InceptionExtractor? ex = null;
             InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
-            using var r = AdmEvaluator.Open(reference, Ex, log: s => ctx.Log(s));
+            using var r = AdmEvaluator.Open(reference, Ex, p.FeatureCache ? ReTok.Evaluation.FeatureCache.Default() : null, log: s => ctx.Log(s));
             using var s = AdmEvaluator.Open(outPath, Ex, log: m => ctx.Log(m));
             var res = AdmEvaluator.Compare(r, s, warn: m => ctx.Log(m, "warn"));
+            gfid = res.Fid;
             string k = $"@k={p.Tokens}";
             var vals = new List<(string, double)>
             {
@@ -226,9 +258,38 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             foreach (var (key, v) in vals) metrics[key] = double.IsFinite(v) ? v : null;
             ctx.Log(res.ToText());
         }
+        if (p.CfgSearch is { } search)
+        {
+            if (gfid is not { } g || !double.IsFinite(g))
+                throw new JobFailedException($"cfg_search: no finite gFID at cfg {p.CfgScale} ({metrics.GetValueOrDefault("skipped") ?? gfid})");
+            var history = (p.CfgHistory ?? []).Append(new CfgPoint { CfgScale = p.CfgScale, Gfid = g, RunId = ctx.RunId }).ToList();
+            metrics["cfg_search"] = history.Select(h => new { cfg_scale = h.CfgScale, gfid = h.Gfid, run_id = h.RunId }).ToList();
+            var next = CfgSearchPlan.Next(search, history, p.CfgStart ?? p.CfgScale);
+            if (next is { } ns)
+            {
+                await WriteMetricsJsonAsync(ctx, metrics);
+                ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {ns}");
+                await SampleGfidJob.SpawnRoundAsync(ctx, p with { CfgHistory = history }, ns);
+                return;
+            }
+            // final round: the whole curve, the best scale (argmin gFID; the reference returns the last tried) and the plot
+            var best = CfgSearchPlan.Best(history);
+            ctx.LogMetrics(p.Tokens, history.Select(h => (CfgSearchPlan.Key(p.Tokens, h.CfgScale), h.Gfid)).Append(("best_cfg", best.CfgScale)).ToArray());
+            metrics["best_cfg"] = best.CfgScale;
+            metrics["best_gfid"] = best.Gfid;
+            var plot = Path.Combine(ctx.ScratchDir, "cfg_curve.png");
+            CfgCurvePlot.Save(plot, history, p.Tokens, $"{p.CfgSchedule}, {history.Count} scales");
+            await ctx.SaveArtifactFileAsync("cfg_curve.png", plot, "plot", overwrite: true, metadata: new { scales = history.Select(h => h.CfgScale), best_cfg = best.CfgScale });
+            ctx.Log($"cfg_search done: {string.Join(", ", history.Select(h => $"cfg {h.CfgScale}: {h.Gfid:G6}"))}; best cfg {best.CfgScale}");
+        }
+        await WriteMetricsJsonAsync(ctx, metrics);
+        ctx.ReportProgress(1, 1, $"aggregated {shards.Count} shards, {total} samples");
+    }
+
+    static async Task WriteMetricsJsonAsync(JobContext ctx, Dictionary<string, object?> metrics)
+    {
         var mj = Path.Combine(ctx.ScratchDir, "metrics.json");
         await File.WriteAllTextAsync(mj, JsonSerializer.Serialize(metrics, new JsonSerializerOptions { WriteIndented = true }));
-        await ctx.SaveArtifactFileAsync("metrics.json", mj, "json");
-        ctx.ReportProgress(1, 1, $"aggregated {shards.Count} shards, {total} samples");
+        await ctx.SaveArtifactFileAsync("metrics.json", mj, "json", overwrite: true);
     }
 }

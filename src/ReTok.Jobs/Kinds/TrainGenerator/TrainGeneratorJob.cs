@@ -39,6 +39,8 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
     public int LogEvery { get; init; } = 1;
+    /// <summary>Test hook: sleep this long after each step (kill-and-resume tests need a run that lasts).</summary>
+    public int DebugStepDelayMs { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -159,6 +161,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             }
             if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
             ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
+            if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
             if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
         }
         perm?.Dispose();

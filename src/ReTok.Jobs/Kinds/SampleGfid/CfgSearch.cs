@@ -1,0 +1,121 @@
+using System.Globalization;
+using ReTok.Models;
+using ReTok.Models.Generation;
+using ReTok.Models.IO;
+using SkiaSharp;
+
+namespace ReTok.Jobs.Kinds.SampleGfid;
+
+public enum CfgSearchMode { HillClimb, List }
+
+/// <summary>
+/// `cfg_search:` of sample-gfid. hill_climb = sample_c2i_cfg_search.py --search (search_cfg_only /
+/// get_next_search_state_cfg): start at `start` (default: the reference's empirical_cfg_start table), then repeatedly
+/// take the scale with the lowest gFID so far and evaluate the first untried of [best+step, best-step] (>= min_scale);
+/// stop when both neighbours are tried (a local minimum on the step grid) or after max_rounds. list = evaluate `scales`
+/// in order. Every scale is one round: its shards + an aggregator (a child run of the previous round).
+/// </summary>
+public sealed record CfgSearchParams
+{
+    public CfgSearchMode Mode { get; init; } = CfgSearchMode.HillClimb;
+    /// <summary>list mode: the scales, evaluated in this order.</summary>
+    public List<double>? Scales { get; init; }
+    /// <summary>hill_climb: first scale; null = the reference table (step: GPT-B 2.5, GPT-L 1.75, others 1.25; constant: B 2.0, L 1.75, others 1.75).</summary>
+    public double? Start { get; init; }
+    public double Step { get; init; } = 0.25;
+    public double MinScale { get; init; } = 1.0;
+    /// <summary>Upper bound on the number of evaluated scales (the reference has none).</summary>
+    public int MaxRounds { get; init; } = 20;
+
+    public IEnumerable<string> Validate(string schedule)
+    {
+        if (MaxRounds < 1) yield return $"cfg_search.max_rounds: must be >= 1, got {MaxRounds}";
+        if (Mode == CfgSearchMode.List)
+        {
+            if (Scales is null || Scales.Count == 0) yield return "cfg_search.scales: list mode needs at least one scale";
+            else if (Scales.Any(s => !(s > 0))) yield return $"cfg_search.scales: every scale must be > 0, got [{string.Join(", ", Scales)}]";
+        }
+        else
+        {
+            if (Scales is not null) yield return "cfg_search.scales: only for mode: list";
+            if (!(Step > 0)) yield return $"cfg_search.step: must be > 0, got {Step}";
+            if (Start is { } s && !(s > 0)) yield return $"cfg_search.start: must be > 0, got {s}";
+            if (schedule is not ("step" or "constant"))
+                yield return $"cfg_search: hill_climb supports cfg_schedule step or constant (the reference's rectangular window grid is not ported), got '{schedule}'";
+        }
+    }
+}
+
+/// <summary>One evaluated scale: its gFID and the aggregator run that computed it.</summary>
+public sealed record CfgPoint
+{
+    public double CfgScale { get; init; }
+    public double Gfid { get; init; }
+    public long RunId { get; init; }
+}
+
+public static class CfgSearchPlan
+{
+    static double R(double x) => Math.Round(x, 6);
+    static bool Tried(IEnumerable<CfgPoint> h, double s) => h.Any(p => Math.Abs(p.CfgScale - s) < 1e-9);
+
+    /// <summary>The reference's empirical_cfg_start for a GPT config (preset found by size; adaLN/"v4b" variants not ported).</summary>
+    public static double EmpiricalStart(string schedule, GptConfig cfg)
+    {
+        var preset = GptConfig.Presets.FirstOrDefault(kv => kv.Value == (cfg.NLayer, cfg.NHead, cfg.Dim)).Key;
+        return (schedule, preset) switch
+        {
+            ("step", "GPT-B") => 2.5, ("step", "GPT-L") => 1.75, ("step", _) => 1.25,
+            ("constant", "GPT-B") => 2.0, ("constant", _) => 1.75,
+            _ => throw new ArgumentException($"cfg_search: no starting scale for cfg_schedule '{schedule}'"),
+        };
+    }
+
+    /// <summary>The next scale to evaluate, or null when the search is over. <paramref name="start"/> is the first scale.</summary>
+    public static double? Next(CfgSearchParams s, IReadOnlyList<CfgPoint> history, double start)
+    {
+        if (history.Count >= s.MaxRounds) return null;
+        if (s.Mode == CfgSearchMode.List) return s.Scales!.Select(x => (double?)x).FirstOrDefault(x => !Tried(history, x!.Value));
+        if (history.Count == 0) return R(start);
+        var best = Best(history);
+        foreach (var c in new[] { R(best.CfgScale + s.Step), R(best.CfgScale - s.Step) })
+            if (c >= s.MinScale - 1e-9 && !Tried(history, c)) return c;
+        return null;
+    }
+
+    /// <summary>Lowest gFID; ties go to the earlier evaluation (pandas idxmin over the CSV rows).</summary>
+    public static CfgPoint Best(IReadOnlyList<CfgPoint> history)
+    {
+        var best = history[0];
+        foreach (var p in history) if (p.Gfid < best.Gfid) best = p;
+        return best;
+    }
+
+    public static string Key(int tokens, double scale) => $"gfid@k={tokens},cfg={scale.ToString(CultureInfo.InvariantCulture)}";
+}
+
+/// <summary>cfg_curve.png: gFID against the CFG scale (ScottPlot on a Skia canvas, as metrics_vs_k.png), best scale marked.</summary>
+public static class CfgCurvePlot
+{
+    public static void Save(string path, IReadOnlyList<CfgPoint> history, int tokens, string title)
+    {
+        var pts = history.OrderBy(p => p.CfgScale).ToArray();
+        var best = CfgSearchPlan.Best(history);
+        const int w = 640, h = 420;
+        var plt = new ScottPlot.Plot();
+        var line = plt.Add.Scatter(pts.Select(p => p.CfgScale).ToArray(), pts.Select(p => p.Gfid).ToArray());
+        line.MarkerSize = 8;
+        var mark = plt.Add.Scatter(new[] { best.CfgScale }, new[] { best.Gfid });
+        mark.MarkerSize = 16;
+        mark.LineWidth = 0;
+        plt.Title($"gFID vs CFG scale (K={tokens}), best {best.CfgScale.ToString(CultureInfo.InvariantCulture)}: {title}");
+        plt.XLabel("CFG scale");
+        plt.YLabel("gFID");
+        using var surface = SKSurface.Create(new SKImageInfo(w, h));
+        surface.Canvas.Clear(SKColors.White);
+        plt.Render(surface.Canvas, w, h);
+        using var img = surface.Snapshot();
+        using var data = img.Encode(SKEncodedImageFormat.Png, 100);
+        AtomicFile.Write(path, st => data.SaveTo(st));
+    }
+}
