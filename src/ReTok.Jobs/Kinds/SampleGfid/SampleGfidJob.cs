@@ -209,7 +209,7 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             ctx.ReportProgress(0, 1, "Inception features");
             InceptionExtractor? ex = null;
             InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
-            using var r = AdmEvaluator.Open(reference, Ex, log: s => ctx.Log(s));
+            using var r = await Shared.FeatureArtifacts.OpenReferenceAsync(ctx, reference, weights, Ex);
             using var s = AdmEvaluator.Open(outPath, Ex, log: m => ctx.Log(m));
             var res = AdmEvaluator.Compare(r, s, warn: m => ctx.Log(m, "warn"));
             string k = $"@k={p.Tokens}";
