@@ -95,7 +95,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         var r1 = await Run(p);
         var fa = Assert.Single(await FeatureArtifactsOf(r1));
         Assert.Equal(nameA, fa.Name);
-        Assert.Contains($"computed (3 images); registered as artifact {nameA}", await LogsAsync(_env.Tracker, r1));
+        Assert.Contains($"features computed (3 images of dataset.npz); registered as artifact {nameA}", await LogsAsync(_env.Tracker, r1));
         var f1 = await DownloadAsync(_env.Tracker, r1, nameA, root);
         Assert.Equal(new long[] { 3, 2048 }, Npz.LoadKey(f1, "pool").Shape);
         var meta = JsonDocument.Parse(fa.Metadata).RootElement;
@@ -110,8 +110,8 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         var use = Assert.Single((await _env.Tracker.GetInputsAsync(r2)).Where(e => e.Use.Role == "reference_features"));
         Assert.Equal(fa.Id, use.Artifact.Id);
         var logs2 = await LogsAsync(_env.Tracker, r2);
-        Assert.Contains($"from artifact {nameA} of run {r1} (not recomputed)", logs2);
-        Assert.DoesNotContain("computed (", logs2);
+        Assert.Contains($"features from artifact {nameA} of run {r1} (of dataset.npz; not recomputed)", logs2);
+        Assert.DoesNotContain("features computed", logs2);
         var localCopy = new ReTok.Evaluation.FeatureCache(Path.Combine(_env.Root, "cache", "features")).PathForHash(dataSha, WeightsRegistry.Sha256(wa));
         Assert.Equal(File.ReadAllBytes(f1), File.ReadAllBytes(localCopy)); // the machine's fast path is filled again
         // Same features, same reconstructions: the same metrics. PSNR/SSIM/usage are managed code (equal bits); rFID/sFID/IS

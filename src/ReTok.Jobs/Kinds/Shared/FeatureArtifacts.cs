@@ -46,20 +46,20 @@ public static class FeatureArtifacts
         var name = NameFor(sha, weightsId, rows);
         var localPath = local?.PathForHash(sha, weightsId, rows);
         var art = await FindAsync(ctx.Tracker, name, ctx.CancellationToken);
-        string what = $"features of {Path.GetFileName(npzPath)}{(rows is { } r ? $" (first {r} rows)" : "")}";
+        string of = $"of {Path.GetFileName(npzPath)}{(rows is { } r ? $", first {r} rows" : "")}";
 
         if (localPath is not null && File.Exists(localPath))
         {
             if (art is null)
             {
                 await ctx.SaveArtifactFileAsync(name, localPath, "npz", overwrite: true, metadata: Meta(sha, weightsId, rows, npzPath));
-                ctx.Log($"{what} from cache {localPath}; registered as artifact {name}");
+                ctx.Log($"features from cache {localPath} ({of}); registered as artifact {name}");
                 return FeatureSet.Load(localPath);
             }
             if (art.Sha256 == local!.FileSha256(localPath))
             {
                 if (art.RunId != ctx.RunId) await ctx.RecordUseAsync(art, role);
-                ctx.Log($"{what} from cache {localPath} (= artifact {name} of run {art.RunId})");
+                ctx.Log($"features from cache {localPath} ({of}; = artifact {name} of run {art.RunId})");
                 return FeatureSet.Load(localPath);
             }
             ctx.Log($"cached {localPath} differs from artifact {name} of run {art.RunId}; using the artifact (the first registered copy)", "warn");
@@ -68,7 +68,7 @@ public static class FeatureArtifacts
         {
             var path = await ctx.GetRunArtifactFileAsync(art.RunId, art.Name, role);
             if (localPath is not null) AtomicFile.Write(localPath, s => { using var f = File.OpenRead(path); f.CopyTo(s); });
-            ctx.Log($"{what} from artifact {name} of run {art.RunId} (not recomputed)");
+            ctx.Log($"features from artifact {name} of run {art.RunId} ({of}; not recomputed)");
             return FeatureSet.Load(path);
         }
 
@@ -76,7 +76,7 @@ public static class FeatureArtifacts
         var outPath = localPath ?? Path.Combine(ctx.ScratchDir, Path.GetFileName(name));
         features.Save(outPath);
         await ctx.SaveArtifactFileAsync(name, outPath, "npz", overwrite: true, metadata: Meta(sha, weightsId, rows, npzPath));
-        ctx.Log($"{what} computed ({features.Count} images); registered as artifact {name}" + (localPath is not null ? $", cached at {localPath}" : ""));
+        ctx.Log($"features computed ({features.Count} images {of}); registered as artifact {name}" + (localPath is not null ? $", cached at {localPath}" : ""));
         return features;
     }
 
