@@ -61,7 +61,7 @@ public static class TokenizerCommands
 
     static Command Encode()
     {
-        var images = new Option<string>("--images") { Description = "uint8 images: an .npz with arr_0 [N,256,256,3] or a folder of such .npz files", Required = true };
+        var images = new Option<string>("--images") { Description = "uint8 images: an .npz with arr_0 [N,256,256,3], a folder of such .npz files, or a folder of images (ADM centre crop to 256)", Required = true };
         var output = new Option<string>("--out") { Description = "codes .npy, int64 [N,480]", Required = true };
         var c = new Command("encode", "images → codes int64 [N,480] (256 real + 224 padding tokens)");
         foreach (var o in new Option[] { ConfigOpt, CheckpointOpt, images, output, DeviceOpt, BatchOpt, PreferOpt }) c.Options.Add(o);
@@ -87,7 +87,7 @@ public static class TokenizerCommands
 
     static Command Reconstruct()
     {
-        var images = new Option<string>("--images") { Description = "uint8 images: .npz arr_0 [N,256,256,3] or a folder of .npz", Required = true };
+        var images = new Option<string>("--images") { Description = "uint8 images: .npz arr_0 [N,256,256,3], a folder of .npz, or a folder of images (ADM centre crop to 256)", Required = true };
         var output = new Option<string?>("--out") { Description = "reconstructions .npz, arr_0 uint8 [N,256,256,3]" };
         var grid = new Option<string?>("--save-grid") { Description = "PNG with up to 8 originals (top row) above their reconstructions" };
         var c = new Command("reconstruct", "encode + decode from the first K codes; prints PSNR on uint8 images");
@@ -258,33 +258,50 @@ public static class TokenizerCommands
 
     // ------------------------------------------------------------------ image files
 
-    static IEnumerable<string> NpzFiles(string path)
+    /// <summary>
+    /// --images: an .npz (arr_0 uint8 [N,256,256,3]), a folder of such .npz files, or else a folder of images (PNG/JPEG/...,
+    /// listed like torchvision's ImageFolder or flat by name) decoded as PIL convert('RGB') and ADM centre-cropped to 256.
+    /// </summary>
+    sealed record ImageSource(IReadOnlyList<string> Npz, ImageFolderListing? Folder);
+
+    static ImageSource Source(string path)
     {
         if (File.Exists(path))
         {
             if (!path.EndsWith(".npz", StringComparison.OrdinalIgnoreCase))
-                throw new ArgumentException($"--images {path}: expected an .npz (arr_0 uint8 [N,256,256,3]) or a folder of .npz files");
-            return new[] { path };
+                throw new ArgumentException($"--images {path}: expected an .npz (arr_0 uint8 [N,256,256,3]), a folder of .npz files or a folder of images");
+            return new([path], null);
         }
         if (!Directory.Exists(path)) throw new FileNotFoundException($"--images {path} does not exist", path);
         var npz = Directory.GetFiles(path, "*.npz").Order(StringComparer.Ordinal).ToList();
-        if (npz.Count == 0)
-            throw new ArgumentException($"--images {path}: folder has no .npz files; image folders (PNG/JPEG with the ADM center crop) are not wired into this command yet — pack them into an .npz arr_0 uint8 [N,256,256,3]");
-        return npz;
+        if (npz.Count > 0) return new(npz, null);
+        try { return new([], ImageFolder.List(path)); }
+        catch (InvalidDataException e) { throw new ArgumentException($"--images {path}: folder has neither .npz files nor images ({e.Message})", e); }
     }
 
-    static long CountImages(string path) => NpzFiles(path).Sum(f =>
+    static long CountImages(string path)
     {
-        var h = Npz.Header(f, "arr_0");
-        if (h.Dtype != "|u1" || h.Shape.Length != 4 || h.Shape[1] != 256 || h.Shape[2] != 256 || h.Shape[3] != 3)
-            throw new InvalidDataException($"{f}: arr_0 must be uint8 [N,256,256,3], got {h.Dtype} [{string.Join(",", h.Shape)}]");
-        return h.Shape[0];
-    });
+        var src = Source(path);
+        if (src.Folder is { } l) return l.Count;
+        return src.Npz.Sum(f =>
+        {
+            var h = Npz.Header(f, "arr_0");
+            if (h.Dtype != "|u1" || h.Shape.Length != 4 || h.Shape[1] != 256 || h.Shape[2] != 256 || h.Shape[3] != 3)
+                throw new InvalidDataException($"{f}: arr_0 must be uint8 [N,256,256,3], got {h.Dtype} [{string.Join(",", h.Shape)}]");
+            return h.Shape[0];
+        });
+    }
 
     static IEnumerable<Tensor> ReadImages(string path, int batch)
     {
         if (batch < 1) throw new ArgumentException("--batch-size must be ≥ 1");
-        foreach (var f in NpzFiles(path))
+        var src = Source(path);
+        if (src.Folder is { } l)
+        {
+            foreach (var (_, b) in ImageFolder.Batches(l, 256, batch)) yield return b;
+            yield break;
+        }
+        foreach (var f in src.Npz)
             foreach (var (_, chunk) in Npz.ReadRows(f, "arr_0", batch))
                 yield return chunk.ToTensor();
     }

@@ -5,7 +5,7 @@ namespace ReTok.Evaluation;
 /// <summary>
 /// Inception features keyed by sha256(input npz) + the Inception weights id, stored as <c>{dir}/{sha[..32]}-{weights[..16]}.npz</c>.
 /// File hashes are remembered in <c>{dir}/hashes.tsv</c> by (full path, size, mtime) so a 10 GB batch is hashed once.
-/// The engine owner maps the folder onto artifacts later.
+/// Jobs share the same features between machines as artifacts (ReTok.Jobs Kinds/Shared/FeatureArtifacts); this folder is the per-machine fast path.
 /// </summary>
 public sealed class FeatureCache
 {
@@ -16,11 +16,17 @@ public sealed class FeatureCache
     public static FeatureCache Default() =>
         new(Path.Combine(Environment.GetEnvironmentVariable("RETOK_HOME") ?? ".state", "cache", "features"));
 
-    public string KeyFor(string inputPath, string weightsId) => $"{FileSha256(inputPath)[..32]}-{Short(weightsId)}";
+    public string KeyFor(string inputPath, string weightsId) => KeyForHash(FileSha256(inputPath), weightsId);
 
-    static string Short(string id) => id.Length > 16 ? id[..16] : id;
+    /// <summary>The key of an input whose sha256 is already known (e.g. from its artifact row); <paramref name="rows"/>: features of its first rows only.</summary>
+    public static string KeyForHash(string contentSha256, string weightsId, long? rows = null) =>
+        $"{contentSha256[..Math.Min(32, contentSha256.Length)]}-{Short(weightsId)}" + (rows is { } n ? $"-n{n}" : "");
+
+    public static string Short(string id) => id.Length > 16 ? id[..16] : id;
 
     public string PathFor(string inputPath, string weightsId) => Path.Combine(Dir, KeyFor(inputPath, weightsId) + ".npz");
+
+    public string PathForHash(string contentSha256, string weightsId, long? rows = null) => Path.Combine(Dir, KeyForHash(contentSha256, weightsId, rows) + ".npz");
 
     public bool TryGet(string inputPath, string weightsId, out FeatureSet? features)
     {

@@ -52,15 +52,21 @@ public static class ImageFolder
     {
         var buf = new byte[(long)count * size * size * 3];
         int per = size * size * 3;
-        Parallel.For(0, count, i =>
+        try
         {
-            var f = files[start + i];
-            RgbImage img;
-            try { img = AdmCrop.CenterCropArr(ImageIO.LoadRgb(f), size); }
-            catch (Exception ex) when (ex is not InvalidDataException and not FileNotFoundException)
-            { throw new InvalidDataException($"{f}: {ex.Message}", ex); }
-            Buffer.BlockCopy(img.Pixels, 0, buf, i * per, per);
-        });
+            Parallel.For(0, count, i =>
+            {
+                var f = files[start + i];
+                RgbImage img;
+                try { img = AdmCrop.CenterCropArr(ImageIO.LoadRgb(f), size); }
+                catch (Exception ex) when (ex is not InvalidDataException and not FileNotFoundException)
+                { throw new InvalidDataException($"{f}: {ex.Message}", ex); }
+                Buffer.BlockCopy(img.Pixels, 0, buf, i * per, per);
+            });
+        }
+        // the first bad file's own exception (it names the file), not Parallel's AggregateException
+        catch (AggregateException ae) when (ae.InnerExceptions.Count > 0 && ae.InnerExceptions[0] is InvalidDataException or FileNotFoundException)
+        { System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ae.InnerExceptions[0]).Throw(); }
         var t = empty(new long[] { count, size, size, 3 }, ScalarType.Byte);
         if (buf.Length > 0) t.bytes = buf;
         return t;

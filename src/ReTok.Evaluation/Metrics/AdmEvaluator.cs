@@ -113,7 +113,23 @@ public static class AdmEvaluator
             }
             feats = cache is null ? Compute() : cache.GetOrCompute(npzPath, extractor().WeightsId, Compute, log);
         }
+        return OpenWithFeatures(npzPath, feats, log, keys);
+    }
 
+    /// <summary>
+    /// As <see cref="Open"/>, with the features of the file's arr_0 supplied by the caller (e.g. from a cache). A features
+    /// file is read as is; a file with statistics (mu, sigma, mu_s, sigma_s) uses them as given and needs
+    /// <paramref name="arr0Features"/> only for precision/recall (null: none); any other file needs them.
+    /// </summary>
+    public static EvalBatch OpenWithFeatures(string npzPath, FeatureSet? arr0Features, Action<string>? log = null, IReadOnlyCollection<string>? npzKeys = null)
+    {
+        var keys = npzKeys ?? Npz.Keys(npzPath);
+        if (FeatureSet.IsFeatureFile(keys))
+        {
+            arr0Features?.Dispose();
+            return EvalBatch.FromFeatures(FeatureSet.Load(npzPath), npzPath);
+        }
+        var feats = arr0Features;
         if (keys.Contains("mu"))
         {
             foreach (var k in new[] { "sigma", "mu_s", "sigma_s" })

@@ -200,6 +200,9 @@ public sealed class JobContext
         return await FetchAsync(a, role);
     }
 
+    /// <summary>Records lineage for an artifact this run used without downloading it (it had the same bytes locally).</summary>
+    public Task RecordUseAsync(Artifact a, string role) => _s.Tracker.RecordUseAsync(RunId, a.Id, role, _s.Lease.Fence, _s.WriteToken);
+
     async Task<string> FetchAsync(Artifact a, string role)
     {
         // Content-addressed cache: the same bytes are downloaded (and verified) once per machine.

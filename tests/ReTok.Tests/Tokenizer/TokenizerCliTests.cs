@@ -90,11 +90,40 @@ public class TokenizerCliTests : IDisposable
     }
 
     [Fact]
-    public void ImageFolderWithoutNpz_GivesAClearError()
+    public void ImageFolder_IsDecodedAndAdmCropped_BadFoldersGiveClearErrors()
     {
-        File.WriteAllBytes(Path.Combine(dir, "a.png"), new byte[] { 1 });
+        // Two 256x256 PNGs (the fixture's images) and one 300x260 PNG: the folder must give the codes of an npz holding
+        // the first two as they are and ADM center_crop_arr of the third (flat folder, files in name order).
+        var u8 = Npz.LoadKey(F("images.npz"), "arr_0");
+        var folder = Directory.CreateDirectory(Path.Combine(dir, "pngs")).FullName;
+        int per = 256 * 256 * 3;
+        for (int i = 0; i < 2; i++)
+            ReTok.Evaluation.Images.ImageIO.SavePng(Path.Combine(folder, $"img{i}.png"), new(256, 256, u8.Data.AsSpan(i * per, per).ToArray()));
+        var odd = new ReTok.Evaluation.Images.RgbImage(300, 260);
+        for (int j = 0; j < odd.Pixels.Length; j++) odd.Pixels[j] = (byte)((j * 7 + j / 900 * 13) % 251);
+        ReTok.Evaluation.Images.ImageIO.SavePng(Path.Combine(folder, "img2.png"), odd);
+        var crop = ReTok.Evaluation.Images.AdmCrop.CenterCropArr(odd);
+        var expectNpz = Path.Combine(dir, "expect.npz");
+        Npz.Save(expectNpz, new Dictionary<string, NpyArray> { ["arr_0"] = new("|u1", [3, 256, 256, 3], [.. u8.Data.AsSpan(0, 2 * per), .. crop.Pixels]) });
+
+        string fromFolder = Path.Combine(dir, "folder.npy"), fromNpz = Path.Combine(dir, "npz.npy");
+        var log = new StringWriter();
+        TokenizerCommands.RunEncode(F("tiny.yaml"), F("tiny.safetensors"), folder, fromFolder, "cpu", 2, "ema", log);
+        TokenizerCommands.RunEncode(F("tiny.yaml"), F("tiny.safetensors"), expectNpz, fromNpz, "cpu", 2, "ema", log);
+        Assert.Equal(new long[] { 3, 480 }, Npy.Load(fromFolder).Shape);
+        Assert.Equal(Npy.Load(fromNpz).As<long>(), Npy.Load(fromFolder).As<long>());
+        TokenizerCommands.RunReconstruct(F("tiny.yaml"), F("tiny.safetensors"), folder, 32, null, null, null, "cpu", 2, "ema", log);
+        Assert.Contains("reconstructed 3 images at K=32", log.ToString());
+
+        // A folder with neither npz nor images, and an undecodable image (named in the error).
+        var empty = Directory.CreateDirectory(Path.Combine(dir, "empty")).FullName;
+        File.WriteAllText(Path.Combine(empty, "notes.txt"), "x");
         var e = Assert.Throws<ArgumentException>(() =>
-            TokenizerCommands.RunEncode(F("tiny.yaml"), F("tiny.safetensors"), dir, Path.Combine(dir, "c.npy"), "cpu", 1, "ema", new StringWriter()));
-        Assert.Contains("no .npz files", e.Message);
+            TokenizerCommands.RunEncode(F("tiny.yaml"), F("tiny.safetensors"), empty, Path.Combine(dir, "c.npy"), "cpu", 1, "ema", new StringWriter()));
+        Assert.Contains("neither .npz files nor images", e.Message);
+        File.WriteAllBytes(Path.Combine(folder, "img3.png"), new byte[] { 1 });
+        var bad = Assert.Throws<InvalidDataException>(() =>
+            TokenizerCommands.RunEncode(F("tiny.yaml"), F("tiny.safetensors"), folder, Path.Combine(dir, "c.npy"), "cpu", 1, "ema", new StringWriter()));
+        Assert.Contains("img3.png", bad.Message);
     }
 }

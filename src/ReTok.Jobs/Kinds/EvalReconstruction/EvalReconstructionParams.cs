@@ -43,7 +43,7 @@ public sealed record ReconSettings
     /// <summary>rFID, sFID and IS (need the Inception weights).</summary>
     public bool Fid { get; init; } = true;
     public int InceptionBatchSize { get; init; } = 64;
-    /// <summary>Cache the reference's Inception features under $RETOK_HOME/cache/features (keyed by content and weights).</summary>
+    /// <summary>Share the reference's Inception features as a <c>features/…</c> artifact and under $RETOK_HOME/cache/features (keyed by content and weights).</summary>
     public bool FeatureCache { get; init; } = true;
     public int GridImages { get; init; } = 8;
     /// <summary>Free the storage of the checkpoint parts once the outputs are registered.</summary>

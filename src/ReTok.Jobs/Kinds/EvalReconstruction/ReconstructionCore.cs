@@ -332,6 +332,8 @@ public static class ReconstructionCore
             {
                 using var ex = InceptionExtractor.Load(weights, device);
                 ex.BatchSize = s.InceptionBatchSize;
+                var cache = s.FeatureCache ? FeatureCache.Default() : null;
+                string weightsId = FeatureArtifacts.WeightsId(weights, cache);
                 EvalBatch? reference = null;
                 try
                 {
@@ -339,7 +341,7 @@ public static class ReconstructionCore
                     {
                         ctx.ThrowIfCancellationRequested();
                         if (state.Inception.TryGetValue(k.ToString(CultureInfo.InvariantCulture), out var done)) { foreach (var (n, v) in done) perK[k][n] = v; continue; }
-                        reference ??= OpenReference(ctx, a, ex);
+                        reference ??= await OpenReferenceAsync(ctx, a, ex, weightsId, cache);
                         ctx.ReportProgress(Array.IndexOf(ks, k), ks.Length, $"Inception features of recon_k{k}.npz");
                         var f = ex.ExtractNpz(reconFiles[k], "arr_0");
                         using var sample = EvalBatch.FromFeatures(f, reconFiles[k]); // owns f
@@ -408,13 +410,20 @@ public static class ReconstructionCore
 
     static double Mean(double[] v) => v.Length == 0 ? double.NaN : v.Sum() / v.Length;
 
-    static EvalBatch OpenReference(JobContext ctx, AggregateInput a, InceptionExtractor ex)
+    /// <summary>
+    /// The rFID reference: a given reference batch (its stored mu/sigma/mu_s/sigma_s as given, else the features of its
+    /// arr_0), or the data itself (its first Count rows). Features go through the shared feature artifacts
+    /// (feature_cache: true) so a data file is run through Inception once per weights file, on any machine.
+    /// </summary>
+    static async Task<EvalBatch> OpenReferenceAsync(JobContext ctx, AggregateInput a, InceptionExtractor ex, string weightsId, FeatureCache? cache)
     {
-        var cache = a.Settings.FeatureCache ? FeatureCache.Default() : null;
+        async Task<string> ShaOf(ArtifactRef r) => (await ctx.Tracker.GetArtifactAsync(r.RunId, r.Name, ctx.CancellationToken))?.Sha256
+            ?? throw new JobFailedException($"input {r} no longer exists");
         if (a.ReferencePath is { } rp)
         {
             ctx.Log($"rFID reference: {a.Reference} ({rp})");
-            return AdmEvaluator.Open(rp, () => ex, cache, m => ctx.Log(m));
+            if (!a.Settings.FeatureCache) return AdmEvaluator.Open(rp, () => ex, null, m => ctx.Log(m));
+            return await FeatureArtifacts.OpenBatchAsync(ctx, rp, await ShaOf(a.Reference!), weightsId, () => ex, cache, needFeatures: false, role: "reference_features");
         }
         long rows = Npz.Header(a.DataPath, "arr_0").Shape[0];
         ctx.ReportProgress(0, 1, "Inception features of the data (rFID reference)");
@@ -422,8 +431,9 @@ public static class ReconstructionCore
             Npz.ReadRows(a.DataPath, "arr_0", ex.BatchSize).TakeWhile(c => c.Start < a.Count)
                .Select(c => c.Chunk.ToTensor().narrow(0, 0, Math.Min(c.Chunk.Shape[0], a.Count - c.Start))),
             a.Count, disposeBatches: true);
-        // the cache is keyed by file content, so only the whole file may use it
-        var feats = cache is not null && rows == a.Count ? cache.GetOrCompute(a.DataPath, ex.WeightsId, Compute, m => ctx.Log(m)) : Compute();
+        var feats = a.Settings.FeatureCache
+            ? await FeatureArtifacts.GetOrComputeAsync(ctx, a.DataPath, await ShaOf(a.Data), weightsId, Compute, cache, rows == a.Count ? null : a.Count, "reference_features")
+            : Compute();
         return EvalBatch.FromFeatures(feats, a.DataPath);
     }
 }

@@ -244,7 +244,10 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             ctx.ReportProgress(0, 1, "Inception features");
             InceptionExtractor? ex = null;
             InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
-            using var r = AdmEvaluator.Open(reference, Ex, p.FeatureCache ? ReTok.Evaluation.FeatureCache.Default() : null, log: s => ctx.Log(s));
+            // cfg-search rounds share the reference's features: artifact-backed cache (content + weights hash)
+            using var r = p.FeatureCache
+                ? await Shared.FeatureArtifacts.OpenReferenceAsync(ctx, reference, weights, Ex)
+                : AdmEvaluator.Open(reference, Ex, null, log: m => ctx.Log(m));
             using var s = AdmEvaluator.Open(outPath, Ex, log: m => ctx.Log(m));
             var res = AdmEvaluator.Compare(r, s, warn: m => ctx.Log(m, "warn"));
             gfid = res.Fid;
