@@ -161,7 +161,7 @@ public static class QuickstartCommands
                 table.AddRow(Markup.Escape(r.PipelineStep ?? r.Kind), r.Id.ToString(), Markup.Escape(m.Key), m.Value.ToString("G6"));
         if (table.Rows.Count == 0) table.AddRow("-", "-", "no headline metrics recorded", "-");
         AnsiConsole.Write(table);
-        var skipped = ctx.Logs.AsNoTracking().Where(l => ids.Contains(l.RunId) && l.Message.Contains("skipped")).Select(l => l.Message).Distinct().Take(6).ToList();
+        var skipped = ctx.Logs.AsNoTracking().Where(l => ids.Contains(l.RunId) && l.Message.Contains("skipped:")).Select(l => l.Message).Distinct().Take(6).ToList();
         foreach (var s in skipped) AnsiConsole.MarkupLine($"[yellow]note[/] {Markup.Escape(s)}");
     }
 
