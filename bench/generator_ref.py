@@ -10,8 +10,13 @@ import sys
 import time
 
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "gen"))
-from retok_ref_shim import gen, gpt  # noqa: E402
+# load the shim by path: putting tests/fixtures/gen on sys.path would shadow the reference's `tokenizer` package
+import importlib.util  # noqa: E402
+_spec = importlib.util.spec_from_file_location(
+    "retok_ref_shim", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "gen", "retok_ref_shim.py"))
+_shim = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_shim)
+gen, gpt = _shim.gen, _shim.gpt
 import torch  # noqa: E402
 
 preset, batch, tokens, cfg, threads, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])

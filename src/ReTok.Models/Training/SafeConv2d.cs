@@ -47,6 +47,7 @@ public sealed class SafeConv2d : nn.Module<Tensor, Tensor>
         long extra = (cout + 15) / 16 * 16 - cout;
         var w = F.pad(weight, new long[] { 0, 0, 0, 0, 0, 0, 0, extra });
         var b = bias is null ? null : F.pad(bias, new long[] { 0, extra });
-        return F.conv2d(x, w, b, strides: stride, padding: padding)[.., ..(int)cout];
+        // narrow, not a Range indexer: TorchSharp Range indexers produced NaN gradients elsewhere (docs/tokenizer.md)
+        return F.conv2d(x, w, b, strides: stride, padding: padding).narrow(1, 0, cout);
     }
 }
