@@ -5,8 +5,12 @@ COPY . .
 RUN dotnet publish src/ReTok.Cli/ReTok.Cli.csproj -c Release -r linux-x64 --self-contained false -o /out
 
 FROM mcr.microsoft.com/dotnet/aspnet:10.0.0-bookworm-slim
+# jemalloc that keeps freed pages: glibc maps every tensor >= 32 MB afresh and the page faults dominate CPU training
+# (docs/jobs-train.md, "allocator")
+RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out .
-ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR
+ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
 USER 1000:1000
 ENTRYPOINT ["dotnet", "retok.dll", "worker", "--queues", "cpu"]

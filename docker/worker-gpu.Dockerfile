@@ -7,11 +7,12 @@ RUN dotnet publish src/ReTok.Cli/ReTok.Cli.csproj -c Release -r linux-x64 --self
       -p:TorchBackend=cuda -p:TorchSharpGlibcxxPatch=auto -o /out
 
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
-RUN apt-get update && apt-get install -y --no-install-recommends dotnet-runtime-10.0 aspnetcore-runtime-10.0 ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends dotnet-runtime-10.0 aspnetcore-runtime-10.0 ca-certificates libjemalloc2 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out .
-ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR
+ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR \
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
 USER 1000:1000
 # One worker per node; it leases every GPU it is given (NVIDIA_VISIBLE_DEVICES from the device plugin).
 ENTRYPOINT ["dotnet", "retok.dll", "worker", "--queues", "gpu,cpu", "--gpus", "all"]
