@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Azurite (Azure Blob emulator) on loopback for the blob-store tests.
-# usage: infra/azurite.sh start|stop|status|url   (env: RETOK_AZURITE_PORT, default 10000)
-# Installs azurite with npm into infra/node_modules on first use (~35 s), then starts in ~1 s.
+# usage: infra/azurite.sh start|stop|status|url   (env: RETOK_AZURITE_PORT; RETOK_AZURITE_ROOT, the state folder,
+# default .state/azurite). Installs azurite with npm into infra/node_modules on first use (~35 s), then starts in ~1 s.
+# Port: RETOK_AZURITE_PORT, else the one saved in the state folder, else 10000 when free, else a free port derived
+# from the state folder's path (infra/ports.sh), so two checkouts on one machine each get their own.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-PORT=${RETOK_AZURITE_PORT:-10000}
-STATE=$here/.state/azurite
+STATE=${RETOK_AZURITE_ROOT:-$here/.state/azurite}
 BIN=$here/infra/node_modules/.bin/azurite-blob
+. "$here/infra/ports.sh"
+PORT=$(known_port RETOK_AZURITE_PORT 10000 "$STATE")
 die() { echo "infra/azurite.sh: $*" >&2; exit 1; }
 url() { echo "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:$PORT/devstoreaccount1;"; }
-listening() { (exec 3<>/dev/tcp/127.0.0.1/"$PORT") 2>/dev/null; }
+listening() { port_listening "$PORT"; }
 alive() { [ -s "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null; }
 
 case "${1:-start}" in
@@ -20,9 +23,17 @@ start)
     (cd "$here/infra" && npm install --no-audit --no-fund --silent >/dev/null) || die "npm install azurite failed"
   fi
   mkdir -p "$STATE"
-  if alive; then url; exit 0; fi
+  if alive; then
+    # the running one listens on the saved port: a different RETOK_AZURITE_PORT would hand out a dead URL
+    live=$(cat "$STATE/port" 2>/dev/null || echo "$PORT")
+    [ "$live" = "$PORT" ] \
+      || die "this checkout's azurite already runs on port $live, not RETOK_AZURITE_PORT=$PORT; stop it first (infra/azurite.sh stop) or unset RETOK_AZURITE_PORT"
+    url; exit 0
+  fi
   [ -s "$STATE/pid" ] && { echo "infra/azurite.sh: removing stale pid file" >&2; rm -f "$STATE/pid"; }
-  listening && die "port $PORT on 127.0.0.1 is in use by another process; set RETOK_AZURITE_PORT to a free port"
+  PORT=$(pick_port RETOK_AZURITE_PORT 10000 "$STATE")
+  listening && die "port $PORT on 127.0.0.1 is in use by another process; set RETOK_AZURITE_PORT to a free port (or unset it to pick one)"
+  echo "$PORT" > "$STATE/port"   # what the running server listens on, also when RETOK_AZURITE_PORT chose it
   # --disableTelemetry: no outbound traffic; --skipApiVersionCheck: the SDK speaks a newer API than Azurite knows.
   setsid "$BIN" --blobHost 127.0.0.1 --blobPort "$PORT" --location "$STATE/data" --debug "$STATE/debug.log" \
     --skipApiVersionCheck --loose --disableTelemetry >"$STATE/azurite.log" 2>&1 < /dev/null &

@@ -7,7 +7,7 @@ cmd=${1:-start}; shift || true
 blob=0; for a in "$@"; do [ "$a" = --blob ] && blob=1; done
 case "$cmd" in
 start) "$here/pg.sh" start >/dev/null; echo "postgres: $("$here/pg.sh" url)"
-       if [ $blob = 1 ]; then "$here/azurite.sh" start >/dev/null; echo "azurite: 127.0.0.1:${RETOK_AZURITE_PORT:-10000}"; fi ;;
+       if [ $blob = 1 ]; then echo "azurite: $("$here/azurite.sh" start)"; fi ;;
 stop)  "$here/azurite.sh" stop; "$here/pg.sh" stop ;;
 status) "$here/pg.sh" status || true; "$here/azurite.sh" status || true ;;
 *) echo "usage: $0 start [--blob]|stop|status" >&2; exit 1 ;;

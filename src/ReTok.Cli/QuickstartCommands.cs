@@ -22,7 +22,7 @@ public static class QuickstartCommands
         var set = new Option<string[]>("--set") { Description = "override STEP.KEY=VALUE (repeatable)" };
         var classes = new Option<int>("--classes") { Description = "synthetic classes", DefaultValueFactory = _ => 4 };
         var perClass = new Option<int>("--per-class") { Description = "synthetic images per class", DefaultValueFactory = _ => 8 };
-        var urls = new Option<string>("--urls") { Description = "dashboard URL", DefaultValueFactory = _ => "http://127.0.0.1:5080" };
+        var urls = new Option<string>("--urls") { Description = "dashboard URL (default: a free port when 5080 is taken)", DefaultValueFactory = _ => "http://127.0.0.1:5080" };
         var noDashboard = new Option<bool>("--no-dashboard") { Description = "do not start the dashboard" };
         var exit = new Option<bool>("--exit") { Description = "exit when the pipeline ends instead of serving the dashboard until Ctrl+C" };
         var workers = new Option<int>("--cpu-workers") { Description = "concurrent jobs in the in-process worker", DefaultValueFactory = _ => 2 };
@@ -61,6 +61,8 @@ public static class QuickstartCommands
                 dashboard = await DashboardServer.StartAsync(new DashboardOptions
                 {
                     Engine = o, Urls = [pr.GetValue(urls)!], JobsDir = Path.GetFullPath("jobs"),
+                    // two checkouts' quickstarts side by side: the second gets a free port (printed below)
+                    FreePortFallback = pr.GetResult(urls) is not { Implicit: false },
                     KeysDir = Path.Combine(settings.Home, "dashboard-keys"), LogLevel = Microsoft.Extensions.Logging.LogLevel.Warning,
                 }, ct: ct);
                 AnsiConsole.MarkupLine($"dashboard [green]listening[/] {Markup.Escape(string.Join(", ", dashboard.Addresses))}  (user [bold]admin[/], password in {Markup.Escape(Path.Combine(settings.Home, "quickstart", "admin-password.txt"))})");

@@ -9,6 +9,11 @@ public sealed record DashboardOptions
     public required EngineOptions Engine { get; init; }
     /// <summary>Kestrel URLs. Loopback by default; a non-loopback address needs at least one admin user.</summary>
     public IReadOnlyList<string> Urls { get; init; } = ["http://127.0.0.1:5080"];
+    /// <summary>
+    /// When a loopback URL's port is taken (another checkout's quickstart), listen on a free port instead of failing;
+    /// <see cref="DashboardServer.Addresses"/> tells where. For the quickstart's default URL only: an explicit URL fails.
+    /// </summary>
+    public bool FreePortFallback { get; init; }
     /// <summary>The jobs/ folder whose *.yaml specs the submit page offers.</summary>
     public string JobsDir { get; init; } = Path.GetFullPath("jobs");
     /// <summary>params_from of a submitted spec must resolve inside this folder (default: the parent of <see cref="JobsDir"/>).</summary>

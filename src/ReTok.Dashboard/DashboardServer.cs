@@ -45,8 +45,15 @@ public sealed class DashboardServer : IAsyncDisposable
                     "and the Hangfire dashboard would be unguarded. Create one first with `retok users add NAME --role admin`, " +
                     "or bind to loopback (--urls http://127.0.0.1:5080).");
             var app = Build(o, client, users);
+            try { await app.StartAsync(ct); }
+            catch (IOException ex) when (o.FreePortFallback && ex.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
+            {
+                await app.DisposeAsync();
+                o = o with { Urls = o.Urls.Select(u => DashboardOptions.IsLoopback(u) ? WithPortZero(u) : u).ToList() };
+                app = Build(o, client, users);
+                await app.StartAsync(ct);
+            }
             var server = new DashboardServer(app, client);
-            await app.StartAsync(ct);
             server.Addresses = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()?.Addresses.ToList() ?? [];
             return server;
         }
@@ -55,6 +62,14 @@ public sealed class DashboardServer : IAsyncDisposable
             await client.DisposeAsync();
             throw;
         }
+    }
+
+    /// <summary>http://127.0.0.1:5080/x -> http://127.0.0.1:0/x (Kestrel picks a free port).</summary>
+    static string WithPortZero(string url)
+    {
+        var b = new UriBuilder(url) { Port = 0 };
+        if (b.Host == "localhost") b.Host = "127.0.0.1";   // Kestrel binds port 0 on an address, not on "localhost"
+        return b.Uri.ToString().TrimEnd('/');
     }
 
     static WebApplication Build(DashboardOptions o, JobClient client, UserStore users)

@@ -63,4 +63,47 @@ public class QuickstartTests
         var psnr = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId) && m.Key.StartsWith("psnr@k=")).Select(m => m.Value).ToListAsync();
         Assert.All(psnr, v => Assert.True(double.IsFinite(v) && v > 0, $"psnr {v}"));
     }
+
+    /// <summary>
+    /// Two checkouts' quickstarts side by side (issue 21): when the dashboard's default 127.0.0.1:5080 is taken, the
+    /// quickstart listens on a free port and prints it. A missing spec ends the run right after the dashboard is up.
+    /// </summary>
+    [Fact]
+    public async Task QuickstartDashboardMovesOffATakenDefaultPort()
+    {
+        System.Net.Sockets.TcpListener? squatter = new(System.Net.IPAddress.Loopback, 5080);
+        try { squatter.Start(); } catch (System.Net.Sockets.SocketException) { squatter = null; }   // taken already: the same case
+        var server = Environment.GetEnvironmentVariable("RETOK_TEST_DB") ?? "Host=127.0.0.1;Port=55432;Username=postgres;Database=postgres";
+        var dbName = $"retok_qs_{Guid.NewGuid():N}"[..24];
+        var home = Directory.CreateTempSubdirectory("retok-qs").FullName;
+        try
+        {
+            var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit",
+                "--classes", "1", "--per-class", "1", "--spec", Path.Combine(home, "no-such-spec.yaml")])
+            { WorkingDirectory = Root(), RedirectStandardOutput = true, RedirectStandardError = true };
+            psi.Environment["RETOK_DB"] = new NpgsqlConnectionStringBuilder(server) { Database = dbName }.ConnectionString;
+            psi.Environment["RETOK_HOME"] = home;
+            psi.Environment["RETOK_ARTIFACTS"] = Path.Combine(home, "artifacts");
+            using var p = Process.Start(psi)!;
+            var stdout = p.StandardOutput.ReadToEndAsync();
+            var stderr = p.StandardError.ReadToEndAsync();
+            if (!p.WaitForExit(TimeSpan.FromMinutes(3))) { p.Kill(true); Assert.Fail("quickstart did not end in 3 minutes\n" + await stdout); }
+            var output = await stdout + await stderr;
+            var m = System.Text.RegularExpressions.Regex.Match(output, @"dashboard\s+listening\s+http://127\.0\.0\.1:(\d+)");
+            Assert.True(m.Success, output);
+            Assert.NotEqual("5080", m.Groups[1].Value);
+            Assert.Contains("no-such-spec.yaml does not exist", output);   // then it stopped where the test meant it to
+            Assert.Equal(2, p.ExitCode);
+        }
+        finally
+        {
+            squatter?.Stop();
+            NpgsqlConnection.ClearAllPools();
+            await using var c = new NpgsqlConnection(server);
+            await c.OpenAsync();
+            await using var drop = new NpgsqlCommand($"DROP DATABASE IF EXISTS \"{dbName}\" WITH (FORCE)", c);
+            await drop.ExecuteNonQueryAsync();
+            Directory.Delete(home, true);
+        }
+    }
 }
