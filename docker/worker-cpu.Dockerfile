@@ -10,7 +10,11 @@ FROM mcr.microsoft.com/dotnet/aspnet:10.0.0-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out .
+# RETOK_HOME (scratch, feature cache; weights mounted at /data/weights) belongs to the runtime user.
+RUN install -d -o 1000 -g 1000 /data /data/scratch /data/weights
 ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR \
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
 USER 1000:1000
-ENTRYPOINT ["dotnet", "retok.dll", "worker", "--queues", "cpu"]
+# `retok` is the entrypoint, the command its arguments: the same image runs `db migrate` (compose, k8s Job).
+ENTRYPOINT ["dotnet", "retok.dll"]
+CMD ["worker", "--queues", "cpu"]

@@ -11,8 +11,11 @@ RUN apt-get update && apt-get install -y --no-install-recommends dotnet-runtime-
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out .
+# RETOK_HOME (scratch, feature cache; weights mounted at /data/weights) belongs to the runtime user.
+RUN install -d -o 1000 -g 1000 /data /data/scratch /data/weights
 ENV RETOK_HOME=/data TORCH_CPP_LOG_LEVEL=ERROR \
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
 USER 1000:1000
+ENTRYPOINT ["dotnet", "retok.dll"]
 # One worker per node; it leases every GPU it is given (NVIDIA_VISIBLE_DEVICES from the device plugin).
-ENTRYPOINT ["dotnet", "retok.dll", "worker", "--queues", "gpu,cpu", "--gpus", "all"]
+CMD ["worker", "--queues", "gpu,cpu", "--gpus", "all"]

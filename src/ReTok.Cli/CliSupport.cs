@@ -35,6 +35,7 @@ static class CliSupport
         try { return await body(); }
         catch (SpecValidationException ex) { Console.Error.WriteLine($"invalid spec: {ex.Message}"); return 2; }
         catch (DatabaseUnreachableException ex) { Console.Error.WriteLine(ex.Message); return 3; }
+        catch (DatabaseAccessException ex) { Console.Error.WriteLine(ex.Message); return 3; }
         catch (Tracking.Artifacts.ArtifactIntegrityException ex) { Console.Error.WriteLine(ex.Message); return 4; }
         catch (CliError ex) { Console.Error.WriteLine(ex.Message); return ex.ExitCode; }
     }

@@ -174,6 +174,7 @@ public static class DashboardCommands
     {
         try { return await body(); }
         catch (DatabaseUnreachableException ex) { Console.Error.WriteLine(ex.Message); return 3; }
+        catch (DatabaseAccessException ex) { Console.Error.WriteLine(ex.Message); return 3; }
         catch (DashboardConfigException ex) { Console.Error.WriteLine(ex.Message); return 2; }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) { Console.Error.WriteLine(ex.Message); return 2; }
         catch (IOException ex) when (ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))

@@ -1,5 +1,4 @@
 using System.CommandLine;
-using Microsoft.EntityFrameworkCore;
 using ReTok.Tracking;
 
 namespace ReTok.Cli;
@@ -11,18 +10,16 @@ public static class DbCommands
     public static Command Build()
     {
         var db = new Command("db", "tracking database");
-        var migrate = new Command("migrate", "apply EF Core migrations to the tracking database");
+        var migrate = new Command("migrate", "create the tracking database if missing and apply EF Core migrations (under the migration lock)");
         migrate.Options.Add(DbOption);
-        migrate.SetAction(async (pr, ct) =>
+        migrate.SetAction((pr, ct) => CliSupport.Guard(async () =>
         {
             var s = RetokSettings.FromEnvironment(pr.GetValue(DbOption));
-            await TrackingDb.CheckReachableAsync(s.Db, ct);
-            await using var ctx = TrackingDb.Create(s.Db);
-            var pending = (await ctx.Database.GetPendingMigrationsAsync(ct)).ToList();
-            await ctx.Database.MigrateAsync(ct);
-            Console.WriteLine(pending.Count == 0 ? "database is up to date" : $"applied {pending.Count} migration(s): {string.Join(", ", pending)}");
+            // The same path as workers' auto-migration: one advisory lock, so a Job and starting workers never race.
+            var applied = await TrackingSchema.EnsureAsync(s.Db, ct);
+            Console.WriteLine(applied.Count == 0 ? "database is up to date" : $"applied {applied.Count} migration(s): {string.Join(", ", applied)}");
             return 0;
-        });
+        }));
         db.Subcommands.Add(migrate);
         return db;
     }

@@ -43,7 +43,7 @@ public static class EngineCommands
     static Command Worker()
     {
         var queues = new Option<string>("--queues") { Description = "queues to serve, comma-separated", DefaultValueFactory = _ => "gpu,cpu" };
-        var gpus = new Option<string?>("--gpus") { Description = "GPU indices, e.g. 0,1: one gpu-queue worker per GPU, each job leases one device; none = gpu queue on CPU" };
+        var gpus = new Option<string?>("--gpus") { Description = "GPU indices, e.g. 0,1, or all (every visible GPU): one gpu-queue worker per GPU, each job leases one device; none = gpu queue on CPU" };
         var cpuWorkers = new Option<int>("--cpu-workers") { Description = "concurrent jobs on the non-GPU queues", DefaultValueFactory = _ => 1 };
         var name = new Option<string?>("--name") { Description = "worker id (default host-pid-random)" };
         var scratch = new Option<string?>("--scratch") { Description = "scratch folder (default $RETOK_SCRATCH or .state/scratch)" };
@@ -65,14 +65,12 @@ public static class EngineCommands
                 LeaseTtl = pr.GetValue(ttl) is { } l ? TimeSpan.FromSeconds(l) : o.LeaseTtl,
                 Heartbeat = pr.GetValue(hb) is { } h ? TimeSpan.FromMilliseconds(h) : o.Heartbeat,
             };
-            var gpuList = (pr.GetValue(gpus) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
-                .Select(g => int.TryParse(g, out var n) && n >= 0 ? n : throw new CliError($"--gpus: '{g}' is not a device index", 2)).ToList();
+            var gpuList = ParseGpus(pr.GetValue(gpus));
             var w = new WorkerOptions
             {
                 Queues = pr.GetValue(queues)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 Gpus = gpuList, CpuWorkers = pr.GetValue(cpuWorkers), Name = pr.GetValue(name),
             };
-            await Tracking.TrackingDb.CheckReachableAsync(new Npgsql.NpgsqlConnectionStringBuilder(o.Db) { Database = "postgres" }.ConnectionString, ct);
             await using var host = new WorkerHost(o, w);
             using var stop = new CancellationTokenSource();
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
@@ -84,6 +82,22 @@ public static class EngineCommands
             return 0;
         }));
         return cmd;
+    }
+
+    /// <summary>"0,1" -> [0, 1]; "all" -> every CUDA device this process sees (the images pass it: the device plugin decides).</summary>
+    internal static List<int> ParseGpus(string? value)
+    {
+        if (string.Equals(value?.Trim(), "all", StringComparison.OrdinalIgnoreCase))
+        {
+            var n = ReTok.Models.Devices.CudaDeviceCount();
+            if (n == 0)
+                throw new CliError("--gpus all: no CUDA device is visible to this process (no NVIDIA GPU or driver, " +
+                    "CUDA_VISIBLE_DEVICES/NVIDIA_VISIBLE_DEVICES empty, or a build with TorchSharp's CPU backend: TorchBackend=cpu); " +
+                    "omit --gpus to serve the gpu queue on CPU", 2);
+            return Enumerable.Range(0, n).ToList();
+        }
+        return (value ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+            .Select(g => int.TryParse(g, out var n) && n >= 0 ? n : throw new CliError($"--gpus: '{g}' is not a device index or 'all'", 2)).ToList();
     }
 
     static Command Kinds()

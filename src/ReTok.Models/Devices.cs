@@ -24,6 +24,9 @@ public static class Devices
         throw new ArgumentException($"unknown device '{request}': expected auto, cpu, cuda, cuda:N or N");
     }
 
+    /// <summary>How many CUDA devices this process sees (CUDA_VISIBLE_DEVICES / the device plugin decide); 0 without CUDA.</summary>
+    public static int CudaDeviceCount() => torch.cuda.is_available() ? torch.cuda.device_count() : 0;
+
     /// <summary>Human description for run records: "cpu (2 threads)" or "cuda:0".</summary>
     public static string Describe(torch.Device d) => d.type == DeviceType.CPU ? $"cpu ({torch.get_num_threads()} threads)" : $"cuda:{d.index}";
 }

@@ -112,6 +112,9 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
 
 public sealed class DatabaseUnreachableException(string message, Exception inner) : Exception(message, inner);
 
+/// <summary>The server answers but the role may not create the database, connect to it, or create the schema.</summary>
+public sealed class DatabaseAccessException(string message, Exception inner) : Exception(message, inner);
+
 
 public static class TrackingSchema
 {
@@ -122,8 +125,25 @@ public static class TrackingSchema
     public static async Task<IReadOnlyList<string>> EnsureAsync(string connectionString, CancellationToken ct = default)
     {
         var csb = new NpgsqlConnectionStringBuilder(connectionString);
-        await TrackingDb.CheckReachableAsync(new NpgsqlConnectionStringBuilder(connectionString) { Database = "postgres" }.ConnectionString, ct);
-        await CreateDatabaseIfMissingAsync(csb, ct);
+        try { return await EnsureCoreAsync(connectionString, csb, ct); }
+        catch (Exception ex) when ((ex as PostgresException ?? ex.InnerException as PostgresException) is { SqlState: PostgresErrorCodes.InsufficientPrivilege } pg)
+        {
+            throw new DatabaseAccessException(
+                $"PostgreSQL role '{csb.Username}' at {csb.Host}:{csb.Port} may not set up database '{csb.Database}': {pg.MessageText}. " +
+                "Create the database and give the role ownership of it (or CREATEDB), or run `retok db migrate` once as a role that may.", pg);
+        }
+    }
+
+    static async Task<IReadOnlyList<string>> EnsureCoreAsync(string connectionString, NpgsqlConnectionStringBuilder csb, CancellationToken ct)
+    {
+        // The target database first: a managed server may not let the role into 'postgres', and it need not when the
+        // database exists. Only a missing database sends us to 'postgres' to create it.
+        try { await TrackingDb.CheckReachableAsync(connectionString, ct); }
+        catch (DatabaseUnreachableException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.InvalidCatalogName })
+        {
+            await TrackingDb.CheckReachableAsync(new NpgsqlConnectionStringBuilder(connectionString) { Database = "postgres" }.ConnectionString, ct);
+            await CreateDatabaseIfMissingAsync(csb, ct);
+        }
         await using var lockConn = new NpgsqlConnection(connectionString);
         await lockConn.OpenAsync(ct);
         await using (var c = new NpgsqlCommand("SELECT pg_advisory_lock(7212202601)", lockConn)) await c.ExecuteNonQueryAsync(ct);

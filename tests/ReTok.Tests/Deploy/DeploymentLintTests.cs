@@ -74,6 +74,23 @@ public class DeploymentLintTests
         }
     }
 
+    /// <summary>Dockerfiles too, comments included: a comment naming a setting that does not exist misleads operators.</summary>
+    [Fact]
+    public void EveryRetokSettingNamedInADockerfileIsReadByTheCode()
+    {
+        var code = string.Join("\n", Directory.GetFiles(Path.Combine(Root, "src"), "*.cs", SearchOption.AllDirectories).Select(File.ReadAllText));
+        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Jobs", "Engine", "EngineOptions.cs"));
+        var found = 0;
+        foreach (var f in Directory.GetFiles(Path.Combine(Root, "docker"), "*.Dockerfile"))
+            foreach (var key in System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(f), @"\bRETOK_[A-Z0-9_]+").Select(m => m.Value).Distinct())
+            {
+                found++;
+                bool read = key.StartsWith("RETOK_ENGINE_") ? engine.Contains($"\"{key["RETOK_ENGINE_".Length..]}\"") : code.Contains($"\"{key}\"");
+                Assert.True(read, $"{Path.GetFileName(f)}: {key} is not read by any code");
+            }
+        Assert.True(found >= 3, "no RETOK_* settings found in docker/*.Dockerfile");
+    }
+
     [Fact]
     public void StrictSchemaCheckRejectsAMisspelledField()
     {
