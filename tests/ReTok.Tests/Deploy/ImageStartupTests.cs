@@ -117,7 +117,7 @@ public class ImageStartupTests
             using (var p = Proc.Run("chmod", [mode, dir])) Assert.True(p.ExitCode == 0, p.Output);
         }
 
-        public string Path(string containerPath) => Root + containerPath;
+        public string At(string containerPath) => Root + containerPath;
 
         /// <summary>Starts the command as the image's user in the image's WORKDIR (/app = the test output folder).</summary>
         public Proc Start(IEnumerable<string>? argv = null) =>
@@ -170,7 +170,7 @@ public class ImageStartupTests
                 await using var q = new NpgsqlCommand("SELECT queues FROM retok.workers", c);
                 Assert.Equal("cpu", (string)(await q.ExecuteScalarAsync())!);
             }
-            Assert.True(Directory.Exists(box.Path("/data/scratch")));
+            Assert.True(Directory.Exists(box.At("/data/scratch")));
             worker.Terminate();   // what `docker stop` / the kubelet sends
             Assert.True(await worker.WaitAsync(TimeSpan.FromMinutes(1)) == 0, worker.Output);
         }
@@ -199,7 +199,7 @@ public class ImageStartupTests
             using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") };
             Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/healthz")).StatusCode);
             Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/login")).StatusCode);   // issues the anti-forgery cookie: a key is made
-            var keys = box.Path("/data/dashboard-keys");
+            var keys = box.At("/data/dashboard-keys");
             Assert.NotEmpty(Directory.GetFiles(keys, "key-*.xml"));
             NoStackTrace(dash);
             dash.Terminate();
