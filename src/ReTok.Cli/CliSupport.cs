@@ -38,7 +38,18 @@ static class CliSupport
         catch (DatabaseAccessException ex) { Console.Error.WriteLine(ex.Message); return 3; }
         catch (Tracking.Artifacts.ArtifactIntegrityException ex) { Console.Error.WriteLine(ex.Message); return 4; }
         catch (CliError ex) { Console.Error.WriteLine(ex.Message); return ex.ExitCode; }
+        catch (UnauthorizedAccessException ex)
+        {
+            // e.g. a container whose RETOK_HOME volume is not writable for its user
+            Console.Error.WriteLine($"{ex.Message} The user running retok (uid {UnixUid()}) " +
+                "needs write access to RETOK_HOME, RETOK_SCRATCH and RETOK_ARTIFACTS (when a folder).");
+            return 5;
+        }
     }
+
+    /// <summary>The real uid from /proc (no libc call needed); "?" elsewhere.</summary>
+    static string UnixUid() => File.Exists("/proc/self/status")
+        ? File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("Uid:"))?.Split('\t', StringSplitOptions.RemoveEmptyEntries).ElementAtOrDefault(1) ?? "?" : "?";
 
     public static string Duration(TimeSpan t) => t.TotalHours >= 1 ? $"{(int)t.TotalHours}h{t.Minutes:00}m" : t.TotalMinutes >= 1 ? $"{t.Minutes}m{t.Seconds:00}s" : $"{t.TotalSeconds:F1}s";
 

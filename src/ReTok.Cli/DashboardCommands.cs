@@ -170,14 +170,13 @@ public static class DashboardCommands
         return sb.ToString();
     }
 
-    static async Task<int> Guard(Func<Task<int>> body)
+    /// <summary><see cref="CliSupport.Guard"/> plus the dashboard's own start-up errors.</summary>
+    static Task<int> Guard(Func<Task<int>> body) => CliSupport.Guard(async () =>
     {
         try { return await body(); }
-        catch (DatabaseUnreachableException ex) { Console.Error.WriteLine(ex.Message); return 3; }
-        catch (DatabaseAccessException ex) { Console.Error.WriteLine(ex.Message); return 3; }
         catch (DashboardConfigException ex) { Console.Error.WriteLine(ex.Message); return 2; }
         catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) { Console.Error.WriteLine(ex.Message); return 2; }
         catch (IOException ex) when (ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
         { Console.Error.WriteLine($"cannot listen: {ex.Message}"); return 2; }
-    }
+    });
 }

@@ -208,6 +208,25 @@ public class ImageStartupTests
         finally { await DropAsync(db); }
     }
 
+    /// <summary>A data folder the image user cannot write (a volume mounted without fsGroup): one line naming it.</summary>
+    [Fact]
+    public async Task UnwritableDataFolderIsOneClearLine()
+    {
+        var (db, secret) = FreshSecret();
+        try
+        {
+            using var box = new Container(PodOf("worker-cpu.yaml"), secret);
+            Directory.Delete(box.At("/data/scratch"), true);
+            using (var p = Proc.Run("chown", ["0:0", box.At("/data")])) Assert.True(p.ExitCode == 0, p.Output);
+            using var worker = box.Start();
+            Assert.Equal(5, await worker.WaitAsync(TimeSpan.FromMinutes(2)));
+            Assert.Contains($"Access to the path '{box.At("/data/scratch")}' is denied", worker.Stderr);
+            Assert.Contains("(uid 1000) needs write access to RETOK_HOME", worker.Stderr);
+            NoStackTrace(worker);
+        }
+        finally { await DropAsync(db); }
+    }
+
     [Fact]
     public async Task GpuWorkerImageArgumentsAreAcceptedAndWithoutCudaSaySo()
     {
