@@ -71,6 +71,8 @@ public static class EngineCommands
                 Queues = pr.GetValue(queues)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries),
                 Gpus = gpuList, CpuWorkers = pr.GetValue(cpuWorkers), Name = pr.GetValue(name),
             };
+            // the server first, for one clear line (the database itself is created by the host's auto-migration)
+            await Tracking.TrackingDb.CheckReachableAsync(new Npgsql.NpgsqlConnectionStringBuilder(o.Db) { Database = "postgres" }.ConnectionString, ct);
             await using var host = new WorkerHost(o, w);
             using var stop = new CancellationTokenSource();
             using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
