@@ -44,6 +44,9 @@ public sealed class DashboardServer : IAsyncDisposable
                     $"refusing to listen on {string.Join(", ", exposed)}: not a loopback address and no admin user exists, so nobody could log in " +
                     "and the Hangfire dashboard would be unguarded. Create one first with `retok users add NAME --role admin`, " +
                     "or bind to loopback (--urls http://127.0.0.1:5080).");
+            // Probe first: a failed Kestrel start logs a stack trace before we could fall back.
+            if (o.FreePortFallback && o.Urls.Any(u => DashboardOptions.IsLoopback(u) && PortTaken(u)))
+                o = o with { Urls = o.Urls.Select(u => DashboardOptions.IsLoopback(u) ? WithPortZero(u) : u).ToList() };
             var app = Build(o, client, users);
             try { await app.StartAsync(ct); }
             catch (IOException ex) when (o.FreePortFallback && ex.InnerException is Microsoft.AspNetCore.Connections.AddressInUseException)
@@ -62,6 +65,16 @@ public sealed class DashboardServer : IAsyncDisposable
             await client.DisposeAsync();
             throw;
         }
+    }
+
+    static bool PortTaken(string url)
+    {
+        var u = new Uri(url);
+        if (u.Port == 0) return false;
+        var ip = u.Host == "localhost" ? System.Net.IPAddress.Loopback : System.Net.IPAddress.Parse(u.Host.Trim('[', ']'));
+        using var probe = new System.Net.Sockets.Socket(ip.AddressFamily, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Tcp);
+        try { probe.Bind(new System.Net.IPEndPoint(ip, u.Port)); return false; }
+        catch (System.Net.Sockets.SocketException e) when (e.SocketErrorCode == System.Net.Sockets.SocketError.AddressAlreadyInUse) { return true; }
     }
 
     /// <summary>http://127.0.0.1:5080/x -> http://127.0.0.1:0/x (Kestrel picks a free port).</summary>
