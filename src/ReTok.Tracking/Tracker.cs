@@ -101,7 +101,7 @@ public sealed partial class Tracker : IAsyncDisposable
         {
             await using var cmd = DataSource.CreateCommand(
                 "INSERT INTO retok.experiments (name, created_at) VALUES (@n, now()) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id");
-            cmd.Parameters.AddWithValue("n", name);
+            cmd.Parameters.AddWithValue("n", SafeText.Clean(name));
             return (long)(await cmd.ExecuteScalarAsync(t))!;
         }, ct);
 
@@ -151,7 +151,8 @@ public sealed partial class Tracker : IAsyncDisposable
         foreach (var p in points)
         {
             if (string.IsNullOrWhiteSpace(p.Key)) throw new ArgumentException($"run {runId}: metric key must not be empty");
-            last[(p.Key, p.Step)] = p;
+            var key = SafeText.Clean(p.Key);
+            last[(key, p.Step)] = p with { Key = key };
         }
         var keys = last.Values.Select(p => p.Key).ToArray();
         var steps = last.Values.Select(p => p.Step).ToArray();
@@ -206,8 +207,8 @@ public sealed partial class Tracker : IAsyncDisposable
                 """, c, tx);
             cmd.Parameters.AddWithValue("run", runId);
             cmd.Parameters.AddWithValue("times", lines.Select(l => (l.Time ?? now).ToUniversalTime()).ToArray());
-            cmd.Parameters.AddWithValue("levels", lines.Select(l => l.Level).ToArray());
-            cmd.Parameters.AddWithValue("messages", lines.Select(l => l.Message).ToArray());
+            cmd.Parameters.AddWithValue("levels", lines.Select(l => SafeText.Clean(l.Level)).ToArray());
+            cmd.Parameters.AddWithValue("messages", lines.Select(l => SafeText.Clean(l.Message)).ToArray());
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
     }

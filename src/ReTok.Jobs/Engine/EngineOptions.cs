@@ -43,6 +43,8 @@ public sealed record EngineOptions
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(15);
     /// <summary>A Queued run whose Hangfire job is gone for this long is enqueued again.</summary>
     public TimeSpan ReconcileQueuedAfter { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>Folders that path parameters ([DataPath]) may name, checked at submit and on the worker (docs/security.md).</summary>
+    public DataRoots DataRoots { get; init; } = DataRoots.FromEnvironment();
     /// <summary>Apply EF migrations (and create the database) when a worker or client starts.</summary>
     public bool AutoMigrate { get; init; } = true;
 
@@ -56,6 +58,7 @@ public sealed record EngineOptions
             Artifacts = s.Artifacts,
             Scratch = Environment.GetEnvironmentVariable("RETOK_SCRATCH") ?? Path.Combine(s.Home, "scratch"),
             AutoMigrate = Environment.GetEnvironmentVariable("RETOK_AUTO_MIGRATE") is not ("0" or "false"),
+            DataRoots = DataRoots.FromEnvironment(s.Home),
         };
         return o.WithOverrides(k => Environment.GetEnvironmentVariable("RETOK_ENGINE_" + k));
     }

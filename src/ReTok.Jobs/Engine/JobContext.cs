@@ -37,7 +37,7 @@ public sealed class JobContext
     public long RunId => Run.Id;
     /// <summary>"cpu" or "cuda:N": the device slot this execution leased (GPU jobs own it for their lifetime).</summary>
     public string Device { get; }
-    /// <summary>1 for the first execution; higher after a crash, a graceful re-queue or a transient-failure retry.</summary>
+    /// <summary>1 for the first execution; higher after a crash or a transient-failure retry (a graceful re-queue does not count).</summary>
     public int Attempt => _s.Lease.Attempt;
     /// <summary>A private working folder, deleted when the execution ends.</summary>
     public string ScratchDir { get; }

@@ -17,13 +17,13 @@ public enum OnCorrupt { Fail, Skip }
 public sealed record ExtractDatasetParams : IValidatableParams
 {
     /// <summary>Folder on the worker: class sub-folders (ImageNet layout), a flat ILSVRC2012 val folder, or any image folder.</summary>
-    public required string Source { get; init; }
+    [DataPath] public required string Source { get; init; }
     /// <summary>auto: ilsvrc_val when val_labels is given, else image_folder (which falls back to flat when there are no class sub-folders).</summary>
     public DatasetLayout Layout { get; init; } = DatasetLayout.Auto;
     /// <summary>Labels of a flat ILSVRC2012 val folder: the devkit's ILSVRC2012_validation_ground_truth.txt, or LOC_val_solution.csv.</summary>
-    public string? ValLabels { get; init; }
+    [DataPath] public string? ValLabels { get; init; }
     /// <summary>The devkit's data/meta.mat: maps ILSVRC2012_IDs to WordNet ids so labels follow ImageFolder's sorted-WNID order.</summary>
-    public string? DevkitMeta { get; init; }
+    [DataPath] public string? DevkitMeta { get; init; }
     /// <summary>ADM centre-crop size (val_ddp.py allows 256 and 512).</summary>
     public int ImageSize { get; init; } = 256;
     /// <summary>Seeded shuffle of the npz order (the reference shuffles unseeded "for IS"); false keeps listing order.</summary>
