@@ -27,7 +27,9 @@ public sealed class SpecSubmitter(JobClient client, DashboardOptions options)
     {
         if (string.IsNullOrWhiteSpace(yaml)) throw new SpecValidationException(["spec: empty; paste YAML, upload a file or pick one from jobs/"]);
         CheckParamsFrom(yaml);
-        return JobSpecs.Parse(yaml, overrides, client.Kinds, options.JobsDir);
+        var plan = JobSpecs.Parse(yaml, overrides, client.Kinds, options.JobsDir);
+        client.CheckDataPaths(plan); // also for a validate-only request
+        return plan;
     }
 
     public Task<SubmitResult> SubmitAsync(SubmitPlan plan, CancellationToken ct) => client.SubmitAsync(plan, ct);

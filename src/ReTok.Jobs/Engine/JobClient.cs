@@ -101,7 +101,7 @@ public sealed class JobClient : IAsyncDisposable
     }
 
     /// <summary>Path parameters must lie inside the data roots (the worker checks again: its roots are the ones that count).</summary>
-    void CheckDataPaths(SubmitPlan plan)
+    public void CheckDataPaths(SubmitPlan plan)
     {
         var errors = plan.Steps.SelectMany(s => Options.DataRoots.Validate(s.Params, plan.IsPipeline ? $"steps.{s.Step}.params." : "params.")).ToList();
         if (errors.Count > 0) throw new SpecValidationException(errors);
