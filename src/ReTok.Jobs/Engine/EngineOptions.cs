@@ -43,6 +43,10 @@ public sealed record EngineOptions
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(15);
     /// <summary>A Queued run whose Hangfire job is gone for this long is enqueued again.</summary>
     public TimeSpan ReconcileQueuedAfter { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>How often each worker's reconciler sweeps the artifact store for orphan objects; zero disables it.</summary>
+    public TimeSpan OrphanSweepInterval { get; init; } = TimeSpan.FromHours(1);
+    /// <summary>An unreferenced store object is deleted only when older than this (uploads whose rows are still coming).</summary>
+    public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromHours(24);
     /// <summary>Folders that path parameters ([DataPath]) may name, checked at submit and on the worker (docs/security.md).</summary>
     public DataRoots DataRoots { get; init; } = DataRoots.FromEnvironment();
     /// <summary>Apply EF migrations (and create the database) when a worker or client starts.</summary>
@@ -63,7 +67,7 @@ public sealed record EngineOptions
         return o.WithOverrides(k => Environment.GetEnvironmentVariable("RETOK_ENGINE_" + k));
     }
 
-    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING.</summary>
+    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING, ORPHAN_SWEEP_S, ORPHAN_GRACE_S.</summary>
     public EngineOptions WithOverrides(Func<string, string?> get)
     {
         TimeSpan? Ms(string k) => get(k) is { } v ? TimeSpan.FromMilliseconds(double.Parse(v, CultureInfo.InvariantCulture)) : null;
@@ -79,6 +83,8 @@ public sealed record EngineOptions
             ReconcileQueuedAfter = Ms("RECONCILE_QUEUED_MS") ?? ReconcileQueuedAfter,
             SchedulePollInterval = Ms("SCHEDULE_POLL_MS") ?? SchedulePollInterval,
             ShutdownTimeout = S("SHUTDOWN_S") ?? ShutdownTimeout,
+            OrphanSweepInterval = S("ORPHAN_SWEEP_S") ?? OrphanSweepInterval,
+            OrphanGrace = S("ORPHAN_GRACE_S") ?? OrphanGrace,
             LongPolling = get("LONG_POLLING") is { } lp ? lp is "1" or "true" : LongPolling,
         };
     }

@@ -6,6 +6,7 @@ using ReTok.Models.IO;
 using ReTok.Tests.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
+using ReTok.Tracking.Artifacts;
 
 namespace ReTok.Tests.Hardening;
 
@@ -265,5 +266,84 @@ public sealed class HardeningWorkerTests(EngineEnvironment env) : IClassFixture<
         Assert.StartsWith($"gave up after {max} attempts (max {max})", r.FailureReason);
         Assert.Contains("re-queued by reconciler", r.FailureReason);
         Assert.Null(await env.Tracker.GetArtifactAsync(run.Id, "result.json")); // the handler never ran again
+    }
+}
+
+/// <summary>Item 8 of issue 14: outputs registered as one unit, and orphan objects swept — on the filesystem store and on Azurite.</summary>
+public sealed class ArtifactHygieneTests(TestDatabase db) : IClassFixture<TestDatabase>
+{
+    async Task<(Tracker T, Func<Task> Cleanup)> TrackerAsync(string store)
+    {
+        if (store == "file")
+        {
+            var t = db.CreateTracker(new ReTok.Tracking.Artifacts.FileSystemArtifactStore(Directory.CreateTempSubdirectory("hygiene-fs").FullName));
+            return (t, async () => await t.DisposeAsync());
+        }
+        var blob = new ReTok.Tracking.Artifacts.BlobArtifactStore(TestServers.Blob, $"retok-h-{Guid.NewGuid():N}");
+        await blob.EnsureContainerAsync();
+        var tb = db.CreateTracker(blob);
+        return (tb, async () => { await blob.Container.DeleteIfExistsAsync(); await tb.DisposeAsync(); });
+    }
+
+    static async Task<List<string>> Objects(Tracker t, long runId)
+    {
+        var l = new List<string>();
+        await foreach (var u in t.Store.ListAsync($"runs/{runId}/")) l.Add(u);
+        return l;
+    }
+
+    static string File_(string text)
+    {
+        var p = Path.Combine(Directory.CreateTempSubdirectory("hygiene").FullName, "f");
+        File.WriteAllText(p, text);
+        return p;
+    }
+
+    /// <summary>
+    /// A failure while registering outputs registers none of them (extract-dataset used to save them one by one, so a
+    /// failed run kept class_names.json, preview.png, pngs.tar) and leaves no object behind.
+    /// </summary>
+    [Theory, InlineData("file"), InlineData("blob")]
+    public async Task Outputs_register_together_or_not_at_all(string store)
+    {
+        var (t, cleanup) = await TrackerAsync(store);
+        try
+        {
+            var run = await t.CreateRunAsync(new Run { Kind = "extract-dataset", Parameters = "{}", ConfigHash = "x" });
+            await t.SaveArtifactFileAsync(run.Id, "dataset.npz", File_("old"), new ArtifactSaveOptions());
+            var json = new ArtifactSaveOptions { Kind = "json" };
+            await Assert.ThrowsAsync<ArtifactConflictException>(() => t.SaveArtifactFilesAsync(run.Id,
+                [("class_names.json", File_("[]"), json), ("preview.png", File_("png"), json), ("dataset.npz", File_("new"), new ArtifactSaveOptions())]));
+            Assert.Equal(["dataset.npz"], (await t.ListArtifactsAsync(run.Id)).Select(a => a.Name));
+            Assert.Single(await Objects(t, run.Id));
+
+            var ok = await t.SaveArtifactFilesAsync(run.Id,
+                [("class_names.json", File_("[]"), json), ("dataset.npz", File_("new"), new ArtifactSaveOptions { Overwrite = true })]);
+            Assert.Equal(2, ok.Count);
+            Assert.Equal(["class_names.json", "dataset.npz"], (await t.ListArtifactsAsync(run.Id)).Select(a => a.Name).Order());
+            Assert.Equal(2, (await Objects(t, run.Id)).Count); // the replaced bytes were deleted
+        }
+        finally { await cleanup(); }
+    }
+
+    /// <summary>Objects uploaded before a kill (no row) are deleted by the sweep once older than the grace period; referenced ones never.</summary>
+    [Theory, InlineData("file"), InlineData("blob")]
+    public async Task Sweep_deletes_unreferenced_objects_after_the_grace_period(string store)
+    {
+        var (t, cleanup) = await TrackerAsync(store);
+        try
+        {
+            var run = await t.CreateRunAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x" });
+            var kept = await t.SaveArtifactFileAsync(run.Id, "result.json", File_("{}"), new ArtifactSaveOptions());
+            var orphan = await t.Store.PutAsync($"runs/{run.Id}/deadbeef0000/dataset.npz", new MemoryStream([1, 2, 3])); // the kill came before the row
+            Assert.Equal(0, await t.SweepOrphanObjectsAsync(TimeSpan.FromHours(1)));  // too young: its row may still be coming
+            Assert.True(await t.Store.ExistsAsync(orphan.Uri));
+            await Task.Delay(1100);
+            Assert.True(await t.SweepOrphanObjectsAsync(TimeSpan.FromSeconds(1)) >= 1);
+            Assert.False(await t.Store.ExistsAsync(orphan.Uri));
+            Assert.True(await t.Store.ExistsAsync(kept.StorageUri));
+            Assert.Equal(kept.Sha256, (await t.GetArtifactAsync(run.Id, "result.json"))!.Sha256);
+        }
+        finally { await cleanup(); }
     }
 }

@@ -168,12 +168,17 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         }
 
         ctx.LogMetrics(0, ("extract/images", count), ("extract/skipped", state.Skipped.Count), ("extract/images_per_s", imagesPerS));
-        await ctx.SaveArtifactFileAsync("class_names.json", classNames, "json", overwrite: true);
-        await ctx.SaveArtifactFileAsync("extract_report.json", report, "json", overwrite: true);
-        await ctx.SaveArtifactFileAsync("preview.png", preview, "image", overwrite: true);
-        if (pngTar is not null) await ctx.SaveArtifactFileAsync("pngs.tar", pngTar, "tar", overwrite: true, contentType: "application/x-tar", metadata: new { images = count, names = "{row:06d}.png" });
-        await ctx.SaveArtifactFileAsync("dataset.npz", npz, "npz", overwrite: true,
-            metadata: new { images = count, image_size = size, classes = sel.ClassNames.Count, skipped = state.Skipped.Count, order_sha256 = sel.OrderSha256 });
+        // One transaction for all outputs: a failure while storing them (or a kill) registers none of them.
+        var outputs = new List<(string, string, string, bool, string?, object?)>
+        {
+            ("class_names.json", classNames, "json", true, null, null),
+            ("extract_report.json", report, "json", true, null, null),
+            ("preview.png", preview, "image", true, null, null),
+            ("dataset.npz", npz, "npz", true, null,
+                new { images = count, image_size = size, classes = sel.ClassNames.Count, skipped = state.Skipped.Count, order_sha256 = sel.OrderSha256 }),
+        };
+        if (pngTar is not null) outputs.Add(("pngs.tar", pngTar, "tar", true, "application/x-tar", new { images = count, names = "{row:06d}.png" }));
+        await ctx.SaveArtifactFilesAsync(outputs.ToArray());
         ctx.Log($"dataset.npz: {count} images of {size}x{size}, {sel.ClassNames.Count} classes, {state.Skipped.Count} skipped; {imagesPerS:F1} img/s");
         await CheckpointParts.SaveStateAsync(ctx, total, state with { Done = true });
         await CheckpointParts.ReleaseAsync(ctx, state.Parts);
