@@ -107,11 +107,22 @@ public sealed record EngineOptions
         DistributedLockTimeout = TimeSpan.FromMinutes(1),
     };
 
-    public PostgreSqlStorage CreateStorage()
+    /// <summary>
+    /// Hangfire's storage. Given the tracker's <paramref name="dataSource"/> it draws its connections from that same
+    /// pool, so a process holds one pool (sized by RETOK_DB's Maximum Pool Size) instead of two (docs/deploy.md).
+    /// </summary>
+    public PostgreSqlStorage CreateStorage(Npgsql.NpgsqlDataSource? dataSource = null)
     {
         HangfireGlobal.Configure();
         var so = StorageOptions();
-        return new PostgreSqlStorage(new NpgsqlConnectionFactory(Db, so), so);
+        IConnectionFactory factory = dataSource is null ? new NpgsqlConnectionFactory(Db, so) : new DataSourceConnectionFactory(dataSource);
+        return new PostgreSqlStorage(factory, so);
+    }
+
+    /// <summary>Hangfire opens what this returns (a closed connection of the shared pool) and disposes it after use.</summary>
+    sealed class DataSourceConnectionFactory(Npgsql.NpgsqlDataSource dataSource) : IConnectionFactory
+    {
+        public Npgsql.NpgsqlConnection GetOrCreateConnection() => dataSource.CreateConnection();
     }
 
     /// <summary>One line per setting, printed by workers and the benchmark.</summary>

@@ -37,7 +37,8 @@ public sealed class JobClient : IAsyncDisposable
     public EngineOptions Options { get; }
     public JobKindRegistry Kinds { get; }
     public Tracker Tracker { get; }
-    public JobStorage Storage => _storage ??= Options.CreateStorage();
+    /// <summary>Hangfire's storage on the tracker's connection pool (one pool per process).</summary>
+    public JobStorage Storage => _storage ??= Options.CreateStorage(Tracker.DataSource);
 
     /// <summary>Creates the database and applies migrations when <see cref="EngineOptions.AutoMigrate"/> (else only checks reachability).</summary>
     public async Task EnsureSchemaAsync(CancellationToken ct = default)

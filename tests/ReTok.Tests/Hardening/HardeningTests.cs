@@ -347,3 +347,46 @@ public sealed class ArtifactHygieneTests(TestDatabase db) : IClassFixture<TestDa
         finally { await cleanup(); }
     }
 }
+
+/// <summary>
+/// Item 8: a worker process holds one connection pool (Hangfire draws from the tracker's data source). Measured peak of
+/// open connections: Hangfire's server processes (heartbeat, watchdog, schedulers, expiration, counters: ~7, a burst at
+/// start-up that the pool keeps idle) plus one per slot plus the per-job heartbeats; docs/deploy.md sizes pools from it.
+/// </summary>
+public sealed class ConnectionPoolTests(TestDatabase db, Xunit.Abstractions.ITestOutputHelper log) : IClassFixture<TestDatabase>
+{
+    [Theory, InlineData(1), InlineData(3)]
+    public async Task A_worker_stays_within_the_documented_connection_budget(int slots)
+    {
+        var app = $"retok-pool-{slots}";
+        var root = Directory.CreateTempSubdirectory("pool").FullName;
+        var o = new EngineOptions
+        {
+            Db = db.ConnectionString + $";Application Name={app}", Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
+            QueuePollInterval = TimeSpan.FromMilliseconds(150), Heartbeat = TimeSpan.FromMilliseconds(300), LeaseTtl = TimeSpan.FromSeconds(3),
+            ReconcileInterval = TimeSpan.FromSeconds(1), SchedulePollInterval = TimeSpan.FromMilliseconds(250), InvisibilityTimeout = TimeSpan.FromSeconds(5),
+        };
+        await using var worker = new WorkerHost(o, new WorkerOptions { Queues = [app], CpuWorkers = slots, Name = app }, log: _ => { });
+        await worker.StartAsync();
+        await using var observer = db.CreateTracker();
+        async Task<int> Count()
+        {
+            await using var cmd = observer.DataSource.CreateCommand("SELECT count(*) FROM pg_stat_activity WHERE application_name = @a");
+            cmd.Parameters.AddWithValue("a", app);
+            return Convert.ToInt32(await cmd.ExecuteScalarAsync());
+        }
+        var ids = new List<long>();
+        for (int i = 0; i < slots; i++) ids.Add(await worker.Client.SubmitAsync("selftest", new SelftestParams { N = 30, StepMs = 50, CheckpointEvery = 5 }, queue: app));
+        int peak = 0;
+        while (true)
+        {
+            peak = Math.Max(peak, await Count());
+            var runs = await Task.WhenAll(ids.Select(id => observer.GetRunAsync(id)));
+            if (runs.All(r => r!.Status.IsTerminal())) { Assert.All(runs, r => Assert.Equal(RunStatus.Succeeded, r!.Status)); break; }
+            await Task.Delay(50);
+        }
+        for (int i = 0; i < 20; i++) { peak = Math.Max(peak, await Count()); await Task.Delay(50); }
+        log.WriteLine($"{slots} slot(s): peak {peak} connections");
+        Assert.True(peak <= 2 * slots + 8, $"peak {peak} connections for {slots} slots (budget 2 x slots + 8)");
+    }
+}
