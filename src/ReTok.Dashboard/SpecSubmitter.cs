@@ -27,7 +27,9 @@ public sealed class SpecSubmitter(JobClient client, DashboardOptions options)
     {
         if (string.IsNullOrWhiteSpace(yaml)) throw new SpecValidationException(["spec: empty; paste YAML, upload a file or pick one from jobs/"]);
         CheckParamsFrom(yaml);
-        return JobSpecs.Parse(yaml, overrides, client.Kinds, options.JobsDir);
+        var plan = JobSpecs.Parse(yaml, overrides, client.Kinds, options.JobsDir);
+        client.CheckDataPaths(plan); // also for a validate-only request
+        return plan;
     }
 
     public Task<SubmitResult> SubmitAsync(SubmitPlan plan, CancellationToken ct) => client.SubmitAsync(plan, ct);
@@ -39,19 +41,39 @@ public sealed class SpecSubmitter(JobClient client, DashboardOptions options)
         catch (YamlDotNet.Core.YamlException) { return; } // JobSpecs reports the syntax error with its position
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root) return;
         var errors = new List<string>();
-        var root2 = options.ResolvedSpecRoot;
         void Check(YamlMappingNode m, string prefix)
         {
             if (!m.Children.TryGetValue(new YamlScalarNode("params_from"), out var v) || v is not YamlScalarNode { Value: { } path }) return;
-            var full = Path.GetFullPath(Path.Combine(options.JobsDir, path));
-            if (Path.IsPathRooted(path) || !full.StartsWith(root2 + Path.DirectorySeparatorChar, StringComparison.Ordinal))
-                errors.Add($"{prefix}params_from: '{path}' must be a relative path inside the spec root ({Path.GetFileName(root2)}/)");
+            if (ParamsFromError(path) is { } e) errors.Add($"{prefix}params_from: '{ReTok.Tracking.SafeText.Clean(path)}' {e}");
         }
         Check(root, "");
         if (root.Children.TryGetValue(new YamlScalarNode("steps"), out var steps) && steps is YamlMappingNode sm)
             foreach (var (k, v) in sm.Children)
                 if (v is YamlMappingNode step) Check(step, $"steps.{(k as YamlScalarNode)?.Value}.");
         if (errors.Count > 0) throw new SpecValidationException(errors);
+    }
+
+    /// <summary>
+    /// Why a params_from path is refused, or null. It must be a relative .yaml/.yml path whose real path (links
+    /// resolved) lies inside the spec root, with no hidden folder on the way (.state, .git) and outside $RETOK_HOME and
+    /// the dashboard's key folder: the spec root is usually the checkout, which holds the quickstart password and keys.
+    /// </summary>
+    string? ParamsFromError(string path)
+    {
+        var root = DataRoots.RealPath(options.ResolvedSpecRoot);
+        if (Path.IsPathRooted(path)) return $"must be a relative path inside the spec root ({Path.GetFileName(root)}/)";
+        if (!path.EndsWith(".yaml", StringComparison.OrdinalIgnoreCase) && !path.EndsWith(".yml", StringComparison.OrdinalIgnoreCase))
+            return "must name a .yaml or .yml file";
+        string real;
+        try { real = DataRoots.RealPath(Path.Combine(options.JobsDir, path)); }
+        catch (IOException) { return "cannot be resolved"; }
+        if (!real.StartsWith(root + "/", StringComparison.Ordinal)) return $"must be a relative path inside the spec root ({Path.GetFileName(root)}/)";
+        if (Path.GetRelativePath(root, real).Split('/').Any(c => c.StartsWith('.')))
+            return "must not reach into hidden folders (.state, .git, ...)";
+        foreach (var secret in new[] { ReTok.Tracking.RetokSettings.FromEnvironment().Home, options.KeysDir })
+            if (secret is not null && (real + "/").StartsWith(DataRoots.RealPath(secret) + "/", StringComparison.Ordinal))
+                return "must not reach into the state folder ($RETOK_HOME) or the dashboard's keys";
+        return null;
     }
 
     /// <summary>"a.b=1" lines (blank lines and # comments ignored).</summary>

@@ -73,7 +73,7 @@ public sealed partial class Tracker
             if (progress is not null)
             {
                 cmd.Parameters.AddWithValue("p", progress.Fraction);
-                cmd.Parameters.AddWithValue("m", (object?)progress.Message ?? DBNull.Value);
+                cmd.Parameters.AddWithValue("m", (object?)SafeText.CleanOrNull(progress.Message) ?? DBNull.Value);
                 cmd.Parameters.AddWithValue("eta", (object?)progress.EtaSeconds ?? DBNull.Value);
                 cmd.Parameters.AddWithValue("at", progress.At.ToUniversalTime());
             }
@@ -81,19 +81,25 @@ public sealed partial class Tracker
             return r is bool cancel ? new LeaseRenewal(true, cancel) : new LeaseRenewal(false, false);
         }, ct);
 
-    /// <summary>Gives the run back to the queue (graceful shutdown, transient-failure retry): status Queued, lease cleared.</summary>
-    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, string? failure = null, CancellationToken ct = default) =>
+    /// <summary>
+    /// Gives the run back to the queue (graceful shutdown, transient-failure retry): status Queued, lease cleared.
+    /// <paramref name="refundAttempt"/> (graceful shutdown) un-counts this execution, so restarts of a fleet never use
+    /// up a run's MaxAttempts, which only crashes and transient faults should.
+    /// </summary>
+    public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, string? failure = null, bool refundAttempt = false, CancellationToken ct = default) =>
         InTransactionAsync<bool>(null, async (c, tx, t) =>
         {
             await using var cmd = new NpgsqlCommand("""
                 UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL,
-                       failure_reason = @failure, progress_message = coalesce(@note, progress_message)
+                       failure_reason = @failure, progress_message = coalesce(@note, progress_message),
+                       attempt = CASE WHEN @refund THEN greatest(attempt - 1, 0) ELSE attempt END
                 WHERE id = @id AND lease_generation = @gen AND status = 'Running'
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
-            cmd.Parameters.AddWithValue("note", (object?)note ?? DBNull.Value);
-            cmd.Parameters.AddWithValue("failure", (object?)failure ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("note", (object?)SafeText.CleanOrNull(note) ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("failure", (object?)SafeText.CleanOrNull(failure) ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("refund", refundAttempt);
             return await cmd.ExecuteNonQueryAsync(t) == 1;
         }, ct);
 

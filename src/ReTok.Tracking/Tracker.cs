@@ -101,7 +101,7 @@ public sealed partial class Tracker : IAsyncDisposable
         {
             await using var cmd = DataSource.CreateCommand(
                 "INSERT INTO retok.experiments (name, created_at) VALUES (@n, now()) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id");
-            cmd.Parameters.AddWithValue("n", name);
+            cmd.Parameters.AddWithValue("n", SafeText.Clean(name));
             return (long)(await cmd.ExecuteScalarAsync(t))!;
         }, ct);
 
@@ -151,7 +151,8 @@ public sealed partial class Tracker : IAsyncDisposable
         foreach (var p in points)
         {
             if (string.IsNullOrWhiteSpace(p.Key)) throw new ArgumentException($"run {runId}: metric key must not be empty");
-            last[(p.Key, p.Step)] = p;
+            var key = SafeText.Clean(p.Key);
+            last[(key, p.Step)] = p with { Key = key };
         }
         var keys = last.Values.Select(p => p.Key).ToArray();
         var steps = last.Values.Select(p => p.Step).ToArray();
@@ -206,8 +207,8 @@ public sealed partial class Tracker : IAsyncDisposable
                 """, c, tx);
             cmd.Parameters.AddWithValue("run", runId);
             cmd.Parameters.AddWithValue("times", lines.Select(l => (l.Time ?? now).ToUniversalTime()).ToArray());
-            cmd.Parameters.AddWithValue("levels", lines.Select(l => l.Level).ToArray());
-            cmd.Parameters.AddWithValue("messages", lines.Select(l => l.Message).ToArray());
+            cmd.Parameters.AddWithValue("levels", lines.Select(l => SafeText.Clean(l.Level)).ToArray());
+            cmd.Parameters.AddWithValue("messages", lines.Select(l => SafeText.Clean(l.Message)).ToArray());
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
     }
@@ -251,58 +252,104 @@ public sealed partial class Tracker : IAsyncDisposable
     /// <summary>Every put gets its own object key, so a stale writer can never clobber the bytes a current row points at.</summary>
     static string ObjectKey(long runId, string name) => $"runs/{runId}/{Guid.NewGuid().ToString("N")[..12]}/{name}";
 
-    async Task<Artifact> RecordArtifactAsync(long runId, string name, StoredObject stored, ArtifactSaveOptions o, Fence? fence, CancellationToken ct)
+    async Task<Artifact> RecordArtifactAsync(long runId, string name, StoredObject stored, ArtifactSaveOptions o, Fence? fence, CancellationToken ct) =>
+        (await RecordArtifactsAsync(runId, [(name, stored, o)], fence, ct))[0];
+
+    /// <summary>
+    /// Records rows for objects already in the store, all in one transaction (all or none become visible). Objects
+    /// that end up referenced by no row (failure, idempotent re-save, replaced bytes) are deleted.
+    /// </summary>
+    async Task<List<Artifact>> RecordArtifactsAsync(long runId, IReadOnlyList<(string Name, StoredObject Stored, ArtifactSaveOptions Options)> items, Fence? fence, CancellationToken ct)
     {
-        string? orphan = stored.Uri; // deleted unless the row ends up pointing at it
+        var orphans = items.Select(i => i.Stored.Uri).ToList(); // deleted unless the rows end up pointing at them
         try
         {
-            var replaced = await InTransactionAsync(fence, async (c, tx, t) =>
+            List<string> replaced;
+            try { replaced = await InTransactionAsync(fence, (c, tx, t) => RecordRowsAsync(c, tx, runId, items, t), ct); }
+            catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.UniqueViolation)
             {
-                await using (var sel = new NpgsqlCommand("SELECT sha256, storage_uri FROM retok.artifacts WHERE run_id = @r AND name = @n FOR UPDATE", c, tx))
-                {
-                    sel.Parameters.AddWithValue("r", runId);
-                    sel.Parameters.AddWithValue("n", name);
-                    await using var rd = await sel.ExecuteReaderAsync(t);
-                    if (await rd.ReadAsync(t))
-                    {
-                        var (sha, uri) = (rd.GetString(0), rd.GetString(1));
-                        await rd.CloseAsync();
-                        if (string.Equals(sha, stored.Sha256, StringComparison.OrdinalIgnoreCase)) return (string?)null; // idempotent re-save
-                        if (!o.Overwrite)
-                            throw new ArtifactConflictException($"run {runId} already has artifact '{name}' with sha256 {sha}; the new bytes hash to {stored.Sha256}. Save with Overwrite to replace it.");
-                        await using var up = new NpgsqlCommand("""
-                            UPDATE retok.artifacts SET storage_uri = @u, size_bytes = @s, sha256 = @h, kind = @k, content_type = @ct,
-                                   metadata = @m, created_at = now() WHERE run_id = @r AND name = @n
-                            """, c, tx);
-                        AddArtifactParams(up, runId, name, stored, o);
-                        await up.ExecuteNonQueryAsync(t);
-                        return uri;
-                    }
-                }
-                await using var ins = new NpgsqlCommand("""
-                    INSERT INTO retok.artifacts (run_id, name, kind, storage_uri, size_bytes, sha256, content_type, metadata, created_at)
-                    VALUES (@r, @n, @k, @u, @s, @h, @ct, @m, now())
-                    """, c, tx);
-                AddArtifactParams(ins, runId, name, stored, o);
-                await ins.ExecuteNonQueryAsync(t);
-                return (string?)null;
-            }, ct);
-            orphan = null;
-            var row = await GetArtifactAsync(runId, name, ct) ?? throw new InvalidOperationException($"artifact '{name}' of run {runId} vanished after save");
-            if (row.StorageUri != stored.Uri) orphan = stored.Uri; // same bytes were already recorded
-            if (replaced is not null) await TryDeleteObjectAsync(replaced);
-            return row;
-        }
-        catch (PostgresException ex) when (ex.SqlState == PostgresErrorCodes.UniqueViolation)
-        {
-            // A concurrent save of the same name won the insert: re-run the decision against its row.
-            orphan = null;
-            return await RecordArtifactAsync(runId, name, stored, o, fence, ct);
+                // A concurrent save of the same name won the insert: re-run the decisions against its row.
+                replaced = await InTransactionAsync(fence, (c, tx, t) => RecordRowsAsync(c, tx, runId, items, t), ct);
+            }
+            orphans.Clear();
+            var rows = new List<Artifact>();
+            foreach (var (name, stored, _) in items)
+            {
+                var row = await GetArtifactAsync(runId, name, ct) ?? throw new InvalidOperationException($"artifact '{name}' of run {runId} vanished after save");
+                if (row.StorageUri != stored.Uri) orphans.Add(stored.Uri); // same bytes were already recorded
+                rows.Add(row);
+            }
+            foreach (var uri in replaced) await TryDeleteObjectAsync(uri);
+            return rows;
         }
         finally
         {
-            if (orphan is not null) await TryDeleteObjectAsync(orphan);
+            foreach (var uri in orphans) await TryDeleteObjectAsync(uri);
         }
+    }
+
+    /// <summary>Inserts or updates the rows; returns the storage URIs of replaced rows (to delete after the commit).</summary>
+    static async Task<List<string>> RecordRowsAsync(NpgsqlConnection c, NpgsqlTransaction tx, long runId,
+        IReadOnlyList<(string Name, StoredObject Stored, ArtifactSaveOptions Options)> items, CancellationToken t)
+    {
+        var replaced = new List<string>();
+        foreach (var (name, stored, o) in items)
+        {
+            await using (var sel = new NpgsqlCommand("SELECT sha256, storage_uri FROM retok.artifacts WHERE run_id = @r AND name = @n FOR UPDATE", c, tx))
+            {
+                sel.Parameters.AddWithValue("r", runId);
+                sel.Parameters.AddWithValue("n", name);
+                await using var rd = await sel.ExecuteReaderAsync(t);
+                if (await rd.ReadAsync(t))
+                {
+                    var (sha, uri) = (rd.GetString(0), rd.GetString(1));
+                    await rd.CloseAsync();
+                    if (string.Equals(sha, stored.Sha256, StringComparison.OrdinalIgnoreCase)) continue; // idempotent re-save
+                    if (!o.Overwrite)
+                        throw new ArtifactConflictException($"run {runId} already has artifact '{name}' with sha256 {sha}; the new bytes hash to {stored.Sha256}. Save with Overwrite to replace it.");
+                    await using var up = new NpgsqlCommand("""
+                        UPDATE retok.artifacts SET storage_uri = @u, size_bytes = @s, sha256 = @h, kind = @k, content_type = @ct,
+                               metadata = @m, created_at = now() WHERE run_id = @r AND name = @n
+                        """, c, tx);
+                    AddArtifactParams(up, runId, name, stored, o);
+                    await up.ExecuteNonQueryAsync(t);
+                    replaced.Add(uri);
+                    continue;
+                }
+            }
+            await using var ins = new NpgsqlCommand("""
+                INSERT INTO retok.artifacts (run_id, name, kind, storage_uri, size_bytes, sha256, content_type, metadata, created_at)
+                VALUES (@r, @n, @k, @u, @s, @h, @ct, @m, now())
+                """, c, tx);
+            AddArtifactParams(ins, runId, name, stored, o);
+            await ins.ExecuteNonQueryAsync(t);
+        }
+        return replaced;
+    }
+
+    /// <summary>
+    /// Saves several files as artifacts that become visible together: every file is uploaded first, then all rows are
+    /// recorded in one transaction. A failure (a conflict, a lost lease, a database fault) registers none of them and
+    /// deletes the uploaded objects, so a failed run does not leave half of its outputs behind.
+    /// </summary>
+    public async Task<List<Artifact>> SaveArtifactFilesAsync(long runId, IReadOnlyList<(string Name, string Path, ArtifactSaveOptions Options)> files, Fence? fence = null, CancellationToken ct = default)
+    {
+        var stored = new List<(string, StoredObject, ArtifactSaveOptions)>();
+        try
+        {
+            foreach (var (name, path, o) in files)
+            {
+                ArtifactNames.Validate(name);
+                if (!File.Exists(path)) throw new FileNotFoundException($"artifact '{name}' of run {runId}: file {path} does not exist", path);
+                stored.Add((name, await RetryAsync(t => Store.PutFileAsync(ObjectKey(runId, name), path, o.ContentType, t), ct), o));
+            }
+        }
+        catch
+        {
+            foreach (var (_, obj, _) in stored) await TryDeleteObjectAsync(obj.Uri);
+            throw;
+        }
+        return await RecordArtifactsAsync(runId, stored, fence, ct);
     }
 
     static void AddArtifactParams(NpgsqlCommand cmd, long runId, string name, StoredObject stored, ArtifactSaveOptions o)
@@ -315,6 +362,44 @@ public sealed partial class Tracker : IAsyncDisposable
         cmd.Parameters.AddWithValue("h", stored.Sha256);
         cmd.Parameters.AddWithValue("ct", o.ContentType);
         cmd.Parameters.Add(new NpgsqlParameter("m", NpgsqlDbType.Jsonb) { Value = o.MetadataJson ?? "{}" });
+    }
+
+    /// <summary>
+    /// Deletes store objects under runs/ that no artifact row references and that are older than <paramref name="grace"/>:
+    /// uploads of an executor killed before its row was written, and deletions that failed. The grace period protects
+    /// uploads whose rows are about to be recorded. Returns the number deleted.
+    /// </summary>
+    public async Task<int> SweepOrphanObjectsAsync(TimeSpan grace, CancellationToken ct = default)
+    {
+        var cutoff = DateTimeOffset.UtcNow - grace;
+        var old = new List<string>();
+        int deleted = 0;
+        async Task FlushAsync()
+        {
+            var referenced = await RetryAsync(async t =>
+            {
+                await using var cmd = DataSource.CreateCommand("SELECT storage_uri FROM retok.artifacts WHERE storage_uri = ANY(@u)");
+                cmd.Parameters.AddWithValue("u", old.ToArray());
+                var set = new HashSet<string>(StringComparer.Ordinal);
+                await using var rd = await cmd.ExecuteReaderAsync(t);
+                while (await rd.ReadAsync(t)) set.Add(rd.GetString(0));
+                return set;
+            }, ct);
+            foreach (var uri in old.Where(u => !referenced.Contains(u)))
+            {
+                await Store.DeleteAsync(uri, ct);
+                deleted++;
+            }
+            old.Clear();
+        }
+        await foreach (var e in Store.ListEntriesAsync("runs/", ct))
+        {
+            if (e.LastModified > cutoff) continue;
+            old.Add(e.Uri);
+            if (old.Count >= 500) await FlushAsync();
+        }
+        if (old.Count > 0) await FlushAsync();
+        return deleted;
     }
 
     async Task TryDeleteObjectAsync(string uri)

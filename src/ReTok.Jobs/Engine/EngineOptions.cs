@@ -43,6 +43,12 @@ public sealed record EngineOptions
     public TimeSpan ReconcileInterval { get; init; } = TimeSpan.FromSeconds(15);
     /// <summary>A Queued run whose Hangfire job is gone for this long is enqueued again.</summary>
     public TimeSpan ReconcileQueuedAfter { get; init; } = TimeSpan.FromSeconds(60);
+    /// <summary>How often each worker's reconciler sweeps the artifact store for orphan objects; zero disables it.</summary>
+    public TimeSpan OrphanSweepInterval { get; init; } = TimeSpan.FromHours(1);
+    /// <summary>An unreferenced store object is deleted only when older than this (uploads whose rows are still coming).</summary>
+    public TimeSpan OrphanGrace { get; init; } = TimeSpan.FromHours(24);
+    /// <summary>Folders that path parameters ([DataPath]) may name, checked at submit and on the worker (docs/security.md).</summary>
+    public DataRoots DataRoots { get; init; } = DataRoots.FromEnvironment();
     /// <summary>Apply EF migrations (and create the database) when a worker or client starts.</summary>
     public bool AutoMigrate { get; init; } = true;
 
@@ -56,11 +62,12 @@ public sealed record EngineOptions
             Artifacts = s.Artifacts,
             Scratch = Environment.GetEnvironmentVariable("RETOK_SCRATCH") ?? Path.Combine(s.Home, "scratch"),
             AutoMigrate = Environment.GetEnvironmentVariable("RETOK_AUTO_MIGRATE") is not ("0" or "false"),
+            DataRoots = DataRoots.FromEnvironment(s.Home),
         };
         return o.WithOverrides(k => Environment.GetEnvironmentVariable("RETOK_ENGINE_" + k));
     }
 
-    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING.</summary>
+    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING, ORPHAN_SWEEP_S, ORPHAN_GRACE_S.</summary>
     public EngineOptions WithOverrides(Func<string, string?> get)
     {
         TimeSpan? Ms(string k) => get(k) is { } v ? TimeSpan.FromMilliseconds(double.Parse(v, CultureInfo.InvariantCulture)) : null;
@@ -76,6 +83,8 @@ public sealed record EngineOptions
             ReconcileQueuedAfter = Ms("RECONCILE_QUEUED_MS") ?? ReconcileQueuedAfter,
             SchedulePollInterval = Ms("SCHEDULE_POLL_MS") ?? SchedulePollInterval,
             ShutdownTimeout = S("SHUTDOWN_S") ?? ShutdownTimeout,
+            OrphanSweepInterval = S("ORPHAN_SWEEP_S") ?? OrphanSweepInterval,
+            OrphanGrace = S("ORPHAN_GRACE_S") ?? OrphanGrace,
             LongPolling = get("LONG_POLLING") is { } lp ? lp is "1" or "true" : LongPolling,
         };
     }
@@ -98,11 +107,22 @@ public sealed record EngineOptions
         DistributedLockTimeout = TimeSpan.FromMinutes(1),
     };
 
-    public PostgreSqlStorage CreateStorage()
+    /// <summary>
+    /// Hangfire's storage. Given the tracker's <paramref name="dataSource"/> it draws its connections from that same
+    /// pool, so a process holds one pool (sized by RETOK_DB's Maximum Pool Size) instead of two (docs/deploy.md).
+    /// </summary>
+    public PostgreSqlStorage CreateStorage(Npgsql.NpgsqlDataSource? dataSource = null)
     {
         HangfireGlobal.Configure();
         var so = StorageOptions();
-        return new PostgreSqlStorage(new NpgsqlConnectionFactory(Db, so), so);
+        IConnectionFactory factory = dataSource is null ? new NpgsqlConnectionFactory(Db, so) : new DataSourceConnectionFactory(dataSource);
+        return new PostgreSqlStorage(factory, so);
+    }
+
+    /// <summary>Hangfire opens what this returns (a closed connection of the shared pool) and disposes it after use.</summary>
+    sealed class DataSourceConnectionFactory(Npgsql.NpgsqlDataSource dataSource) : IConnectionFactory
+    {
+        public Npgsql.NpgsqlConnection GetOrCreateConnection() => dataSource.CreateConnection();
     }
 
     /// <summary>One line per setting, printed by workers and the benchmark.</summary>

@@ -20,13 +20,18 @@ public static class FailureClassifier
 {
     /// <summary>
     /// Retried: <see cref="TransientJobException"/>, transient database/blob/network faults, I/O errors and timeouts.
-    /// Everything else (including <see cref="JobFailedException"/>, validation, integrity and programming errors) fails at once.
+    /// Everything else (including <see cref="JobFailedException"/>, validation, integrity and programming errors, and
+    /// malformed or truncated files) fails at once.
     /// </summary>
     public static bool IsTransient(Exception ex) => ex switch
     {
         TransientJobException => true,
         JobFailedException or SpecValidationException or Tracking.Artifacts.ArtifactIntegrityException or Tracking.ArtifactConflictException => false,
         FileNotFoundException or DirectoryNotFoundException => false,
+        // Malformed or truncated input (a cut-off checkpoint, a corrupt npz/zip, a bad config): the same bytes fail the
+        // same way on every retry. EndOfStreamException is an IOException, hence listed before the I/O rule below.
+        EndOfStreamException or InvalidDataException or FormatException or System.Text.Json.JsonException
+            or YamlDotNet.Core.YamlException or System.Text.DecoderFallbackException => false,
         AggregateException { InnerExceptions.Count: 1 } a => IsTransient(a.InnerExceptions[0]),
         _ => Tracking.Faults.IsTransient(ex) || ex is IOException or TimeoutException,
     };

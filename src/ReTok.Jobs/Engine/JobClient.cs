@@ -37,7 +37,8 @@ public sealed class JobClient : IAsyncDisposable
     public EngineOptions Options { get; }
     public JobKindRegistry Kinds { get; }
     public Tracker Tracker { get; }
-    public JobStorage Storage => _storage ??= Options.CreateStorage();
+    /// <summary>Hangfire's storage on the tracker's connection pool (one pool per process).</summary>
+    public JobStorage Storage => _storage ??= Options.CreateStorage(Tracker.DataSource);
 
     /// <summary>Creates the database and applies migrations when <see cref="EngineOptions.AutoMigrate"/> (else only checks reachability).</summary>
     public async Task EnsureSchemaAsync(CancellationToken ct = default)
@@ -64,6 +65,7 @@ public sealed class JobClient : IAsyncDisposable
 
     public async Task<SubmitResult> SubmitAsync(SubmitPlan plan, CancellationToken ct = default)
     {
+        CheckDataPaths(plan);
         await CheckRunInputsExistAsync(plan, ct);
         long? experimentId = plan.Experiment is { } e ? await Tracker.EnsureExperimentAsync(e, ct) : null;
         var created = await Tracker.InTransactionAsync(null, async (conn, tx, t) =>
@@ -73,7 +75,7 @@ public sealed class JobClient : IAsyncDisposable
             Guid? pipelineId = null;
             if (plan.IsPipeline)
             {
-                var p = new Pipeline { Name = plan.PipelineName!, SpecYaml = plan.SpecYaml, Overrides = plan.Overrides.ToList(), ExperimentId = experimentId };
+                var p = new Pipeline { Name = SafeText.Clean(plan.PipelineName!), SpecYaml = plan.SpecYaml, Overrides = plan.Overrides.ToList(), ExperimentId = experimentId };
                 db.Pipelines.Add(p);
                 pipelineId = p.Id;
             }
@@ -83,10 +85,10 @@ public sealed class JobClient : IAsyncDisposable
                 var ready = s.Needs.Count == 0;
                 var run = new Run
                 {
-                    Kind = s.Kind.Name, Name = s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null),
+                    Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
                     ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null,
                     Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
-                    Tags = plan.Tags.ToList(), PipelineId = pipelineId, PipelineStep = plan.IsPipeline ? s.Step : null,
+                    Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipelineId, PipelineStep = plan.IsPipeline ? s.Step : null,
                     DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),
                 };
                 db.Runs.Add(run);
@@ -97,6 +99,13 @@ public sealed class JobClient : IAsyncDisposable
         }, ct);
         foreach (var r in created.Item2.Where(r => r.Status == RunStatus.Queued)) await EnqueueAsync(r.RunId, r.Queue, ct: ct);
         return new SubmitResult(created.pipelineId, created.Item2);
+    }
+
+    /// <summary>Path parameters must lie inside the data roots (the worker checks again: its roots are the ones that count).</summary>
+    public void CheckDataPaths(SubmitPlan plan)
+    {
+        var errors = plan.Steps.SelectMany(s => Options.DataRoots.Validate(s.Params, plan.IsPipeline ? $"steps.{s.Step}.params." : "params.")).ToList();
+        if (errors.Count > 0) throw new SpecValidationException(errors);
     }
 
     async Task CheckRunInputsExistAsync(SubmitPlan plan, CancellationToken ct)

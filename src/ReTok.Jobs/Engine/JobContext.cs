@@ -37,7 +37,7 @@ public sealed class JobContext
     public long RunId => Run.Id;
     /// <summary>"cpu" or "cuda:N": the device slot this execution leased (GPU jobs own it for their lifetime).</summary>
     public string Device { get; }
-    /// <summary>1 for the first execution; higher after a crash, a graceful re-queue or a transient-failure retry.</summary>
+    /// <summary>1 for the first execution; higher after a crash or a transient-failure retry (a graceful re-queue does not count).</summary>
     public int Attempt => _s.Lease.Attempt;
     /// <summary>A private working folder, deleted when the execution ends.</summary>
     public string ScratchDir { get; }
@@ -124,6 +124,10 @@ public sealed class JobContext
 
     public Task<Artifact> SaveArtifactFileAsync(string name, string path, string kind = "other", bool overwrite = false, string? contentType = null, object? metadata = null) =>
         _s.Tracker.SaveArtifactFileAsync(RunId, name, path, Options(kind, overwrite, contentType, metadata), _s.Lease.Fence, _s.WriteToken);
+
+    /// <summary>A run's outputs as one unit: all files are uploaded, then registered in one transaction (all or none).</summary>
+    public Task<List<Artifact>> SaveArtifactFilesAsync(params (string Name, string Path, string Kind, bool Overwrite, string? ContentType, object? Metadata)[] files) =>
+        _s.Tracker.SaveArtifactFilesAsync(RunId, files.Select(f => (f.Name, f.Path, Options(f.Kind, f.Overwrite, f.ContentType, f.Metadata))).ToList(), _s.Lease.Fence, _s.WriteToken);
 
     public Artifact SaveArtifact(string name, string kind, Stream content, bool overwrite = false) => SaveArtifactAsync(name, content, kind, overwrite).GetAwaiter().GetResult();
     public Artifact SaveArtifact(string name, string kind, string path, bool overwrite = false) => SaveArtifactFileAsync(name, path, kind, overwrite).GetAwaiter().GetResult();

@@ -142,6 +142,23 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
         var lease = await t.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);
         if (lease is null) return;
 
+        if (host.Kinds.TryGet(run.Kind, out var kindInfo) && lease.Attempt > kindInfo.MaxAttempts)
+        {
+            // Earlier executions died without recording an outcome (worker killed or crashed, or the outcome itself
+            // could not be stored): without this cap the reconciler re-queues such a run forever.
+            var last = await t.GetRunAsync(runId);
+            var why = $"gave up after {lease.Attempt - 1} attempts (max {kindInfo.MaxAttempts}): each execution ended without recording an outcome (worker killed or crashed?)"
+                      + (last?.FailureReason is { Length: > 0 } f ? $"; last failure: {f}" : last?.ProgressMessage is { Length: > 0 } m ? $"; last progress: {m}" : "");
+            try
+            {
+                await t.LogAsync(runId, "error", why, lease.Fence);
+                await RunTransitions.FailAsync(t, lease, why);
+                host.Log($"[run {runId}] failed: {why}");
+            }
+            catch (LeaseLostException ex) { host.Log($"[run {runId}] {ex.Message}"); }
+            return;
+        }
+
         var scratch = Path.Combine(host.Options.Scratch, "runs", $"{runId}-g{lease.Generation}");
         Directory.CreateDirectory(scratch);
         var scope = new ExecutionScope(host, lease, Path.Combine(host.Options.Scratch, "cache"));
@@ -161,6 +178,8 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 object parameters;
                 try { parameters = ParamBinder.FromJson(run.Parameters, kind.ParamsType); ParamBinder.Validate(parameters); }
                 catch (System.Text.Json.JsonException ex) { throw new JobFailedException($"parameters of run {runId} do not fit {kind.ParamsType.Name}: {ex.Message}"); }
+                // Every local path the handler may open is confined to the data roots and replaced by its real path.
+                host.Options.DataRoots.Confine(parameters);
                 // Run the handler off the Hangfire worker's synchronization context; it may block (TorchSharp loops).
                 await Task.Run(() => kind.InvokeAsync(ctx, parameters));
             }
@@ -199,7 +218,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             if (reason == StopReason.Shutdown)
             {
                 await TryFlushAsync(ctx);
-                await t.ReleaseToQueueAsync(lease, $"re-queued: worker {host.WorkerId} shut down");
+                await t.ReleaseToQueueAsync(lease, $"re-queued: worker {host.WorkerId} shut down", refundAttempt: true); // a redeploy is no failed attempt
                 host.Log($"[run {run.Id}] re-queued for another worker (graceful shutdown)");
                 // Hangfire re-queues a job that ends with OperationCanceledException while its server stops.
                 await WaitQuietly(hangfireToken, TimeSpan.FromSeconds(5));

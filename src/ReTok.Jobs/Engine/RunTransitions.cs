@@ -117,9 +117,14 @@ public static class RunTransitions
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
-            cmd.Parameters.AddWithValue("r", note);
+            cmd.Parameters.AddWithValue("r", Truncate(note));
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
 
-    static string Truncate(string s) => s.Length <= 4000 ? s : s[..4000] + "…";
+    /// <summary>Failure text as stored: control characters replaced (<see cref="SafeText"/>), at most 4000 characters.</summary>
+    static string Truncate(string s)
+    {
+        s = SafeText.Clean(s);
+        return s.Length <= 4000 ? s : s[..4000] + "…";
+    }
 }

@@ -169,13 +169,25 @@ public sealed class WorkerHost : IAsyncDisposable
 /// <item>a Queued run whose Hangfire job is missing or finished (a crash between commit and enqueue, a deleted job) is enqueued again;</item>
 /// <item>a Running run whose lease expired long ago (longer than Hangfire's own re-delivery would take) is re-queued —
 /// the belt to Hangfire.PostgreSql's sliding invisibility braces (issue #381);</item>
-/// <item>WorkerInfo rows silent for a day are removed.</item>
+/// <item>WorkerInfo rows silent for a day are removed;</item>
+/// <item>every <see cref="EngineOptions.OrphanSweepInterval"/>: store objects without an artifact row, older than
+/// <see cref="EngineOptions.OrphanGrace"/>, are deleted (uploads of a killed executor; see <see cref="Tracker.SweepOrphanObjectsAsync"/>).</item>
 /// </list>
 /// </summary>
 public sealed class Reconciler(JobClient client, Action<string> log)
 {
+    DateTimeOffset _lastSweep = DateTimeOffset.UtcNow;
+
     public async Task RunOnceAsync(CancellationToken ct)
     {
+        var every = client.Options.OrphanSweepInterval;
+        if (every > TimeSpan.Zero && DateTimeOffset.UtcNow - _lastSweep >= every)
+        {
+            _lastSweep = DateTimeOffset.UtcNow;
+            var n = await client.Tracker.SweepOrphanObjectsAsync(client.Options.OrphanGrace, ct);
+            if (n > 0) log($"reconciler: deleted {n} orphan store object(s) older than {client.Options.OrphanGrace.TotalHours:F1} h");
+        }
+
         var o = client.Options;
         var t = client.Tracker;
         var candidates = new List<(long Id, string Queue, string? Job)>();

@@ -276,7 +276,8 @@ public static class Safetensors
             {
                 var bytes = new byte[n];
                 f.Position = start + e.Begin;
-                f.ReadExactly(bytes);
+                try { f.ReadExactly(bytes); }
+                catch (EndOfStreamException) { throw new InvalidDataException($"{path}: truncated: tensor {name} ends at byte {start + e.End}, the file has {f.Length}"); }
                 t.bytes = bytes;
             }
             result[name] = t;

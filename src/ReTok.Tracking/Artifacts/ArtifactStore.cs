@@ -18,11 +18,19 @@ public interface IArtifactStore
     Task<Stream> OpenReadAsync(string uri, string? expectedSha256 = null, CancellationToken ct = default);
     Task<bool> ExistsAsync(string uri, CancellationToken ct = default);
     Task DeleteAsync(string uri, CancellationToken ct = default);
-    IAsyncEnumerable<string> ListAsync(string prefix, CancellationToken ct = default);
+    /// <summary>Objects under <paramref name="prefix"/> with their last-modified time (the orphan sweep's age).</summary>
+    IAsyncEnumerable<StoredEntry> ListEntriesAsync(string prefix, CancellationToken ct = default);
 }
+
+public sealed record StoredEntry(string Uri, DateTimeOffset LastModified);
 
 public static class ArtifactStoreExtensions
 {
+    public static async IAsyncEnumerable<string> ListAsync(this IArtifactStore s, string prefix, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct = default)
+    {
+        await foreach (var e in s.ListEntriesAsync(prefix, ct)) yield return e.Uri;
+    }
+
     public static async Task<StoredObject> PutFileAsync(this IArtifactStore s, string key, string path, string contentType = "application/octet-stream", CancellationToken ct = default)
     {
         await using var f = File.OpenRead(path);

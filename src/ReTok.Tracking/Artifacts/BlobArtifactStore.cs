@@ -79,10 +79,10 @@ public sealed class BlobArtifactStore : IArtifactStore
 
     public Task DeleteAsync(string uri, CancellationToken ct = default) => _container.GetBlobClient(KeyOf(uri)).DeleteIfExistsAsync(cancellationToken: ct);
 
-    public async IAsyncEnumerable<string> ListAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
+    public async IAsyncEnumerable<StoredEntry> ListEntriesAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
     {
         await foreach (var b in _container.GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix, ct))
-            yield return UriOf(b.Name);
+            yield return new StoredEntry(UriOf(b.Name), b.Properties.LastModified ?? DateTimeOffset.UtcNow);
     }
 
     /// <summary>Short-lived read-only SAS link for downloads from the dashboard (needs a shared-key connection string).</summary>

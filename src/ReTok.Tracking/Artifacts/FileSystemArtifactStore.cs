@@ -69,7 +69,7 @@ public sealed class FileSystemArtifactStore : IArtifactStore
         return Task.CompletedTask;
     }
 
-    public async IAsyncEnumerable<string> ListAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
+    public async IAsyncEnumerable<StoredEntry> ListEntriesAsync(string prefix, [EnumeratorCancellation] CancellationToken ct = default)
     {
         await Task.Yield();
         if (!Directory.Exists(_root)) yield break;
@@ -77,7 +77,7 @@ public sealed class FileSystemArtifactStore : IArtifactStore
         {
             var key = Path.GetRelativePath(_root, f).Replace('\\', '/');
             if (key.StartsWith(".tmp/")) continue;
-            if (key.StartsWith(prefix, StringComparison.Ordinal)) yield return UriOf(key);
+            if (key.StartsWith(prefix, StringComparison.Ordinal)) yield return new StoredEntry(UriOf(key), File.GetLastWriteTimeUtc(f));
         }
     }
 

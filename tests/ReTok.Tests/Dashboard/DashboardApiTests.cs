@@ -124,6 +124,39 @@ public sealed class DashboardApiTests(DashboardFixture f) : IClassFixture<Dashbo
         Assert.Equal("engine", run.GetProperty("experiment").GetString());
     }
 
+    /// <summary>
+    /// Issue 14: an operator read /etc/passwd (and the quickstart admin password) through extract-dataset's val_labels
+    /// and failure reasons, and the server's images through source. Paths outside the data roots are a 400 naming the
+    /// parameter now; params_from cannot reach hidden folders such as .state.
+    /// </summary>
+    [Fact]
+    public async Task Operator_cannot_submit_paths_outside_the_data_roots_or_params_from_into_state()
+    {
+        using var op = f.Client(UserRole.Operator);
+        var before = (await Json(await op.GetAsync("/api/runs?limit=2000"))).GetArrayLength();
+        async Task<List<string>> Refused(string yaml)
+        {
+            var r = await op.PostAsync("/api/submit", new StringContent(yaml, Encoding.UTF8, "application/yaml"));
+            var body = await r.Content.ReadAsStringAsync();
+            Assert.True(r.StatusCode == HttpStatusCode.BadRequest, $"{(int)r.StatusCode}: {body}");
+            Assert.DoesNotContain("root:x:", body);
+            return (await Json(r)).GetProperty("errors").EnumerateArray().Select(e => e.GetString()!).ToList();
+        }
+        Assert.StartsWith("params.val_labels: /etc/passwd is outside the data roots",
+            Assert.Single(await Refused($"kind: extract-dataset\nparams: {{source: {f.JobsDir}, val_labels: /etc/passwd}}\n")));
+        Assert.StartsWith("params.source: /usr/share/pixmaps is outside the data roots",
+            Assert.Single(await Refused("kind: extract-dataset\nparams: {source: /usr/share/pixmaps}\n")));
+
+        // A state folder inside the spec root (as .state sits in the checkout): a YAML there is not reachable either.
+        var home = Directory.CreateDirectory(Path.Combine(Path.GetDirectoryName(f.JobsDir)!, $"retok-checkout-{Guid.NewGuid():N}", ".state", "quickstart")).FullName;
+        File.WriteAllText(Path.Combine(home, "admin-password.txt"), "hunter2");
+        File.WriteAllText(Path.Combine(home, "secrets.yaml"), "n: 3\n");
+        var rel = Path.GetRelativePath(f.JobsDir, home);
+        Assert.Contains("hidden folders", Assert.Single(await Refused($"kind: selftest\nparams_from: {rel}/secrets.yaml\n")));
+        Assert.Contains(".yaml", Assert.Single(await Refused($"kind: selftest\nparams_from: {rel}/admin-password.txt\n")));
+        Assert.Equal(before, (await Json(await op.GetAsync("/api/runs?limit=2000"))).GetArrayLength());
+    }
+
     [Fact]
     public async Task Artifact_download_carries_the_hash_and_path_traversal_is_refused()
     {

@@ -80,6 +80,7 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
         Assert.Equal(ck, result["resumed_from"]!.GetValue<long>());
         Assert.Contains($"resuming from checkpoint at step {ck}", d.Output);
         Assert.Equal(100, (await _env.Tracker.GetMetricsAsync(id, "selftest/sum")).Count);
+        Assert.Equal(1, run.Attempt); // a graceful re-queue does not use up MaxAttempts (only crashes and transient faults do)
     }
 
     [Fact]

@@ -2,6 +2,7 @@ using System.Security.Cryptography;
 using System.Text;
 using Npgsql;
 using ReTok.Tracking;
+using ReTok.Tracking.Artifacts;
 
 namespace ReTok.Tests.Tracking;
 

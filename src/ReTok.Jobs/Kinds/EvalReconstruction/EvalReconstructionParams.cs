@@ -16,10 +16,10 @@ public sealed record TokenizerSource
     public ArtifactRef? Weights { get; init; }
     public ArtifactRef? Config { get; init; }
     /// <summary>Authors' .pt (or a .safetensors) on the worker, used when <see cref="Weights"/> is null.</summary>
-    public string? Checkpoint { get; init; }
+    [DataPath] public string? Checkpoint { get; init; }
     /// <summary>VQ_SS256 / VQ_SB256, used when no config artifact or path is given.</summary>
     public string? Preset { get; init; }
-    public string? ConfigPath { get; init; }
+    [DataPath] public string? ConfigPath { get; init; }
     /// <summary>Entry of a nested training checkpoint to load (ema, model, state_dict).</summary>
     public string Prefer { get; init; } = "ema";
 
@@ -38,7 +38,7 @@ public sealed record ReconSettings
     /// <summary>Batches per checkpointed part.</summary>
     public int ChunkBatches { get; init; } = 8;
     /// <summary>Weights folder for Inception / VGG16 / LPIPS heads (default $RETOK_HOME/weights).</summary>
-    public string? WeightsDir { get; init; }
+    [DataPath] public string? WeightsDir { get; init; }
     public bool Lpips { get; init; } = true;
     /// <summary>rFID, sFID and IS (need the Inception weights).</summary>
     public bool Fid { get; init; } = true;
@@ -76,13 +76,13 @@ public sealed record EvalReconstructionParams : IValidatableParams
     /// <summary>Only the first N images of the data npz.</summary>
     public int? Limit { get; init; }
     /// <summary>Tokenizer checkpoint on the worker (the authors' .pt) when there is no `tokenizer` input.</summary>
-    public string? Checkpoint { get; init; }
+    [DataPath] public string? Checkpoint { get; init; }
     /// <summary>VQ_SS256 or VQ_SB256 when there is no `tokenizer_config` input and no <see cref="Config"/>.</summary>
     public string? Preset { get; init; }
     /// <summary>A tokenizer YAML on the worker (configs/vq/VQ_SB256.yaml style).</summary>
-    public string? Config { get; init; }
+    [DataPath] public string? Config { get; init; }
     public string Prefer { get; init; } = "ema";
-    public string? WeightsDir { get; init; }
+    [DataPath] public string? WeightsDir { get; init; }
     public bool Lpips { get; init; } = true;
     public bool Fid { get; init; } = true;
     public int InceptionBatchSize { get; init; } = 64;

@@ -76,9 +76,10 @@ public static class ReconstructionCore
             ctx.Log($"tokenizer {cfg.PresetName ?? "custom"} ({cfg.CodebookSize} codes) loaded from {s.Describe()} in {sw.Elapsed.TotalSeconds:F1} s on {Devices.Describe(device)}");
             return model;
         }
-        catch (Exception e) when (e is ArgumentException or InvalidDataException)
+        catch (Exception e) when (e is ArgumentException or InvalidDataException or EndOfStreamException or FormatException or System.Text.Json.JsonException)
         {
-            throw new JobFailedException($"tokenizer {s.Describe()}: {e.Message}", e);
+            // A truncated or malformed checkpoint: deterministic, and the message names the file.
+            throw new JobFailedException($"tokenizer {s.Describe()}: {(e is EndOfStreamException ? "the file is truncated" : e.Message)}", e);
         }
     }
 

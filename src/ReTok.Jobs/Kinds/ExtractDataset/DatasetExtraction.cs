@@ -217,16 +217,18 @@ public sealed partial class IlsvrcLabels
     public static IlsvrcLabels Load(string path, string? metaMat)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"val_labels: {path} does not exist", path);
-        var lines = File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0).ToList();
-        if (lines.Count > 0 && lines[0].StartsWith("ImageId", StringComparison.OrdinalIgnoreCase))
+        // Errors name the file and line but never quote it: val_labels may be any file a misconfigured or hostile spec
+        // points at, and failure reasons are shown to every viewer.
+        var lines = File.ReadAllLines(path).Select((l, i) => (Text: l.Trim(), Line: i + 1)).Where(l => l.Text.Length > 0).ToList();
+        if (lines.Count > 0 && lines[0].Text.StartsWith("ImageId", StringComparison.OrdinalIgnoreCase))
         {
             var wnidOf = new Dictionary<int, string>();
-            foreach (var l in lines.Skip(1))
+            foreach (var (l, line) in lines.Skip(1))
             {
                 var parts = l.Split(',', 2);
-                var num = ImageNumber(parts[0]) ?? throw new InvalidDataException($"{path}: row '{l}' has no ILSVRC2012_val_NNNNNNNN id");
+                var num = ImageNumber(parts[0]) ?? throw new InvalidDataException($"{path}:{line}: no ILSVRC2012_val_NNNNNNNN id in the first column");
                 var wnid = parts.Length > 1 ? parts[1].Trim().Split(' ', StringSplitOptions.RemoveEmptyEntries).FirstOrDefault() : null;
-                if (wnid is null || !wnid.StartsWith('n')) throw new InvalidDataException($"{path}: row '{l}' has no WordNet id");
+                if (wnid is null || !wnid.StartsWith('n')) throw new InvalidDataException($"{path}:{line}: no WordNet id (nXXXXXXXX) in the second column");
                 wnidOf[num] = wnid;
             }
             var classes = wnidOf.Values.Distinct().Order(StringComparer.Ordinal).ToList();
@@ -240,8 +242,8 @@ public sealed partial class IlsvrcLabels
         var ids = new Dictionary<int, int>();
         for (int i = 0; i < lines.Count; i++)
         {
-            if (!int.TryParse(lines[i], out var id) || id < 1)
-                throw new InvalidDataException($"{path}:{i + 1}: expected an ILSVRC2012_ID (a positive integer), got '{lines[i]}'");
+            if (!int.TryParse(lines[i].Text, out var id) || id < 1)
+                throw new InvalidDataException($"{path}:{lines[i].Line}: expected an ILSVRC2012_ID (a positive integer) on this line ({lines[i].Text.Length} characters of something else)");
             ids[i + 1] = id;
         }
         int maxId = ids.Values.DefaultIfEmpty(0).Max();

@@ -19,9 +19,9 @@ public static class DevkitMeta
         if (!File.Exists(path)) throw new FileNotFoundException($"devkit_meta: {path} does not exist", path);
         var vars = MatFile.Read(File.ReadAllBytes(path), path);
         if (!vars.TryGetValue("synsets", out var s) || s is not MatStruct st)
-            throw new InvalidDataException($"{path}: no struct variable 'synsets' (variables: {string.Join(", ", vars.Keys)}); is this the devkit's data/meta.mat?");
+            throw new InvalidDataException($"{path}: no struct variable 'synsets' ({vars.Count} other variables); is this the devkit's data/meta.mat?");
         foreach (var f in new[] { "ILSVRC2012_ID", "WNID" })
-            if (!st.Fields.Contains(f)) throw new InvalidDataException($"{path}: synsets has no field '{f}' (fields: {string.Join(", ", st.Fields)})");
+            if (!st.Fields.Contains(f)) throw new InvalidDataException($"{path}: synsets has no field '{f}' ({st.Fields.Count} other fields)");
         return st.Elements.Select((e, i) =>
         {
             int id = e["ILSVRC2012_ID"] is double[] { Length: 1 } d ? (int)d[0] : throw new InvalidDataException($"{path}: synsets({i + 1}).ILSVRC2012_ID is not a number");

@@ -17,13 +17,13 @@ public enum OnCorrupt { Fail, Skip }
 public sealed record ExtractDatasetParams : IValidatableParams
 {
     /// <summary>Folder on the worker: class sub-folders (ImageNet layout), a flat ILSVRC2012 val folder, or any image folder.</summary>
-    public required string Source { get; init; }
+    [DataPath] public required string Source { get; init; }
     /// <summary>auto: ilsvrc_val when val_labels is given, else image_folder (which falls back to flat when there are no class sub-folders).</summary>
     public DatasetLayout Layout { get; init; } = DatasetLayout.Auto;
     /// <summary>Labels of a flat ILSVRC2012 val folder: the devkit's ILSVRC2012_validation_ground_truth.txt, or LOC_val_solution.csv.</summary>
-    public string? ValLabels { get; init; }
+    [DataPath] public string? ValLabels { get; init; }
     /// <summary>The devkit's data/meta.mat: maps ILSVRC2012_IDs to WordNet ids so labels follow ImageFolder's sorted-WNID order.</summary>
-    public string? DevkitMeta { get; init; }
+    [DataPath] public string? DevkitMeta { get; init; }
     /// <summary>ADM centre-crop size (val_ddp.py allows 256 and 512).</summary>
     public int ImageSize { get; init; } = 256;
     /// <summary>Seeded shuffle of the npz order (the reference shuffles unseeded "for IS"); false keeps listing order.</summary>
@@ -168,12 +168,17 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         }
 
         ctx.LogMetrics(0, ("extract/images", count), ("extract/skipped", state.Skipped.Count), ("extract/images_per_s", imagesPerS));
-        await ctx.SaveArtifactFileAsync("class_names.json", classNames, "json", overwrite: true);
-        await ctx.SaveArtifactFileAsync("extract_report.json", report, "json", overwrite: true);
-        await ctx.SaveArtifactFileAsync("preview.png", preview, "image", overwrite: true);
-        if (pngTar is not null) await ctx.SaveArtifactFileAsync("pngs.tar", pngTar, "tar", overwrite: true, contentType: "application/x-tar", metadata: new { images = count, names = "{row:06d}.png" });
-        await ctx.SaveArtifactFileAsync("dataset.npz", npz, "npz", overwrite: true,
-            metadata: new { images = count, image_size = size, classes = sel.ClassNames.Count, skipped = state.Skipped.Count, order_sha256 = sel.OrderSha256 });
+        // One transaction for all outputs: a failure while storing them (or a kill) registers none of them.
+        var outputs = new List<(string, string, string, bool, string?, object?)>
+        {
+            ("class_names.json", classNames, "json", true, null, null),
+            ("extract_report.json", report, "json", true, null, null),
+            ("preview.png", preview, "image", true, null, null),
+            ("dataset.npz", npz, "npz", true, null,
+                new { images = count, image_size = size, classes = sel.ClassNames.Count, skipped = state.Skipped.Count, order_sha256 = sel.OrderSha256 }),
+        };
+        if (pngTar is not null) outputs.Add(("pngs.tar", pngTar, "tar", true, "application/x-tar", new { images = count, names = "{row:06d}.png" }));
+        await ctx.SaveArtifactFilesAsync(outputs.ToArray());
         ctx.Log($"dataset.npz: {count} images of {size}x{size}, {sel.ClassNames.Count} classes, {state.Skipped.Count} skipped; {imagesPerS:F1} img/s");
         await CheckpointParts.SaveStateAsync(ctx, total, state with { Done = true });
         await CheckpointParts.ReleaseAsync(ctx, state.Parts);

@@ -32,7 +32,7 @@ public sealed record SampleGfidParams : IValidatableParams
     /// <summary>Checkpoint the generated codes every this many batches.</summary>
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
-    public string? WeightsDir { get; init; }
+    [DataPath] public string? WeightsDir { get; init; }
     /// <summary>Cache the reference's Inception features (keyed by file content and weights): a CFG search evaluates against it every round.</summary>
     public bool FeatureCache { get; init; } = true;
     /// <summary>Test hook: sleep this long after each generated batch (kill-and-resume tests need a shard that lasts).</summary>

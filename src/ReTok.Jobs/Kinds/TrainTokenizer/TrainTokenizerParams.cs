@@ -38,7 +38,7 @@ public sealed record TrainTokenizerParams : IValidatableParams
 
     // ---- data
     /// <summary>Images when no input `data` is given: an .npz (arr_0 uint8 [N,H,W,3]) or an image folder (ImageFolder layout or flat).</summary>
-    public string? DataPath { get; init; }
+    [DataPath] public string? DataPath { get; init; }
     /// <summary>No input and no data_path: generate this many synthetic images (the quickstart's 8 shape classes) in scratch.</summary>
     public int? SyntheticImages { get; init; }
     /// <summary>random_crop_flip (reference: random_crop_arr 256 + horizontal flip), center_crop, none (images must be 256x256).</summary>
@@ -56,11 +56,11 @@ public sealed record TrainTokenizerParams : IValidatableParams
 
     // ---- external weights (see `retok weights list`)
     /// <summary>Weights folder (default $RETOK_HOME/weights).</summary>
-    public string? WeightsDir { get; init; }
+    [DataPath] public string? WeightsDir { get; init; }
     /// <summary>Explicit teacher weights (dinov2_vitb14_pretrain.pth or a .safetensors of it); default: the weights folder.</summary>
-    public string? DistillWeights { get; init; }
-    public string? LpipsVgg16 { get; init; }
-    public string? LpipsLin { get; init; }
+    [DataPath] public string? DistillWeights { get; init; }
+    [DataPath] public string? LpipsVgg16 { get; init; }
+    [DataPath] public string? LpipsLin { get; init; }
 
     // ---- engine / debugging
     /// <summary>torch intra-op threads (null: TorchSharp's default, the core count).</summary>
