@@ -19,5 +19,6 @@ public static partial class Commands
         yield return TrainCommands.Build();
         foreach (var c in DashboardCommands.Build()) yield return c;
         yield return DatasetCommands.Build();
+        yield return DoctorCommands.Build();
     }
 }

@@ -104,7 +104,7 @@ public static class GeneratorCommands
             if (path is null && !pr.GetValue(randomInit)) throw new ArgumentException("give --checkpoint (or --random-init for a smoke run)");
             var sd = path is null ? null : GptCheckpoint.StripPrefixes(GptCheckpoint.Read(path));
             var cfg = ResolveConfig(pr, sd, path);
-            var gen = Sampling.NewGenerator(pr.GetValue(seed), device);
+            var gen = Sampling.NewGenerator(pr.GetValue(seed));
             using var model = path is null ? new Gpt(cfg, new Generator((ulong)pr.GetValue(seed))).to(device) : new Gpt(cfg, device: device);
             if (sd is not null) GptCheckpoint.LoadStrict(model, sd, path!);
             if (pr.GetValue(bf16)) model.to(bfloat16);

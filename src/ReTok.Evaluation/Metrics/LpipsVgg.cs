@@ -1,6 +1,7 @@
 using TorchSharp;
 using TorchSharp.Modules;
 using ReTok.Evaluation.Weights;
+using ReTok.Models;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -76,13 +77,14 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
         for (int k = 0; k < Taps.Length; k++)
         {
             var d = (Normalize(fa[k]) - Normalize(fb[k])).pow(2);
-            var r = lins[k].call(d).mean(new long[] { 2, 3 }, keepdim: true);
+            var r = Amp.F32(lins[k].call(d)).mean(new long[] { 2, 3 }, keepdim: true);
             val = val is null ? r : val + r;
         }
         return val!.view(-1).MoveToOuterDisposeScope();
     }
 
-    static Tensor Normalize(Tensor x) => x / ((x * x).sum(1, keepdim: true).sqrt() + 1e-10);
+    /// <summary>normalize_tensor; in fp32 under an <see cref="Amp"/> scope, as autocast runs LPIPS' pow in fp32.</summary>
+    static Tensor Normalize(Tensor x) { x = Amp.F32(x); return x / ((x * x).sum(1, keepdim: true).sqrt() + 1e-10); }
 
     internal sealed class Vgg16Features : Module<Tensor, Tensor>
     {
@@ -114,7 +116,8 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
             foreach (var layer in features.children())
             {
                 if (i > last) break;
-                x = ((Module<Tensor, Tensor>)layer).call(x);
+                // Amp: VGG convs in the compute dtype under a scope (the reference runs LPIPS inside the trainer's autocast)
+                x = layer is Conv2d conv ? Amp.Conv(conv, x) : ((Module<Tensor, Tensor>)layer).call(x);
                 if (taps.Contains(i)) outs.Add(x);
                 i++;
             }
@@ -132,6 +135,6 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
             RegisterComponents();
         }
 
-        public override Tensor forward(Tensor x) => model.call(x);
+        public override Tensor forward(Tensor x) => Amp.Sequential(model, x);
     }
 }

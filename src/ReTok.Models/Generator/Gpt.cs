@@ -300,7 +300,7 @@ public sealed class LabelEmbedder : nn.Module
     public Tensor forward(Tensor labels, bool train, Generator? gen = null)
     {
         if (train && dropoutProb > 0)
-            labels = where(rand(labels.shape[0], device: labels.device, generator: gen) < dropoutProb, full_like(labels, numClasses), labels);
+            labels = where(SeededRandom.Rand(new[] { labels.shape[0] }, gen, labels.device) < dropoutProb, full_like(labels, numClasses), labels);
         return embedding_table.forward(labels).unsqueeze(1);
     }
 }
@@ -349,10 +349,11 @@ public sealed class Gpt : nn.Module
         double std = config.InitializerRange;
         foreach (var (name, p) in named_parameters())
         {
-            if (name == "positional_embedding") p.normal_(0, Math.Pow(config.Dim, -0.5), g);
+            // SeededRandom: a TorchSharp generator is a CPU generator; parameters may already live on a GPU
+            if (name == "positional_embedding") SeededRandom.Normal_(p, 0, Math.Pow(config.Dim, -0.5), g);
             else if (name.EndsWith("norm.weight")) p.fill_(1);
             else if (name == "output.weight") p.zero_();
-            else p.normal_(0, std, g);
+            else SeededRandom.Normal_(p, 0, std, g);
         }
     }
 

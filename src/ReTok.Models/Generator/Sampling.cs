@@ -1,5 +1,6 @@
 // Port of ReTok's autoregressive/models/generate.py (c2i path): CFG with the doubled batch [cond; null], the per-token
 // CFG schedules, temperature / top-k / top-p (HF v3.2 filtering) and multinomial sampling, with a KV cache.
+using ReTok.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
@@ -21,7 +22,8 @@ public sealed record SamplingOptions(
     double Temperature = 1.0,
     int TopK = 0,
     double TopP = 1.0,
-    bool SampleLogits = true)
+    bool SampleLogits = true,
+    bool InverseCdf = false)
 {
     /// <summary>README release setting for GPT_XL256_e300_VQ_SB.pt.</summary>
     public static SamplingOptions Release => new(CfgScale: 1.5, CfgSchedule: "step", WindowStart: 0.18);
@@ -98,13 +100,15 @@ public static class Sampling
         return logits;
     }
 
-    /// <summary>sample() of generate.py:60-69 on (B,V) fp32 logits -> (B,1) int64 codes.</summary>
+    /// <summary>sample() of generate.py:60-69 on (B,V) fp32 logits -> (B,1) int64 codes. The draw is
+    /// <see cref="SeededRandom.Multinomial1"/>: torch.multinomial with <paramref name="gen"/> on the CPU, inverse-CDF of
+    /// CPU-drawn uniforms on other devices (TorchSharp has no CUDA generators) or when <see cref="SamplingOptions.InverseCdf"/>.</summary>
     public static Tensor SampleToken(Tensor logits, SamplingOptions o, Generator? gen = null)
     {
         var l = logits / Math.Max(o.Temperature, 1e-5);
         if (o.TopK > 0 || o.TopP < 1.0) l = TopKTopPFilter(l, o.TopK, o.TopP);
         var probs = F.softmax(l, -1);
-        return o.SampleLogits ? multinomial(probs, 1, generator: gen) : probs.topk(1).indexes;
+        return o.SampleLogits ? SeededRandom.Multinomial1(probs, gen, o.InverseCdf) : probs.topk(1).indexes;
     }
 
     /// <summary>uncond + (cond - uncond) * s over the stacked [cond; uncond] logits (generate.py:84-85, 106-108).</summary>
@@ -180,10 +184,11 @@ public static class Sampling
 
     /// <summary>i.i.d. uniform labels as the gFID sampler draws them (sample_c2i_cfg_search.py:292), from the given generator.</summary>
     public static Tensor RandomLabels(long n, int numClasses = 1000, Generator? gen = null, Device? device = null) =>
-        randint(0, numClasses, new[] { n }, dtype: int64, device: device, generator: gen);
+        SeededRandom.Randint(0, numClasses, new[] { n }, gen, device ?? CPU);
 
     /// <summary>Per-shard seed with the reference's per-process formula (global_seed * world_size + rank), one generator per shard.</summary>
     public static long ShardSeed(long globalSeed, int shardIndex, int shardCount) => globalSeed * shardCount + shardIndex;
 
-    public static Generator NewGenerator(long seed, Device? device = null) => new((ulong)seed, device ?? CPU);
+    /// <summary>The generator for a shard or batch seed; a CPU generator whatever the device (see <see cref="SeededRandom"/>).</summary>
+    public static Generator NewGenerator(long seed) => SeededRandom.NewGenerator(seed);
 }

@@ -47,9 +47,10 @@ public sealed class ResnetBlock : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var h = conv1.call(Ops.Swish(norm1.call(x)));
-        h = conv2.call(Ops.Swish(norm2.call(h)));
-        return (nin_shortcut?.call(x) ?? x) + h;
+        // Amp: convs in the compute dtype, GroupNorm in fp32 (as torch.autocast); plain calls outside a scope
+        var h = Amp.Conv(conv1, Ops.Swish(norm1.call(Amp.F32(x))));
+        h = Amp.Conv(conv2, Ops.Swish(norm2.call(Amp.F32(h))));
+        return (nin_shortcut is null ? x : Amp.Conv(nin_shortcut, x)) + h;
     }
 }
 
@@ -58,7 +59,7 @@ public sealed class Downsample : nn.Module<Tensor, Tensor>
 {
     readonly Conv2d conv;
     public Downsample(long c) : base(nameof(Downsample)) { conv = nn.Conv2d(c, c, 3, stride: 2); RegisterComponents(); }
-    public override Tensor forward(Tensor x) => conv.call(F.pad(x, new long[] { 0, 1, 0, 1 }));
+    public override Tensor forward(Tensor x) => Amp.Conv(conv, F.pad(x, new long[] { 0, 1, 0, 1 }));
 }
 
 /// <summary>3x3 conv to 4C channels, then DCR depth-to-space (blocks.py L298-314).</summary>
@@ -66,7 +67,7 @@ public sealed class D2SUpsampler : nn.Module<Tensor, Tensor>
 {
     readonly Conv2d conv1;
     public D2SUpsampler(long c) : base(nameof(D2SUpsampler)) { conv1 = nn.Conv2d(c, 4 * c, 3, padding: 1); RegisterComponents(); }
-    public override Tensor forward(Tensor x) => Ops.DepthToSpace(conv1.call(x), 2);
+    public override Tensor forward(Tensor x) => Ops.DepthToSpace(Amp.Conv(conv1, x), 2);
 }
 
 /// <summary>
@@ -86,10 +87,10 @@ public sealed class AdaptiveGroupNorm : nn.Module<Tensor, Tensor, Tensor>
     public override Tensor forward(Tensor x, Tensor style)
     {
         long b = x.shape[0], c = x.shape[1];
-        var s = style.reshape(style.shape[0], style.shape[1], -1);
-        var scale = gamma.call((s.var(-1, unbiased: true) + 1e-6).sqrt()).view(b, c, 1, 1);
-        var bias = beta.call(s.mean(new long[] { -1 })).view(b, c, 1, 1);
-        return scale * F.group_norm(x, 32, eps: 1e-6) + bias;
+        var s = Amp.F32(style).reshape(style.shape[0], style.shape[1], -1);
+        var scale = Amp.Linear(gamma, (s.var(-1, unbiased: true) + 1e-6).sqrt()).view(b, c, 1, 1);
+        var bias = Amp.Linear(beta, s.mean(new long[] { -1 })).view(b, c, 1, 1);
+        return scale * F.group_norm(Amp.F32(x), 32, eps: 1e-6) + bias;
     }
 }
 
@@ -133,14 +134,14 @@ public sealed class CnnEncoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        var h = conv_in.call(x);
+        var h = Amp.Conv(conv_in, x);
         foreach (var level in conv_blocks)
         {
             foreach (var r in level.res) h = r.call(h);
             if (level.downsample != null) h = level.downsample.call(h);
         }
         foreach (var r in mid) h = r.call(h);
-        return conv_out.call(Ops.Swish(norm_out.call(h)));
+        return Amp.Conv(conv_out, Ops.Swish(norm_out.call(Amp.F32(h))));
     }
 }
 
@@ -191,7 +192,7 @@ public sealed class CnnDecoder : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor z)
     {
-        var h = conv_in.call(z);
+        var h = Amp.Conv(conv_in, z);
         foreach (var r in mid) h = r.call(h);
         for (int j = 0; j < conv_blocks.Count; j++)
         {
@@ -199,6 +200,6 @@ public sealed class CnnDecoder : nn.Module<Tensor, Tensor>
             foreach (var r in conv_blocks[j].res) h = r.call(h);
             if (conv_blocks[j].upsample is { } up) h = up.call(h);
         }
-        return conv_out.call(Ops.Swish(norm_out.call(h)));
+        return conv_out.call(Ops.Swish(norm_out.call(Amp.F32(h))));
     }
 }

@@ -37,15 +37,15 @@ public sealed class PackedAttention : nn.Module
         long lq = q.shape[0], b = q.shape[1], e = q.shape[2], lk = k.shape[0], d = e / heads;
         var w = in_proj_weight.chunk(3);
         var bias = in_proj_bias.chunk(3);
-        var qh = F.linear(q, w[0], bias[0]).contiguous().view(lq, b * heads, d).transpose(0, 1);
-        var kh = F.linear(k, w[1], bias[1]).contiguous().view(lk, b * heads, d).transpose(0, 1);
-        var vh = F.linear(v, w[2], bias[2]).contiguous().view(lk, b * heads, d).transpose(0, 1);
+        var qh = Amp.Linear(q, w[0], bias[0]).contiguous().view(lq, b * heads, d).transpose(0, 1);
+        var kh = Amp.Linear(k, w[1], bias[1]).contiguous().view(lk, b * heads, d).transpose(0, 1);
+        var vh = Amp.Linear(v, w[2], bias[2]).contiguous().view(lk, b * heads, d).transpose(0, 1);
         qh = qh / Math.Sqrt(d);
-        var scores = torch.bmm(qh, kh.transpose(-2, -1));
+        var scores = Amp.Bmm(qh, kh.transpose(-2, -1));
         if (keyMask is not null)   // PyTorch adds the -inf mask through baddbmm; adding 0 / -inf is exact either way
             scores = scores + keyMask.view(b, 1, 1, lk).expand(b, heads, 1, lk).reshape(b * heads, 1, lk);
-        var o = torch.bmm(F.softmax(scores, -1), vh);
-        return out_proj.call(o.transpose(0, 1).contiguous().view(lq * b, e)).view(lq, b, e);
+        var o = Amp.Bmm(F.softmax(Amp.F32(scores), -1), vh);   // Amp: softmax in fp32, bmm in the compute dtype
+        return Amp.Linear(out_proj, o.transpose(0, 1).contiguous().view(lq * b, e)).view(lq, b, e);
     }
 }
 
@@ -74,12 +74,12 @@ public sealed class QFormerLayer : nn.Module
 
     public Tensor forward(Tensor tgt, Tensor memory, Tensor pos, Tensor queryPos, Tensor? keyMask = null)
     {
-        var t = norm1.call(tgt);
+        var t = norm1.call(Amp.F32(tgt));
         var qk = t + queryPos;
         tgt = tgt + self_attn.forward(qk, qk, t);
-        t = norm2.call(tgt);
+        t = norm2.call(Amp.F32(tgt));
         tgt = tgt + multihead_attn.forward(t + queryPos, memory + pos, memory, keyMask);
-        return tgt + linear2.call(F.gelu(linear1.call(norm3.call(tgt))));
+        return tgt + Amp.Linear(linear2, F.gelu(Amp.Linear(linear1, norm3.call(Amp.F32(tgt)))));
     }
 }
 
@@ -117,13 +117,13 @@ public sealed class ViTQFormerEncoder : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor s)
     {
         long b = s.shape[0];
-        var x = encoder_embed.call(ln_pre.call(s.reshape(b, s.shape[1], -1).permute(2, 0, 1)));   // (256, B, E)
+        var x = Amp.Linear(encoder_embed, ln_pre.call(Amp.F32(s).reshape(b, s.shape[1], -1).permute(2, 0, 1)));   // (256, B, E)
         var q = MultiLevelQueries(x.permute(1, 2, 0).reshape(b, width, grid, grid)).permute(1, 0, 2);  // (256, B, E)
-        q = global_proj.call(torch.cat(new[] { q, q.narrow(0, 32, q.shape[0] - 32) }, 0));                                 // (480, B, E)
+        q = Amp.Linear(global_proj, torch.cat(new[] { q, q.narrow(0, 32, q.shape[0] - 32) }, 0));                                 // (480, B, E)
         var queryPos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0);
         foreach (var layer in transformer) q = layer.forward(q, x, positional_embedding, queryPos);
-        q = ln_post.call(q).permute(1, 2, 0).reshape(b, width, 1, q.shape[0]);
-        return conv_out.call(q);
+        q = ln_post.call(Amp.F32(q)).permute(1, 2, 0).reshape(b, width, 1, q.shape[0]);
+        return Amp.Conv(conv_out, q);
     }
 
     /// <summary>sample_multi_level_1d_tokens (blocks.py L47-91), first_grow "row": group g pools to 2^⌊l/2⌋ x 2^⌊(l+1)/2⌋ cells, l = max(g−1, 0).</summary>
@@ -183,7 +183,7 @@ public sealed class ViTQFormerDecoder : nn.Module
     public (Tensor Spatial, Tensor? Inner) forward(Tensor z, int tokens, Tensor? keyMask = null, bool inner = false)
     {
         long b = z.shape[0];
-        var x = decoder_embed.call(ln_pre.call(z.reshape(b, z.shape[1] * z.shape[2], z.shape[3]).permute(2, 0, 1)));  // (W, B, E)
+        var x = Amp.Linear(decoder_embed, ln_pre.call(Amp.F32(z).reshape(b, z.shape[1] * z.shape[2], z.shape[3]).permute(2, 0, 1)));  // (W, B, E)
         var q = x.narrow(0, 0, 1).repeat(grid * grid, 1, 1);
         var pos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0).narrow(0, 0, tokens);
         x = x.narrow(0, 0, tokens);
@@ -191,11 +191,11 @@ public sealed class ViTQFormerDecoder : nn.Module
         for (int i = 0; i < transformer.Count; i++)
         {
             q = transformer[i].forward(q, x, pos, positional_embedding, keyMask);
-            if (inner && i + 1 == distillDepth) feat = distill_mlp!.call(q).permute(1, 0, 2);
+            if (inner && i + 1 == distillDepth) feat = Amp.Sequential(distill_mlp!, q).permute(1, 0, 2);
         }
         if (inner && feat is null) throw new InvalidOperationException("semantic features requested but the config has no distill_depth/distill_mlp");
-        q = ln_post.call(q).permute(1, 2, 0).reshape(b, width, grid, grid);
-        return (conv_out.call(q), feat);
+        q = ln_post.call(Amp.F32(q)).permute(1, 2, 0).reshape(b, width, grid, grid);
+        return (Amp.Conv(conv_out, q), feat);
     }
 }
 
@@ -375,7 +375,7 @@ public sealed class ReTokTokenizer : nn.Module
     {
         CheckImages(images);
         using var _ = torch.no_grad();
-        var h = quant_conv.call(s2to1encoder.call(encoder.call(images.to(Device))));
+        var h = Amp.F32(Amp.Conv(quant_conv, s2to1encoder.call(encoder.call(images.to(Device)))));
         return quantize.Lookup(h.permute(0, 2, 3, 1).reshape(-1, Config.CodebookEmbedDim)).Indices.view(images.shape[0], -1);
     }
 
@@ -402,8 +402,8 @@ public sealed class ReTokTokenizer : nn.Module
     /// </summary>
     public (Tensor Pixels, Tensor Spatial, Tensor? Semantic) DecodeQuant(Tensor quant, int tokens, Tensor? keyMask = null, bool semantic = false)
     {
-        var (spatial, inner) = s1to2decoder.forward(post_quant_conv.call(quant), tokens, keyMask, semantic);
-        return (decoder.call(spatial), spatial, inner);
+        var (spatial, inner) = s1to2decoder.forward(Amp.Conv(post_quant_conv, quant), tokens, keyMask, semantic);
+        return (Amp.F32(decoder.call(spatial)), spatial, inner is null ? null : Amp.F32(inner));
     }
 
     /// <summary>Additive key mask (B, 1, K): 0 for positions &lt; tokenCounts[b], −inf after.</summary>
@@ -437,14 +437,16 @@ public sealed class ReTokTokenizer : nn.Module
         if (tokenCounts is not null) mask = KeyMask(tokenCounts.to(Device), tokens);
         images = images.to(Device);
         var s = encoder.call(images);
-        var h = quant_conv.call(s2to1encoder.call(s));
+        // Amp: the quantizer (unit-norm distances over the codebook, losses) stays fp32 even under bf16 compute: bf16
+        // distances would flip near-tie codes; the conv/attention stacks around it run in the compute dtype
+        var h = Amp.F32(Amp.Conv(quant_conv, s2to1encoder.call(s)));
         var (quant, vq, commit, entropy, usage, idx) = quantize.forward(h);
         var (recon, spatial, inner) = DecodeQuant(quant, tokens, mask, semantic && HasDistillMlp);
         Tensor? fea = null;
         if (featureRecLoss)
             fea = Config.FeaRecLossWeight * (Config.FeaRecLossType == "mse"
-                ? F.mse_loss(spatial, s.detach())
-                : (1 - F.cosine_similarity(s.detach(), spatial, 1)).mean());
+                ? F.mse_loss(Amp.F32(spatial), Amp.F32(s).detach())
+                : (1 - F.cosine_similarity(Amp.F32(s).detach(), Amp.F32(spatial), 1)).mean());
         return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner);
     }
 

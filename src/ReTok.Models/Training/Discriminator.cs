@@ -65,5 +65,19 @@ public sealed class PatchGanDiscriminator : Module<Tensor, Tensor>
         }
     }
 
-    public override Tensor forward(Tensor input) => main.forward(input);
+    /// <summary>Logits [B, 1, h, w], float32. Under an <see cref="Amp"/> scope the convs run in the compute dtype and
+    /// BatchNorm in fp32 (its running statistics stay fp32).</summary>
+    public override Tensor forward(Tensor input)
+    {
+        if (Amp.Dtype is null) return main.forward(input);
+        var x = input;
+        foreach (var m in main.children())
+            x = m switch
+            {
+                Conv2d conv => Amp.Conv(conv, x),
+                BatchNorm2d bn => bn.call(Amp.F32(x)),
+                _ => ((Module<Tensor, Tensor>)m).call(x),
+            };
+        return Amp.F32(x);
+    }
 }

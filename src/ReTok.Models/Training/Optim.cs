@@ -218,9 +218,10 @@ public sealed record GradAccumulation(int Steps = 1)
 }
 
 /// <summary>
-/// Explicit mixed precision (TorchSharp has no autocast): trainable weights and optimizer state stay float32; a frozen
-/// network (the teacher) may be cast once to the compute dtype, and activations are cast at module boundaries.
-/// "auto" = bfloat16 on CUDA (the trainer's own default, vq_train.py --mixed-precision bf16), float32 on CPU.
+/// Mixed-precision setting of a trainer (TorchSharp has no autocast): trainable weights and optimizer state stay float32;
+/// the forward runs under <see cref="Amp"/> with <see cref="Compute"/> (linear/conv/bmm in bf16, norms, softmax and losses
+/// in fp32); a frozen network (the teacher) may be cast once to the compute dtype. "auto" = bfloat16 on CUDA (the
+/// trainer's own default, vq_train.py --mixed-precision bf16), float32 on CPU; bf16 is honoured on the CPU too.
 /// </summary>
 public sealed record Precision(ScalarType Compute)
 {

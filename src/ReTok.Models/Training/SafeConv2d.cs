@@ -43,11 +43,11 @@ public sealed class SafeConv2d : nn.Module<Tensor, Tensor>
     {
         long cout = weight.shape[0];
         if (x.device_type != DeviceType.CPU || cout % 16 == 0)
-            return F.conv2d(x, weight, bias, strides: stride, padding: padding);
+            return Amp.Conv(x, weight, bias, stride, padding);
         long extra = (cout + 15) / 16 * 16 - cout;
         var w = F.pad(weight, new long[] { 0, 0, 0, 0, 0, 0, 0, extra });
         var b = bias is null ? null : F.pad(bias, new long[] { 0, extra });
         // narrow, not a Range indexer: TorchSharp Range indexers produced NaN gradients elsewhere (docs/tokenizer.md)
-        return F.conv2d(x, w, b, strides: stride, padding: padding).narrow(1, 0, cout);
+        return Amp.Conv(x, w, b, stride, padding).narrow(1, 0, cout);
     }
 }

@@ -171,17 +171,21 @@ public sealed class TokenizerTrainer : IDisposable
         for (int i = 0; i < imgChunks.Count; i++)
         {
             var x = imgChunks[i];
+            // bf16/fp16: the forward and the loss terms under Amp (autocast's casts, fp32 master weights, fp32 losses);
+            // backward runs outside the scope through the recorded casts
+            using var amp = Amp.Enable(Precision.Compute);
             var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic));
             Tensor? lambda = semantic && lambdaCfg.Schedule != LambdaSchedule.Constant ? lambdaCfg.At(kChunks[i]).to(device) : null;
             if (semantic && lambdaCfg.Schedule == LambdaSchedule.Constant && lambdaCfg.Lambda0 != cfg.LossOrDefault.ProjWeight)
                 lambda = full(new long[] { x.shape[0] }, lambdaCfg.Lambda0, dtype: float32, device: device);
             var terms = Loss.Generator(x, Precision.Out(output.Reconstruction), output.Codebook, output.FeatureRecLoss, s,
-                semantic ? output.SemanticFeatures : null, teacherChunks?[i], lambda, output.LastLayerWeight);
+                semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight);
             foreach (var (name, v) in terms.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
             Accumulate(scalars, "adv_weight", terms.AdversarialWeight, imgChunks.Count);
             if (lambda is not null) Accumulate(scalars, "lambda_mean", lambda.mean().item<float>(), imgChunks.Count);
             if (output.Metrics is not null)
                 foreach (var (name, v) in output.Metrics) Accumulate(scalars, name, v, imgChunks.Count);
+            amp.Dispose();
             (accumulation.Steps == 1 ? terms.Total : terms.Total * accumulation.LossScale).backward();
             recons.Add(output.Reconstruction.detach());
         }
@@ -198,7 +202,8 @@ public sealed class TokenizerTrainer : IDisposable
         {
             for (int i = 0; i < imgChunks.Count; i++)
             {
-                var d = Loss.DiscriminatorStep(imgChunks[i], Precision.Out(recons[i]), s);
+                DiscriminatorLossTerms d;
+                using (Amp.Enable(Precision.Compute)) d = Loss.DiscriminatorStep(imgChunks[i], Precision.Out(recons[i]), s);
                 foreach (var (name, v) in d.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
                 (accumulation.Steps == 1 ? d.Total : d.Total * accumulation.LossScale).backward();
             }

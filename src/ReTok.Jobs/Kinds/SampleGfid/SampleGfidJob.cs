@@ -163,7 +163,7 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
             long size = Math.Min(p.BatchSize, n - b * p.BatchSize);
             using (var scope = NewDisposeScope())
             {
-                using var gen = Sampling.NewGenerator(BatchSeed(p, shard, b), device);
+                using var gen = Sampling.NewGenerator(BatchSeed(p, shard, b));
                 var y = Sampling.RandomLabels(size, cfg.NumClasses, gen, device);
                 var z = Sampling.Generate(gpt, y, p.Tokens, opts, gen);
                 codes.Add(z.cpu().MoveToOuterDisposeScope());

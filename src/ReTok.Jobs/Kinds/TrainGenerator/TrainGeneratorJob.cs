@@ -87,7 +87,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         var cfg = p.ToConfig(block);
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
         using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
-        model.ClassDropGenerator = new Generator((ulong)p.Seed + 1, device);
+        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);   // a CPU generator: SeededRandom moves the draw
         var opts = GptTrainOptions.ForDevice(device) with
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,

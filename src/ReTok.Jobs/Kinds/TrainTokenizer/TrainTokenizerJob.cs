@@ -31,11 +31,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         if (p.TorchThreads is int threads) torch.set_num_threads(threads);
         var device = Devices.Resolve(ctx.Device);
         var cfg = p.TokenizerModel();
-        if (device.type != DeviceType.CUDA && p.MixedPrecision.ToLowerInvariant() == "bf16")
-        {
-            ctx.Log("mixed_precision bf16 is for CUDA; this run is on the CPU and trains in fp32");
-            p = p with { MixedPrecision = "fp32" };
-        }
+        var precision = Precision.Resolve(p.MixedPrecision, device);
+        ctx.Log($"mixed_precision {p.MixedPrecision}: {(precision.IsFloat32 ? "fp32" : $"{precision.Compute} compute (fp32 master weights, frozen teacher in {precision.Compute}, fp32 losses)")}");
         ctx.Log($"train-tokenizer: {cfg} on {Devices.Describe(device)}, {p.Iterations} iterations, batch {p.Trainer.GlobalBatchSize}");
 
         var source = await OpenDataAsync(ctx, p);
@@ -54,7 +51,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
         disc.to(device);
         var perceptual = Perceptual(ctx, p, device);
-        var teacher = Teacher(ctx, p, cfg, device);
+        var teacher = Teacher(ctx, p, cfg, device, precision.Compute);
 
         var data = new TrainingDataLoader(source, new DataConfig(p.Trainer.GlobalBatchSize, Seed: p.Trainer.GlobalSeed,
             Augmentation: p.Augmentation, Workers: p.NumWorkers));
@@ -200,7 +197,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         return (x, y) => lpips.forward(x, y);
     }
 
-    static ISemanticTeacher? Teacher(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, Device device)
+    static ISemanticTeacher? Teacher(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, Device device, ScalarType compute)
     {
         if (!p.SemanticOn)
         {
@@ -231,7 +228,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             throw new JobFailedException($"the semantic loss is on (weight {p.SemanticLambda0}) but the DINOv2 teacher weights are missing: {e.Message} " +
                 "Set retok.semantic_weight: 0 (or trainer.distill_loss: False) to train without it.", e);
         }
-        var teacher = Dinov2Teacher.Load(path, device, dc);
+        var teacher = Dinov2Teacher.Load(path, device, dc, computeType: compute);   // frozen: its weights are cast once
         ctx.Log($"semantic teacher: DINOv2 {dc.EmbedDim}-dim, {dc.Depth} layers from {Path.GetFileName(path)}; lambda(K) {p.Retok.SemanticSchedule} {p.SemanticLambda0} -> {p.Retok.SemanticWeightEnd}");
         return teacher;
     }
