@@ -93,7 +93,7 @@ public sealed partial class Tracker
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
             cmd.Parameters.AddWithValue("note", (object?)note ?? DBNull.Value);
-            cmd.Parameters.AddWithValue("failure", (object?)failure ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("failure", failure is null ? DBNull.Value : Redact.Secrets(failure));
             return await cmd.ExecuteNonQueryAsync(t) == 1;
         }, ct);
 

@@ -207,7 +207,7 @@ public sealed partial class Tracker : IAsyncDisposable
             cmd.Parameters.AddWithValue("run", runId);
             cmd.Parameters.AddWithValue("times", lines.Select(l => (l.Time ?? now).ToUniversalTime()).ToArray());
             cmd.Parameters.AddWithValue("levels", lines.Select(l => l.Level).ToArray());
-            cmd.Parameters.AddWithValue("messages", lines.Select(l => l.Message).ToArray());
+            cmd.Parameters.AddWithValue("messages", lines.Select(l => Redact.Secrets(l.Message)).ToArray()); // error lines carry exception text
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
     }

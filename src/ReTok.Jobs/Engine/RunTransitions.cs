@@ -121,5 +121,6 @@ public static class RunTransitions
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
 
-    static string Truncate(string s) => s.Length <= 4000 ? s : s[..4000] + "…";
+    /// <summary>The stored form of a failure reason: credentials blanked (exception messages can carry connection strings), bounded.</summary>
+    static string Truncate(string reason) => Redact.Secrets(reason) is var s && s.Length <= 4000 ? s : s[..4000] + "…";
 }

@@ -1,6 +1,10 @@
+using System.Diagnostics;
 using System.Net;
 using System.Text;
 using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using ReTok.Dashboard;
 using ReTok.Jobs.Engine;
 using ReTok.Tracking;
 
@@ -83,5 +87,252 @@ public sealed class DashboardHardeningTests(DashboardFixture f) : IClassFixture<
         Assert.Equal(HttpStatusCode.BadRequest, deep.StatusCode);
         Assert.StartsWith("--set n: line 1, column", Assert.Single(await Errors(deep)));
         Assert.Equal("ok", await op.GetStringAsync("/healthz"));
+    }
+
+    // ------------------------------------------------------------------ 5. authentication and sessions
+
+    /// <summary>
+    /// Logs in through the form on <paramref name="baseUrl"/>, carrying cookies by hand (a cookie jar would not send
+    /// Secure cookies back over http, which the forwarded-https case needs); returns status, Location and the
+    /// Cookie header of the new session.
+    /// </summary>
+    static async Task<(HttpStatusCode Status, string? Location, HttpResponseMessage Response, string Cookies)> PostLoginAsync(
+        string baseUrl, string user, string password, string returnUrl = "/runs", Dictionary<string, string>? headers = null)
+    {
+        using var c = new HttpClient(new HttpClientHandler { AllowAutoRedirect = false, UseCookies = false }) { BaseAddress = new Uri(baseUrl) };
+        foreach (var (k, v) in headers ?? []) c.DefaultRequestHeaders.Add(k, v);
+        var get = await c.GetAsync("/login");
+        var form = await get.Content.ReadAsStringAsync();
+        var req = new HttpRequestMessage(HttpMethod.Post, "/login")
+        {
+            Content = new FormUrlEncodedContent(new Dictionary<string, string>
+                { ["__RequestVerificationToken"] = DashboardFixture.CsrfToken(form), ["user"] = user, ["password"] = password, ["returnUrl"] = returnUrl }),
+        };
+        req.Headers.Add("Cookie", CookieHeader(get));
+        var res = await c.SendAsync(req);
+        return (res.StatusCode, res.Headers.Location?.OriginalString, res, CookieHeader(res));
+    }
+
+    static string CookieHeader(HttpResponseMessage r) =>
+        string.Join("; ", (r.Headers.TryGetValues("Set-Cookie", out var v) ? v : []).Select(h => h.Split(';')[0]));
+
+    /// <summary>A client that sends exactly the given Cookie header (a copy of someone's session), no jar of its own.</summary>
+    HttpClient WithCookies(string cookieHeader)
+    {
+        var c = f.Client();
+        c.DefaultRequestHeaders.Add("Cookie", cookieHeader);
+        return c;
+    }
+
+    [Fact]
+    public async Task Login_returnUrl_cannot_send_the_browser_to_another_origin()
+    {
+        // "/\t/evil.example/phish": browsers drop the tab and go to //evil.example/phish
+        foreach (var evil in new[] { "/\t/evil.example/phish", "/\n/evil.example/phish", "//evil.example/phish", "/\\evil.example/phish", "https://evil.example/phish", "~//evil.example" })
+        {
+            using var c = f.Client(cookies: true);
+            Assert.DoesNotContain("evil.example", await c.GetStringAsync("/login?returnUrl=" + Uri.EscapeDataString(evil)));
+            var (status, location, _, _) = await PostLoginAsync(f.BaseUrl, "viewer", DashboardFixture.Password, evil);
+            Assert.Equal(HttpStatusCode.Redirect, status);
+            Assert.Equal("/runs", location);
+        }
+        var (_, local, _, _) = await PostLoginAsync(f.BaseUrl, "viewer", DashboardFixture.Password, "/compare?ids=1,2");
+        Assert.Equal("/compare?ids=1,2", local);
+    }
+
+    [Fact]
+    public async Task Logout_kills_copies_of_the_cookie_and_a_password_change_kills_sessions_and_tokens()
+    {
+        await f.Users.AddAsync("stamp-user", DashboardFixture.Password, UserRole.Operator);
+        var (_, _, _, cookies) = await PostLoginAsync(f.BaseUrl, "stamp-user", DashboardFixture.Password);
+        using var mine = WithCookies(cookies);
+        using var copy = WithCookies(cookies);
+        Assert.Equal(HttpStatusCode.OK, (await copy.GetAsync("/runs")).StatusCode);
+
+        // log out through the page's form (its antiforgery cookie comes with the page)
+        var runs = await mine.GetAsync("/runs");
+        var req = new HttpRequestMessage(HttpMethod.Post, "/logout")
+            { Content = new FormUrlEncodedContent(new Dictionary<string, string> { ["__RequestVerificationToken"] = DashboardFixture.CsrfToken(await runs.Content.ReadAsStringAsync()) }) };
+        req.Headers.Add("Cookie", cookies + "; " + CookieHeader(runs));
+        using var plain = f.Client();
+        var logout = await plain.SendAsync(req);
+        Assert.Equal("/login", logout.Headers.Location?.OriginalString);
+        // before: the copied cookie was still a valid ticket until it expired (12 h, sliding)
+        var after = await copy.GetAsync("/runs");
+        Assert.Equal(HttpStatusCode.Redirect, after.StatusCode);
+        Assert.StartsWith("/login", after.Headers.Location!.AbsolutePath);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await copy.GetAsync("/api/me")).StatusCode);
+
+        // a password change ends every session and every token created before it
+        var (_, _, _, cookies2) = await PostLoginAsync(f.BaseUrl, "stamp-user", DashboardFixture.Password);
+        using var session = WithCookies(cookies2);
+        var old = await f.Users.CreateTokenAsync("stamp-user", "before-change");
+        using var bearer = f.Client();
+        bearer.DefaultRequestHeaders.Authorization = new("Bearer", old.Token);
+        Assert.Equal(HttpStatusCode.OK, (await bearer.GetAsync("/api/me")).StatusCode);
+        Assert.Equal(HttpStatusCode.OK, (await session.GetAsync("/runs")).StatusCode);
+        await f.Users.AddAsync("stamp-user", "a-new-password-2", UserRole.Operator, update: true);
+        Assert.Equal(HttpStatusCode.Unauthorized, (await bearer.GetAsync("/api/me")).StatusCode);
+        Assert.Equal(HttpStatusCode.Redirect, (await session.GetAsync("/runs")).StatusCode);
+
+        // and what is issued after it works
+        var fresh = await f.Users.CreateTokenAsync("stamp-user", "after-change");
+        using var bearer2 = f.Client();
+        bearer2.DefaultRequestHeaders.Authorization = new("Bearer", fresh.Token);
+        Assert.Equal(HttpStatusCode.OK, (await bearer2.GetAsync("/api/me")).StatusCode);
+        var (_, _, _, cookies3) = await PostLoginAsync(f.BaseUrl, "stamp-user", "a-new-password-2");
+        using var again = WithCookies(cookies3);
+        Assert.Equal(HttpStatusCode.OK, (await again.GetAsync("/runs")).StatusCode);
+    }
+
+    [Fact]
+    public async Task Failed_logins_lock_out_the_user_then_the_address_and_parallel_guesses_do_not_overshoot()
+    {
+        foreach (var u in new[] { "throttle-a", "throttle-b", "throttle-c" }) await f.Users.AddAsync(u, DashboardFixture.Password, UserRole.Viewer);
+        // its own server: the address lockout would otherwise lock the other tests (all on 127.0.0.1) out
+        await using var server = await DashboardServer.StartAsync(new DashboardOptions
+        {
+            Engine = new EngineOptions { Db = f.Db.ConnectionString, Artifacts = f.Db.ArtifactRoot },
+            Urls = ["http://127.0.0.1:0"], JobsDir = f.JobsDir, LogLevel = LogLevel.Warning,
+            LoginThrottle = new LoginThrottleOptions { FailuresPerUser = 3, FailuresPerAddress = 6 },
+        });
+        var url = server.Addresses.Single().TrimEnd('/');
+
+        for (var i = 0; i < 3; i++)
+            Assert.StartsWith("/login?error=1", (await PostLoginAsync(url, "throttle-a", "wrong-password")).Location);
+        // locked: even the right password is refused, without being checked
+        var locked = await PostLoginAsync(url, "throttle-a", DashboardFixture.Password);
+        Assert.Equal((HttpStatusCode)429, locked.Status);
+        Assert.InRange(int.Parse(locked.Response.Headers.GetValues("Retry-After").Single()), 1, 15 * 60);
+        Assert.Contains("Too many failed log-in attempts", await locked.Response.Content.ReadAsStringAsync());
+        // other users from the same address are not locked yet (3 of 6)
+        Assert.Equal("/runs", (await PostLoginAsync(url, "throttle-c", DashboardFixture.Password)).Location);
+
+        // ten guesses at once: attempts in flight count, so exactly 3 passwords are checked
+        var burst = await Task.WhenAll(Enumerable.Range(0, 10).Select(_ => PostLoginAsync(url, "throttle-b", "wrong-password")));
+        Assert.Equal(3, burst.Count(r => r.Status == HttpStatusCode.Redirect));
+        Assert.Equal(7, burst.Count(r => r.Status == (HttpStatusCode)429));
+
+        // 6 failures from 127.0.0.1: the address is locked for every user now
+        Assert.Equal((HttpStatusCode)429, (await PostLoginAsync(url, "throttle-c", DashboardFixture.Password)).Status);
+        // the fixture's own server keeps its own count
+        Assert.Equal("/runs", (await PostLoginAsync(f.BaseUrl, "throttle-c", DashboardFixture.Password)).Location);
+    }
+
+    // ------------------------------------------------------------------ 7. secrets and headers
+
+    const string AzureSecret = "c2VjcmV0LWFjY291bnQta2V5LWRvLW5vdC1sZWFr==";
+    const string AzureConn = $"DefaultEndpointsProtocol=https;AccountName=retokacct;AccountKey={AzureSecret};EndpointSuffix=core.windows.net";
+
+    [Fact]
+    public void Redact_blanks_credentials_and_keeps_the_rest()
+    {
+        Assert.Equal("DefaultEndpointsProtocol=https;AccountName=retokacct;AccountKey=***;EndpointSuffix=core.windows.net", Redact.Secrets(AzureConn));
+        Assert.Equal("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=***", Redact.Secrets("BlobEndpoint=https://a.blob.core.windows.net/;SharedAccessSignature=sv=2022-11-02&ss=b&sig=AbC%2Bd"));
+        Assert.Equal("GET https://a.blob.core.windows.net/c/x?sv=2022-11-02&se=2030-01-01&sig=*** failed", Redact.Secrets("GET https://a.blob.core.windows.net/c/x?sv=2022-11-02&se=2030-01-01&sig=AbC%2Bd%3D failed"));
+        Assert.Equal("Host=db;Username=retok;Password=***;Database=retok", Redact.Secrets("Host=db;Username=retok;Password=hunter2;Database=retok"));
+        Assert.Equal("Host=db;password = ***;Database=x", Redact.Secrets("Host=db;password = 'a b;c';Database=x"));
+        Assert.Equal("postgres://retok:***@db:5432/retok", Redact.Secrets("postgres://retok:hunter2@db:5432/retok"));
+        Assert.Equal("token rtk_***", Redact.Secrets("token rtk_" + new string('A', 43)));
+        Assert.Equal("step 10: loss 0.25, signal=3", Redact.Secrets("step 10: loss 0.25, signal=3"));
+    }
+
+    [Fact]
+    public async Task Failure_reasons_and_run_logs_are_stored_with_credentials_blanked()
+    {
+        var run = await f.Tracker.CreateRunAsync(new Run { Name = "leaky", Kind = "selftest", Status = RunStatus.Queued, Parameters = "{}" });
+        var lease = await f.Tracker.TryAcquireLeaseAsync(run.Id, new LeaseRequest("test-owner", TimeSpan.FromMinutes(1)));
+        Assert.NotNull(lease);
+        var error = new FormatException($"No valid combination of account information found in '{AzureConn}'");
+        await f.Tracker.LogAsync(run.Id, "error", error.ToString(), lease!.Fence);
+        await RunTransitions.FailAsync(f.Tracker, lease, $"{error.GetType().Name}: {error.Message}");
+
+        using var c = f.Client(UserRole.Viewer);
+        var dto = await c.GetStringAsync($"/api/runs/{run.Id}");
+        var logs = await c.GetStringAsync($"/api/runs/{run.Id}/logs");
+        var page = await c.GetStringAsync($"/runs/{run.Id}");
+        foreach (var text in new[] { dto, logs, page })
+        {
+            Assert.DoesNotContain(AzureSecret[..20], text);
+            Assert.Contains("AccountKey=***", text);
+        }
+        Assert.Contains("No valid combination of account information", dto); // the reason itself stays readable
+    }
+
+    [Fact]
+    public async Task The_cli_prints_an_unhandled_error_without_the_account_key()
+    {
+        // RETOK_ARTIFACTS without a container: the store parser's ArgumentException quotes the whole setting
+        var psi = new ProcessStartInfo("dotnet", $"\"{Path.Combine(AppContext.BaseDirectory, "retok.dll")}\" runs list")
+        { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.Environment["RETOK_DB"] = f.Db.ConnectionString;
+        psi.Environment["RETOK_ARTIFACTS"] = "blob:;" + AzureConn;
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        await p.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromSeconds(120)).Token);
+        var output = await stdout + await stderr;
+        Assert.NotEqual(0, p.ExitCode);
+        Assert.Contains("AccountKey=***", output);
+        Assert.DoesNotContain(AzureSecret[..20], output);
+    }
+
+    [Fact]
+    public void The_dashboard_log_format_blanks_credentials_in_messages_and_exceptions()
+    {
+        var w = new StringWriter();
+        var ex = new InvalidOperationException($"cannot open store '{AzureConn}'", new Exception("Password=hunter2"));
+        new RedactingConsoleFormatter().Write(new LogEntry<string>(LogLevel.Error, "Microsoft.AspNetCore.Server.Kestrel", new EventId(13), "unhandled",
+            ex, (s, _) => $"{s}: Host=db;Password=hunter2"), null, w);
+        var text = w.ToString();
+        Assert.Contains("fail: Microsoft.AspNetCore.Server.Kestrel[13] unhandled: Host=db;Password=***", text);
+        Assert.Contains("AccountKey=***", text);
+        Assert.DoesNotContain(AzureSecret[..20], text);
+        Assert.DoesNotContain("hunter2", text);
+    }
+
+    [Fact]
+    public async Task Hangfire_pages_cannot_be_framed_and_carry_a_csp()
+    {
+        var (_, _, _, cookies) = await PostLoginAsync(f.BaseUrl, "operator", DashboardFixture.Password);
+        using var c = WithCookies(cookies);
+        foreach (var path in new[] { "/hangfire", "/hangfire/jobs/enqueued", "/runs" })
+        {
+            var r = await c.GetAsync(path);
+            Assert.Equal(HttpStatusCode.OK, r.StatusCode);
+            Assert.Equal("DENY", r.Headers.GetValues("X-Frame-Options").Single());
+            var csp = r.Headers.GetValues("Content-Security-Policy").Single();
+            Assert.Contains("frame-ancestors 'none'", csp);
+            Assert.Contains("script-src 'self'", csp);
+        }
+    }
+
+    [Fact]
+    public async Task Forwarded_headers_count_only_when_configured_and_then_cookies_are_secure()
+    {
+        var https = new Dictionary<string, string> { ["X-Forwarded-Proto"] = "https", ["X-Forwarded-For"] = "203.0.113.7" };
+        // default: a client cannot claim https (nor another address); cookies follow the real scheme
+        var plain = await PostLoginAsync(f.BaseUrl, "viewer", DashboardFixture.Password, headers: https);
+        Assert.DoesNotContain(plain.Response.Headers.GetValues("Set-Cookie"), h => h.StartsWith("retok.auth") && h.Contains("secure", StringComparison.OrdinalIgnoreCase));
+
+        await using var server = await DashboardServer.StartAsync(new DashboardOptions
+        {
+            Engine = new EngineOptions { Db = f.Db.ConnectionString, Artifacts = f.Db.ArtifactRoot },
+            Urls = ["http://127.0.0.1:0"], JobsDir = f.JobsDir, LogLevel = LogLevel.Warning, TrustForwardedHeaders = true,
+        });
+        var url = server.Addresses.Single().TrimEnd('/');
+        var proxied = await PostLoginAsync(url, "viewer", DashboardFixture.Password, headers: https);
+        Assert.Equal("/runs", proxied.Location);
+        Assert.Contains(proxied.Response.Headers.GetValues("Set-Cookie"), h => h.StartsWith("retok.auth") && h.Contains("secure", StringComparison.OrdinalIgnoreCase));
+        Assert.StartsWith("max-age=", proxied.Response.Headers.GetValues("Strict-Transport-Security").Single());
+        await using var db = f.Tracker.CreateDb();
+        Assert.Contains(db.UserSessions.Where(s => s.Address != null).Select(s => s.Address).ToList(), a => a == "203.0.113.7");
+
+        var bad = await Assert.ThrowsAsync<DashboardConfigException>(() => DashboardServer.StartAsync(new DashboardOptions
+        {
+            Engine = new EngineOptions { Db = f.Db.ConnectionString, Artifacts = f.Db.ArtifactRoot },
+            Urls = ["http://127.0.0.1:0"], TrustForwardedHeaders = true, KnownProxies = ["10.0.0.0/8", "not-an-ip"],
+        }));
+        Assert.Contains("'not-an-ip'", bad.Message);
     }
 }
