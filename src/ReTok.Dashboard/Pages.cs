@@ -289,8 +289,8 @@ public static class Pages
             new[] { $"<code>{E(m.Key)}</code>" }.Concat(m.Values.Select((v, i) => v is { } x ? $"<span title=\"step {m.Steps[i]}\">{E(x)}</span>" : "—")).ToArray()), "metrics-compare", "no metrics");
 
         var charts = new StringBuilder("<div class=\"charts\" id=\"charts\">");
-        var seriesByRun = new List<(RunDto Run, Dictionary<string, List<MetricPoint>> S)>();
-        foreach (var r in c.Runs) seriesByRun.Add((r, await d.SeriesAsync(r.Id, ctx.RequestAborted, 2000)));
+        var seriesByRun = new List<(RunDto Run, Dictionary<string, List<(long Step, double Value)>> S)>();
+        foreach (var r in c.Runs) seriesByRun.Add((r, await d.SeriesAsync(r.Id, ctx.RequestAborted)));
         foreach (var key in seriesByRun.SelectMany(x => x.S.Where(kv => kv.Value.Count > 1).Select(kv => kv.Key)).Distinct().Order(StringComparer.Ordinal).Take(30))
             charts.Append("<figure>").Append(Svg.LineChart(key, seriesByRun.Where(x => x.S.ContainsKey(key))
                 .Select(x => new Series($"#{x.Run.Id} {x.Run.Name}", x.S[key].Select(p => ((double)p.Step, p.Value)).ToList())).ToList())).Append("</figure>");

@@ -14,7 +14,7 @@ namespace ReTok.Tests.Dashboard;
 /// Regression tests of issue 14 (hardening), against a real Kestrel + PostgreSQL: each reproduces an attack or fault
 /// that used to kill the process, leak, or let a request through.
 /// </summary>
-public sealed class DashboardHardeningTests(DashboardFixture f) : IClassFixture<DashboardFixture>
+public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractions.ITestOutputHelper log) : IClassFixture<DashboardFixture>
 {
     static async Task<JsonElement> Json(HttpResponseMessage r) => JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
 
@@ -334,5 +334,110 @@ public sealed class DashboardHardeningTests(DashboardFixture f) : IClassFixture<
             Urls = ["http://127.0.0.1:0"], TrustForwardedHeaders = true, KnownProxies = ["10.0.0.0/8", "not-an-ip"],
         }));
         Assert.Contains("'not-an-ip'", bad.Message);
+    }
+
+    // ------------------------------------------------------------------ 6. metric reads
+
+    [Fact]
+    public async Task A_run_with_1M_points_is_downsampled_for_pages_and_paginated_in_the_api()
+    {
+        var run = await f.Tracker.CreateRunAsync(new Run { Name = "long-run", Kind = "selftest", Status = RunStatus.Succeeded, Parameters = "{}" });
+        var sw = Stopwatch.StartNew();
+        await using (var cmd = f.Tracker.DataSource.CreateCommand("""
+            INSERT INTO retok.metrics (run_id, key, step, value, time)
+            SELECT @r, k, g, CASE WHEN k = 'train/loss' AND g = 377777 THEN 100 WHEN k = 'train/loss' AND g = 123457 THEN -50 ELSE sin(g / 1000.0) END, now()
+            FROM generate_series(1, 500000) g, (VALUES ('train/loss'), ('train/lr')) AS keys(k)
+            """))
+        {
+            cmd.Parameters.AddWithValue("r", run.Id);
+            cmd.CommandTimeout = 300;
+            await cmd.ExecuteNonQueryAsync();
+        }
+        log.WriteLine($"seeded 1M points in {sw.Elapsed.TotalSeconds:F1} s");
+
+        // pages: SQL min/max buckets keep the spike and the dip, the first and last point, and stay small
+        sw.Restart();
+        var series = await f.Tracker.GetMetricSeriesAsync(run.Id, 1000);
+        log.WriteLine($"downsampled series of 1M points: {sw.ElapsedMilliseconds} ms");
+        var loss = series["train/loss"];
+        Assert.InRange(loss.Count, 900, 1000);
+        Assert.Contains((377777L, 100.0), loss);
+        Assert.Contains((123457L, -50.0), loss);
+        Assert.Equal(1, loss[0].Step);
+        Assert.Equal(500000, loss[^1].Step);
+        Assert.True(loss.Zip(loss.Skip(1)).All(p => p.First.Step < p.Second.Step));
+        Assert.InRange(series["train/lr"].Count, 900, 1000);
+
+        sw.Restart();
+        var latest = await f.Tracker.GetLatestMetricsAsync(run.Id);
+        log.WriteLine($"latest values of 1M points: {sw.ElapsedMilliseconds} ms");
+        Assert.Equal([("train/loss", 500000L), ("train/lr", 500000L)], latest.Select(m => (m.Key, m.Step)).Order().ToList());
+
+        using var c = f.Client(UserRole.Viewer);
+        sw.Restart();
+        var page = await c.GetAsync($"/runs/{run.Id}");
+        var html = await page.Content.ReadAsStringAsync();
+        log.WriteLine($"run page: {sw.ElapsedMilliseconds} ms, {html.Length / 1024} KiB");
+        Assert.Equal(HttpStatusCode.OK, page.StatusCode);
+        Assert.InRange(html.Length, 1, 1 << 20);
+
+        // API: pages of 10 000 points with a Link to the next; max_points gives chart-sized series
+        sw.Restart();
+        var first = await c.GetAsync($"/api/runs/{run.Id}/metrics");
+        var body = await first.Content.ReadAsStringAsync();
+        log.WriteLine($"metrics API first page: {sw.ElapsedMilliseconds} ms, {body.Length / 1024} KiB");
+        var j = JsonDocument.Parse(body).RootElement;
+        Assert.Equal(Api.DefaultMetricPage, j.GetProperty("train/loss").GetArrayLength());
+        Assert.False(j.TryGetProperty("train/lr", out _));
+        var next = first.Headers.GetValues("Link").Single();
+        Assert.EndsWith("; rel=\"next\"", next);
+        var nextUrl = next[1..next.IndexOf('>')];
+        var second = await Json(await c.GetAsync(nextUrl));
+        Assert.Equal(Api.DefaultMetricPage + 1, second.GetProperty("train/loss")[0].GetProperty("step").GetInt64());
+        // the page boundary between keys: the last page of train/loss continues into train/lr
+        var boundary = await c.GetAsync($"/api/runs/{run.Id}/metrics?after_key=train/loss&after_step=499990&limit=20");
+        var b = await Json(boundary);
+        Assert.Equal(10, b.GetProperty("train/loss").GetArrayLength());
+        Assert.Equal(10, b.GetProperty("train/lr").GetArrayLength());
+        Assert.Equal(1, b.GetProperty("train/lr")[0].GetProperty("step").GetInt64());
+        Assert.Equal(HttpStatusCode.BadRequest, (await c.GetAsync($"/api/runs/{run.Id}/metrics?limit=1000000")).StatusCode);
+        var chart = await Json(await c.GetAsync($"/api/runs/{run.Id}/metrics?max_points=200&key=train/loss"));
+        Assert.InRange(chart.GetProperty("train/loss").GetArrayLength(), 150, 200);
+    }
+
+    [Fact]
+    public async Task Chart_ticks_survive_huge_and_non_finite_values_and_the_compare_page_renders()
+    {
+        foreach (var (lo, hi) in new[] { (-1.5e308, 1.5e308), (1.5e308, 1.5e308), (double.NaN, 1.0), (0.0, double.PositiveInfinity), (double.NaN, double.NaN), (-double.MaxValue, double.MaxValue), (3.0, 3.0), (0.0, 1e-300) })
+        {
+            var t = Svg.Ticks(lo, hi);
+            Assert.True(t.Length >= 2, $"{lo}..{hi}");
+            Assert.All(t, v => Assert.True(double.IsFinite(v), $"{lo}..{hi}: {v}"));
+            Assert.True(t.Zip(t.Skip(1)).All(p => p.First < p.Second), $"{lo}..{hi}: {string.Join(", ", t)}");
+        }
+        var unit = Svg.Ticks(0, 1);
+        Assert.Equal((6, 0.0, 1.0), (unit.Length, unit[0], unit[^1]));
+
+        var a = await f.Tracker.CreateRunAsync(new Run { Name = "diverged-a", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
+        var b = await f.Tracker.CreateRunAsync(new Run { Name = "diverged-b", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
+        await f.Tracker.LogMetricsAsync(a.Id, [new("train/loss", 0, 1.0), new("train/loss", 1, 1.5e308), new("train/loss", 2, double.NaN)]);
+        await f.Tracker.LogMetricsAsync(b.Id, [new("train/loss", 0, 1.0), new("train/loss", 1, -1.5e308), new("train/loss", 2, 2.0)]);
+        using var c = f.Client(UserRole.Viewer);
+        var cmp = await c.GetAsync($"/compare?ids={a.Id},{b.Id}");
+        Assert.Equal(HttpStatusCode.OK, cmp.StatusCode);
+        Assert.Contains("<polyline class=\"curve\"", await cmp.Content.ReadAsStringAsync());
+        Assert.Equal(HttpStatusCode.OK, (await c.GetAsync($"/runs/{a.Id}")).StatusCode);
+    }
+
+    [Fact]
+    public async Task NaN_and_infinite_parameters_are_refused_at_submit()
+    {
+        using var op = f.Client(UserRole.Operator);
+        foreach (var (spec, set) in new[] { ("kind: selftest\nparams: {scale: .nan}\n", ""), ("kind: selftest\nparams: {scale: -.inf}\n", ""), ("kind: selftest\n", "scale=1e999"), ("kind: selftest\n", "scale=NaN") })
+        {
+            var r = await op.PostAsync("/api/submit" + (set.Length > 0 ? "?set=" + Uri.EscapeDataString(set) : ""), new StringContent(spec, Encoding.UTF8, "application/yaml"));
+            Assert.Equal(HttpStatusCode.BadRequest, r.StatusCode);
+            Assert.StartsWith("params.scale: must be a finite number, got '", Assert.Single(await Errors(r)));
+        }
     }
 }
