@@ -33,17 +33,33 @@ static class CliSupport
     public static async Task<int> Guard(Func<Task<int>> body)
     {
         try { return await body(); }
-        catch (SpecValidationException ex) { Console.Error.WriteLine($"invalid spec: {ex.Message}"); return 2; }
-        catch (DatabaseUnreachableException ex) { Console.Error.WriteLine(ex.Message); return 3; }
-        catch (DatabaseAccessException ex) { Console.Error.WriteLine(ex.Message); return 3; }
-        catch (Tracking.Artifacts.ArtifactIntegrityException ex) { Console.Error.WriteLine(ex.Message); return 4; }
-        catch (CliError ex) { Console.Error.WriteLine(ex.Message); return ex.ExitCode; }
+        catch (SpecValidationException ex) { PrintError($"invalid spec: {ex.Message}"); return 2; }
+        catch (DatabaseUnreachableException ex) { PrintError(ex.Message); return 3; }
+        catch (DatabaseAccessException ex) { PrintError(ex.Message); return 3; }
+        catch (Tracking.Artifacts.ArtifactIntegrityException ex) { PrintError(ex.Message); return 4; }
+        catch (CliError ex) { PrintError(ex.Message); return ex.ExitCode; }
         catch (UnauthorizedAccessException ex)
         {
             // e.g. a container whose RETOK_HOME volume is not writable for its user
-            Console.Error.WriteLine($"{ex.Message} The user running retok (uid {UnixUid()}) " +
+            PrintError($"{ex.Message} The user running retok (uid {UnixUid()}) " +
                 "needs write access to RETOK_HOME, RETOK_SCRATCH and RETOK_ARTIFACTS (when a folder).");
             return 5;
+        }
+    }
+
+    /// <summary>The CLI's error printer: every error line goes through <see cref="Redact"/> (messages can carry connection strings).</summary>
+    public static void PrintError(string message) => Console.Error.WriteLine(Redact.Secrets(message));
+
+    /// <summary>Runs the parsed command; an exception nobody handled is printed in full (for bug reports) but with credentials blanked.</summary>
+    public static async Task<int> InvokeAsync(ParseResult parsed, InvocationConfiguration config)
+    {
+        config.EnableDefaultExceptionHandler = false; // it prints ex.ToString() unredacted
+        try { return await parsed.InvokeAsync(config); }
+        catch (OperationCanceledException) { return 130; }
+        catch (Exception ex)
+        {
+            PrintError($"unhandled error: {Redact.Exception(ex)}");
+            return 1;
         }
     }
 

@@ -23,10 +23,14 @@ public static class DashboardCommands
         var urls = new Option<string[]>("--urls") { Description = "listen URLs (default http://127.0.0.1:5080); a non-loopback address needs an admin user", AllowMultipleArgumentsPerToken = true };
         var jobs = new Option<string>("--jobs") { Description = "folder of spec files offered on the submit page", DefaultValueFactory = _ => "jobs" };
         var maxUpload = new Option<long>("--max-upload") { Description = "largest accepted request body in bytes", DefaultValueFactory = _ => 1 << 20 };
+        var trustForwarded = new Option<bool>("--trust-forwarded-headers") { Description = "behind a TLS-terminating reverse proxy: honour X-Forwarded-For/-Proto from loopback and --known-proxy, and mark cookies Secure" };
+        var knownProxy = new Option<string[]>("--known-proxy") { Description = "IP or CIDR network of a reverse proxy whose forwarded headers count (with --trust-forwarded-headers)", AllowMultipleArgumentsPerToken = true };
         var cmd = new Command("dashboard", "serve the admin dashboard, the JSON API (/openapi/v1.json) and Hangfire's dashboard (/hangfire)");
         cmd.Options.Add(urls);
         cmd.Options.Add(jobs);
         cmd.Options.Add(maxUpload);
+        cmd.Options.Add(trustForwarded);
+        cmd.Options.Add(knownProxy);
         cmd.Options.Add(DbCommands.DbOption);
         cmd.Options.Add(Artifacts);
         cmd.SetAction((pr, ct) => Guard(async () =>
@@ -42,6 +46,8 @@ public static class DashboardCommands
                 MaxUploadBytes = pr.GetValue(maxUpload),
                 KeysDir = Path.Combine(settings.Home, "dashboard-keys"),
                 LogLevel = Microsoft.Extensions.Logging.LogLevel.Warning,
+                TrustForwardedHeaders = pr.GetValue(trustForwarded),
+                KnownProxies = pr.GetValue(knownProxy) ?? [],
             };
             await using var server = await DashboardServer.StartAsync(o, ct: ct);
             Console.WriteLine($"dashboard listening on {string.Join(", ", server.Addresses)} (Ctrl+C stops it)");
@@ -174,9 +180,9 @@ public static class DashboardCommands
     static Task<int> Guard(Func<Task<int>> body) => CliSupport.Guard(async () =>
     {
         try { return await body(); }
-        catch (DashboardConfigException ex) { Console.Error.WriteLine(ex.Message); return 2; }
-        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) { Console.Error.WriteLine(ex.Message); return 2; }
+        catch (DashboardConfigException ex) { CliSupport.PrintError(ex.Message); return 2; }
+        catch (Exception ex) when (ex is ArgumentException or InvalidOperationException) { CliSupport.PrintError(ex.Message); return 2; }
         catch (IOException ex) when (ex.Message.Contains("address already in use", StringComparison.OrdinalIgnoreCase))
-        { Console.Error.WriteLine($"cannot listen: {ex.Message}"); return 2; }
+        { CliSupport.PrintError($"cannot listen: {ex.Message}"); return 2; }
     });
 }

@@ -5,4 +5,4 @@ var root = new RootCommand("retok — ReTok tokenizer research pipeline as track
 foreach (var c in Commands.All()) root.Subcommands.Add(c);
 // ProcessTerminationTimeout = null: System.CommandLine would otherwise exit 2 s after SIGTERM/SIGINT (code 143/130),
 // cutting short `retok worker`'s graceful shutdown (checkpoint + re-queue); the worker handles those signals itself.
-return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null });
+return await CliSupport.InvokeAsync(root.Parse(args), new InvocationConfiguration { ProcessTerminationTimeout = null });

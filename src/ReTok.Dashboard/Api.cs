@@ -42,13 +42,33 @@ public static class Api
         api.MapGet("/runs/{id:long}", async (DashboardData d, long id, CancellationToken ct) =>
                 await d.GetRunAsync(id, ct) is { } r ? Results.Ok(RunDto.From(r)) : NotFound($"run {id}"))
             .WithSummary("one run with parameters and inputs");
-        api.MapGet("/runs/{id:long}/metrics", async (DashboardData d, long id, string? key, CancellationToken ct) =>
+        api.MapGet("/runs/{id:long}/metrics", async (HttpContext ctx, DashboardData d, long id, string? key, [Microsoft.AspNetCore.Mvc.FromQuery(Name = "after_key")] string? afterKey,
+                [Microsoft.AspNetCore.Mvc.FromQuery(Name = "after_step")] long? afterStep, int? limit, [Microsoft.AspNetCore.Mvc.FromQuery(Name = "max_points")] int? maxPoints, CancellationToken ct) =>
             {
                 if (await d.GetRunAsync(id, ct) is null) return NotFound($"run {id}");
-                var pts = await d.Tracker.GetMetricsAsync(id, key, ct);
+                if (maxPoints is { } mp)
+                {
+                    // chart-sized: every key downsampled in SQL (min and max of each step bucket kept), no times
+                    if (mp is < 4 or > MaxMetricPage) return Results.Problem(statusCode: 400, title: $"max_points: expected 4..{MaxMetricPage}, got {mp}");
+                    var s = await d.Tracker.GetMetricSeriesAsync(id, mp, ct);
+                    return Results.Ok(s.Where(kv => key is null || kv.Key == key).ToDictionary(kv => kv.Key, kv => kv.Value.Select(p => new { p.Step, p.Value }).ToList()));
+                }
+                var n = limit ?? DefaultMetricPage;
+                if (n is < 1 or > MaxMetricPage) return Results.Problem(statusCode: 400, title: $"limit: expected 1..{MaxMetricPage}, got {n}");
+                var pts = await d.Tracker.GetMetricsPageAsync(id, key, afterKey, afterStep ?? long.MinValue, n, ct);
+                if (pts.Count > n)
+                {
+                    // more follow: the cursor of the next page is the last point of this one
+                    pts.RemoveAt(n);
+                    var last = pts[^1];
+                    var next = $"/api/runs/{id}/metrics?limit={n}&after_key={Uri.EscapeDataString(last.Key)}&after_step={last.Step}{(key is null ? "" : "&key=" + Uri.EscapeDataString(key))}";
+                    ctx.Response.Headers.Link = $"<{next}>; rel=\"next\"";
+                }
                 return Results.Ok(pts.GroupBy(m => m.Key).ToDictionary(g => g.Key, g => g.Select(m => new { m.Step, m.Value, m.Time }).ToList()));
             })
-            .WithSummary("metric series of a run: key -> [{step, value, time}] (optionally one key)");
+            .WithSummary($"metric points of a run: key -> [{{step, value, time}}] in (key, step) order, at most `limit` points a page " +
+                         $"(default {DefaultMetricPage}, max {MaxMetricPage}); the next page is in the Link header (rel=next, via after_key/after_step). " +
+                         "With max_points=N instead: every key downsampled to about N points (min/max per step bucket) for charts.");
         api.MapGet("/runs/{id:long}/metrics/latest", async (DashboardData d, long id, CancellationToken ct) =>
                 (await d.Tracker.GetLatestMetricsAsync(id, ct)).Select(m => new MetricPointDto(m.Key, m.Step, m.Value, m.Time)).ToList())
             .WithSummary("the last point of each metric key");
@@ -94,6 +114,8 @@ public static class Api
             })
             .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies().WithSummary("re-queue a Failed or Cancelled run");
     }
+
+    public const int DefaultMetricPage = 10_000, MaxMetricPage = 100_000;
 
     public static IResult NotFound(string what) => Results.Problem(statusCode: 404, title: $"{what} not found");
 

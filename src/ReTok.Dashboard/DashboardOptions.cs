@@ -26,6 +26,16 @@ public sealed record DashboardOptions
     public Microsoft.Extensions.Logging.LogLevel LogLevel { get; init; } = Microsoft.Extensions.Logging.LogLevel.Information;
     /// <summary>A worker silent for longer than this is shown as stale.</summary>
     public TimeSpan WorkerStaleAfter { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>
+    /// Behind a TLS-terminating reverse proxy: honour X-Forwarded-For/-Proto from <see cref="KnownProxies"/> (client
+    /// address for login throttling, https scheme) and mark cookies Secure. Off by default: forwarded headers from
+    /// anyone else could fake the client address.
+    /// </summary>
+    public bool TrustForwardedHeaders { get; init; }
+    /// <summary>Addresses (IPs or CIDR networks) of the proxies whose forwarded headers count; loopback is always trusted.</summary>
+    public IReadOnlyList<string> KnownProxies { get; init; } = [];
+    /// <summary>Failed logins per user name, and per client address, before a lockout; the window and lockout length.</summary>
+    public LoginThrottleOptions LoginThrottle { get; init; } = new();
 
     public string ResolvedSpecRoot => Path.GetFullPath(SpecRoot ?? Path.GetDirectoryName(Path.GetFullPath(JobsDir)) ?? JobsDir);
 
@@ -53,6 +63,19 @@ public sealed record DashboardOptions
         if (host.Equals("localhost", StringComparison.OrdinalIgnoreCase)) return true;
         return IPAddress.TryParse(host, out var ip) && IPAddress.IsLoopback(ip);
     }
+}
+
+/// <summary>
+/// Login throttling: after <see cref="FailuresPerUser"/> failed logins for one user name, or <see cref="FailuresPerAddress"/>
+/// from one client address, within <see cref="Window"/>, further attempts are refused (without checking the password)
+/// for <see cref="Lockout"/>. Attempts in flight count, so parallel guesses cannot overshoot the limit.
+/// </summary>
+public sealed record LoginThrottleOptions
+{
+    public int FailuresPerUser { get; init; } = 5;
+    public int FailuresPerAddress { get; init; } = 20;
+    public TimeSpan Window { get; init; } = TimeSpan.FromMinutes(15);
+    public TimeSpan Lockout { get; init; } = TimeSpan.FromMinutes(15);
 }
 
 /// <summary>A setting that stops the dashboard from starting (printed as one line by the CLI).</summary>

@@ -99,6 +99,10 @@ public sealed class DashboardServer : IAsyncDisposable
             k.Limits.MaxRequestBodySize = o.MaxUploadBytes + 64 * 1024; // the multipart envelope around a spec of MaxUploadBytes
         });
         builder.Logging.SetMinimumLevel(o.LogLevel);
+        // One console format, with credentials blanked from messages and exceptions (Redact).
+        builder.Logging.ClearProviders();
+        builder.Logging.AddConsole(c => c.FormatterName = RedactingConsoleFormatter.Name)
+            .AddConsoleFormatter<RedactingConsoleFormatter, Microsoft.Extensions.Logging.Console.ConsoleFormatterOptions>();
         // "No XML encryptor configured": expected on Linux; the key folder is made owner-only instead (AuthSetup).
         builder.Logging.AddFilter("Microsoft.AspNetCore.DataProtection", LogLevel.Error);
         var s = builder.Services;
@@ -106,6 +110,7 @@ public sealed class DashboardServer : IAsyncDisposable
         s.AddSingleton(client);
         s.AddSingleton(client.Tracker);
         s.AddSingleton(users);
+        s.AddSingleton<LoginThrottle>();
         s.AddSingleton<DashboardData>();
         s.AddSingleton<SpecSubmitter>();
         s.Configure<FormOptions>(f => { f.MultipartBodyLengthLimit = o.MaxUploadBytes; f.ValueLengthLimit = (int)o.MaxUploadBytes; });
@@ -131,17 +136,19 @@ public sealed class DashboardServer : IAsyncDisposable
         s.AddSingleton<IGlobalConfiguration>(GlobalConfiguration.Configuration);
         s.AddSingleton(Hangfire.Dashboard.DashboardRoutes.Routes);
 
+        var forwarded = ForwardedHeaders(o);
         var app = builder.Build();
+        if (forwarded is not null) app.UseForwardedHeaders(forwarded);
         app.Use(async (ctx, next) =>
         {
+            // Every response, /hangfire included: Hangfire's pages load their scripts from files (no inline script),
+            // so the same policy fits them; without it they could be framed (clickjacking the operator buttons).
             var h = ctx.Response.Headers;
             h.XContentTypeOptions = "nosniff";
             h["Referrer-Policy"] = "same-origin";
-            if (!ctx.Request.Path.StartsWithSegments("/hangfire"))
-            {
-                h.XFrameOptions = "DENY";
-                h.ContentSecurityPolicy = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'";
-            }
+            h.XFrameOptions = "DENY";
+            h.ContentSecurityPolicy = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'self'";
+            if (ctx.Request.IsHttps) h.StrictTransportSecurity = "max-age=31536000";
             await next();
         });
         app.UseAuthentication();
@@ -172,6 +179,24 @@ public sealed class DashboardServer : IAsyncDisposable
         Api.Map(app);
         Pages.Map(app);
         return app;
+    }
+
+    /// <summary>
+    /// Forwarded-header handling when <see cref="DashboardOptions.TrustForwardedHeaders"/>: X-Forwarded-For/-Proto are
+    /// taken only from loopback and the configured proxies (IPs or CIDR networks), so nobody else can fake the client
+    /// address (login throttling) or the scheme.
+    /// </summary>
+    static ForwardedHeadersOptions? ForwardedHeaders(DashboardOptions o)
+    {
+        if (!o.TrustForwardedHeaders) return null;
+        var f = new ForwardedHeadersOptions { ForwardedHeaders = Microsoft.AspNetCore.HttpOverrides.ForwardedHeaders.XForwardedFor | Microsoft.AspNetCore.HttpOverrides.ForwardedHeaders.XForwardedProto };
+        foreach (var p in o.KnownProxies)
+        {
+            if (System.Net.IPAddress.TryParse(p, out var ip)) f.KnownProxies.Add(ip);
+            else if (System.Net.IPNetwork.TryParse(p, out var net)) f.KnownIPNetworks.Add(net);
+            else throw new DashboardConfigException($"known proxy '{p}': expected an IP address or a CIDR network (10.0.0.0/8)");
+        }
+        return f;
     }
 
     public Task WaitForShutdownAsync(CancellationToken ct = default) => App.WaitForShutdownAsync(ct);

@@ -58,31 +58,48 @@ public static class Pages
             """, error is null ? 200 : 401);
     }
 
-    static async Task<IResult> LoginAsync(HttpContext ctx, UserStore users, IAntiforgery af)
+    static async Task<IResult> LoginAsync(HttpContext ctx, UserStore users, LoginThrottle throttle, IAntiforgery af)
     {
         if (await BadCsrfAsync(ctx, af) is { } bad) return bad;
         var form = await ctx.Request.ReadFormAsync(ctx.RequestAborted);
         var returnUrl = LocalUrl(form["returnUrl"]);
-        var p = await users.VerifyPasswordAsync(form["user"].ToString().Trim(), form["password"].ToString(), ctx.RequestAborted);
+        var name = form["user"].ToString().Trim();
+        var address = ctx.Connection.RemoteIpAddress?.ToString() ?? "unknown";
+        using var attempt = throttle.TryBegin(name, address, out var wait);
+        if (attempt is null)
+        {
+            var minutes = Math.Max(1, (int)Math.Ceiling(wait.TotalMinutes));
+            ctx.Response.Headers.RetryAfter = ((int)Math.Ceiling(wait.TotalSeconds)).ToString();
+            return Page(ctx, "Too many attempts",
+                $"<p class=\"error\">Too many failed log-in attempts for this user or from this address. Try again in {minutes} minute{(minutes == 1 ? "" : "s")}.</p>", 429);
+        }
+        var p = await users.VerifyPasswordAsync(name, form["password"].ToString(), ctx.RequestAborted);
         if (p is null)
         {
-            await Task.Delay(Random.Shared.Next(200, 400)); // slows password guessing a little; PBKDF2 does the rest
+            attempt.Failed();
             return Results.Redirect($"/login?error=1&returnUrl={U(returnUrl)}");
         }
-        await ctx.SignInAsync(AuthSetup.Cookie, AuthSetup.ToClaims(p, AuthSetup.Cookie));
+        attempt.Succeeded();
+        var sid = await users.CreateSessionAsync(p.UserId, address, ctx.RequestAborted);
+        await ctx.SignInAsync(AuthSetup.Cookie, AuthSetup.ToClaims(p with { SessionId = sid }, AuthSetup.Cookie));
         return Results.Redirect(returnUrl);
     }
 
-    static async Task<IResult> LogoutAsync(HttpContext ctx, IAntiforgery af)
+    static async Task<IResult> LogoutAsync(HttpContext ctx, UserStore users, IAntiforgery af)
     {
         if (await BadCsrfAsync(ctx, af) is { } bad) return bad;
+        // Server-side: the cookie stays valid cryptographically, so the session it names is what gets revoked.
+        if (ctx.User.FindFirstValue(AuthSetup.SessionClaim) is { } sid) await users.RevokeSessionAsync(sid, ctx.RequestAborted);
         await ctx.SignOutAsync(AuthSetup.Cookie);
         return Results.Redirect("/login");
     }
 
-    /// <summary>Only same-site paths ("/x"), never "//host" or "/\host", so the login cannot be used as an open redirect.</summary>
+    /// <summary>
+    /// Only local paths, by the framework's check: not "//host", "/\\host", nor "/\t/host" (browsers drop tabs and
+    /// newlines from URLs, turning it into "//host"), so the login cannot be used as an open redirect.
+    /// </summary>
     static string LocalUrl(string? url) =>
-        url is { Length: > 0 } u && u[0] == '/' && (u.Length == 1 || (u[1] != '/' && u[1] != '\\')) ? u : "/runs";
+        url is { Length: > 0 } u && Microsoft.AspNetCore.Http.HttpResults.RedirectHttpResult.IsLocalUrl(u) && !u.StartsWith('~') ? u : "/runs";
 
     static async Task<IResult?> BadCsrfAsync(HttpContext ctx, IAntiforgery af)
     {
@@ -272,8 +289,8 @@ public static class Pages
             new[] { $"<code>{E(m.Key)}</code>" }.Concat(m.Values.Select((v, i) => v is { } x ? $"<span title=\"step {m.Steps[i]}\">{E(x)}</span>" : "—")).ToArray()), "metrics-compare", "no metrics");
 
         var charts = new StringBuilder("<div class=\"charts\" id=\"charts\">");
-        var seriesByRun = new List<(RunDto Run, Dictionary<string, List<MetricPoint>> S)>();
-        foreach (var r in c.Runs) seriesByRun.Add((r, await d.SeriesAsync(r.Id, ctx.RequestAborted, 2000)));
+        var seriesByRun = new List<(RunDto Run, Dictionary<string, List<(long Step, double Value)>> S)>();
+        foreach (var r in c.Runs) seriesByRun.Add((r, await d.SeriesAsync(r.Id, ctx.RequestAborted)));
         foreach (var key in seriesByRun.SelectMany(x => x.S.Where(kv => kv.Value.Count > 1).Select(kv => kv.Key)).Distinct().Order(StringComparer.Ordinal).Take(30))
             charts.Append("<figure>").Append(Svg.LineChart(key, seriesByRun.Where(x => x.S.ContainsKey(key))
                 .Select(x => new Series($"#{x.Run.Id} {x.Run.Name}", x.S[key].Select(p => ((double)p.Step, p.Value)).ToList())).ToList())).Append("</figure>");

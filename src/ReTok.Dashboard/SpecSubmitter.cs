@@ -36,9 +36,8 @@ public sealed class SpecSubmitter(JobClient client, DashboardOptions options)
 
     void CheckParamsFrom(string yaml)
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlDotNet.Core.YamlException) { return; } // JobSpecs reports the syntax error with its position
+        // Limits (depth, size, aliases) throw here; a syntax error is left to JobSpecs, which reports it with its position.
+        if (SpecYaml.Load(yaml, "spec", syntaxErrorIsNull: true) is not { } stream) return;
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode root) return;
         var errors = new List<string>();
         void Check(YamlMappingNode m, string prefix)

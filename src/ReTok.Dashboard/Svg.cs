@@ -30,8 +30,9 @@ public static class Svg
         var yt = Ticks(y0, y1);
         (x0, x1) = (Math.Min(x0, xt[0]), Math.Max(x1, xt[^1]));
         (y0, y1) = (Math.Min(y0, yt[0]), Math.Max(y1, yt[^1]));
-        double Px(double x) => L + (x - x0) / (x1 - x0) * (W - L - R);
-        double Py(double y) => H - B - (y - y0) / (y1 - y0) * (H - T - B);
+        // Halves: x1 - x0 overflows to infinity for values near ±1.8e308 (a diverged metric), halves never do.
+        double Px(double x) => L + (x / 2 - x0 / 2) / (x1 / 2 - x0 / 2) * (W - L - R);
+        double Py(double y) => H - B - (y / 2 - y0 / 2) / (y1 / 2 - y0 / 2) * (H - T - B);
 
         sb.Append("<g font-size=\"10\" fill=\"#555\">");
         foreach (var t in yt)
@@ -68,16 +69,30 @@ public static class Svg
         return (lo - pad, hi + pad);
     }
 
-    /// <summary>About five "nice" ticks (1, 2, 5 x 10^n) covering [lo, hi].</summary>
+    /// <summary>
+    /// About five "nice" ticks (1, 2, 5 x 10^n) covering [lo, hi], ascending and finite for any input: bounds near
+    /// ±double.MaxValue (hi - lo overflows), NaN or infinite bounds (ignored) and lo == hi included.
+    /// </summary>
     public static double[] Ticks(double lo, double hi)
     {
-        var raw = (hi - lo) / 5;
+        if (!double.IsFinite(lo)) lo = double.IsFinite(hi) ? hi : 0;
+        if (!double.IsFinite(hi)) hi = lo;
+        if (hi < lo) (lo, hi) = (hi, lo);
+        if (hi == lo) (lo, hi) = Range(lo, hi);
+        var raw = (hi / 2 - lo / 2) / 2.5; // (hi - lo) / 5 without overflowing
         var mag = Math.Pow(10, Math.Floor(Math.Log10(raw)));
-        var step = new[] { 1, 2, 5, 10 }.Select(m => m * mag).First(s => s >= raw);
-        var start = Math.Floor(lo / step) * step;
+        var step = new[] { 1, 2, 5, 10 }.Select(m => m * mag).FirstOrDefault(s => s >= raw && double.IsFinite(s), raw);
+        var k0 = Math.Floor(lo / step); // ticks are (k0 + i) * step; the first can overflow to -inf near -MaxValue
         var ticks = new List<double>();
-        for (var v = start; v <= hi + step * 0.5 && ticks.Count < 20; v += step) ticks.Add(Math.Round(v / step) * step);
-        if (ticks.Count < 2) ticks.Add(ticks[0] + step);
+        for (var i = 0; i < 24 && ticks.Count < 20; i++)
+        {
+            var v = (k0 + i) * step;
+            if (double.IsNegativeInfinity(v)) continue;
+            if (!double.IsFinite(v) || v > hi + step * 0.5) break;
+            ticks.Add(v);
+        }
+        if (ticks.Count == 0) ticks.Add(lo);
+        if (ticks.Count < 2) ticks.Add(double.IsFinite(ticks[0] + step) ? ticks[0] + step : hi > ticks[0] ? hi : ticks[0] + Math.Abs(ticks[0]) * 0.05 + 1);
         return ticks.ToArray();
     }
 

@@ -98,7 +98,7 @@ public sealed partial class Tracker
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
             cmd.Parameters.AddWithValue("note", (object?)SafeText.CleanOrNull(note) ?? DBNull.Value);
-            cmd.Parameters.AddWithValue("failure", (object?)SafeText.CleanOrNull(failure) ?? DBNull.Value);
+            cmd.Parameters.AddWithValue("failure", failure is null ? DBNull.Value : SafeText.Clean(Redact.Secrets(failure)));
             cmd.Parameters.AddWithValue("refund", refundAttempt);
             return await cmd.ExecuteNonQueryAsync(t) == 1;
         }, ct);

@@ -183,13 +183,101 @@ public sealed partial class Tracker : IAsyncDisposable
             return await q.OrderBy(m => m.Key).ThenBy(m => m.Step).ToListAsync(t);
         }, ct);
 
-    /// <summary>The last point (highest step) of each metric key of a run.</summary>
+    /// <summary>
+    /// One page of a run's metric points in (key, step) order, after the cursor (<paramref name="afterKey"/>,
+    /// <paramref name="afterStep"/>); <paramref name="limit"/> + 1 rows are read so the caller knows whether more follow.
+    /// </summary>
+    public Task<List<MetricPoint>> GetMetricsPageAsync(long runId, string? key, string? afterKey, long afterStep, int limit, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            await using var db = CreateDb();
+            var q = db.Metrics.AsNoTracking().Where(m => m.RunId == runId);
+            if (key is not null) q = q.Where(m => m.Key == key);
+            if (afterKey is not null) q = q.Where(m => string.Compare(m.Key, afterKey) > 0 || (m.Key == afterKey && m.Step > afterStep));
+            return await q.OrderBy(m => m.Key).ThenBy(m => m.Step).Take(limit + 1).ToListAsync(t);
+        }, ct);
+
+    /// <summary>
+    /// Metric series for charts, downsampled in the database: a key whose steps span at most
+    /// <paramref name="maxPointsPerKey"/> comes whole; a longer one is cut into maxPointsPerKey/2 - 1 step buckets and
+    /// each bucket gives its lowest and its highest point (so spikes and dips survive), plus the key's first and last
+    /// point. Keys and their step ranges come from the primary key index (a skip scan: no pass over the points); each
+    /// long key is then one index range scan with a hash aggregate (min/max of ARRAY[value, step]). A run with 1M
+    /// points sends about maxPointsPerKey rows a key instead of all of them. Times are not returned (charts plot step
+    /// against value).
+    /// </summary>
+    public Task<Dictionary<string, List<(long Step, double Value)>>> GetMetricSeriesAsync(long runId, int maxPointsPerKey, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            var max = Math.Max(4, maxPointsPerKey);
+            var buckets = max / 2 - 1; // two points a bucket plus the two ends
+            await using var conn = await DataSource.OpenConnectionAsync(t);
+            var keys = new List<(string Key, long S0, long S1)>();
+            await using (var cmd = new NpgsqlCommand("""
+                WITH RECURSIVE keys AS (
+                    (SELECT key FROM retok.metrics WHERE run_id = @run ORDER BY key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT m.key FROM retok.metrics m WHERE m.run_id = @run AND m.key > keys.key ORDER BY m.key LIMIT 1)
+                    FROM keys WHERE keys.key IS NOT NULL)
+                SELECT key, (SELECT min(step) FROM retok.metrics m WHERE m.run_id = @run AND m.key = keys.key),
+                            (SELECT max(step) FROM retok.metrics m WHERE m.run_id = @run AND m.key = keys.key)
+                FROM keys WHERE key IS NOT NULL
+                """, conn))
+            {
+                cmd.Parameters.AddWithValue("run", runId);
+                await using var r = await cmd.ExecuteReaderAsync(t);
+                while (await r.ReadAsync(t)) keys.Add((r.GetString(0), r.GetInt64(1), r.GetInt64(2)));
+            }
+            var result = new Dictionary<string, List<(long, double)>>(StringComparer.Ordinal);
+            foreach (var (key, s0, s1) in keys)
+            {
+                // steps are unique per key, so a span of at most `max` steps holds at most `max` points
+                var whole = s1 - s0 < max;
+                await using var cmd = new NpgsqlCommand(whole
+                    ? "SELECT step, value FROM retok.metrics WHERE run_id = @run AND key = @key ORDER BY step"
+                    : """
+                      WITH b AS (
+                          SELECT min(ARRAY[value, step::float8]) AS lo, max(ARRAY[value, step::float8]) AS hi
+                          FROM retok.metrics WHERE run_id = @run AND key = @key
+                          GROUP BY width_bucket(step::float8, @s0::float8, @s1::float8 + 1, @buckets))
+                      SELECT lo[2]::bigint, lo[1] FROM b
+                      UNION SELECT hi[2]::bigint, hi[1] FROM b
+                      UNION SELECT step, value FROM retok.metrics WHERE run_id = @run AND key = @key AND step IN (@s0, @s1)
+                      ORDER BY 1
+                      """, conn);
+                cmd.Parameters.AddWithValue("run", runId);
+                cmd.Parameters.AddWithValue("key", key);
+                if (!whole)
+                {
+                    cmd.Parameters.AddWithValue("s0", s0);
+                    cmd.Parameters.AddWithValue("s1", s1);
+                    cmd.Parameters.AddWithValue("buckets", buckets);
+                }
+                var list = new List<(long, double)>();
+                await using (var r = await cmd.ExecuteReaderAsync(t))
+                    while (await r.ReadAsync(t)) list.Add((r.GetInt64(0), r.GetDouble(1)));
+                result[key] = list;
+            }
+            return result;
+        }, ct);
+
+    /// <summary>
+    /// The last point (highest step) of each metric key of a run: a skip scan over the primary key index (one probe a
+    /// key), not DISTINCT ON, which sorted every point of the run (seconds for a run with millions of points).
+    /// </summary>
     public Task<List<MetricPoint>> GetLatestMetricsAsync(long runId, CancellationToken ct = default) =>
         RetryAsync(async t =>
         {
             await using var db = CreateDb();
             return await db.Metrics.FromSqlInterpolated($"""
-                SELECT DISTINCT ON (key) run_id, key, step, value, time FROM retok.metrics WHERE run_id = {runId} ORDER BY key, step DESC
+                WITH RECURSIVE keys AS (
+                    (SELECT key FROM retok.metrics WHERE run_id = {runId} ORDER BY key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT m.key FROM retok.metrics m WHERE m.run_id = {runId} AND m.key > keys.key ORDER BY m.key LIMIT 1)
+                    FROM keys WHERE keys.key IS NOT NULL)
+                SELECT l.run_id, l.key, l.step, l.value, l.time FROM keys CROSS JOIN LATERAL (
+                    SELECT * FROM retok.metrics m WHERE m.run_id = {runId} AND m.key = keys.key ORDER BY m.step DESC LIMIT 1) l
+                WHERE keys.key IS NOT NULL
                 """).AsNoTracking().ToListAsync(t);
         }, ct);
 
@@ -208,7 +296,7 @@ public sealed partial class Tracker : IAsyncDisposable
             cmd.Parameters.AddWithValue("run", runId);
             cmd.Parameters.AddWithValue("times", lines.Select(l => (l.Time ?? now).ToUniversalTime()).ToArray());
             cmd.Parameters.AddWithValue("levels", lines.Select(l => SafeText.Clean(l.Level)).ToArray());
-            cmd.Parameters.AddWithValue("messages", lines.Select(l => SafeText.Clean(l.Message)).ToArray());
+            cmd.Parameters.AddWithValue("messages", lines.Select(l => SafeText.Clean(Redact.Secrets(l.Message))).ToArray()); // error lines carry exception text
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
     }

@@ -19,6 +19,7 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
     public DbSet<WorkerInfo> Workers => Set<WorkerInfo>();
     public DbSet<User> Users => Set<User>();
     public DbSet<ApiToken> ApiTokens => Set<ApiToken>();
+    public DbSet<UserSession> UserSessions => Set<UserSession>();
 
     protected override void OnModelCreating(ModelBuilder b)
     {
@@ -67,10 +68,19 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
         {
             e.HasIndex(u => u.Name).IsUnique();
             e.Property(u => u.Role).HasConversion<string>().HasMaxLength(16);
+            e.Property(u => u.SecurityStamp).HasMaxLength(64).HasDefaultValue("");
+        });
+        b.Entity<UserSession>(e =>
+        {
+            e.Property(s => s.Id).HasMaxLength(64);
+            e.Property(s => s.Address).HasMaxLength(64);
+            e.HasIndex(s => new { s.UserId, s.CreatedAt });
+            e.HasOne(s => s.User).WithMany().HasForeignKey(s => s.UserId).OnDelete(DeleteBehavior.Cascade);
         });
         b.Entity<ApiToken>(e =>
         {
             e.HasIndex(t => t.TokenHash).IsUnique();
+            e.Property(t => t.SecurityStamp).HasMaxLength(64).HasDefaultValue("");
             e.HasOne(t => t.User).WithMany().HasForeignKey(t => t.UserId).OnDelete(DeleteBehavior.Cascade);
         });
     }

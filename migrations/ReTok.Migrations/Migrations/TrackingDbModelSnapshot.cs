@@ -59,6 +59,14 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("revoked_at");
 
+                    b.Property<string>("SecurityStamp")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasMaxLength(64)
+                        .HasColumnType("character varying(64)")
+                        .HasDefaultValue("")
+                        .HasColumnName("security_stamp");
+
                     b.Property<string>("TokenHash")
                         .IsRequired()
                         .HasColumnType("text")
@@ -542,6 +550,14 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("character varying(16)")
                         .HasColumnName("role");
 
+                    b.Property<string>("SecurityStamp")
+                        .IsRequired()
+                        .ValueGeneratedOnAdd()
+                        .HasMaxLength(64)
+                        .HasColumnType("character varying(64)")
+                        .HasDefaultValue("")
+                        .HasColumnName("security_stamp");
+
                     b.HasKey("Id")
                         .HasName("pk_users");
 
@@ -550,6 +566,39 @@ namespace ReTok.Migrations.Migrations
                         .HasDatabaseName("ix_users_name");
 
                     b.ToTable("users", "retok");
+                });
+
+            modelBuilder.Entity("ReTok.Tracking.UserSession", b =>
+                {
+                    b.Property<string>("Id")
+                        .HasMaxLength(64)
+                        .HasColumnType("character varying(64)")
+                        .HasColumnName("id");
+
+                    b.Property<string>("Address")
+                        .HasMaxLength(64)
+                        .HasColumnType("character varying(64)")
+                        .HasColumnName("address");
+
+                    b.Property<DateTimeOffset>("CreatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("created_at");
+
+                    b.Property<DateTimeOffset?>("RevokedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("revoked_at");
+
+                    b.Property<long>("UserId")
+                        .HasColumnType("bigint")
+                        .HasColumnName("user_id");
+
+                    b.HasKey("Id")
+                        .HasName("pk_user_sessions");
+
+                    b.HasIndex("UserId", "CreatedAt")
+                        .HasDatabaseName("ix_user_sessions_user_id_created_at");
+
+                    b.ToTable("user_sessions", "retok");
                 });
 
             modelBuilder.Entity("ReTok.Tracking.WorkerInfo", b =>
@@ -689,6 +738,18 @@ namespace ReTok.Migrations.Migrations
                         .OnDelete(DeleteBehavior.Cascade)
                         .IsRequired()
                         .HasConstraintName("fk_logs_runs_run_id");
+                });
+
+            modelBuilder.Entity("ReTok.Tracking.UserSession", b =>
+                {
+                    b.HasOne("ReTok.Tracking.User", "User")
+                        .WithMany()
+                        .HasForeignKey("UserId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired()
+                        .HasConstraintName("fk_user_sessions_users_user_id");
+
+                    b.Navigation("User");
                 });
 
             modelBuilder.Entity("ReTok.Tracking.Experiment", b =>

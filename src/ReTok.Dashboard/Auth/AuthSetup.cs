@@ -27,6 +27,8 @@ public static class AuthSetup
     public const string OperatorPolicy = "operator";
     public const string AdminPolicy = "admin";
     public const string TokenIdClaim = "retok:token";
+    public const string SessionClaim = "retok:sid";
+    public const string StampClaim = "retok:stamp";
     public const string CsrfHeader = "X-CSRF-TOKEN";
     public const string CsrfField = "__RequestVerificationToken";
 
@@ -48,6 +50,9 @@ public static class AuthSetup
             a.FormFieldName = CsrfField;
             a.Cookie.Name = "retok.csrf";
             a.Cookie.SameSite = SameSiteMode.Strict;
+            // SameAsRequest: behind a trusted proxy the forwarded scheme (https) makes it Secure; Always would make
+            // antiforgery throw on a plain-http request instead of answering it.
+            a.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
         });
         services.AddAuthentication(Smart)
             .AddPolicyScheme(Smart, "cookie or bearer", p => p.ForwardDefaultSelector = ctx =>
@@ -58,7 +63,8 @@ public static class AuthSetup
                 c.Cookie.Name = "retok.auth";
                 c.Cookie.HttpOnly = true;
                 c.Cookie.SameSite = SameSiteMode.Lax;
-                c.Cookie.SecurePolicy = CookieSecurePolicy.SameAsRequest;
+                // Behind a TLS-terminating proxy the session cookie is Secure even if the proxy forgets X-Forwarded-Proto.
+                c.Cookie.SecurePolicy = o.TrustForwardedHeaders ? CookieSecurePolicy.Always : CookieSecurePolicy.SameAsRequest;
                 c.ExpireTimeSpan = TimeSpan.FromHours(12);
                 c.SlidingExpiration = true;
                 c.LoginPath = "/login";
@@ -76,12 +82,15 @@ public static class AuthSetup
                     else ctx.Response.Redirect(ctx.RedirectUri);
                     return Task.CompletedTask;
                 };
-                // Re-read the user on every request: a disabled user or a changed role takes effect at once.
+                // Re-read the session and user on every request: logout (session revoked), a password change or disable
+                // (security stamp changed) and a changed role take effect at once, also for copies of the cookie.
                 c.Events.OnValidatePrincipal = async ctx =>
                 {
                     var users = ctx.HttpContext.RequestServices.GetRequiredService<UserStore>();
                     var id = long.TryParse(ctx.Principal?.FindFirstValue(ClaimTypes.NameIdentifier), out var v) ? v : -1;
-                    var p = id < 0 ? null : await users.GetActiveAsync(id, ctx.HttpContext.RequestAborted);
+                    var sid = ctx.Principal?.FindFirstValue(SessionClaim);
+                    var stamp = ctx.Principal?.FindFirstValue(StampClaim);
+                    var p = id < 0 || sid is null || stamp is null ? null : await users.GetSessionAsync(id, sid, stamp, ctx.HttpContext.RequestAborted);
                     if (p is null) { ctx.RejectPrincipal(); await ctx.HttpContext.SignOutAsync(Cookie); return; }
                     if (ctx.Principal!.FindFirstValue(ClaimTypes.Role) != p.Role.ToString()) ctx.ReplacePrincipal(ToClaims(p, Cookie));
                 };
@@ -102,6 +111,8 @@ public static class AuthSetup
             new(ClaimTypes.Role, p.Role.ToString()),
         };
         if (p.TokenId is { } t) claims.Add(new Claim(TokenIdClaim, t.ToString()));
+        if (p.SessionId is { } sid) claims.Add(new Claim(SessionClaim, sid));
+        if (p.Stamp is { } stamp) claims.Add(new Claim(StampClaim, stamp));
         return new ClaimsPrincipal(new ClaimsIdentity(claims, scheme));
     }
 

@@ -13,7 +13,7 @@ public sealed record TokenInfo(long Id, string Name, string User, string Prefix,
     DateTimeOffset? LastUsedAt, DateTimeOffset? RevokedAt);
 
 /// <summary>The signed-in identity behind a request (cookie or Bearer token).</summary>
-public sealed record Principal(long UserId, string Name, UserRole Role, long? TokenId = null);
+public sealed record Principal(long UserId, string Name, UserRole Role, long? TokenId = null, string? Stamp = null, string? SessionId = null);
 
 /// <summary>
 /// Users (PBKDF2 via ASP.NET Identity's <see cref="PasswordHasher{TUser}"/>) and API tokens ("rtk_" + 32 random bytes,
@@ -50,6 +50,8 @@ public sealed class UserStore(string connectionString)
         u.PasswordHash = Hasher.HashPassword(u, password);
         u.Role = role;
         u.DisabledAt = null;
+        // New credentials: every cookie and API token issued under the old ones stops working.
+        u.SecurityStamp = User.NewStamp();
         try { await db.SaveChangesAsync(ct); }
         catch (DbUpdateException ex) when (ex.InnerException is PostgresException { SqlState: PostgresErrorCodes.UniqueViolation })
         { throw new InvalidOperationException($"user '{name}' already exists"); }
@@ -69,6 +71,7 @@ public sealed class UserStore(string connectionString)
         var u = await db.Users.FirstOrDefaultAsync(x => x.Name == name, ct);
         if (u is null) return false;
         u.DisabledAt ??= DateTimeOffset.UtcNow;
+        u.SecurityStamp = User.NewStamp();
         await db.SaveChangesAsync(ct);
         await db.ApiTokens.Where(t => t.UserId == u.Id && t.RevokedAt == null)
             .ExecuteUpdateAsync(s => s.SetProperty(t => t.RevokedAt, DateTimeOffset.UtcNow), ct);
@@ -105,7 +108,7 @@ public sealed class UserStore(string connectionString)
             u.PasswordHash = Hasher.HashPassword(u, password);
             await db.SaveChangesAsync(ct);
         }
-        return new Principal(u.Id, u.Name, u.Role);
+        return new Principal(u.Id, u.Name, u.Role, Stamp: u.SecurityStamp);
     }
 
     static readonly User Dummy = new() { Name = "-", PasswordHash = "" };
@@ -116,7 +119,46 @@ public sealed class UserStore(string connectionString)
     {
         await using var db = Db();
         var u = await db.Users.AsNoTracking().FirstOrDefaultAsync(x => x.Id == userId && x.DisabledAt == null, ct);
-        return u is null ? null : new Principal(u.Id, u.Name, u.Role);
+        return u is null ? null : new Principal(u.Id, u.Name, u.Role, Stamp: u.SecurityStamp);
+    }
+
+    // ------------------------------------------------------------------ browser sessions
+
+    /// <summary>Longest a login lasts, however active (the cookie slides within it).</summary>
+    public static readonly TimeSpan SessionMaxAge = TimeSpan.FromDays(7);
+
+    /// <summary>Records a login; the returned id goes into the (encrypted) cookie. Old rows of the user are purged.</summary>
+    public async Task<string> CreateSessionAsync(long userId, string? address, CancellationToken ct = default)
+    {
+        await using var db = Db();
+        var id = Base64Url(RandomNumberGenerator.GetBytes(32));
+        db.UserSessions.Add(new UserSession { Id = id, UserId = userId, Address = address?.Length > 64 ? address[..64] : address });
+        await db.SaveChangesAsync(ct);
+        var old = DateTimeOffset.UtcNow - SessionMaxAge;
+        await db.UserSessions.Where(s => s.UserId == userId && s.CreatedAt < old).ExecuteDeleteAsync(ct);
+        return id;
+    }
+
+    /// <summary>Ends one session (logout); its cookie is refused from the next request on, wherever it was copied to.</summary>
+    public async Task RevokeSessionAsync(string sessionId, CancellationToken ct = default)
+    {
+        await using var db = Db();
+        await db.UserSessions.Where(s => s.Id == sessionId && s.RevokedAt == null)
+            .ExecuteUpdateAsync(s => s.SetProperty(x => x.RevokedAt, DateTimeOffset.UtcNow), ct);
+    }
+
+    /// <summary>
+    /// The user behind a cookie, checked on every request: session not revoked and younger than <see cref="SessionMaxAge"/>,
+    /// user active, and the cookie's security stamp still the user's (a password change or disable logs everyone out).
+    /// </summary>
+    public async Task<Principal?> GetSessionAsync(long userId, string sessionId, string stamp, CancellationToken ct = default)
+    {
+        await using var db = Db();
+        var since = DateTimeOffset.UtcNow - SessionMaxAge;
+        var u = await db.UserSessions.AsNoTracking()
+            .Where(s => s.Id == sessionId && s.UserId == userId && s.RevokedAt == null && s.CreatedAt > since)
+            .Select(s => s.User!).Where(x => x.DisabledAt == null && x.SecurityStamp == stamp).FirstOrDefaultAsync(ct);
+        return u is null ? null : new Principal(u.Id, u.Name, u.Role, Stamp: u.SecurityStamp, SessionId: sessionId);
     }
 
     // ------------------------------------------------------------------ API tokens
@@ -132,7 +174,7 @@ public sealed class UserStore(string connectionString)
         var token = TokenPrefix + Base64Url(RandomNumberGenerator.GetBytes(32));
         var row = new ApiToken
         {
-            UserId = u.Id, Name = tokenName, Prefix = token[..(TokenPrefix.Length + 6)], TokenHash = HashToken(token),
+            UserId = u.Id, Name = tokenName, Prefix = token[..(TokenPrefix.Length + 6)], TokenHash = HashToken(token), SecurityStamp = u.SecurityStamp,
             ExpiresAt = lifetime is { } l ? DateTimeOffset.UtcNow + l : null,
         };
         db.ApiTokens.Add(row);
@@ -167,6 +209,7 @@ public sealed class UserStore(string connectionString)
         var row = await db.ApiTokens.AsNoTracking().Include(t => t.User).FirstOrDefaultAsync(t => t.TokenHash == hash, ct);
         var now = DateTimeOffset.UtcNow;
         if (row is null || row.RevokedAt is not null || row.ExpiresAt <= now || row.User is null || row.User.DisabledAt is not null) return null;
+        if (row.SecurityStamp != row.User.SecurityStamp) return null; // created before the user's last password change
         if (row.LastUsedAt is null || now - row.LastUsedAt > TimeSpan.FromMinutes(1))
             await db.ApiTokens.Where(t => t.Id == row.Id).ExecuteUpdateAsync(s => s.SetProperty(t => t.LastUsedAt, now), ct);
         return new Principal(row.User.Id, row.User.Name, row.User.Role, row.Id);

@@ -58,7 +58,7 @@ public static class JobSpecs
     {
         if (!File.Exists(path)) throw new SpecValidationException(new[] { $"spec file {path} does not exist" });
         var full = Path.GetFullPath(path);
-        try { return Parse(File.ReadAllText(full), overrides, kinds, Path.GetDirectoryName(full)); }
+        try { return Parse(SpecYaml.ReadFile(full, "spec"), overrides, kinds, Path.GetDirectoryName(full)); }
         catch (SpecValidationException ex) { throw new SpecValidationException(ex.Errors, path); }
     }
 
@@ -98,7 +98,9 @@ public static class JobSpecs
             var eq = set.IndexOf('=');
             if (eq <= 0) { errors.Add($"--set {set}: expected KEY=VALUE"); continue; }
             var keyPath = set[..eq].Trim().Split('.');
-            var value = ParseValue(set[(eq + 1)..]);
+            YamlNode value;
+            try { value = ParseValue(set[(eq + 1)..], $"--set {set[..eq].Trim()}"); }
+            catch (SpecValidationException ex) { errors.AddRange(ex.Errors); continue; }
             YamlMappingNode target;
             string where;
             if (isPipeline)
@@ -128,7 +130,9 @@ public static class JobSpecs
             {
                 var file = Path.IsPathRooted(from) ? from : Path.Combine(baseDir ?? Directory.GetCurrentDirectory(), from);
                 if (!File.Exists(file)) errors.Add($"{prefix}params_from: {file} does not exist");
-                else paramsNode = Merge(LoadMapping(File.ReadAllText(file), file), paramsNode);
+                else
+                    try { paramsNode = Merge(LoadMapping(SpecYaml.ReadFile(file, $"{prefix}params_from {from}"), $"{prefix}params_from {from}"), paramsNode); }
+                    catch (SpecValidationException ex) { errors.AddRange(ex.Errors); }
             }
             object? p = null;
             try { p = ParamBinder.Bind(kind.ParamsType, paramsNode, $"{prefix}params"); }
@@ -175,19 +179,16 @@ public static class JobSpecs
 
     static YamlMappingNode LoadMapping(string yaml, string what)
     {
-        var stream = new YamlStream();
-        try { stream.Load(new StringReader(yaml)); }
-        catch (YamlException ex) { throw new SpecValidationException(new[] { $"{what}: invalid YAML at line {ex.Start.Line}, column {ex.Start.Column}: {ex.Message}" }); }
+        var stream = SpecYaml.Load(yaml, what)!;
         if (stream.Documents.Count == 0 || stream.Documents[0].RootNode is not YamlMappingNode m)
             throw new SpecValidationException(new[] { $"{what}: expected a YAML mapping at the top" });
         return m;
     }
 
-    static YamlNode ParseValue(string text)
+    static YamlNode ParseValue(string text, string what)
     {
-        var s = new YamlStream();
-        try { s.Load(new StringReader(text)); }
-        catch (YamlException) { return new YamlScalarNode(text) { Style = ScalarStyle.DoubleQuoted }; }
+        // Not YAML: taken as a string. Over a limit: that error is thrown (the value is not silently made a string).
+        if (SpecYaml.Load(text, what, syntaxErrorIsNull: true) is not { } s) return new YamlScalarNode(text) { Style = ScalarStyle.DoubleQuoted };
         return s.Documents.Count == 0 ? new YamlScalarNode("null") : s.Documents[0].RootNode;
     }
 

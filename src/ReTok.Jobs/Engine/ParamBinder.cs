@@ -94,9 +94,16 @@ public static class ParamBinder
         {
             var s = Scalar(node, path, expected, errors);
             if (s is null) return null;
-            var t = s.ToLowerInvariant() switch { ".inf" or "+.inf" or "inf" => "Infinity", "-.inf" or "-inf" => "-Infinity", ".nan" or "nan" => "NaN", _ => s };
-            if (t is "Infinity" or "-Infinity" or "NaN") return JsonValue.Create(t);
-            if (double.TryParse(s.Replace("_", ""), NumberStyles.Float, CultureInfo.InvariantCulture, out var d)) return JsonValue.Create(d);
+            // NaN and ±Inf (".nan", ".inf", "1e999") are refused at submit: no parameter means them, and a NaN learning
+            // rate or scale would only surface hours later as a diverged run.
+            var word = s.ToLowerInvariant().TrimStart('+', '-').TrimStart('.');
+            var parsed = double.TryParse(s.Replace("_", ""), NumberStyles.Float, CultureInfo.InvariantCulture, out var d);
+            if (word is "inf" or "infinity" or "nan" || (parsed && (!double.IsFinite(d) || (type == typeof(float) && !float.IsFinite((float)d)))))
+            {
+                errors.Add($"{path}: must be a finite number, got '{s}'");
+                return null;
+            }
+            if (parsed) return JsonValue.Create(d);
             errors.Add($"{path}: expected {expected}, got '{s}'");
             return null;
         }
@@ -235,7 +242,7 @@ public static class ParamBinder
         YamlScalarNode sc when sc.Style != YamlDotNet.Core.ScalarStyle.Plain => JsonValue.Create(sc.Value),
         YamlScalarNode sc when IsNull(sc) => null,
         YamlScalarNode sc when long.TryParse(sc.Value, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var l) => JsonValue.Create(l),
-        YamlScalarNode sc when double.TryParse(sc.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) => JsonValue.Create(d),
+        YamlScalarNode sc when double.TryParse(sc.Value, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && double.IsFinite(d) => JsonValue.Create(d),
         YamlScalarNode sc when sc.Value!.Equals("true", StringComparison.OrdinalIgnoreCase) => JsonValue.Create(true),
         YamlScalarNode sc when sc.Value!.Equals("false", StringComparison.OrdinalIgnoreCase) => JsonValue.Create(false),
         YamlScalarNode sc => JsonValue.Create(sc.Value),

@@ -121,10 +121,11 @@ public static class RunTransitions
             await cmd.ExecuteNonQueryAsync(t);
         }, ct);
 
-    /// <summary>Failure text as stored: control characters replaced (<see cref="SafeText"/>), at most 4000 characters.</summary>
-    static string Truncate(string s)
+    /// <summary>Failure text as stored: credentials blanked (exception messages can carry connection strings), control
+    /// characters replaced (<see cref="SafeText"/>), at most 4000 characters.</summary>
+    static string Truncate(string reason)
     {
-        s = SafeText.Clean(s);
+        var s = SafeText.Clean(Redact.Secrets(reason));
         return s.Length <= 4000 ? s : s[..4000] + "…";
     }
 }

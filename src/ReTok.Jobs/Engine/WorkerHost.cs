@@ -39,7 +39,8 @@ public sealed class WorkerHost : IAsyncDisposable
         options.Validate();
         _o = options;
         _w = worker;
-        _log = log ?? (s => Console.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
+        var sink = log ?? (s => Console.WriteLine($"{DateTime.Now:HH:mm:ss.fff} {s}"));
+        _log = s => sink(Redact.Secrets(s)); // exception messages can carry connection strings
         Kinds = kinds ?? JobKindRegistry.Default;
         HostName = Environment.MachineName;
         WorkerId = worker.Name ?? $"{HostName}-{Environment.ProcessId}-{Guid.NewGuid().ToString("N")[..4]}";

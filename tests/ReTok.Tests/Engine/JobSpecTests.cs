@@ -120,6 +120,26 @@ public class JobSpecTests
         Assert.StartsWith(Path.Combine(dir, "job.yaml") + ": params.trainer.lr: expected a number (double), got 'fast'", ex.Message);
     }
 
+    [Fact]
+    public void CliLoadOfDeeplyNestedSpecsAndParamsFromFilesIsAValidationErrorNotACrash()
+    {
+        // The CLI path (retok submit FILE): before, a 100k-level document overflowed the stack inside YamlDotNet.
+        var dir = Directory.CreateTempSubdirectory("spec").FullName;
+        var deep = new string('[', 100_000) + new string(']', 100_000);
+        File.WriteAllText(Path.Combine(dir, "deep.yaml"), $"kind: selftest\nparams: {{n: {deep}}}\n");
+        var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Load(Path.Combine(dir, "deep.yaml")));
+        Assert.Contains($"spec: line 2, column", ex.Message);
+        Assert.Contains($"nested deeper than the limit of {SpecYaml.MaxDepth} levels", ex.Message);
+
+        File.WriteAllText(Path.Combine(dir, "base.yaml"), $"n: {deep}\n");
+        File.WriteAllText(Path.Combine(dir, "job.yaml"), "kind: selftest\nparams_from: base.yaml\n");
+        var pf = Assert.Throws<SpecValidationException>(() => JobSpecs.Load(Path.Combine(dir, "job.yaml")));
+        Assert.StartsWith($"params_from base.yaml: line 1, column", Assert.Single(pf.Errors));
+
+        File.WriteAllText(Path.Combine(dir, "big.yaml"), "kind: selftest\n#" + new string('x', SpecYaml.MaxChars));
+        Assert.Contains($"over the limit of {SpecYaml.MaxChars}", Assert.Throws<SpecValidationException>(() => JobSpecs.Load(Path.Combine(dir, "big.yaml"))).Message);
+    }
+
     public enum Mode { Train, FastEval }
     public sealed record Trainer { public double Lr { get; init; } public required int GlobalBatchSize { get; init; } public double[] Betas { get; init; } = [0.9, 0.95]; }
     public sealed record Codebook { public int Size { get; init; } = 4096; }

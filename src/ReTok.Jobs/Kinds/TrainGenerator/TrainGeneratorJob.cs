@@ -38,7 +38,9 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int GlobalBatchSize { get; init; } = 256;
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
-    public int LogEvery { get; init; } = 1;
+    /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
+    public int? LogEvery { get; init; }
+    public long EffectiveLogEvery() => LogEvery ?? Math.Max(1, MaxSteps / 10_000);
     /// <summary>Test hook: sleep this long after each step (kill-and-resume tests need a run that lasts).</summary>
     public int DebugStepDelayMs { get; init; }
 
@@ -50,7 +52,7 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (WarmupSteps < 0) yield return $"warmup_steps: must be >= 0, got {WarmupSteps}";
         if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
-        if (LogEvery < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
+        if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
     }
 
@@ -153,7 +155,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
             }
             tokensSince += (long)bs * block;
-            if ((step + 1) % p.LogEvery == 0 || step + 1 == p.MaxSteps)
+            if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
             {
                 var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
                 ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));

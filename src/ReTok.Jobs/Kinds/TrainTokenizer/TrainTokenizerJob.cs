@@ -90,7 +90,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
                 throw new JobFailedException($"training diverged at step {e.Step}: loss term '{e.Term}' is not finite " +
                     $"({e.Message}); the last good checkpoint is at step {lastCheckpoint}", e);
             }
-            if (s % p.LogEvery == 0 || s == stop)
+            if (s % p.EffectiveLogEvery() == 0 || s == stop)
             {
                 var m = r.Scalars.Select(kv => (kv.Key, kv.Value)).ToList();
                 m.Add(("loss", r.Scalars["total_g"] + r.Scalars.GetValueOrDefault("total_d")));

@@ -27,8 +27,15 @@ public sealed record TrainTokenizerParams : IValidatableParams
     /// <summary>--early-stop-iter: stop here (the schedule still runs to `iterations`).</summary>
     public long? EarlyStopIter { get; init; }
     public long CkptEvery { get; init; } = 5000;
-    /// <summary>Metrics every n steps (the reference logs every 500; per-step is the default here).</summary>
-    public long LogEvery { get; init; } = 1;
+    /// <summary>
+    /// Metrics every n steps (the reference logs every 500). Default: every step up to 10 000 iterations, then
+    /// iterations / 10 000 (250 for a 2.5M-iteration run), i.e. at most ~10k points a metric key — per-step logging of
+    /// such a run wrote 2.5M points a key, which no chart or API reader needs.
+    /// </summary>
+    public long? LogEvery { get; init; }
+
+    /// <summary>The <see cref="LogEvery"/> in force.</summary>
+    public long EffectiveLogEvery() => LogEvery ?? Math.Max(1, Iterations / 10_000);
     public bool Ema { get; init; }
     public double EmaDecay { get; init; } = 0.9999;
     /// <summary>auto (bf16 on CUDA, fp32 on CPU), none/fp32, bf16. fp16 needs a GradScaler and is not offered.</summary>
@@ -73,7 +80,7 @@ public sealed record TrainTokenizerParams : IValidatableParams
         if (Iterations < 1) yield return $"iterations: must be >= 1, got {Iterations}";
         if (EarlyStopIter is < 1) yield return $"early_stop_iter: must be >= 1, got {EarlyStopIter}";
         if (CkptEvery < 1) yield return $"ckpt_every: must be >= 1, got {CkptEvery}";
-        if (LogEvery < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
+        if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (ReconEvery < 0) yield return $"recon_every: must be >= 0, got {ReconEvery}";
         if (EmaDecay is <= 0 or >= 1) yield return $"ema_decay: must be in (0, 1), got {EmaDecay}";
         if (GradientAccumulationSteps < 1) yield return $"gradient_accumulation_steps: must be >= 1, got {GradientAccumulationSteps}";
