@@ -15,6 +15,10 @@ public enum KDistribution
     PowersOfTwo,
     /// <summary>Always <see cref="KSamplerConfig.FixedK"/> (released ReTok training: 256, i.e. no nested dropout).</summary>
     Fixed,
+    /// <summary>K uniform on {MinTokens..MaxK}, then min(K, N): the decoder never reads padding tokens (inference never
+    /// supplies them), so the padding queries get no gradient; the padding only shifts mass onto K = N:
+    /// P(K = N) = (MaxK - N + 1)/(MaxK - MinTokens + 1) (225/480 with padding, vs 1/480 uniform).</summary>
+    ClampToN,
 }
 
 /// <summary>
@@ -29,9 +33,13 @@ public sealed record KSamplerConfig(
     KDistribution Distribution = KDistribution.Uniform,
     int MinTokens = 1,
     bool PerSample = true,
-    int FixedK = 256)
+    int FixedK = 256,
+    double KEqualsNProb = 0.0)
 {
     public int MaxK => UsePadding ? NumTokens + NumPadding : NumTokens;
+
+    // KEqualsNProb: mixture weight p: with probability p, K = N (the inference setting) instead of a draw from the law
+    // above; 0 (default) keeps the law and its random stream unchanged.
 
     public static KSamplerConfig Released => new(Distribution: KDistribution.Fixed, FixedK: 256);
     public static KSamplerConfig PriorNestedDropout => new(UsePadding: false);
@@ -42,6 +50,7 @@ public sealed record KSamplerConfig(
         if (MinTokens < 1 || MinTokens > MaxK) throw new ArgumentException($"K sampler: MinTokens {MinTokens} must be in [1, {MaxK}]");
         if (Distribution == KDistribution.Fixed && (FixedK < 1 || FixedK > NumTokens + NumPadding))
             throw new ArgumentException($"K sampler: FixedK {FixedK} must be in [1, {NumTokens + NumPadding}]");
+        if (!(KEqualsNProb >= 0 && KEqualsNProb <= 1)) throw new ArgumentException($"K sampler: KEqualsNProb {KEqualsNProb} must be in [0, 1]");
     }
 }
 
@@ -71,10 +80,13 @@ public sealed class KSampler
         Tensor k = c.Distribution switch
         {
             KDistribution.Uniform => randint(c.MinTokens, c.MaxK + 1, new[] { n }, dtype: int64, generator: generator),
+            KDistribution.ClampToN => randint(c.MinTokens, c.MaxK + 1, new[] { n }, dtype: int64, generator: generator).clamp_max(c.NumTokens),
             KDistribution.PowersOfTwo => tensor(choices)[randint(0, choices.Length, new[] { n }, dtype: int64, generator: generator)],
             KDistribution.Fixed => full(new[] { n }, (long)c.FixedK, dtype: int64),
             _ => throw new ArgumentOutOfRangeException(nameof(c.Distribution)),
         };
+        if (c.KEqualsNProb > 0)
+            k = where(rand(new[] { n }, dtype: float64, generator: generator).lt(c.KEqualsNProb), full(new[] { n }, (long)c.NumTokens, dtype: int64), k);
         return c.PerSample ? k : k.expand(batch).contiguous();
     }
 
@@ -82,12 +94,31 @@ public sealed class KSampler
     public double KeepProbability(int position)
     {
         var c = Config;
-        return c.Distribution switch
+        double baseP = c.Distribution switch
         {
             KDistribution.Uniform => Math.Clamp((double)(c.MaxK - Math.Max(position, c.MinTokens) + 1) / (c.MaxK - c.MinTokens + 1), 0, 1),
+            KDistribution.ClampToN => position > c.NumTokens ? 0
+                : Math.Clamp((double)(c.MaxK - Math.Max(position, c.MinTokens) + 1) / (c.MaxK - c.MinTokens + 1), 0, 1),
             KDistribution.PowersOfTwo => (double)choices.Count(k => k >= position) / choices.Length,
             _ => c.FixedK >= position ? 1 : 0,
         };
+        return (1 - c.KEqualsNProb) * baseP + c.KEqualsNProb * (c.NumTokens >= position ? 1 : 0);
+    }
+
+    /// <summary>P(K = k) under this law (mixture included); sums to 1 over 1..N+M.</summary>
+    public double Probability(int k)
+    {
+        var c = Config;
+        int span = c.MaxK - c.MinTokens + 1;
+        double baseP = c.Distribution switch
+        {
+            KDistribution.Uniform => k >= c.MinTokens && k <= c.MaxK ? 1.0 / span : 0,
+            KDistribution.ClampToN => k < c.MinTokens || k > c.NumTokens ? 0
+                : k < c.NumTokens ? 1.0 / span : (double)(c.MaxK - Math.Max(c.NumTokens, c.MinTokens) + 1) / span,
+            KDistribution.PowersOfTwo => choices.Contains(k) ? 1.0 / choices.Length : 0,
+            _ => k == c.FixedK ? 1 : 0,
+        };
+        return (1 - c.KEqualsNProb) * baseP + (k == c.NumTokens ? c.KEqualsNProb : 0);
     }
 }
 

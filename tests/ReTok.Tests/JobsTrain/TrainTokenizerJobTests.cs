@@ -190,6 +190,22 @@ public class TrainTokenizerParamsTests
     }
 
     [Fact]
+    public void KLawAndMixtureBindStrictly()
+    {
+        var p = Parse(Model + "\n  retok: {k_distribution: clamp_to_n, k_equals_n_prob: 0.25}\n");
+        var k = TrainTokenizerJob.TrainerConfigOf(p, p.TokenizerModel()).KSamplerOrDefault;
+        Assert.Equal((KDistribution.ClampToN, 0.25, 256, 480), (k.Distribution, k.KEqualsNProb, k.NumTokens, k.MaxK));
+        Assert.Equal(0.0, TrainTokenizerJob.TrainerConfigOf(Parse(Model), Parse(Model).TokenizerModel()).KSamplerOrDefault.KEqualsNProb);
+
+        var ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_distribution: clamp}\n"));
+        Assert.Contains("k_distribution", ex.Message);
+        ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_equals_n_prob: 1.5}\n"));
+        Assert.Contains("retok.k_equals_n_prob: must be in [0, 1], got 1.5", ex.Message);
+        ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_equal_n_prob: 0.5}\n"));
+        Assert.Contains("k_equal_n_prob", ex.Message);
+    }
+
+    [Fact]
     public void ReleasedLoopFinetuneAndSwitchesMapThrough()
     {
         var p = Parse(Model + "\n" + """

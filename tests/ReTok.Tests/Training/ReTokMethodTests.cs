@@ -49,6 +49,52 @@ public class ReTokMethodTests
         Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(MinTokens: 500)));
     }
 
+    /// <summary>Count of value-set hits must be within 5 binomial standard deviations of n·p (a fixed seed makes the test
+    /// deterministic; 5 sigma keeps it valid for any seed with probability 1 - 6e-7 per check).</summary>
+    static void AssertBinomial(long[] k, Func<long, bool> hit, double p, string what)
+    {
+        int n = k.Length, c = k.Count(hit);
+        double sd = Math.Sqrt(n * p * (1 - p));
+        Assert.True(Math.Abs(c - n * p) <= 5 * sd + 1e-9, $"{what}: {c} hits of {n}, expected {n * p:F1} ± {5 * sd:F1}");
+    }
+
+    [Theory]
+    [InlineData(KDistribution.Uniform, 0.0)]
+    [InlineData(KDistribution.ClampToN, 0.0)]
+    [InlineData(KDistribution.Uniform, 0.25)]
+    [InlineData(KDistribution.ClampToN, 0.25)]
+    public void KLawsMatchTheirAnalyticDistribution(KDistribution law, double pN)
+    {
+        var sampler = new KSampler(new KSamplerConfig(Distribution: law, KEqualsNProb: pN));
+        var k = sampler.Sample(48_000, new torch.Generator(11)).data<long>().ToArray();
+        // analytic law: base (uniform 1..480, or clamped at 256) mixed with a point mass p at K = N = 256
+        double baseAtN = law == KDistribution.ClampToN ? 225.0 / 480 : 1.0 / 480;
+        double atN = (1 - pN) * baseAtN + pN;
+        Assert.Equal(atN, sampler.Probability(256), 12);
+        Assert.Equal(1.0, Enumerable.Range(1, 480).Sum(sampler.Probability), 9);
+        AssertBinomial(k, v => v == 256, atN, "P(K = 256)");
+        AssertBinomial(k, v => v <= 64, (1 - pN) * 64 / 480, "P(K <= 64)");
+        AssertBinomial(k, v => v > 256, law == KDistribution.ClampToN ? 0 : (1 - pN) * 224 / 480, "P(K > 256)");
+        Assert.Equal(1, k.Min());
+        if (law == KDistribution.ClampToN) Assert.Equal(256, k.Max());
+        // KeepProbability is the tail sum of Probability
+        foreach (var i in new[] { 1, 32, 128, 256, 257, 480 })
+            Assert.Equal(Enumerable.Range(i, 481 - i).Sum(sampler.Probability), sampler.KeepProbability(i), 9);
+        AssertBinomial(k, v => v >= 128, sampler.KeepProbability(128), "P(K >= 128)");
+    }
+
+    [Fact]
+    public void KMixtureZeroKeepsTodaysRandomStream()
+    {
+        // p = 0 must not consume extra random numbers: a resumed run draws exactly the K it drew before this knob existed
+        var a = new KSampler(new KSamplerConfig()).Sample(64, new torch.Generator(9)).data<long>().ToArray();
+        var b = new KSampler(new KSamplerConfig(KEqualsNProb: 0.0)).Sample(64, new torch.Generator(9)).data<long>().ToArray();
+        Assert.Equal(a, b);
+        Assert.All(new KSampler(new KSamplerConfig(KEqualsNProb: 1.0)).Sample(32, new torch.Generator(9)).data<long>().ToArray(), v => Assert.Equal(256, v));
+        Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(KEqualsNProb: 1.5)));
+        Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(KEqualsNProb: double.NaN)));
+    }
+
     [Fact]
     public void SemanticWeightDecreasesWithK()
     {

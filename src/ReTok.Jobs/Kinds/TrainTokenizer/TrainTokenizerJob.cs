@@ -115,7 +115,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var r = p.Retok;
         var lp = p.Loss.Params;
         var k = r.NestedDropout
-            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK)
+            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK, r.KEqualsNProb)
             : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK);
         var lambda = new SemanticWeightConfig(r.SemanticSchedule, p.SemanticLambda0, r.SemanticWeightEnd, r.SemanticKStart, r.SemanticKEnd, r.SemanticStepK);
         DecoderFinetuneConfig? ft = null;

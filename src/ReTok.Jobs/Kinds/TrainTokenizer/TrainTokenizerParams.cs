@@ -245,7 +245,10 @@ public sealed record RetokSection
     public bool NestedDropout { get; init; } = true;
     /// <summary>Redundant Token Padding: K over 1..N+M = 480 (true) or the prior variant 1..N = 256 (false).</summary>
     public bool UsePadding { get; init; } = true;
+    /// <summary>uniform (1..N+M), clamp_to_n (uniform, then min(K, N)), powers_of_two, fixed.</summary>
     public KDistribution KDistribution { get; init; } = KDistribution.Uniform;
+    /// <summary>Mixture weight p: with probability p a sample decodes K = N (the inference setting); 0 = the law alone.</summary>
+    public double KEqualsNProb { get; init; }
     public int MinTokens { get; init; } = 1;
     /// <summary>One K per image (key-padding mask) or one per batch (slicing).</summary>
     public bool PerSample { get; init; } = true;
@@ -272,6 +275,7 @@ public sealed record RetokSection
         int max = UsePadding ? total : n;
         if (MinTokens < 1 || MinTokens > max) yield return $"min_tokens: must be in 1..{max}, got {MinTokens}";
         if (FixedK < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
+        if (!(KEqualsNProb >= 0 && KEqualsNProb <= 1)) yield return $"k_equals_n_prob: must be in [0, 1], got {KEqualsNProb}";
         if (SemanticWeight is < 0 || SemanticWeightEnd < 0) yield return "semantic_weight/semantic_weight_end: must be >= 0";
         if (SemanticSchedule is LambdaSchedule.Linear or LambdaSchedule.Cosine && SemanticKEnd <= SemanticKStart)
             yield return $"semantic_k_end ({SemanticKEnd}) must exceed semantic_k_start ({SemanticKStart})";
