@@ -166,8 +166,9 @@ public enum LambdaSchedule { Constant, Linear, Cosine, Step }
 /// <summary>
 /// Hierarchical Semantic Regularization weight lambda(K), non-increasing in the kept length K:
 /// u = clamp((K - KStart)/(KEnd - KStart), 0, 1); Linear: l0 + (lEnd - l0) u; Cosine: lEnd + (l0 - lEnd)(1 + cos(pi u))/2;
-/// Step: l0 for K &lt;= StepK, else lEnd; Constant: l0 (the released code: 0.5 for every K).
-/// Defaults (our reading): linear from 0.5 at K = 1 to 0 at K = N = 256 and beyond.
+/// Step: l0 for K &lt;= StepK, else lEnd; Constant: l0 (the released code: 0.5 for every K); then max(Floor, .), so a
+/// floor keeps K = N (the inference setting) regularized. Defaults (our reading): linear from 0.5 at K = 1 to 0 at
+/// K = N = 256 and beyond, no floor: E_K[lambda] = 64/480 = 0.133 under U{1..480} (<see cref="MeanOver"/>).
 /// </summary>
 public sealed record SemanticWeightConfig(
     LambdaSchedule Schedule = LambdaSchedule.Linear,
@@ -175,11 +176,17 @@ public sealed record SemanticWeightConfig(
     double LambdaEnd = 0.0,
     int KStart = 1,
     int KEnd = 256,
-    int StepK = 128)
+    int StepK = 128,
+    double Floor = 0.0)
 {
     public static SemanticWeightConfig Released => new(Schedule: LambdaSchedule.Constant, Lambda0: 0.5);
 
-    public double At(long k)
+    public double At(long k) => Math.Max(Floor, Scheduled(k));
+
+    /// <summary>E_K[lambda(K)] under <paramref name="law"/>: the mean weight the semantic term gets over training.</summary>
+    public double MeanOver(KSampler law) => Enumerable.Range(1, law.Config.NumTokens + law.Config.NumPadding).Sum(k => law.Probability(k) * At(k));
+
+    double Scheduled(long k)
     {
         if (Schedule == LambdaSchedule.Constant) return Lambda0;
         if (Schedule == LambdaSchedule.Step) return k <= StepK ? Lambda0 : LambdaEnd;

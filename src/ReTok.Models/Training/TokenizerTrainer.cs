@@ -176,8 +176,8 @@ public sealed class TokenizerTrainer : IDisposable
             using var amp = Amp.Enable(Precision.Compute);
             var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic));
             Tensor? lambda = semantic && lambdaCfg.Schedule != LambdaSchedule.Constant ? lambdaCfg.At(kChunks[i]).to(device) : null;
-            if (semantic && lambdaCfg.Schedule == LambdaSchedule.Constant && lambdaCfg.Lambda0 != cfg.LossOrDefault.ProjWeight)
-                lambda = full(new long[] { x.shape[0] }, lambdaCfg.Lambda0, dtype: float32, device: device);
+            if (semantic && lambdaCfg.Schedule == LambdaSchedule.Constant && lambdaCfg.At(1) != cfg.LossOrDefault.ProjWeight)
+                lambda = full(new long[] { x.shape[0] }, lambdaCfg.At(1), dtype: float32, device: device);
             var terms = Loss.Generator(x, Precision.Out(output.Reconstruction), output.Codebook, output.FeatureRecLoss, s,
                 semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight);
             foreach (var (name, v) in terms.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);

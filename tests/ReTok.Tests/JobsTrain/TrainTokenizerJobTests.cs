@@ -201,6 +201,11 @@ public class TrainTokenizerParamsTests
         Assert.Contains("k_distribution", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_equals_n_prob: 1.5}\n"));
         Assert.Contains("retok.k_equals_n_prob: must be in [0, 1], got 1.5", ex.Message);
+        var floor = Parse(Model + "\n  retok: {semantic_weight: 0.0, semantic_schedule: constant, semantic_weight_floor: 0.2}\n");
+        Assert.True(floor.SemanticOn);   // the floor alone keeps the teacher on
+        Assert.Equal(0.2, TrainTokenizerJob.TrainerConfigOf(floor, floor.TokenizerModel()).SemanticWeightOrDefault.At(256));
+        ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {semantic_weight_floor: -0.1}\n"));
+        Assert.Contains("retok.semantic_weight_floor: must be >= 0", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_equal_n_prob: 0.5}\n"));
         Assert.Contains("k_equal_n_prob", ex.Message);
     }

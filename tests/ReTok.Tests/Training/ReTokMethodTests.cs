@@ -95,6 +95,38 @@ public class ReTokMethodTests
         Assert.Throws<ArgumentException>(() => new KSampler(new KSamplerConfig(KEqualsNProb: double.NaN)));
     }
 
+    /// <summary>
+    /// Mean semantic weight E_K[lambda(K)] in closed form (N = 256, N + M = 480; linear lambda = 0.5 (1 - (K-1)/255) up
+    /// to K = 256, 0 beyond): default (uniform) sum_{k<=256} = 0.5 (256 - 128) = 64, so 64/480; floor 0.1 under
+    /// clamp_to_n: lambda >= 0.1 iff K <= 205 (sum 0.5 (205 - 82) = 61.5), K = 206..255 give 50 x 0.1, K = 256 has mass
+    /// 225/480 at 0.1: (61.5 + 5 + 22.5)/480 = 89/480; constant 0.5 (released): 0.5. Each is compared with MeanOver and
+    /// with the empirical mean of lambda over 48 000 sampled K (|error| within 5 standard errors; lambda is in [0, 0.5]
+    /// so its standard deviation is at most 0.25).
+    /// </summary>
+    [Theory]
+    [InlineData("default", 64.0 / 480)]
+    [InlineData("floor_clamp", 89.0 / 480)]
+    [InlineData("released", 0.5)]
+    [InlineData("floor_mixture", 0.0)]
+    public void MeanSemanticWeightOverTheKLaw(string setting, double closedForm)
+    {
+        var (kc, wc) = setting switch
+        {
+            "default" => (new KSamplerConfig(), new SemanticWeightConfig()),
+            "floor_clamp" => (new KSamplerConfig(Distribution: KDistribution.ClampToN), new SemanticWeightConfig(Floor: 0.1)),
+            "released" => (new KSamplerConfig(), SemanticWeightConfig.Released),
+            _ => (new KSamplerConfig(KEqualsNProb: 0.5), new SemanticWeightConfig(Floor: 0.05)),
+        };
+        // p = 0.5 mixture at K = N with floor 0.05: half the default law (uniform 1..480 with floor: lambda >= 0.05 iff
+        // K <= 230, sum 0.5 (230 - 229·230/510) = 63.363..., K = 231..480 give 250 x 0.05) plus half at lambda(256) = 0.05
+        if (setting == "floor_mixture") closedForm = 0.5 * ((0.5 * (230 - 229.0 * 230 / 510) + 250 * 0.05) / 480) + 0.5 * 0.05;
+        var sampler = new KSampler(kc);
+        Assert.Equal(closedForm, wc.MeanOver(sampler), 12);
+        var lambdas = wc.At(sampler.Sample(48_000, new torch.Generator(21))).data<float>().ToArray();
+        Assert.InRange(lambdas.Average(x => (double)x), closedForm - 5 * 0.25 / Math.Sqrt(48_000), closedForm + 5 * 0.25 / Math.Sqrt(48_000));
+        Assert.All(lambdas, l => Assert.True(l >= wc.Floor - 1e-7));
+    }
+
     [Fact]
     public void SemanticWeightDecreasesWithK()
     {

@@ -124,7 +124,7 @@ public sealed record TrainTokenizerParams : IValidatableParams
     }
 
     /// <summary>Whether the teacher runs at all: trainer.distill_loss and some lambda(K) above 0.</summary>
-    public bool SemanticOn => Trainer.DistillLoss && (SemanticLambda0 > 0 || (Retok.SemanticSchedule != LambdaSchedule.Constant && Retok.SemanticWeightEnd > 0));
+    public bool SemanticOn => Trainer.DistillLoss && (SemanticLambda0 > 0 || Retok.SemanticWeightFloor > 0 || (Retok.SemanticSchedule != LambdaSchedule.Constant && Retok.SemanticWeightEnd > 0));
 
     /// <summary>lambda at the short end: retok.semantic_weight, else loss.params.proj_weight (the reference's constant 0.5).</summary>
     public double SemanticLambda0 => Retok.SemanticWeight ?? Loss.Params.ProjWeight;
@@ -259,6 +259,8 @@ public sealed record RetokSection
     /// <summary>lambda at K &lt;= semantic_k_start; null = loss.params.proj_weight (0.5). 0 (with a constant schedule) turns the teacher off.</summary>
     public double? SemanticWeight { get; init; }
     public double SemanticWeightEnd { get; init; }
+    /// <summary>lambda(K) = max(floor, schedule): a floor > 0 regularizes every K, K = N included (default 0).</summary>
+    public double SemanticWeightFloor { get; init; }
     public int SemanticKStart { get; init; } = 1;
     public int SemanticKEnd { get; init; } = 256;
     public int SemanticStepK { get; init; } = 128;
@@ -277,6 +279,7 @@ public sealed record RetokSection
         if (FixedK < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
         if (!(KEqualsNProb >= 0 && KEqualsNProb <= 1)) yield return $"k_equals_n_prob: must be in [0, 1], got {KEqualsNProb}";
         if (SemanticWeight is < 0 || SemanticWeightEnd < 0) yield return "semantic_weight/semantic_weight_end: must be >= 0";
+        if (!(SemanticWeightFloor >= 0)) yield return $"semantic_weight_floor: must be >= 0, got {SemanticWeightFloor}";
         if (SemanticSchedule is LambdaSchedule.Linear or LambdaSchedule.Cosine && SemanticKEnd <= SemanticKStart)
             yield return $"semantic_k_end ({SemanticKEnd}) must exceed semantic_k_start ({SemanticKStart})";
         if (Teacher is { } t && (t.EmbedDim < 1 || t.Depth < 1 || t.NumHeads < 1 || t.EmbedDim % t.NumHeads != 0))
