@@ -210,6 +210,48 @@ public class TrainTokenizerParamsTests
         Assert.Contains("k_equal_n_prob", ex.Message);
     }
 
+    static string RepoRoot()
+    {
+        var d = new DirectoryInfo(AppContext.BaseDirectory);
+        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
+        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
+    }
+
+    /// <summary>The YAML spelling of a default value, as the table writes it.</summary>
+    static string Yaml(object? v) => v switch
+    {
+        null => "null",
+        bool b => b ? "true" : "false",
+        Enum e => System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(e.ToString()),
+        double d => d.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+        IFormattable f => f.ToString(null, System.Globalization.CultureInfo.InvariantCulture),
+        _ => v.ToString()!,
+    };
+
+    [Fact]
+    public void MethodChoicesTableMatchesTheCode()
+    {
+        // docs/training.md "Method choices" table: one row per `retok:` key, default column = the code's default
+        var lines = File.ReadAllLines(Path.Combine(RepoRoot(), "docs", "training.md"));
+        int start = Array.FindIndex(lines, l => l.StartsWith("### Method choices", StringComparison.Ordinal));
+        Assert.True(start >= 0, "docs/training.md has no '### Method choices' table");
+        var rows = lines.Skip(start + 1).SkipWhile(l => !l.StartsWith('|')).TakeWhile(l => l.StartsWith('|')).Skip(2)
+            .Select(l => l.Split('|').Select(c => c.Trim()).ToArray())
+            .ToDictionary(c => c[1].Trim('`'), c => c[2].Trim('`'));
+        var defaults = new RetokSection();
+        var props = typeof(RetokSection).GetProperties(System.Reflection.BindingFlags.Public | System.Reflection.BindingFlags.Instance)
+            .ToDictionary(pr => System.Text.Json.JsonNamingPolicy.SnakeCaseLower.ConvertName(pr.Name));
+        Assert.Equal(props.Keys.Order(), rows.Keys.Order());   // every key documented, none invented
+        foreach (var (key, documented) in rows)
+        {
+            var prop = props[key];
+            Assert.True(Yaml(prop.GetValue(defaults)) == documented, $"docs/training.md: retok.{key} documented default '{documented}', code default '{Yaml(prop.GetValue(defaults))}'");
+            // the documented literal is a valid spec value that binds to the same default
+            if (documented != "null")
+                Assert.Equal(Yaml(prop.GetValue(Parse(Model + $"\n  retok: {{{key}: {documented}}}\n").Retok)), documented);
+        }
+    }
+
     [Fact]
     public void ReleasedLoopFinetuneAndSwitchesMapThrough()
     {
