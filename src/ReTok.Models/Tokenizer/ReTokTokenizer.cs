@@ -509,6 +509,29 @@ public sealed class ReTokTokenizer : nn.Module
         IO.Checkpoint.LoadInto(this, sd, source, IsTrainingOnlyKey);
     }
 
+    /// <summary>
+    /// Warm start from a GigaTok checkpoint, which has no Redundant Token Padding: every `*_comp` padding positional
+    /// embedding the file lacks is filled with the last M rows of its `latent_token_positional_embedding` (padding query
+    /// j replicates query 32 + j, as the queries themselves do, paper.md §1.4); everything else loads strictly.
+    /// Returns the keys it filled.
+    /// </summary>
+    public IReadOnlyList<string> LoadWeightsGigaTok(IReadOnlyDictionary<string, Tensor> sd, string source)
+    {
+        var filled = new Dictionary<string, Tensor>(sd);
+        var keys = new List<string>();
+        foreach (var (key, own) in state_dict())
+        {
+            if (!key.EndsWith("_comp", StringComparison.Ordinal) || sd.ContainsKey(key)) continue;
+            var baseKey = key[..^"_comp".Length];
+            if (!sd.TryGetValue(baseKey, out var q)) continue;   // the strict load below names both as missing
+            long m = own.shape[0];
+            filled[key] = q.narrow(0, q.shape[0] - m, m);
+            keys.Add(key);
+        }
+        LoadWeights(filled, source);
+        return keys;
+    }
+
     void CheckImages(Tensor x)
     {
         if (x.dim() != 4 || x.shape[1] != 3 || x.shape[2] != TokenizerConfig.ImageSize || x.shape[3] != TokenizerConfig.ImageSize)

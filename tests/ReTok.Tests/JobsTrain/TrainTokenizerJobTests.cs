@@ -6,6 +6,7 @@ using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
 using ReTok.Tracking;
+using TorchSharp;
 using Xunit.Abstractions;
 
 namespace ReTok.Tests.JobsTrain;
@@ -253,6 +254,15 @@ public class TrainTokenizerParamsTests
     }
 
     [Fact]
+    public void InitModeBindsStrictly()
+    {
+        Assert.Equal(InitMode.Strict, Parse(Model).InitMode);
+        var p = Parse(Model + "\n  init_checkpoint: /data/gigatok_sb.safetensors\n  init_mode: gigatok\n");
+        Assert.Equal((InitMode.Gigatok, "/data/gigatok_sb.safetensors"), (p.InitMode, p.InitCheckpoint));
+        Assert.Contains("init_mode", Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  init_mode: lenient\n")).Message);
+    }
+
+    [Fact]
     public void ReleasedLoopFinetuneAndSwitchesMapThrough()
     {
         var p = Parse(Model + "\n" + """
@@ -280,5 +290,51 @@ public class TrainTokenizerParamsTests
         Assert.Contains("the semantic loss is on", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {min_tokens: 600}\n"));
         Assert.Contains("retok.min_tokens: must be in 1..480", ex.Message);
+    }
+}
+
+/// <summary>init_mode: warm start from a GigaTok checkpoint (no Redundant Token Padding keys).</summary>
+public class WarmStartTests
+{
+    [Fact]
+    public void GigaTokInitFillsExactlyThePaddingKeysByReplicationAndStrictNamesThem()
+    {
+        var yaml = Path.Combine(Directory.CreateTempSubdirectory("warm-start").FullName, "tiny.yaml");
+        File.WriteAllText(yaml, ReTok.Tests.JobsEval.JobsEvalSupport.TinyYaml);
+        var cfg = ReTok.Models.Tokenizer.TokenizerConfig.Load(yaml);
+        torch.manual_seed(1);
+        using var source = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);
+        // a GigaTok-style state dict: the tokenizer's own keys minus every padding `_comp` key, saved and reloaded
+        var file = Path.Combine(Path.GetDirectoryName(yaml)!, "gigatok.safetensors");
+        var full = source.state_dict();
+        var comp = full.Keys.Where(k => k.EndsWith("_comp")).Order().ToList();
+        Assert.Equal(2, comp.Count);   // encoder and decoder padding positional embeddings
+        ReTok.Models.IO.Checkpoint.SaveSafetensors(file, full.Where(kv => !kv.Key.EndsWith("_comp")).ToDictionary(kv => kv.Key, kv => kv.Value));
+        var sd = ReTok.Models.IO.Checkpoint.Load(file);
+
+        torch.manual_seed(2);
+        using var strict = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);
+        var ex = Assert.Throws<InvalidDataException>(() => strict.LoadWeights(sd, file));
+        Assert.Contains("2 missing keys", ex.Message);
+        foreach (var k in comp) Assert.Contains(k, ex.Message);
+
+        torch.manual_seed(3);
+        using var warm = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);
+        var filled = warm.LoadWeightsGigaTok(sd, file);
+        Assert.Equal(comp, filled.Order().ToList());
+        var got = warm.state_dict();
+        foreach (var k in comp)
+        {
+            var q = full[k[..^"_comp".Length]];
+            long m = got[k].shape[0];
+            Assert.True(got[k].allclose(q.narrow(0, q.shape[0] - m, m), rtol: 0, atol: 0), $"{k} must replicate the last {m} query positions");
+        }
+        foreach (var (k, v) in full.Where(kv => !kv.Key.EndsWith("_comp")))
+            Assert.True(got[k].allclose(v, rtol: 0, atol: 0), $"{k} must load unchanged");
+
+        // an unexpected key still fails in gigatok mode, named
+        var extra = new Dictionary<string, torch.Tensor>(sd) { ["encoder.not_a_key"] = torch.zeros(1) };
+        using var again = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);
+        Assert.Contains("encoder.not_a_key", Assert.Throws<InvalidDataException>(() => again.LoadWeightsGigaTok(extra, file)).Message);
     }
 }

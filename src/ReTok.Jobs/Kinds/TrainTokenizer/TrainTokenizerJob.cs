@@ -38,12 +38,25 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var source = await OpenDataAsync(ctx, p);
         manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
         var model = new ReTokTokenizer(cfg);
-        if (ctx.InputRoles.Contains("init"))
+        if (ctx.InputRoles.Contains("init") && p.InitCheckpoint is not null)
+            throw new ArgumentException("init_checkpoint: give either the input 'init' or init_checkpoint, not both");
+        var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
+        if (init is not null)
         {
-            var init = await ctx.GetInputFileAsync("init");
             var sd = Checkpoint.Load(init);
-            model.LoadWeights(sd, init);
-            ctx.Log($"initialised the tokenizer from input 'init' ({Path.GetFileName(init)})");
+            try
+            {
+                if (p.InitMode == InitMode.Gigatok)
+                {
+                    var filled = model.LoadWeightsGigaTok(sd, init);
+                    ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
+                    await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
+                        new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
+                }
+                else model.LoadWeights(sd, init);
+            }
+            finally { foreach (var t in sd.Values) t.Dispose(); }
+            ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
         }
         model.to(device);
         var trainable = new ReTokTrainable(model);

@@ -13,6 +13,8 @@ namespace ReTok.Jobs.Kinds.TrainTokenizer;
 /// choices the released code lacks (nested dropout over the padded sequence, lambda(K), decoder fine-tuning; see
 /// docs/jobs-train.md), the rest is ours (data, outputs, weights, debugging).
 /// </summary>
+public enum InitMode { Strict, Gigatok }
+
 public sealed record TrainTokenizerParams : IValidatableParams
 {
     /// <summary>The reference `model:` section (model_cls, init_args, causal_settings), read by TokenizerConfig.</summary>
@@ -60,6 +62,13 @@ public sealed record TrainTokenizerParams : IValidatableParams
     public long ReconEvery { get; init; } = 5000;
     public int[] ReconTokens { get; init; } = [32, 64, 128, 256];
     public int ReconImages { get; init; } = 4;
+
+    // ---- warm start
+    /// <summary>Tokenizer weights to start from (as input `init`; giving both is an error).</summary>
+    [DataPath] public string? InitCheckpoint { get; init; }
+    /// <summary>strict: every key must match; gigatok: a GigaTok checkpoint without the padding `_comp` keys, which are
+    /// filled by replicating the last queries' positional embeddings (logged and saved as init_filled.json).</summary>
+    public InitMode InitMode { get; init; } = InitMode.Strict;
 
     // ---- external weights (see `retok weights list`)
     /// <summary>Weights folder (default $RETOK_HOME/weights).</summary>
