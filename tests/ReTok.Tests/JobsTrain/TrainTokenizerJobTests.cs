@@ -149,6 +149,26 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
             log.WriteLine($"{name}: {cfg}");
             if (name == "retok-s-b.yaml") Assert.Equal("VQ_SB256", cfg.PresetName);
             if (name == "retok-s-s.yaml") Assert.Equal("VQ_SS256", cfg.PresetName);
+            if (name == "retok-tiny.yaml") continue;
+            // paper recipe: decoder fine-tuning as a second step, warm-started from the first step's tokenizer, same
+            // architecture, encoder/quantizer frozen (only decoder prefixes train), teacher off
+            Assert.True(plan.IsPipeline);
+            Assert.Equal(new[] { "train", "finetune" }, plan.Steps.Select(st => st.Step).ToArray());
+            var ft = plan.Steps[1];
+            Assert.Equal("train/tokenizer.safetensors", ft.Inputs["init"]);
+            Assert.Contains("train", ft.Needs);
+            var fp = Assert.IsType<TrainTokenizerParams>(ft.Params);
+            Assert.Equal(cfg.ToString(), fp.TokenizerModel().ToString());
+            var t = TrainTokenizerJob.TrainerConfigOf(fp, fp.TokenizerModel()).Finetune!;
+            Assert.Equal(0, t.StartStep);
+            Assert.True(t.TeacherOff);
+            foreach (var frozen in new[] { "encoder.conv_in.weight", "quantize.embedding.weight", "s2to1encoder.transformer.0.attn.in_proj_weight" })
+                Assert.False(t.Trainable(frozen), frozen);
+            Assert.True(t.Trainable("decoder.conv_out.weight"));
+            Assert.Null(p.Retok.Finetune);
+            // the documented submit command's overrides bind to both steps
+            var withData = JobSpecs.Load(Path.Combine(root!, "jobs", name), ["train.data_path=/data/in", "finetune.data_path=/data/in"]);
+            Assert.All(withData.Steps, st => Assert.Equal("/data/in", ((TrainTokenizerParams)st.Params).DataPath));
         }
         // a reference-key typo is named with its path
         var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec("q").Replace("ckpt_every: 2", "ckpt_evry: 2")));
