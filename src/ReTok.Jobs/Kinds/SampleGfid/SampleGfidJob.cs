@@ -29,6 +29,11 @@ public sealed record SampleGfidParams : IValidatableParams
     public double TopP { get; init; } = 1.0;
     public int Seed { get; init; }
     public int BatchSize { get; init; } = 32;
+    /// <summary>
+    /// GPT compute dtype (sample_c2i --precision): none/fp32 = float32 (the authors' README run, PRECISION="none"),
+    /// bf16, fp16 (autocast over fp32 weights), auto = bf16 on CUDA, fp32 on CPU (the behaviour before this key).
+    /// </summary>
+    public string Precision { get; init; } = "auto";
     /// <summary>Checkpoint the generated codes every this many batches.</summary>
     public int CheckpointEvery { get; init; } = 10;
     /// <summary>Folder holding the Inception weights; default $RETOK_HOME/weights.</summary>
@@ -56,11 +61,22 @@ public sealed record SampleGfidParams : IValidatableParams
         if (Tokens < 1 || Tokens > 256) yield return $"tokens: must be in 1..256, got {Tokens}";
         if (BatchSize < 1) yield return $"batch_size: must be >= 1, got {BatchSize}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
+        if (Precision is not ("auto" or "none" or "fp32" or "bf16" or "fp16"))
+            yield return $"precision: expected auto, none, fp32, bf16 or fp16, got '{Precision}'";
         string? err = null;
         try { ToSamplingOptions().Validate(); } catch (ArgumentException e) { err = e.Message; }
         if (err is not null) yield return $"cfg_schedule/temperature/top_k/top_p: {err}";
         if (CfgSearch is not null) foreach (var e in CfgSearch.Validate(CfgSchedule)) yield return e;
     }
+
+    /// <summary>The autocast dtype for the GPT on <paramref name="device"/>; null = float32 (no autocast).</summary>
+    public ScalarType? AutocastDtype(DeviceType device) => Precision switch
+    {
+        "bf16" => ScalarType.BFloat16,
+        "fp16" => ScalarType.Float16,
+        "auto" when device == DeviceType.CUDA => ScalarType.BFloat16,
+        _ => null,
+    };
 
     public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, Temperature: Temperature, TopK: TopK, TopP: TopP);
 
@@ -130,7 +146,8 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
         var device = Devices.Resolve(ctx.Device);
         var cfg = GeneratorYaml.Read(await InputAsync(ctx, p, "generator_config"));
         using var gpt = GptCheckpoint.Load(cfg, await InputAsync(ctx, p, "generator"), device);
-        if (device.type == DeviceType.CUDA) gpt.AutocastDtype = ScalarType.BFloat16;
+        if (p.AutocastDtype(device.type) is { } dt) gpt.AutocastDtype = dt;
+        ctx.Log($"precision {p.Precision}: GPT in {(gpt.AutocastDtype is { } a ? a.ToString() : "float32")}");
         var tokCfg = TokenizerConfig.Load(await InputAsync(ctx, p, "tokenizer_config"));
         // a generator trained with a larger vocabulary could sample codes the tokenizer has no entry for
         if (cfg.VocabSize > tokCfg.CodebookSize)
