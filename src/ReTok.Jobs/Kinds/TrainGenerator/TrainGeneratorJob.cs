@@ -36,6 +36,8 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public double FractDecay { get; init; } = 0.2;
     public string DecayType { get; init; } = "sqrt";
     public int GlobalBatchSize { get; init; } = 256;
+    /// <summary>Micro-batches per step: the global batch runs as this many equal pieces (activation memory of one).</summary>
+    public int GradAccumSteps { get; init; } = 1;
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
@@ -51,6 +53,8 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (MaxSteps < 1) yield return $"max_steps: must be >= 1, got {MaxSteps}";
         if (WarmupSteps < 0) yield return $"warmup_steps: must be >= 0, got {WarmupSteps}";
         if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
+        if (GradAccumSteps < 1) yield return $"grad_accum_steps: must be >= 1, got {GradAccumSteps}";
+        else if (GlobalBatchSize % GradAccumSteps != 0) yield return $"grad_accum_steps: {GradAccumSteps} does not divide global_batch_size {GlobalBatchSize}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
         if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
@@ -94,6 +98,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
             WarmupSteps = p.WarmupSteps, TotalSteps = p.MaxSteps, FractDecay = p.FractDecay, DecayType = p.DecayType,
+            GradAccumSteps = p.GradAccumSteps,
         };
 
         long start = 0;
@@ -115,6 +120,8 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         long m = codes.shape[0];
         int bs = (int)Math.Min(p.GlobalBatchSize, m);
         long perEpoch = m / bs; // drop_last
+        if (bs % p.GradAccumSteps != 0)
+            throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {p.GradAccumSteps} micro-batches");
         Tensor? perm = null; long permEpoch = -1;
         var sw = Stopwatch.StartNew();
         long tokensSince = 0;
