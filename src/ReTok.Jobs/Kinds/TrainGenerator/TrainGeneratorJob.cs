@@ -38,6 +38,8 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int GlobalBatchSize { get; init; } = 256;
     /// <summary>Micro-batches per step: the global batch runs as this many equal pieces (activation memory of one).</summary>
     public int GradAccumSteps { get; init; } = 1;
+    /// <summary>Recompute each transformer block in backward (same gradients, a fraction of the activation memory, ~1/3 more compute).</summary>
+    public bool ActivationCheckpointing { get; init; }
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
@@ -93,7 +95,8 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         var cfg = p.ToConfig(block);
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
         using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
-        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);   // a CPU generator: SeededRandom moves the draw
+        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);
+        model.ActivationCheckpointing = p.ActivationCheckpointing;   // a CPU generator: SeededRandom moves the draw
         var opts = GptTrainOptions.ForDevice(device) with
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
