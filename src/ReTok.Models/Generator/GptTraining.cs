@@ -23,7 +23,8 @@ public sealed record GptTrainOptions(
     double FractDecay = 0.2,
     string DecayType = "sqrt",
     ScalarType? AutocastDtype = null,
-    int GradAccumSteps = 1)
+    int GradAccumSteps = 1,
+    double? EmaDecay = null)
 {
     /// <summary>bf16 compute on CUDA (the argparse default precision), fp32 on CPU.</summary>
     public static GptTrainOptions ForDevice(Device d) => new(AutocastDtype: d.type == DeviceType.CUDA ? ScalarType.BFloat16 : null);
@@ -103,6 +104,8 @@ public sealed class GptTrainer : IDisposable
     public GptTrainOptions Options { get; }
     public WsdSchedule Schedule { get; }
     public long Step { get; private set; }
+    /// <summary>EMA of the parameters (utils/ema.py, updated after every optimizer step) when <see cref="GptTrainOptions.EmaDecay"/> is set.</summary>
+    public Ema? Ema { get; }
 
     public GptTrainer(Gpt model, GptTrainOptions options, long startStep = 0)
     {
@@ -110,6 +113,7 @@ public sealed class GptTrainer : IDisposable
         Options = options;
         Schedule = options.Schedule;
         Optimizer = GptTraining.CreateOptimizer(model, options);
+        if (options.EmaDecay is double d) Ema = new Ema(model.named_parameters(), d); // exact copy at start (train_c2i.py:318-321)
         Step = startStep;
         model.AutocastDtype = options.AutocastDtype;
         if (startStep > 0) GptTraining.SetLr(Optimizer, Schedule.LrAt(startStep - 1)); // what the reference set after step startStep-1
@@ -145,6 +149,7 @@ public sealed class GptTrainer : IDisposable
         float loss = (float)(lossSum / acc.Steps);
         double norm = Options.MaxGradNorm > 0 ? nn.utils.clip_grad_norm_(Model.parameters(), Options.MaxGradNorm) : double.NaN;
         Optimizer.step();
+        Ema?.Update(Model.named_parameters());
         GptTraining.SetLr(Optimizer, Schedule.LrAt(Step));
         Optimizer.zero_grad();
         var result = new GptStepResult(Step, loss, norm, lr);
@@ -169,7 +174,11 @@ public sealed class GptTrainer : IDisposable
         finally { model.train(was); }
     }
 
-    public void Dispose() => Optimizer.Dispose();
+    public void Dispose()
+    {
+        Optimizer.Dispose();
+        Ema?.Dispose();
+    }
 }
 
 /// <summary>

@@ -210,4 +210,37 @@ public class GptTrainingTests
         }
         Assert.True(plain["layers.0.attention.wqkv.weight"].abs().max().item<float>() > 0, "gradients reach the first block");
     }
+
+    [Fact]
+    public void EmaFollowsUpdateEmaAfterEveryStepAndResumesFromItsState()
+    {
+        // utils/ema.py update_ema: ema = decay*ema + (1-decay)*param after each optimizer step, starting as a copy
+        var t = Npz("train.npz");
+        const double decay = 0.9;
+        var o = new GptTrainOptions(Lr: 1e-3, WarmupSteps: 2, TotalSteps: 10, EmaDecay: decay);
+        using var model = SeededTiny();
+        using var trainer = new GptTrainer(model, o);
+        var want = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone().to(float64));
+        Dictionary<string, Tensor>? mid = null;
+        for (int i = 0; i < 4; i++)
+        {
+            trainer.TrainStep(t.T("codes"), t.T("labels"));
+            foreach (var (n, p) in model.named_parameters()) want[n] = want[n] * decay + p.detach().to(float64) * (1 - decay);
+            if (i == 1) mid = trainer.Ema!.StateDict();
+        }
+        var got = trainer.Ema!.StateDict();
+        Assert.Equal(want.Keys.OrderBy(k => k), got.Keys.OrderBy(k => k));
+        foreach (var (n, w) in want)
+        {
+            // fp32 EMA vs the float64 formula: 4 updates of values ~0.1 round at ~1e-8; 1e-6 would still catch a skipped
+            // or doubled update (each moves the EMA by 0.1 * the weight change, ~1e-4 at lr 1e-3)
+            Assert.True(MaxAbsDiff(w, got[n]) < 1e-6, $"{n}: max |ema - formula| = {MaxAbsDiff(w, got[n])}");
+        }
+        Assert.True(MaxAbsDiff(got["output.weight"], model.output.weight!) > 1e-5, "the EMA lags the raw weights");
+
+        // resume: a fresh EMA loaded from the step-2 state and fed the same parameters continues identically
+        using var resumed = new ReTok.Models.Training.Ema(model.named_parameters(), decay);
+        resumed.LoadStateDict(mid!, "test");
+        Assert.Equal(0f, MaxAbsDiff(resumed.StateDict()["output.weight"], mid!["output.weight"]));
+    }
 }

@@ -40,6 +40,9 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int GradAccumSteps { get; init; } = 1;
     /// <summary>Recompute each transformer block in backward (same gradients, a fraction of the activation memory, ~1/3 more compute).</summary>
     public bool ActivationCheckpointing { get; init; }
+    /// <summary>EMA of the GPT weights (train_c2i.py --ema; off in the release): kept in checkpoints, exported as generator_ema.safetensors.</summary>
+    public bool Ema { get; init; }
+    public double EmaDecay { get; init; } = 0.9999;
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
@@ -57,6 +60,7 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
         if (GradAccumSteps < 1) yield return $"grad_accum_steps: must be >= 1, got {GradAccumSteps}";
         else if (GlobalBatchSize % GradAccumSteps != 0) yield return $"grad_accum_steps: {GradAccumSteps} does not divide global_batch_size {GlobalBatchSize}";
+        if (EmaDecay is < 0 or > 1 || double.IsNaN(EmaDecay)) yield return $"ema_decay: must be in [0, 1], got {EmaDecay}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
         if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
@@ -101,7 +105,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
             WarmupSteps = p.WarmupSteps, TotalSteps = p.MaxSteps, FractDecay = p.FractDecay, DecayType = p.DecayType,
-            GradAccumSteps = p.GradAccumSteps,
+            GradAccumSteps = p.GradAccumSteps, EmaDecay = p.Ema ? p.EmaDecay : null,
         };
 
         long start = 0;
@@ -115,6 +119,12 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         if (ck is { } c2)
         {
             trainer.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
+            if (trainer.Ema is { } ema)
+            {
+                var emaPath = Path.Combine(c2.Dir, "ema.safetensors");
+                if (!File.Exists(emaPath)) throw new JobFailedException("ema: true, but the checkpoint being resumed has no ema.safetensors (it was written with ema off)");
+                ema.LoadStateDict(Safetensors.Load(emaPath), "checkpoint ema.safetensors");
+            }
             var rng = Safetensors.Load(Path.Combine(c2.Dir, "rng.safetensors"));
             set_rng_state(rng["torch_cpu"]);
             model.ClassDropGenerator.set_state(rng["class_drop"]);
@@ -135,6 +145,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             {
                 GptCheckpoint.SaveSafetensors(model, Path.Combine(dir, "model.safetensors"));
                 trainer.Optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
+                if (trainer.Ema is { } ema) Safetensors.Save(Path.Combine(dir, "ema.safetensors"), ema.StateDict());
                 Safetensors.Save(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
                 {
                     ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state(),
@@ -184,6 +195,15 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
         await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
         await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml");
+        if (trainer.Ema is { } e)
+        {
+            // the EMA weights as a complete generator file: pick it as sample-gfid's `generator` input to sample with them
+            var outEma = Path.Combine(ctx.ScratchDir, "generator_ema.safetensors");
+            var sd = e.StateDict();
+            foreach (var (k, v) in model.state_dict()) sd.TryAdd(k, v); // buffers, if any, are not averaged (utils/ema.py)
+            Safetensors.Save(outEma, sd);
+            await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
+        }
     }
 }
 
