@@ -45,6 +45,10 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public double EmaDecay { get; init; } = 0.9999;
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
+    /// <summary>Keep every n-th step's checkpoint as a milestone (checkpoints/step-N; 0 = only checkpoints/latest). A multiple of checkpoint_every.</summary>
+    public int MilestoneEvery { get; init; }
+    /// <summary>Milestones whose content is kept (the newest K; older are released). 0 = keep all.</summary>
+    public int KeepMilestones { get; init; } = 3;
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
     public int? LogEvery { get; init; }
     public long EffectiveLogEvery() => LogEvery ?? Math.Max(1, MaxSteps / 10_000);
@@ -62,6 +66,9 @@ public sealed record TrainGeneratorParams : IValidatableParams
         else if (GlobalBatchSize % GradAccumSteps != 0) yield return $"grad_accum_steps: {GradAccumSteps} does not divide global_batch_size {GlobalBatchSize}";
         if (EmaDecay is < 0 or > 1 || double.IsNaN(EmaDecay)) yield return $"ema_decay: must be in [0, 1], got {EmaDecay}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
+        if (MilestoneEvery < 0) yield return $"milestone_every: must be >= 0, got {MilestoneEvery}";
+        else if (MilestoneEvery > 0 && MilestoneEvery % CheckpointEvery != 0) yield return $"milestone_every: {MilestoneEvery} is not a multiple of checkpoint_every {CheckpointEvery}";
+        if (KeepMilestones < 0) yield return $"keep_milestones: must be >= 0, got {KeepMilestones}";
         if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
     }
@@ -152,7 +159,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 });
                 File.WriteAllText(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch }));
                 return Task.CompletedTask;
-            });
+            }, milestone: p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0, keepMilestones: p.KeepMilestones);
         }
 
         for (long step = start; step < p.MaxSteps; step++)
