@@ -36,14 +36,23 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
 
         await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "milestone-test" }, log: _ => { });
         await worker.StartAsync();
-        var id = await client.SubmitAsync("train-generator", new TrainGeneratorParams
+        var p = new TrainGeneratorParams
         {
             GptModel = null, Dim = 32, NLayer = 1, NHead = 2, NumClasses = 4, VocabSize = 64, MaxSteps = 8, WarmupSteps = 2,
             GlobalBatchSize = 2, CheckpointEvery = 2, MilestoneEvery = 2, KeepMilestones = 2, Lr = 1e-3,
-        }, inputs: new Dictionary<string, string> { ["codes"] = $"run:{src.Id}/codes.npz" });
-        var deadline = DateTime.UtcNow.AddSeconds(240);
-        Run r;
-        while (!(r = (await t.GetRunAsync(id))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
+        };
+        async Task<Run> Train(string? resume)
+        {
+            var inputs = new Dictionary<string, string> { ["codes"] = $"run:{src.Id}/codes.npz" };
+            if (resume is not null) inputs["resume"] = resume;
+            var rid = await client.SubmitAsync("train-generator", p, inputs: inputs);
+            var deadline = DateTime.UtcNow.AddSeconds(240);
+            Run x;
+            while (!(x = (await t.GetRunAsync(rid))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
+            return x;
+        }
+        var r = await Train(null);
+        var id = r.Id;
         Assert.True(r.Status == RunStatus.Succeeded, $"{r.Status}: {r.FailureReason}");
 
         // checkpoints at steps 2, 4, 6 (the final step writes outputs, not a checkpoint); keep 2 -> step 2 released
@@ -67,5 +76,17 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
         var m4 = await Model(JobContext.MilestoneName(4));
         var m6 = await Model(JobContext.MilestoneName(6));
         Assert.True((m4["output.weight"] - m6["output.weight"]).abs().max().item<float>() > 0, "step 4 and step 6 weights differ");
+
+        // a milestone as a resume point: a new run from step 4 ends bit-identical to the uninterrupted run (CPU, same params)
+        var resumed = await Train($"run:{id}/{JobContext.MilestoneName(4)}");
+        Assert.True(resumed.Status == RunStatus.Succeeded, $"{resumed.Status}: {resumed.FailureReason}");
+        Assert.Equal((await t.GetArtifactAsync(id, "generator.safetensors"))!.Sha256, (await t.GetArtifactAsync(resumed.Id, "generator.safetensors"))!.Sha256);
+        Assert.Equal(Enumerable.Range(5, 4).Select(i => (long)i), (await t.GetMetricsAsync(resumed.Id, "loss")).Select(m => m.Step));
+        Assert.Equal((await t.GetMetricsAsync(id, "loss")).Skip(4).Select(m => m.Value), (await t.GetMetricsAsync(resumed.Id, "loss")).Select(m => m.Value));
+
+        // a released milestone is refused with the reason
+        var gone = await Train($"run:{id}/{JobContext.MilestoneName(2)}");
+        Assert.Equal(RunStatus.Failed, gone.Status);
+        Assert.Contains("released by the retention policy", gone.FailureReason);
     }
 }

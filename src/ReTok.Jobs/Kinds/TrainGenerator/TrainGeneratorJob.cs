@@ -116,7 +116,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         };
 
         long start = 0;
-        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync();
+        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync() ?? await FromResumeInputAsync(ctx);
         if (ck is { } c)
         {
             start = c.Step;
@@ -211,6 +211,24 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             Safetensors.Save(outEma, sd);
             await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
         }
+    }
+    /// <summary>
+    /// Optional input `resume` (e.g. run:ID/checkpoints/step-0000010000 from `retok runs checkpoints`): a fresh run starts
+    /// from that checkpoint instead of step 0. Only when the run has no checkpoint of its own (a retried run resumes from
+    /// its latest). The other params must match the run that wrote it (model shape is checked on load).
+    /// </summary>
+    static async Task<(string Dir, long Step)?> FromResumeInputAsync(JobContext ctx)
+    {
+        if (!ctx.InputRoles.Contains("resume")) return null;
+        var a = await ctx.ResolveInputAsync("resume");
+        if (a.SizeBytes == 0) throw new JobFailedException($"input 'resume' ({a.Name} of run {a.RunId}) was released by the retention policy (keep_milestones); pick a kept one with `retok runs checkpoints {a.RunId}`");
+        var dir = await ctx.GetInputDirAsync("resume");
+        var state = Path.Combine(dir, "state.json");
+        if (!File.Exists(state) || !File.Exists(Path.Combine(dir, "model.safetensors")))
+            throw new JobFailedException($"input 'resume' ({a.Name} of run {a.RunId}) is not a train-generator checkpoint (no state.json/model.safetensors)");
+        long step = JsonDocument.Parse(File.ReadAllText(state)).RootElement.GetProperty("step").GetInt64();
+        ctx.Log($"starting from input 'resume' ({a.Name} of run {a.RunId}) at step {step}");
+        return (dir, step);
     }
 }
 
