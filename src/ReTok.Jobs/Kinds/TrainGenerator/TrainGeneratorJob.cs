@@ -146,55 +146,90 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         var sw = Stopwatch.StartNew();
         long tokensSince = 0;
 
+        // Checkpoints are written in the background: the step's state is first copied to host memory (model, EMA, RNG;
+        // the TorchSharp AdamW state can only be serialised from the live optimizer, so optimizer.bin is written to
+        // local scratch here), then serialisation, tar, upload and retention run while training continues. One save
+        // in flight at a time; the next save, a cancellation and the end of the run wait for it (and surface its error).
+        Task pending = Task.CompletedTask;
         async Task Save(long step)
         {
-            await ctx.SaveCheckpointAsync(step, dir =>
+            await pending;
+            using var _ = no_grad();
+            var modelSd = model.state_dict().ToDictionary(kv => kv.Key,
+                kv => (kv.Value.device.type == DeviceType.CPU ? kv.Value.detach().clone() : kv.Value.detach().cpu()).DetachFromDisposeScope());
+            var emaSd = trainer.Ema?.StateDict();
+            var rng = new Dictionary<string, Tensor> { ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state() };
+            var optFile = Path.Combine(ctx.ScratchDir, $".optimizer-{step}.bin");
+            trainer.Optimizer.save_state_dict(optFile);
+            var state = JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch });
+            bool milestone = p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0;
+            pending = Task.Run(async () =>
             {
-                GptCheckpoint.SaveSafetensors(model, Path.Combine(dir, "model.safetensors"));
-                trainer.Optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
-                if (trainer.Ema is { } ema) Safetensors.Save(Path.Combine(dir, "ema.safetensors"), ema.StateDict());
-                Safetensors.Save(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
+                try
                 {
-                    ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state(),
-                });
-                File.WriteAllText(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch }));
-                return Task.CompletedTask;
-            }, milestone: p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0, keepMilestones: p.KeepMilestones);
+                    await ctx.SaveCheckpointAsync(step, dir =>
+                    {
+                        TorchSharp.PyBridge.Safetensors.SaveStateDict(Path.Combine(dir, "model.safetensors"), modelSd);
+                        File.Move(optFile, Path.Combine(dir, "optimizer.bin"));
+                        if (emaSd is not null) Safetensors.Save(Path.Combine(dir, "ema.safetensors"), emaSd);
+                        Safetensors.Save(Path.Combine(dir, "rng.safetensors"), rng);
+                        File.WriteAllText(Path.Combine(dir, "state.json"), state);
+                        return Task.CompletedTask;
+                    }, milestone, p.KeepMilestones);
+                }
+                finally
+                {
+                    foreach (var t in modelSd.Values) t.Dispose();
+                    foreach (var t in emaSd?.Values ?? Enumerable.Empty<Tensor>()) t.Dispose();
+                    foreach (var t in rng.Values) t.Dispose();
+                    File.Delete(optFile);
+                }
+            });
         }
 
-        for (long step = start; step < p.MaxSteps; step++)
+        try
         {
-            if (ctx.CancellationToken.IsCancellationRequested)
+            for (long step = start; step < p.MaxSteps; step++)
             {
-                await Save(step);
-                ctx.ThrowIfCancellationRequested();
+                if (ctx.CancellationToken.IsCancellationRequested)
+                {
+                    await Save(step);
+                    await pending;
+                    ctx.ThrowIfCancellationRequested();
+                }
+                long epoch = step / perEpoch, b = step % perEpoch;
+                if (epoch != permEpoch)
+                {
+                    perm?.Dispose();
+                    perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
+                    permEpoch = epoch;
+                }
+                GptStepResult r;
+                using (var scope = NewDisposeScope())
+                {
+                    var idx = perm!.narrow(0, b * bs, bs);
+                    r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
+                }
+                tokensSince += (long)bs * block;
+                if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
+                {
+                    var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
+                    ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
+                    sw.Restart(); tokensSince = 0;
+                }
+                if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
+                ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
+                if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
+                if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
             }
-            long epoch = step / perEpoch, b = step % perEpoch;
-            if (epoch != permEpoch)
-            {
-                perm?.Dispose();
-                perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
-                permEpoch = epoch;
-            }
-            GptStepResult r;
-            using (var scope = NewDisposeScope())
-            {
-                var idx = perm!.narrow(0, b * bs, bs);
-                r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
-            }
-            tokensSince += (long)bs * block;
-            if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
-            {
-                var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
-                ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
-                sw.Restart(); tokensSince = 0;
-            }
-            if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
-            ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
-            if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
-            if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
+        }
+        catch
+        {
+            try { await pending; } catch { /* the step's own failure is the one to report */ }
+            throw;
         }
         perm?.Dispose();
+        await pending;
 
         var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
         GptCheckpoint.SaveSafetensors(model, outModel);
