@@ -17,6 +17,7 @@ public static class RunCommands
         var runs = new Command("runs", "tracked runs: list, inspect, follow, cancel, retry");
         runs.Subcommands.Add(List());
         runs.Subcommands.Add(Show());
+        runs.Subcommands.Add(Checkpoints());
         runs.Subcommands.Add(Watch());
         runs.Subcommands.Add(Cancel());
         runs.Subcommands.Add(Retry());
@@ -45,6 +46,30 @@ public static class RunCommands
                     Markup.Escape(Shorten(r.FailureReason ?? r.ProgressMessage ?? "", 60)));
             AnsiConsole.Write(table);
             if (rows.Count == 0) Console.WriteLine("no runs");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    static Command Checkpoints()
+    {
+        var cmd = new Command("checkpoints", "a run's checkpoints (latest and milestones): step, size, time, and the reference to use as an input") { RunId };
+        cmd.WithStoreOptions();
+        cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
+        {
+            await using var c = await CliSupport.ClientAsync(pr, ct);
+            var id = pr.GetValue(RunId);
+            _ = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            var rows = (await c.Tracker.ListArtifactsAsync(id, ct))
+                .Where(a => a.Name == ReTok.Jobs.Engine.JobContext.CheckpointName || a.Name.StartsWith(ReTok.Jobs.Engine.JobContext.MilestonePrefix))
+                .Select(a => (A: a, Step: System.Text.Json.Nodes.JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>()))
+                .OrderBy(r => r.Step ?? -1).ThenBy(r => r.A.Name, StringComparer.Ordinal).ToList();
+            var table = new Table().AddColumns("step", "name", "size", "saved", "use as");
+            foreach (var (a, step) in rows)
+                table.AddRow(step?.ToString() ?? "", Markup.Escape(a.Name), a.SizeBytes == 0 ? "[grey]released[/]" : $"{a.SizeBytes / 1e6:F1} MB",
+                    a.CreatedAt.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"), a.SizeBytes == 0 ? "" : Markup.Escape($"run:{id}/{a.Name}"));
+            AnsiConsole.Write(table);
+            if (rows.Count == 0) Console.WriteLine($"run {id} has no checkpoints");
             return 0;
         }));
         return cmd;

@@ -225,7 +225,10 @@ public sealed class JobContext
     /// (checkpoints/latest, overwritten) tagged with <paramref name="step"/>. Buffered metrics are flushed first.
     /// Atomic: until the artifact row is updated the previous checkpoint stays current.
     /// </summary>
-    public async Task SaveCheckpointAsync(long step, Func<string, Task> write)
+    /// <param name="milestone">Also keep this checkpoint as <c>checkpoints/step-NNNNNNNNNN</c> (a resume or evaluation point
+    /// that later saves do not overwrite); then only the newest <paramref name="keepMilestones"/> milestones keep their
+    /// content (0 = all), older ones are released (replaced by an empty file, which frees their storage).</param>
+    public async Task SaveCheckpointAsync(long step, Func<string, Task> write, bool milestone = false, int keepMilestones = 0)
     {
         var dir = Path.Combine(ScratchDir, $"ckpt-save-{Guid.NewGuid():N}");
         Directory.CreateDirectory(dir);
@@ -234,9 +237,29 @@ public sealed class JobContext
             await write(dir);
             await FlushAsync();
             await SaveArtifactDirAsync(CheckpointName, dir, "checkpoint", overwrite: true, metadata: new { step });
-            Log($"checkpoint saved at step {step}");
+            if (milestone)
+            {
+                await SaveArtifactDirAsync(MilestoneName(step), dir, "checkpoint", overwrite: true, metadata: new { step, milestone = true });
+                if (keepMilestones > 0) await ReleaseOldMilestonesAsync(keepMilestones);
+            }
+            Log($"checkpoint saved at step {step}{(milestone ? " (milestone)" : "")}");
         }
         finally { Directory.Delete(dir, true); }
+    }
+
+    public const string MilestonePrefix = "checkpoints/step-";
+
+    /// <summary>Zero-padded so that names sort by step.</summary>
+    public static string MilestoneName(long step) => $"{MilestonePrefix}{step:D10}";
+
+    private async Task ReleaseOldMilestonesAsync(int keep)
+    {
+        var old = (await _s.Tracker.ListArtifactsAsync(RunId))
+            .Where(a => a.Name.StartsWith(MilestonePrefix) && a.SizeBytes > 0)
+            .OrderByDescending(a => a.Name, StringComparer.Ordinal).Skip(keep).ToList();
+        foreach (var a in old)
+            await SaveArtifactAsync(a.Name, new MemoryStream(), "checkpoint", overwrite: true,
+                metadata: new { step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>(), milestone = true, released = true });
     }
 
     public void SaveCheckpoint(long step, Action<string> write) =>

@@ -324,6 +324,10 @@ public sealed class Gpt : nn.Module
     /// <summary>Explicit-cast mixed precision for training (null = fp32). See <see cref="Autocast"/>.</summary>
     public ScalarType? AutocastDtype { get => ac.Dtype; set => ac.Dtype = value; }
 
+    /// <summary>Recompute each block in backward instead of keeping its activations (training with grad only; see
+    /// <see cref="ReTok.Models.Training.ActivationCheckpoint"/>). Same gradients, about one block's activations at a time.</summary>
+    public bool ActivationCheckpointing { get; set; }
+
     /// <summary>Generator for the class-dropout draw in training (null = the default generator, as the reference).</summary>
     public Generator? ClassDropGenerator { get; set; }
 
@@ -372,7 +376,9 @@ public sealed class Gpt : nn.Module
         var x = cat(new[] { cls_embedding.forward(cond, training, ClassDropGenerator), tok_embeddings.forward(idx) }, 1);
         x = x + positional_embedding.narrow(0, 0, t).to_type(x.dtype);
         var h = tok_dropout.forward(x);
-        foreach (var layer in layers) h = layer.forward(h);
+        bool ckpt = ActivationCheckpointing && training && is_grad_enabled();
+        foreach (var layer in layers)
+            h = ckpt ? ReTok.Models.Training.ActivationCheckpoint.Apply(x => layer.forward(x), h, layer.parameters().ToArray()) : layer.forward(h);
         var logits = Head(h);
         Tensor? loss = targets is null ? null : F.cross_entropy(logits.view(-1, logits.shape[^1]), targets.reshape(-1));
         return (logits, loss);

@@ -2,6 +2,7 @@
 // (tokenizer/tokenizer_image/scheduler.py wsd_lr), one optimisation step, and the ten-crop code extraction of
 // autoregressive/train/extract_codes_c2i.py as a pure function over images.
 using TorchSharp;
+using ReTok.Models.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -21,7 +22,9 @@ public sealed record GptTrainOptions(
     long TotalSteps = 1_500_000,
     double FractDecay = 0.2,
     string DecayType = "sqrt",
-    ScalarType? AutocastDtype = null)
+    ScalarType? AutocastDtype = null,
+    int GradAccumSteps = 1,
+    double? EmaDecay = null)
 {
     /// <summary>bf16 compute on CUDA (the argparse default precision), fp32 on CPU.</summary>
     public static GptTrainOptions ForDevice(Device d) => new(AutocastDtype: d.type == DeviceType.CUDA ? ScalarType.BFloat16 : null);
@@ -90,6 +93,9 @@ public static class GptTraining
 /// MaxGradNorm, AdamW step, then set the lr for the next step from the schedule at the current step count (so the first
 /// update runs at the construction lr, update k >= 2 at lr(k-2), as the reference), zero grads, step += 1.
 /// Class dropout, token dropout and the residual/FFN dropouts come from the model's config in training mode.
+/// With <see cref="GptTrainOptions.GradAccumSteps"/> = n the batch runs as n equal micro-batches, each loss scaled by 1/n,
+/// so clip and update see the full-batch mean gradient (peak activation memory of one micro-batch); the reported loss
+/// is the mean of the micro-batch losses, i.e. the full-batch mean. Dropout draws then come per micro-batch.
 /// </summary>
 public sealed class GptTrainer : IDisposable
 {
@@ -98,6 +104,8 @@ public sealed class GptTrainer : IDisposable
     public GptTrainOptions Options { get; }
     public WsdSchedule Schedule { get; }
     public long Step { get; private set; }
+    /// <summary>EMA of the parameters (utils/ema.py, updated after every optimizer step) when <see cref="GptTrainOptions.EmaDecay"/> is set.</summary>
+    public Ema? Ema { get; }
 
     public GptTrainer(Gpt model, GptTrainOptions options, long startStep = 0)
     {
@@ -105,6 +113,7 @@ public sealed class GptTrainer : IDisposable
         Options = options;
         Schedule = options.Schedule;
         Optimizer = GptTraining.CreateOptimizer(model, options);
+        if (options.EmaDecay is double d) Ema = new Ema(model.named_parameters(), d); // exact copy at start (train_c2i.py:318-321)
         Step = startStep;
         model.AutocastDtype = options.AutocastDtype;
         if (startStep > 0) GptTraining.SetLr(Optimizer, Schedule.LrAt(startStep - 1)); // what the reference set after step startStep-1
@@ -124,13 +133,26 @@ public sealed class GptTrainer : IDisposable
         Model.train();
         var z = codes.to(int64).to(device);
         var y = labels.to(int64).to(device);
-        var (_, loss) = Model.forward(z.narrow(1, 0, z.shape[1] - 1), y, targets: z);
-        loss!.backward();
+        var acc = new GradAccumulation(Options.GradAccumSteps);
+        if (z.shape[0] % acc.Steps != 0)
+            throw new ArgumentException($"grad_accum_steps: a batch of {z.shape[0]} does not split into {acc.Steps} equal micro-batches");
+        var zs = acc.Split(z);
+        var ys = acc.Split(y);
+        double lossSum = 0;
+        for (int i = 0; i < zs.Count; i++)
+        {
+            using var micro = NewDisposeScope(); // frees this micro-batch's graph before the next forward
+            var (_, l) = Model.forward(zs[i].narrow(1, 0, zs[i].shape[1] - 1), ys[i], targets: zs[i]);
+            (acc.Steps == 1 ? l! : l! * acc.LossScale).backward();
+            lossSum += l!.item<float>();
+        }
+        float loss = (float)(lossSum / acc.Steps);
         double norm = Options.MaxGradNorm > 0 ? nn.utils.clip_grad_norm_(Model.parameters(), Options.MaxGradNorm) : double.NaN;
         Optimizer.step();
+        Ema?.Update(Model.named_parameters());
         GptTraining.SetLr(Optimizer, Schedule.LrAt(Step));
         Optimizer.zero_grad();
-        var result = new GptStepResult(Step, loss.item<float>(), norm, lr);
+        var result = new GptStepResult(Step, loss, norm, lr);
         Step++;
         return result;
     }
@@ -152,7 +174,11 @@ public sealed class GptTrainer : IDisposable
         finally { model.train(was); }
     }
 
-    public void Dispose() => Optimizer.Dispose();
+    public void Dispose()
+    {
+        Optimizer.Dispose();
+        Ema?.Dispose();
+    }
 }
 
 /// <summary>

@@ -141,4 +141,106 @@ public class GptTrainingTests
         var views = CodeExtraction.CenterAndFlip(images);
         Assert.Equal(0f, MaxAbsDiff(views.select(1, 1), views.select(1, 0).flip(3)));
     }
+
+    static Gpt SeededTiny() => new(TinyConfig() with { ClassDropoutProb = 0 }, new Generator(3)); // no random draws in training
+
+    [Fact]
+    public void AccumulatedMicroBatchesMatchOneBigBatch()
+    {
+        var t = Npz("train.npz");
+        var codes = cat(new[] { t.T("codes"), t.T("codes").flip(1) }, 0); // 2x the fixture rows, so the halves differ
+        var labels = cat(new[] { t.T("labels"), t.T("labels") }, 0);
+        Assert.Equal(0, codes.shape[0] % 4);
+        using var big = SeededTiny();
+        using var micro = SeededTiny();
+        var o = new GptTrainOptions(Lr: 1e-3, WarmupSteps: 2, TotalSteps: 10);
+        using var tb = new GptTrainer(big, o);
+        using var tm = new GptTrainer(micro, o with { GradAccumSteps = 4 });
+        for (int i = 0; i < 3; i++)
+        {
+            var rb = tb.TrainStep(codes, labels);
+            var rm = tm.TrainStep(codes, labels);
+            // sums of 4 quarter-batch means vs one mean differ only in fp32 summation order (seen 1e-7 relative: one ulp)
+            Assert.True(Math.Abs(rb.Loss - rm.Loss) < 1e-5 * Math.Abs(rb.Loss), $"step {i}: loss {rb.Loss} vs {rm.Loss}");
+            Assert.True(Math.Abs(rb.GradNorm - rm.GradNorm) < 1e-5 * rb.GradNorm, $"step {i}: grad norm {rb.GradNorm} vs {rm.GradNorm}");
+        }
+        var wm = micro.state_dict();
+        foreach (var (k, p) in big.state_dict())
+        {
+            // 3 steps at lr <= 1e-3 move weights by ~3e-3; the ulp-level gradient drift moves them apart by ~4e-9 (seen);
+            // 1e-6 leaves room for other thread counts (Adam's g/sqrt(v) amplifies drift where g ~ 0) yet catches a wrong
+            // loss scale or a missed micro-batch (both change the update by ~lr).
+            Assert.True(MaxAbsDiff(p, wm[k]) < 1e-6, $"{k}: max |big - accumulated| = {MaxAbsDiff(p, wm[k])}");
+        }
+        Assert.Throws<ArgumentException>(() => new GptTrainer(SeededTiny(), o with { GradAccumSteps = 3 }).TrainStep(codes, labels));
+    }
+
+    [Fact]
+    public void ActivationCheckpointingGivesThePlainGradients()
+    {
+        // dropout 0.1 everywhere: the recompute must replay the same masks (CPU generator state saved and restored)
+        var t = Npz("train.npz");
+        Dictionary<string, Tensor> Grads(bool ckpt, out float loss)
+        {
+            using var m = new Gpt(TinyConfig(dropout: 0.1), new Generator(3));
+            m.ActivationCheckpointing = ckpt;
+            using (no_grad()) m.output.weight!.normal_(0, 0.02, generator: new Generator(4)); // zero at init: no gradient would reach the blocks
+            m.ClassDropGenerator = new Generator(5);
+            m.train();
+            manual_seed(11);
+            var z = t.T("codes").to(int64);
+            var (_, l) = m.forward(z.narrow(1, 0, z.shape[1] - 1), t.T("labels").to(int64), targets: z);
+            l!.backward();
+            loss = l.item<float>();
+            var after = rand(1).item<float>(); // the generator must end where the plain run leaves it
+            var g = m.named_parameters().ToDictionary(kv => kv.name, kv => kv.parameter.grad!.clone());
+            g["__rng_after__"] = tensor(after);
+            return g;
+        }
+        var plain = Grads(false, out var lp);
+        var ck = Grads(true, out var lc);
+        Assert.Equal(lp, lc);
+        Assert.Equal(plain.Keys.OrderBy(k => k), ck.Keys.OrderBy(k => k));
+        foreach (var (k, g) in plain)
+        {
+            // the recompute runs the same kernels on the same inputs: equal up to the summation order of the
+            // parameter-gradient accumulation (seen: bitwise equal on CPU); 1e-6 relative to the gradient scale
+            var tol = 1e-6 * Math.Max(1e-3, g.abs().max().item<float>());
+            Assert.True(MaxAbsDiff(g, ck[k]) <= tol, $"{k}: max |plain - checkpointed| = {MaxAbsDiff(g, ck[k])} (tol {tol})");
+        }
+        Assert.True(plain["layers.0.attention.wqkv.weight"].abs().max().item<float>() > 0, "gradients reach the first block");
+    }
+
+    [Fact]
+    public void EmaFollowsUpdateEmaAfterEveryStepAndResumesFromItsState()
+    {
+        // utils/ema.py update_ema: ema = decay*ema + (1-decay)*param after each optimizer step, starting as a copy
+        var t = Npz("train.npz");
+        const double decay = 0.9;
+        var o = new GptTrainOptions(Lr: 1e-3, WarmupSteps: 2, TotalSteps: 10, EmaDecay: decay);
+        using var model = SeededTiny();
+        using var trainer = new GptTrainer(model, o);
+        var want = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.detach().clone().to(float64));
+        Dictionary<string, Tensor>? mid = null;
+        for (int i = 0; i < 4; i++)
+        {
+            trainer.TrainStep(t.T("codes"), t.T("labels"));
+            foreach (var (n, p) in model.named_parameters()) want[n] = want[n] * decay + p.detach().to(float64) * (1 - decay);
+            if (i == 1) mid = trainer.Ema!.StateDict();
+        }
+        var got = trainer.Ema!.StateDict();
+        Assert.Equal(want.Keys.OrderBy(k => k), got.Keys.OrderBy(k => k));
+        foreach (var (n, w) in want)
+        {
+            // fp32 EMA vs the float64 formula: 4 updates of values ~0.1 round at ~1e-8; 1e-6 would still catch a skipped
+            // or doubled update (each moves the EMA by 0.1 * the weight change, ~1e-4 at lr 1e-3)
+            Assert.True(MaxAbsDiff(w, got[n]) < 1e-6, $"{n}: max |ema - formula| = {MaxAbsDiff(w, got[n])}");
+        }
+        Assert.True(MaxAbsDiff(got["output.weight"], model.output.weight!) > 1e-5, "the EMA lags the raw weights");
+
+        // resume: a fresh EMA loaded from the step-2 state and fed the same parameters continues identically
+        using var resumed = new ReTok.Models.Training.Ema(model.named_parameters(), decay);
+        resumed.LoadStateDict(mid!, "test");
+        Assert.Equal(0f, MaxAbsDiff(resumed.StateDict()["output.weight"], mid!["output.weight"]));
+    }
 }

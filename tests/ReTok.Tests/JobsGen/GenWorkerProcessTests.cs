@@ -89,7 +89,7 @@ public sealed class GenWorkerProcessTests(EngineEnvironment env, ITestOutputHelp
         TrainGeneratorParams P(int delay) => new()
         {
             GptModel = null, Dim = 32, NLayer = 1, NHead = 2, NumClasses = 4, MaxSteps = 8, WarmupSteps = 2, GlobalBatchSize = 2,
-            CheckpointEvery = 2, Lr = 1e-3, Seed = 3, DebugStepDelayMs = delay,
+            CheckpointEvery = 2, Lr = 1e-3, Seed = 3, DebugStepDelayMs = delay, Ema = true, EmaDecay = 0.9,
         };
         var codes = new Dictionary<string, string> { ["codes"] = inputs.Ref("codes.npz") };
         var killed = await env.Client.SubmitAsync("train-generator", P(1000), inputs: codes, queue: queue);
@@ -110,6 +110,11 @@ public sealed class GenWorkerProcessTests(EngineEnvironment env, ITestOutputHelp
 
         Assert.Equal((await env.Tracker.GetArtifactAsync(whole, "generator.safetensors"))!.Sha256,
                      (await env.Tracker.GetArtifactAsync(killed, "generator.safetensors"))!.Sha256);
+        // the EMA travels in the checkpoint: the resumed run's EMA equals the uninterrupted one's
+        Assert.Equal((await env.Tracker.GetArtifactAsync(whole, "generator_ema.safetensors"))!.Sha256,
+                     (await env.Tracker.GetArtifactAsync(killed, "generator_ema.safetensors"))!.Sha256);
+        Assert.NotEqual((await env.Tracker.GetArtifactAsync(whole, "generator.safetensors"))!.Sha256,
+                        (await env.Tracker.GetArtifactAsync(whole, "generator_ema.safetensors"))!.Sha256);
         foreach (var key in new[] { "loss", "grad_norm", "lr" })
         {
             var mk = await env.Tracker.GetMetricsAsync(killed, key);

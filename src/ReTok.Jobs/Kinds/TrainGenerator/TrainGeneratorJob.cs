@@ -36,8 +36,19 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public double FractDecay { get; init; } = 0.2;
     public string DecayType { get; init; } = "sqrt";
     public int GlobalBatchSize { get; init; } = 256;
+    /// <summary>Micro-batches per step: the global batch runs as this many equal pieces (activation memory of one).</summary>
+    public int GradAccumSteps { get; init; } = 1;
+    /// <summary>Recompute each transformer block in backward (same gradients, a fraction of the activation memory, ~1/3 more compute).</summary>
+    public bool ActivationCheckpointing { get; init; }
+    /// <summary>EMA of the GPT weights (train_c2i.py --ema; off in the release): kept in checkpoints, exported as generator_ema.safetensors.</summary>
+    public bool Ema { get; init; }
+    public double EmaDecay { get; init; } = 0.9999;
     public int Seed { get; init; }
     public int CheckpointEvery { get; init; } = 5000;
+    /// <summary>Keep every n-th step's checkpoint as a milestone (checkpoints/step-N; 0 = only checkpoints/latest). A multiple of checkpoint_every.</summary>
+    public int MilestoneEvery { get; init; }
+    /// <summary>Milestones whose content is kept (the newest K; older are released). 0 = keep all.</summary>
+    public int KeepMilestones { get; init; } = 3;
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
     public int? LogEvery { get; init; }
     public long EffectiveLogEvery() => LogEvery ?? Math.Max(1, MaxSteps / 10_000);
@@ -51,7 +62,13 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (MaxSteps < 1) yield return $"max_steps: must be >= 1, got {MaxSteps}";
         if (WarmupSteps < 0) yield return $"warmup_steps: must be >= 0, got {WarmupSteps}";
         if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
+        if (GradAccumSteps < 1) yield return $"grad_accum_steps: must be >= 1, got {GradAccumSteps}";
+        else if (GlobalBatchSize % GradAccumSteps != 0) yield return $"grad_accum_steps: {GradAccumSteps} does not divide global_batch_size {GlobalBatchSize}";
+        if (EmaDecay is < 0 or > 1 || double.IsNaN(EmaDecay)) yield return $"ema_decay: must be in [0, 1], got {EmaDecay}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
+        if (MilestoneEvery < 0) yield return $"milestone_every: must be >= 0, got {MilestoneEvery}";
+        else if (MilestoneEvery > 0 && MilestoneEvery % CheckpointEvery != 0) yield return $"milestone_every: {MilestoneEvery} is not a multiple of checkpoint_every {CheckpointEvery}";
+        if (KeepMilestones < 0) yield return $"keep_milestones: must be >= 0, got {KeepMilestones}";
         if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
     }
@@ -89,15 +106,17 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         var cfg = p.ToConfig(block);
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
         using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
-        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);   // a CPU generator: SeededRandom moves the draw
+        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);
+        model.ActivationCheckpointing = p.ActivationCheckpointing;   // a CPU generator: SeededRandom moves the draw
         var opts = GptTrainOptions.ForDevice(device) with
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
             WarmupSteps = p.WarmupSteps, TotalSteps = p.MaxSteps, FractDecay = p.FractDecay, DecayType = p.DecayType,
+            GradAccumSteps = p.GradAccumSteps, EmaDecay = p.Ema ? p.EmaDecay : null,
         };
 
         long start = 0;
-        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync();
+        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync() ?? await FromResumeInputAsync(ctx);
         if (ck is { } c)
         {
             start = c.Step;
@@ -107,6 +126,12 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         if (ck is { } c2)
         {
             trainer.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
+            if (trainer.Ema is { } ema)
+            {
+                var emaPath = Path.Combine(c2.Dir, "ema.safetensors");
+                if (!File.Exists(emaPath)) throw new JobFailedException("ema: true, but the checkpoint being resumed has no ema.safetensors (it was written with ema off)");
+                ema.LoadStateDict(Safetensors.Load(emaPath), "checkpoint ema.safetensors");
+            }
             var rng = Safetensors.Load(Path.Combine(c2.Dir, "rng.safetensors"));
             set_rng_state(rng["torch_cpu"]);
             model.ClassDropGenerator.set_state(rng["class_drop"]);
@@ -115,58 +140,96 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         long m = codes.shape[0];
         int bs = (int)Math.Min(p.GlobalBatchSize, m);
         long perEpoch = m / bs; // drop_last
+        if (bs % p.GradAccumSteps != 0)
+            throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {p.GradAccumSteps} micro-batches");
         Tensor? perm = null; long permEpoch = -1;
         var sw = Stopwatch.StartNew();
         long tokensSince = 0;
 
+        // Checkpoints are written in the background: the step's state is first copied to host memory (model, EMA, RNG;
+        // the TorchSharp AdamW state can only be serialised from the live optimizer, so optimizer.bin is written to
+        // local scratch here), then serialisation, tar, upload and retention run while training continues. One save
+        // in flight at a time; the next save, a cancellation and the end of the run wait for it (and surface its error).
+        Task pending = Task.CompletedTask;
         async Task Save(long step)
         {
-            await ctx.SaveCheckpointAsync(step, dir =>
+            await pending;
+            using var _ = no_grad();
+            var modelSd = model.state_dict().ToDictionary(kv => kv.Key,
+                kv => (kv.Value.device.type == DeviceType.CPU ? kv.Value.detach().clone() : kv.Value.detach().cpu()).DetachFromDisposeScope());
+            var emaSd = trainer.Ema?.StateDict();
+            var rng = new Dictionary<string, Tensor> { ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state() };
+            var optFile = Path.Combine(ctx.ScratchDir, $".optimizer-{step}.bin");
+            trainer.Optimizer.save_state_dict(optFile);
+            var state = JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch });
+            bool milestone = p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0;
+            pending = Task.Run(async () =>
             {
-                GptCheckpoint.SaveSafetensors(model, Path.Combine(dir, "model.safetensors"));
-                trainer.Optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
-                Safetensors.Save(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
+                try
                 {
-                    ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state(),
-                });
-                File.WriteAllText(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch }));
-                return Task.CompletedTask;
+                    await ctx.SaveCheckpointAsync(step, dir =>
+                    {
+                        TorchSharp.PyBridge.Safetensors.SaveStateDict(Path.Combine(dir, "model.safetensors"), modelSd);
+                        File.Move(optFile, Path.Combine(dir, "optimizer.bin"));
+                        if (emaSd is not null) Safetensors.Save(Path.Combine(dir, "ema.safetensors"), emaSd);
+                        Safetensors.Save(Path.Combine(dir, "rng.safetensors"), rng);
+                        File.WriteAllText(Path.Combine(dir, "state.json"), state);
+                        return Task.CompletedTask;
+                    }, milestone, p.KeepMilestones);
+                }
+                finally
+                {
+                    foreach (var t in modelSd.Values) t.Dispose();
+                    foreach (var t in emaSd?.Values ?? Enumerable.Empty<Tensor>()) t.Dispose();
+                    foreach (var t in rng.Values) t.Dispose();
+                    File.Delete(optFile);
+                }
             });
         }
 
-        for (long step = start; step < p.MaxSteps; step++)
+        try
         {
-            if (ctx.CancellationToken.IsCancellationRequested)
+            for (long step = start; step < p.MaxSteps; step++)
             {
-                await Save(step);
-                ctx.ThrowIfCancellationRequested();
+                if (ctx.CancellationToken.IsCancellationRequested)
+                {
+                    await Save(step);
+                    await pending;
+                    ctx.ThrowIfCancellationRequested();
+                }
+                long epoch = step / perEpoch, b = step % perEpoch;
+                if (epoch != permEpoch)
+                {
+                    perm?.Dispose();
+                    perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
+                    permEpoch = epoch;
+                }
+                GptStepResult r;
+                using (var scope = NewDisposeScope())
+                {
+                    var idx = perm!.narrow(0, b * bs, bs);
+                    r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
+                }
+                tokensSince += (long)bs * block;
+                if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
+                {
+                    var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
+                    ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
+                    sw.Restart(); tokensSince = 0;
+                }
+                if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
+                ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
+                if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
+                if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
             }
-            long epoch = step / perEpoch, b = step % perEpoch;
-            if (epoch != permEpoch)
-            {
-                perm?.Dispose();
-                perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
-                permEpoch = epoch;
-            }
-            GptStepResult r;
-            using (var scope = NewDisposeScope())
-            {
-                var idx = perm!.narrow(0, b * bs, bs);
-                r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
-            }
-            tokensSince += (long)bs * block;
-            if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
-            {
-                var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
-                ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
-                sw.Restart(); tokensSince = 0;
-            }
-            if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
-            ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
-            if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
-            if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
+        }
+        catch
+        {
+            try { await pending; } catch { /* the step's own failure is the one to report */ }
+            throw;
         }
         perm?.Dispose();
+        await pending;
 
         var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
         GptCheckpoint.SaveSafetensors(model, outModel);
@@ -174,6 +237,33 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
         await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
         await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml");
+        if (trainer.Ema is { } e)
+        {
+            // the EMA weights as a complete generator file: pick it as sample-gfid's `generator` input to sample with them
+            var outEma = Path.Combine(ctx.ScratchDir, "generator_ema.safetensors");
+            var sd = e.StateDict();
+            foreach (var (k, v) in model.state_dict()) sd.TryAdd(k, v); // buffers, if any, are not averaged (utils/ema.py)
+            Safetensors.Save(outEma, sd);
+            await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
+        }
+    }
+    /// <summary>
+    /// Optional input `resume` (e.g. run:ID/checkpoints/step-0000010000 from `retok runs checkpoints`): a fresh run starts
+    /// from that checkpoint instead of step 0. Only when the run has no checkpoint of its own (a retried run resumes from
+    /// its latest). The other params must match the run that wrote it (model shape is checked on load).
+    /// </summary>
+    static async Task<(string Dir, long Step)?> FromResumeInputAsync(JobContext ctx)
+    {
+        if (!ctx.InputRoles.Contains("resume")) return null;
+        var a = await ctx.ResolveInputAsync("resume");
+        if (a.SizeBytes == 0) throw new JobFailedException($"input 'resume' ({a.Name} of run {a.RunId}) was released by the retention policy (keep_milestones); pick a kept one with `retok runs checkpoints {a.RunId}`");
+        var dir = await ctx.GetInputDirAsync("resume");
+        var state = Path.Combine(dir, "state.json");
+        if (!File.Exists(state) || !File.Exists(Path.Combine(dir, "model.safetensors")))
+            throw new JobFailedException($"input 'resume' ({a.Name} of run {a.RunId}) is not a train-generator checkpoint (no state.json/model.safetensors)");
+        long step = JsonDocument.Parse(File.ReadAllText(state)).RootElement.GetProperty("step").GetInt64();
+        ctx.Log($"starting from input 'resume' ({a.Name} of run {a.RunId}) at step {step}");
+        return (dir, step);
     }
 }
 
