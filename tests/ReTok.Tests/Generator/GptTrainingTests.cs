@@ -7,6 +7,14 @@ namespace ReTok.Tests.Generation;
 
 using Generator = TorchSharp.torch.Generator;
 
+/// <summary>
+/// Runs alone: the activation-checkpointing test seeds and replays TorchSharp's process-wide CPU generator, which
+/// tests running in parallel would advance between the plain and the checkpointed forward.
+/// </summary>
+[CollectionDefinition("GlobalCpuGenerator", DisableParallelization = true)]
+public class GlobalCpuGeneratorCollection { }
+
+[Collection("GlobalCpuGenerator")]
 public class GptTrainingTests
 {
     [Fact]
