@@ -334,7 +334,7 @@ public static class StateDictFile
 }
 
 /// <summary>safetensors: u64 LE header length, JSON header {name: {dtype, shape, data_offsets}}, raw LE data.</summary>
-public static class Safetensors
+internal static class Safetensors
 {
     public sealed record Entry(string Dtype, long[] Shape, long Begin, long End);
 

@@ -101,13 +101,13 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         if (ck is { } c)
         {
             start = c.Step;
-            GptCheckpoint.LoadStrict(model, Safetensors.Load(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
+            GptCheckpoint.LoadStrict(model, StateDictFile.Read(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
         }
         using var trainer = new GptTrainer(model, opts, start);
         if (ck is { } c2)
         {
             trainer.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
-            var rng = Safetensors.Load(Path.Combine(c2.Dir, "rng.safetensors"));
+            var rng = StateDictFile.Read(Path.Combine(c2.Dir, "rng.safetensors"));
             set_rng_state(rng["torch_cpu"]);
             model.ClassDropGenerator.set_state(rng["class_drop"]);
         }
@@ -125,7 +125,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             {
                 GptCheckpoint.SaveSafetensors(model, Path.Combine(dir, "model.safetensors"));
                 trainer.Optimizer.save_state_dict(Path.Combine(dir, "optimizer.bin"));
-                Safetensors.Save(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
+                StateDictFile.WriteSafetensors(Path.Combine(dir, "rng.safetensors"), new Dictionary<string, Tensor>
                 {
                     ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state(),
                 });
