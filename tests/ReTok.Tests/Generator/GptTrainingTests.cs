@@ -2,10 +2,9 @@ using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 public class GptTrainingTests
 {
