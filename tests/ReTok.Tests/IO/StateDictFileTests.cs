@@ -4,10 +4,11 @@ using TorchSharp;
 using static TorchSharp.torch;
 using static ReTok.Tests.Tokenizer.TokenizerTestData;
 
-namespace ReTok.Tests.Tokenizer;
+namespace ReTok.Tests.IO;
 
-/// <summary>StateDictFile.Read/Describe/LoadInto/WriteSafetensors on files written by python3 torch.save (tests/fixtures/gen/tokenizer.py).</summary>
-public class CheckpointTests
+/// <summary>StateDictFile.Read/Describe/LoadInto/WriteSafetensors on files written by python3 torch.save (tests/fixtures/gen/tokenizer.py).
+/// Legacy (pre-1.6) pickles are covered by Evaluation/MetricsTests.StateDictFileReadsLegacyAndZipPickles.</summary>
+public class StateDictFileTests
 {
     static float[] Floats(Tensor t) => t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
 
@@ -111,29 +112,5 @@ public class CheckpointTests
         Assert.Contains("1 missing keys:\n    s2to1encoder.ln_post.bias", e.Message);
         Assert.Contains("1 unexpected keys:\n    decoder.extra.weight", e.Message);
         Assert.Contains("quant_conv.bias: checkpoint [9] vs model [8]", e.Message);
-    }
-
-    [Fact]
-    public void LoadWeights_CopiesValuesCastsDtypeAndToleratesMissingDistillMlp()
-    {
-        using var model = new ReTokTokenizer(Tiny);
-        var sd = StateDictFile.Read(F("tiny.safetensors"));   // stored as BF16
-        foreach (var k in sd.Keys.Where(ReTokTokenizer.IsTrainingOnlyKey).ToList()) sd.Remove(k);
-        model.LoadWeights(sd, "tiny");
-        var w = model.state_dict()["s1to2decoder.conv_out.weight"];
-        Assert.Equal(ScalarType.Float32, w.dtype);
-        Assert.True(w.eq(sd["s1to2decoder.conv_out.weight"].to(ScalarType.Float32)).all().item<bool>());
-    }
-
-    [Fact]
-    public void LoadWeights_WrongArchitecture_NamesWhatDiffers()
-    {
-        using var model = new ReTokTokenizer(Tiny with { DecoderLayers = 3 });
-        var e = Assert.Throws<InvalidDataException>(() => model.LoadWeights(StateDictFile.Read(F("tiny.safetensors")), "tiny.safetensors"));
-        Assert.Contains("tiny.safetensors is a different tokenizer architecture", e.Message);
-        Assert.Contains("decoder ViT layers: checkpoint 2, config 3", e.Message);
-        var notTok = new Dictionary<string, Tensor> { ["a"] = torch.zeros(2) };
-        var e2 = Assert.Throws<InvalidDataException>(() => model.LoadWeights(notTok, "other.pt"));
-        Assert.Contains("other.pt is not a ReTok/GigaTok VQVitModelPlus state dict", e2.Message);
     }
 }
