@@ -73,7 +73,8 @@ print(n / (time.perf_counter() - s))
             double cropOnly = files.Count / sw.Elapsed.TotalSeconds;
             Console.WriteLine($"# ours split (1 thread): decode {decodeOnly:F1} img/s, resize+crop {cropOnly:F1} img/s");
             var pil = RunPython(python, PyCrop, "RETOK_REF_RETOK", files.ToArray());
-            Console.WriteLine($"adm-crop  ours {oursSeq,8:F1} img/s (1 thread), {oursPar,8:F1} img/s (parallel)  | Pillow {Fmt(pil)} img/s (1 thread)  | ratio ours/Pillow {(pil is double p ? $"{oursSeq / p:F2}x (1 thread), {oursPar / p:F2}x (parallel)" : "n/a")}");
+            Console.WriteLine($"adm-crop  ours {oursSeq,8:F1} img/s (1 thread), {oursPar,8:F1} img/s (parallel)  | Pillow {Fmt(pil)} img/s (1 thread)  " +
+                $"| ratio ours/Pillow {(pil is double p ? $"{oursSeq / p:F2}x (1 thread), {oursPar / p:F2}x (parallel)" : "n/a")}");
 
             if (incCount <= 0) return 0;
             using var model = new FidInceptionV3();

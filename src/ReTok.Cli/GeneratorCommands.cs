@@ -186,7 +186,8 @@ public static class GeneratorCommands
             if (pr.GetValue(reference))
             {
                 var py = await GeneratorBench.RunReferenceAsync(pr.GetValue(preset)!, b, k, opts.CfgScale, nThreads, reps, ct);
-                Console.WriteLine($"ref    generate.py on python3-torch {py.Torch} ({py.Blas}): {py.Seconds:F2} s/batch ({py.CpuSeconds:F2} s CPU), {b * k / py.Seconds:F0} tokens/s, {b / py.Seconds:F3} samples/s; decode-step model forward {py.ForwardMs:F1} ms CPU");
+                Console.WriteLine($"ref    generate.py on python3-torch {py.Torch} ({py.Blas}): {py.Seconds:F2} s/batch ({py.CpuSeconds:F2} s CPU), " +
+                    $"{b * k / py.Seconds:F0} tokens/s, {b / py.Seconds:F3} samples/s; decode-step model forward {py.ForwardMs:F1} ms CPU");
                 Console.WriteLine($"ratio  ours/reference throughput: {py.Seconds / r.Seconds:F2}x wall, {py.CpuSeconds / r.CpuSeconds:F2}x CPU time (use CPU time on a loaded machine)");
             }
             return 0;

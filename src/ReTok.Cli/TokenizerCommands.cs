@@ -41,8 +41,8 @@ public static class TokenizerCommands
         c.Options.Add(PreferOpt);
         c.SetAction((pr, ct) =>
         {
-            var sd = Checkpoint.Load(pr.GetValue(ckpt)!, pr.GetValue(PreferOpt)!);
-            Checkpoint.SaveSafetensors(pr.GetValue(output)!, sd);
+            var sd = StateDictFile.Read(pr.GetValue(ckpt)!, pr.GetValue(PreferOpt)!);
+            StateDictFile.WriteSafetensors(pr.GetValue(output)!, sd);
             Console.WriteLine($"wrote {sd.Count} tensors to {pr.GetValue(output)}");
             return Task.FromResult(0);
         });
@@ -131,10 +131,10 @@ public static class TokenizerCommands
 
     public static int RunInspect(string path, string prefer, TextWriter log)
     {
-        var info = Checkpoint.Describe(path, prefer);
+        var info = StateDictFile.Describe(path, prefer);
         log.WriteLine(info);
         foreach (var (k, v) in info.Scalars) log.WriteLine($"{k}: {v}");
-        var sd = Checkpoint.Load(path, prefer);
+        var sd = StateDictFile.Read(path, prefer);
         try
         {
             TokenizerConfig g;

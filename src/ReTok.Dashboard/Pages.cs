@@ -254,7 +254,8 @@ public static class Pages
         if (await d.GetRunAsync(id, ctx.RequestAborted) is null) return Page(ctx, "Not found", $"<p class=\"error\">run {id} does not exist</p>", 404);
         var o = await c.CancelAsync(id, ctx.RequestAborted);
         var msg = !o.Any ? "nothing to cancel: the run already finished"
-            : $"cancelled {string.Join(", ", o.CancelledNow.Select(x => "#" + x))}{(o.CancelRequested.Count > 0 ? $"; cancel requested for running {string.Join(", ", o.CancelRequested.Select(x => "#" + x))} (they stop at their next heartbeat)" : "")}";
+            : $"cancelled {string.Join(", ", o.CancelledNow.Select(x => "#" + x))}" + (o.CancelRequested.Count > 0
+                ? $"; cancel requested for running {string.Join(", ", o.CancelRequested.Select(x => "#" + x))} (they stop at their next heartbeat)" : "");
         return Results.Redirect($"/runs/{id}?msg={U(msg)}");
     }
 
@@ -325,7 +326,8 @@ public static class Pages
         {
             E(r.Tokenizer), Cell(r.RFid, "0.00"), E(r.Generator), E(r.Tokens), Cell(r.GFid, "0.00"), Cell(r.IS, "0.0"), Cell(r.Precision, "0.00"), Cell(r.Recall, "0.00"), E(r.Variant),
         }), "results", "no metrics of the form rfid@k=K / gfid@k=K yet");
-        return table + "<p class=\"muted\">From metric keys <code>rfid|gfid|is|precision|recall@k=K[,variant]</code> (last step); gFID is the best variant (e.g. with/without CFG), IS/Prec./Rec. from that same variant. Each number links to its run.</p>";
+        return table + "<p class=\"muted\">From metric keys <code>rfid|gfid|is|precision|recall@k=K[,variant]</code> (last step); " +
+            "gFID is the best variant (e.g. with/without CFG), IS/Prec./Rec. from that same variant. Each number links to its run.</p>";
     }
 
     // ------------------------------------------------------------------ workers

@@ -51,8 +51,6 @@ public sealed partial class Tracker : IAsyncDisposable
         _retry = retry ?? Faults.CreateRetry();
     }
 
-    public static Tracker FromSettings(RetokSettings s) => new(s.Db, s.CreateStore());
-
     public string ConnectionString { get; }
     public IArtifactStore Store { get; }
     public NpgsqlDataSource DataSource { get; }

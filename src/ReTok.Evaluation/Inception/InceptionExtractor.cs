@@ -28,8 +28,8 @@ public sealed class InceptionExtractor : IDisposable
     public static InceptionExtractor Load(string weightsPath, Device? device = null)
     {
         var model = new FidInceptionV3();
-        var sd = TorchFile.LoadStateDict(weightsPath);
-        StateDict.Load(model, sd, weightsPath);
+        var sd = StateDictFile.Read(weightsPath);
+        StateDictFile.LoadInto(model, sd, weightsPath, mayBeMissing: StateDictFile.IsBatchNormCounter, mayBeUnexpected: StateDictFile.IsBatchNormCounter);
         foreach (var t in sd.Values) t.Dispose();
         return new InceptionExtractor(model, WeightsRegistry.Sha256(weightsPath), device);
     }

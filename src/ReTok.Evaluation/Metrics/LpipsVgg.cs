@@ -2,6 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using ReTok.Evaluation.Weights;
 using ReTok.Models;
+using ReTok.Models.IO;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 
@@ -42,14 +43,18 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
 
     public void LoadBackbone(string vgg16Path)
     {
-        var vgg = TorchFile.LoadStateDict(vgg16Path);
-        try { StateDict.Load(net, vgg, vgg16Path, "classifier."); }
+        var vgg = StateDictFile.Read(vgg16Path);
+        try
+        {
+            StateDictFile.LoadInto(net, vgg, vgg16Path, mayBeMissing: StateDictFile.IsBatchNormCounter,
+                mayBeUnexpected: k => StateDictFile.IsBatchNormCounter(k) || k.StartsWith("classifier."));
+        }
         finally { foreach (var t in vgg.Values) t.Dispose(); }
     }
 
     public void LoadLinHeads(string linPath)
     {
-        var lin = TorchFile.LoadStateDict(linPath);
+        var lin = StateDictFile.Read(linPath);
         try
         {
             var heads = new[] { lin0, lin1, lin2, lin3, lin4 };
@@ -57,7 +62,7 @@ public sealed class LpipsVgg : Module<Tensor, Tensor, Tensor>
             {
                 var key = $"lin{k}.model.1.weight";
                 if (!lin.TryGetValue(key, out var w)) throw new InvalidDataException($"{linPath}: missing '{key}' (expected the LPIPS v0.1 vgg.pth heads lin0..lin4)");
-                StateDict.Load(heads[k], new Dictionary<string, Tensor> { ["model.1.weight"] = w }, linPath);
+                StateDictFile.LoadInto(heads[k], new Dictionary<string, Tensor> { ["model.1.weight"] = w }, linPath);
             }
         }
         finally { foreach (var t in lin.Values) t.Dispose(); }

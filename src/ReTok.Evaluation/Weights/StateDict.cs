@@ -3,32 +3,9 @@ using static TorchSharp.torch;
 
 namespace ReTok.Evaluation.Weights;
 
+/// <summary>Deterministic formula weights shared with the python fixture generators (tests and benchmarks); files are read by ReTok.Models.IO.StateDictFile.</summary>
 public static class StateDict
 {
-    /// <summary>
-    /// Copies a reference state dict into a module by name with shape checks. Every module parameter/buffer must be present,
-    /// except BatchNorm's num_batches_tracked (absent from pre-1.0 checkpoints, unused in eval); extra keys listed in
-    /// <paramref name="ignoreExtra"/> (prefixes) are tolerated, any other extra key is an error naming it.
-    /// </summary>
-    public static void Load(nn.Module module, IReadOnlyDictionary<string, Tensor> sd, string source, params string[] ignoreExtra)
-    {
-        var own = module.state_dict();
-        var missing = own.Keys.Where(k => !sd.ContainsKey(k) && !k.EndsWith("num_batches_tracked")).ToList();
-        if (missing.Count > 0)
-            throw new InvalidDataException($"{source}: missing {missing.Count} weight(s) for {module.GetName()}: {string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? ", ..." : "")}");
-        var extra = sd.Keys.Where(k => !own.ContainsKey(k) && !k.EndsWith("num_batches_tracked") && !ignoreExtra.Any(k.StartsWith)).ToList();
-        if (extra.Count > 0)
-            throw new InvalidDataException($"{source}: unexpected weight(s) {string.Join(", ", extra.Take(8))} (is this the right file?)");
-        using var _ = no_grad();
-        foreach (var (k, t) in own)
-        {
-            if (!sd.TryGetValue(k, out var src)) continue;
-            if (!src.shape.SequenceEqual(t.shape))
-                throw new InvalidDataException($"{source}: weight '{k}' has shape [{string.Join(",", src.shape)}], expected [{string.Join(",", t.shape)}]");
-            t.copy_(src.to(t.dtype));
-        }
-    }
-
     /// <summary>Deterministic test weights shared with the python fixture generators: w[i] = offset + sin(0.37*i + k) * scale (float64, then cast).</summary>
     public static Tensor Formula(long[] shape, int k, double scale, double offset = 0)
     {

@@ -129,9 +129,6 @@ public sealed class JobContext
     public Task<List<Artifact>> SaveArtifactFilesAsync(params (string Name, string Path, string Kind, bool Overwrite, string? ContentType, object? Metadata)[] files) =>
         _s.Tracker.SaveArtifactFilesAsync(RunId, files.Select(f => (f.Name, f.Path, Options(f.Kind, f.Overwrite, f.ContentType, f.Metadata))).ToList(), _s.Lease.Fence, _s.WriteToken);
 
-    public Artifact SaveArtifact(string name, string kind, Stream content, bool overwrite = false) => SaveArtifactAsync(name, content, kind, overwrite).GetAwaiter().GetResult();
-    public Artifact SaveArtifact(string name, string kind, string path, bool overwrite = false) => SaveArtifactFileAsync(name, path, kind, overwrite).GetAwaiter().GetResult();
-
     /// <summary>Stores a folder as one tar artifact (read back with <see cref="GetInputDirAsync"/>).</summary>
     public async Task<Artifact> SaveArtifactDirAsync(string name, string dir, string kind = "tar", bool overwrite = false, object? metadata = null)
     {
@@ -158,8 +155,6 @@ public sealed class JobContext
         var a = await ResolveInputAsync(role);
         return await FetchAsync(a, role);
     }
-
-    public string GetInputFile(string role) => GetInputFileAsync(role).GetAwaiter().GetResult();
 
     /// <summary>An input saved with <see cref="SaveArtifactDirAsync"/>, extracted into a fresh folder.</summary>
     public async Task<string> GetInputDirAsync(string role)
@@ -262,9 +257,6 @@ public sealed class JobContext
                 metadata: new { step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>(), milestone = true, released = true });
     }
 
-    public void SaveCheckpoint(long step, Action<string> write) =>
-        SaveCheckpointAsync(step, d => { write(d); return Task.CompletedTask; }).GetAwaiter().GetResult();
-
     /// <summary>The latest checkpoint of this run (from an earlier execution), extracted, with its step; null if none.</summary>
     public async Task<(string Dir, long Step)?> LoadCheckpointAsync()
     {
@@ -283,13 +275,6 @@ public sealed class JobContext
         var step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>() ?? 0;
         Log($"resuming from checkpoint at step {step}");
         return (dir, step);
-    }
-
-    public bool TryLoadCheckpoint(out string dir, out long step)
-    {
-        var r = LoadCheckpointAsync().GetAwaiter().GetResult();
-        (dir, step) = r ?? ("", 0);
-        return r is not null;
     }
 
     // ------------------------------------------------------------ fan-out

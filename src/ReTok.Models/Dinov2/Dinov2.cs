@@ -1,4 +1,4 @@
-using ReTok.Models.Training;
+using ReTok.Models.IO;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -213,24 +213,15 @@ public static class Dinov2Weights
         return cat(new[] { prefix, g }, 1);
     }
 
-    /// <summary>Copy a state dict into the model by name. pos_embed of a different grid (the 37x37 table of the
-    /// 518-px checkpoint) is resampled to the model's grid first. Missing, unexpected or mis-shaped keys throw, naming
-    /// the source and key.</summary>
+    /// <summary>Copy a state dict into the model by name (StateDictFile.LoadInto, strict). pos_embed of a different grid
+    /// (the 37x37 table of the 518-px checkpoint) is resampled to the model's grid first; the checkpoint's classifier
+    /// head (head.weight/bias) is not part of the backbone and is ignored.</summary>
     public static void Load(DinoVisionTransformer model, IReadOnlyDictionary<string, Tensor> sd, string source)
     {
         using var _ = no_grad();
-        var own = model.state_dict();
-        var unexpected = sd.Keys.Where(k => !own.ContainsKey(k) && k is not ("head.weight" or "head.bias")).ToList();
-        if (unexpected.Count > 0) throw new InvalidDataException($"{source}: unexpected keys for DINOv2 ({model.Config}): {string.Join(", ", unexpected.Take(10))}");
-        foreach (var (key, dst) in own)
-        {
-            if (!sd.TryGetValue(key, out var src)) throw new InvalidDataException($"{source}: missing key '{key}'");
-            if (key == "pos_embed" && !src.shape.SequenceEqual(dst.shape))
-                src = ResampleAbsPosEmbed(src, model.Config.GridSize, model.Config.GridSize);
-            if (!src.shape.SequenceEqual(dst.shape))
-                throw new InvalidDataException($"{source}: '{key}' has shape [{string.Join(",", src.shape)}], model expects [{string.Join(",", dst.shape)}]");
-            dst.copy_(src.to(dst.dtype));
-        }
+        if (sd.TryGetValue("pos_embed", out var pos) && model.state_dict().TryGetValue("pos_embed", out var own) && !pos.shape.SequenceEqual(own.shape))
+            sd = new Dictionary<string, Tensor>(sd) { ["pos_embed"] = ResampleAbsPosEmbed(pos, model.Config.GridSize, model.Config.GridSize) };
+        StateDictFile.LoadInto(model, sd, source, mayBeUnexpected: k => k is "head.weight" or "head.bias");
     }
 }
 
@@ -271,7 +262,7 @@ public sealed class Dinov2Teacher : ISemanticTeacher, IDisposable
     {
         var c = (config ?? Dinov2Config.VitB14) with { ImgSize = grid * (config ?? Dinov2Config.VitB14).PatchSize };
         var model = new DinoVisionTransformer(c);
-        Dinov2Weights.Load(model, StateDicts.Load(path), path);
+        Dinov2Weights.Load(model, StateDictFile.Read(path, prefer: "model"), path);
         if (device is not null) model.to(device);
         return new Dinov2Teacher(model, grid, computeType);
     }

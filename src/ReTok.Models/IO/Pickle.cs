@@ -21,7 +21,8 @@ public sealed record PickleStorage(string StorageType, string Key, string Locati
 public sealed record PickleTensor(PickleStorage Storage, long Offset, long[] Size, long[] Stride, bool IsParameter = false);
 
 /// <summary>
-/// A minimal unpickler for what torch.save writes (protocol 2, and the protocol-4/5 opcodes for safety). It never
+/// A minimal unpickler for what torch.save writes, zip and legacy stream formats alike (protocol 2, and the
+/// protocol-4/5 opcodes for safety); the only pickle VM in the project (StateDictFile reads through it). It never
 /// executes code: globals become <see cref="PickleObject"/>s, except the few torch/collections callables it models
 /// (OrderedDict, _rebuild_tensor_v2, _rebuild_parameter). Dicts become Dictionary&lt;object, object?&gt;, lists
 /// List&lt;object?&gt;, tuples object?[].
@@ -176,6 +177,7 @@ public sealed class Unpickler
     {
         if (pid is object?[] t && t.Length >= 5 && t[0] as string == "storage")
         {
+            if (t.Length > 5 && t[5] is not null) throw Bad("storage views (pre-0.4 torch files) are not supported");
             var type = t[1] switch { PickleObject g => g.Name, string s => s, var o => o?.ToString() ?? "?" };
             return new PickleStorage(type, t[2]!.ToString()!, t[3]?.ToString() ?? "cpu", Convert.ToInt64(t[4]));
         }
@@ -191,7 +193,7 @@ public sealed class Unpickler
             case "builtins.dict":
                 var d = new Dictionary<object, object?>();
                 if (args.Length > 0 && args[0] is List<object?> pairs)
-                    foreach (var pair in pairs) if (pair is object?[] kv && kv.Length == 2) d[Key(kv[0])] = kv[1];
+                    foreach (var pair in pairs) if (pair is IList<object?> kv && kv.Count == 2) d[Key(kv[0])] = kv[1];   // (k, v) or py2-era [k, v]
                 return d;
             case "torch._utils._rebuild_tensor_v2":
             case "torch._utils._rebuild_tensor":

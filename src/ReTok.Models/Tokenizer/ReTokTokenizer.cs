@@ -470,14 +470,14 @@ public sealed class ReTokTokenizer : nn.Module
     public static ReTokTokenizer FromCheckpoint(TokenizerConfig cfg, string path, string prefer = "ema")
     {
         var model = new ReTokTokenizer(cfg);
-        var sd = IO.Checkpoint.Load(path, prefer);
+        var sd = IO.StateDictFile.Read(path, prefer);
         try { model.LoadWeights(sd, path); }
         finally { foreach (var t in sd.Values) t.Dispose(); }
         return model;
     }
 
     /// <summary>
-    /// Strict load (Checkpoint.LoadInto) after an architecture check that names what differs, e.g. an SB checkpoint
+    /// Strict load (StateDictFile.LoadInto) after an architecture check that names what differs, e.g. an SB checkpoint
     /// given with the SS config. `distill_mlp` may be missing (training-only); its current values are kept.
     /// </summary>
     public void LoadWeights(IReadOnlyDictionary<string, Tensor> sd, string source)
@@ -506,7 +506,7 @@ public sealed class ReTokTokenizer : nn.Module
         if (diffs.Count > 0)
             throw new InvalidDataException($"checkpoint {source} is a different tokenizer architecture " +
                 $"({guess.PresetName ?? "custom"}) than the config ({Config.PresetName ?? "custom"}): {string.Join("; ", diffs)}");
-        IO.Checkpoint.LoadInto(this, sd, source, IsTrainingOnlyKey);
+        IO.StateDictFile.LoadInto(this, sd, source, mayBeMissing: IsTrainingOnlyKey);
     }
 
     /// <summary>

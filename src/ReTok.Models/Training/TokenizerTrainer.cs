@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Models.Dinov2;
+using ReTok.Models.IO;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -248,12 +249,12 @@ public sealed class TokenizerTrainer : IDisposable
         var tmp = dir + ".tmp";
         if (Directory.Exists(tmp)) Directory.Delete(tmp, true);
         Directory.CreateDirectory(tmp);
-        StateDicts.Save(Path.Combine(tmp, "model.safetensors"), Tokenizer.Module.state_dict());
-        if (Ema is not null) StateDicts.Save(Path.Combine(tmp, "ema.safetensors"), Ema.StateDict());
-        StateDicts.Save(Path.Combine(tmp, "discriminator.safetensors"), Discriminator.state_dict());
-        StateDicts.Save(Path.Combine(tmp, "optimizer.safetensors"), OptimizerG.StateDict());
-        StateDicts.Save(Path.Combine(tmp, "optimizer_disc.safetensors"), OptimizerD.StateDict());
-        StateDicts.Save(Path.Combine(tmp, "rng.safetensors"), new Dictionary<string, Tensor>
+        StateDictFile.WriteSafetensors(Path.Combine(tmp, "model.safetensors"), Tokenizer.Module.state_dict());
+        if (Ema is not null) StateDictFile.WriteSafetensors(Path.Combine(tmp, "ema.safetensors"), Ema.StateDict());
+        StateDictFile.WriteSafetensors(Path.Combine(tmp, "discriminator.safetensors"), Discriminator.state_dict());
+        StateDictFile.WriteSafetensors(Path.Combine(tmp, "optimizer.safetensors"), OptimizerG.StateDict());
+        StateDictFile.WriteSafetensors(Path.Combine(tmp, "optimizer_disc.safetensors"), OptimizerD.StateDict());
+        StateDictFile.WriteSafetensors(Path.Combine(tmp, "rng.safetensors"), new Dictionary<string, Tensor>
         {
             ["k_generator"] = kGenerator.get_state(),
             ["torch_cpu"] = get_rng_state(),
@@ -279,12 +280,12 @@ public sealed class TokenizerTrainer : IDisposable
             throw new InvalidDataException($"{json}: saved with batch {st.BatchSize}, data seed {st.DataSeed}; this run has batch {Data.Config.BatchSize}, data seed {Data.Config.Seed} (the data position would not mean the same batches)");
         if (st.UseEma != Config.UseEma) throw new InvalidDataException($"{json}: saved with UseEma={st.UseEma}, this run has UseEma={Config.UseEma}");
         string F(string name) => Path.Combine(dir, name);
-        StateDicts.LoadInto(Tokenizer.Module, StateDicts.Load(F("model.safetensors")), F("model.safetensors"));
-        if (Ema is not null) Ema.LoadStateDict(StateDicts.Load(F("ema.safetensors")), F("ema.safetensors"));
-        StateDicts.LoadInto(Discriminator, StateDicts.Load(F("discriminator.safetensors")), F("discriminator.safetensors"));
-        OptimizerG.LoadStateDict(StateDicts.Load(F("optimizer.safetensors")), F("optimizer.safetensors"));
-        OptimizerD.LoadStateDict(StateDicts.Load(F("optimizer_disc.safetensors")), F("optimizer_disc.safetensors"));
-        var rng = StateDicts.Load(F("rng.safetensors"));
+        StateDictFile.LoadInto(Tokenizer.Module, StateDictFile.Read(F("model.safetensors")), F("model.safetensors"));
+        if (Ema is not null) Ema.LoadStateDict(StateDictFile.Read(F("ema.safetensors")), F("ema.safetensors"));
+        StateDictFile.LoadInto(Discriminator, StateDictFile.Read(F("discriminator.safetensors")), F("discriminator.safetensors"));
+        OptimizerG.LoadStateDict(StateDictFile.Read(F("optimizer.safetensors")), F("optimizer.safetensors"));
+        OptimizerD.LoadStateDict(StateDictFile.Read(F("optimizer_disc.safetensors")), F("optimizer_disc.safetensors"));
+        var rng = StateDictFile.Read(F("rng.safetensors"));
         kGenerator.set_state(rng["k_generator"]);
         set_rng_state(rng["torch_cpu"]);
         Step = st.Step;

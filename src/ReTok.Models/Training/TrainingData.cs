@@ -181,13 +181,6 @@ public sealed class TensorImageSource : IImageSource
     public Tensor Get(long index) => images[index];
 }
 
-/// <summary>An npz entry of uint8 [N, H, W, 3] images, loaded into memory.</summary>
-public static class NpzImageSource
-{
-    public static TensorImageSource Open(string path, string key = "arr_0") =>
-        new(Npz.LoadKey(path, key).ToTensor(), $"{path}:{key}");
-}
-
 public enum Augmentation { RandomCropFlip, CenterCrop, None }
 
 /// <summary>Loader settings. Defaults are the reference's (random_crop_arr 256 with crop fractions 0.8-1.0, horizontal

@@ -56,12 +56,12 @@ public class CliAndWeightsTests
     }
 
     [Fact]
-    public void TorchFileReadsSafetensors()
+    public void StateDictFileReadsSafetensorsWrittenByPyBridge()
     {
         var lin = torch.nn.Linear(5, 3);
         var p = Path.Combine(Directory.CreateTempSubdirectory("st").FullName, "lin.safetensors");
         lin.save_safetensors(p);
-        var sd = TorchFile.LoadStateDict(p);
+        var sd = StateDictFile.Read(p);
         Assert.True(sd["weight"].eq(lin.weight!).all().item<bool>());
         Assert.True(sd["bias"].eq(lin.bias!).all().item<bool>());
     }

@@ -112,11 +112,11 @@ public class MetricsTests
     }
 
     [Fact]
-    public void TorchFileReadsLegacyAndZipPickles()
+    public void StateDictFileReadsLegacyAndZipPickles()
     {
-        var legacy = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_legacy.pth"));
-        var zip = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_zip.pth"));
-        var py2 = TorchFile.LoadStateDict(Fixture.PathOf("lpips_lin_py2style.pth")); // OrderedDict([[k, v], ...]) as in the released vgg.pth
+        var legacy = StateDictFile.Read(Fixture.PathOf("lpips_lin_legacy.pth"));
+        var zip = StateDictFile.Read(Fixture.PathOf("lpips_lin_zip.pth"));
+        var py2 = StateDictFile.Read(Fixture.PathOf("lpips_lin_py2style.pth")); // OrderedDict([[k, v], ...]) as in the released vgg.pth
         Assert.Equal(legacy.Keys.OrderBy(k => k), py2.Keys.OrderBy(k => k));
         Assert.Equal(5, legacy.Count);
         Assert.Equal(legacy.Keys.OrderBy(k => k), zip.Keys.OrderBy(k => k));
@@ -132,7 +132,7 @@ public class MetricsTests
         }
         var bad = Path.Combine(Directory.CreateTempSubdirectory("pth").FullName, "broken.pth");
         File.WriteAllBytes(bad, File.ReadAllBytes(Fixture.PathOf("lpips_lin_legacy.pth"))[..3000]);
-        Assert.Contains("broken.pth", Assert.ThrowsAny<Exception>(() => TorchFile.LoadStateDict(bad)).Message);
+        Assert.Contains("broken.pth", Assert.ThrowsAny<Exception>(() => StateDictFile.Read(bad)).Message);
     }
 
     [Fact]

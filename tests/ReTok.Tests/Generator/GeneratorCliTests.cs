@@ -4,10 +4,9 @@ using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 public class GeneratorCliTests
 {

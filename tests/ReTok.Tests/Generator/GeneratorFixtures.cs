@@ -3,10 +3,9 @@ using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>Fixtures written by tests/fixtures/gen/generator.py from the authors' gpt_1d.py / generate.py / train_c2i.py.</summary>
 public static class GeneratorFixtures

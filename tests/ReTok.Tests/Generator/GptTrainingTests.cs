@@ -2,10 +2,9 @@ using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>
 /// Runs alone: the activation-checkpointing test seeds and replays TorchSharp's process-wide CPU generator, which

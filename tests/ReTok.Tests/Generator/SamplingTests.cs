@@ -3,10 +3,9 @@ using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 public class SamplingTests
 {

@@ -4,10 +4,9 @@ using ReTok.Models.Generation;
 using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>Device requests resolve to explicit indices; TF32 is a process setting that really reaches libtorch.</summary>
 public class DevicesGpuTests

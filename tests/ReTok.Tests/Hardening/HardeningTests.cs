@@ -152,7 +152,7 @@ public sealed class FailureClassificationTests
         var path = Path.Combine(dir, "cut.safetensors");
         var bytes = File.ReadAllBytes(Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer", "tiny.safetensors"));
         File.WriteAllBytes(path, bytes[..(bytes.Length / 2)]);
-        var ex = Assert.ThrowsAny<Exception>(() => Checkpoint.Load(path));
+        var ex = Assert.ThrowsAny<Exception>(() => StateDictFile.Read(path));
         Assert.Contains(path, ex.Message);
         Assert.False(FailureClassifier.IsTransient(ex), $"{ex.GetType().Name}: {ex.Message}");
     }

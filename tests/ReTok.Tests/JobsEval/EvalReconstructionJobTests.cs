@@ -63,10 +63,10 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         File.WriteAllText(yaml, TinyYaml);
         var weights = Path.Combine(root, "tokenizer.safetensors");
         torch.manual_seed(0);
-        using (var m = new ReTokTokenizer(TokenizerConfig.Load(yaml))) Checkpoint.SaveSafetensors(weights, m.state_dict());
+        using (var m = new ReTokTokenizer(TokenizerConfig.Load(yaml))) StateDictFile.WriteSafetensors(weights, m.state_dict());
         var weightsDir = Directory.CreateDirectory(Path.Combine(root, "weights")).FullName;
         using (var inc = ReTok.Tests.Evaluation.InceptionTests.FormulaInception()) // safetensors: faster to load than the .pth pickle
-            Checkpoint.SaveSafetensors(Path.Combine(weightsDir, "pt_inception-2015-12-05-6726825d.safetensors"), inc.state_dict());
+            StateDictFile.WriteSafetensors(Path.Combine(weightsDir, "pt_inception-2015-12-05-6726825d.safetensors"), inc.state_dict());
         await worker.WaitReadyAsync();
 
         // Single worker: the tiny pipeline spec (extract, then eval with the tokenizer as files on the worker).

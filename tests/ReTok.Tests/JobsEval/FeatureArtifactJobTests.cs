@@ -33,7 +33,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         Directory.CreateDirectory(dir);
         var path = Path.Combine(dir, "pt_inception-2015-12-05-6726825d.safetensors");
         using var inc = ReTok.Tests.Evaluation.InceptionTests.FormulaInception();
-        Checkpoint.SaveSafetensors(path, inc.state_dict());
+        StateDictFile.WriteSafetensors(path, inc.state_dict());
         return path;
     }
 
@@ -54,7 +54,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         File.WriteAllText(yaml, TinyYaml);
         var tok = Path.Combine(root, "tokenizer.safetensors");
         torch.manual_seed(0);
-        using (var m = new ReTokTokenizer(TokenizerConfig.Load(yaml))) Checkpoint.SaveSafetensors(tok, m.state_dict());
+        using (var m = new ReTokTokenizer(TokenizerConfig.Load(yaml))) StateDictFile.WriteSafetensors(tok, m.state_dict());
         var wa = SaveWeights(Path.Combine(root, "weights-a"));
         // another weights file: a copy of A with the last byte of the last tensor changed
         var wb = Path.Combine(Directory.CreateDirectory(Path.Combine(root, "weights-b")).FullName, Path.GetFileName(wa));

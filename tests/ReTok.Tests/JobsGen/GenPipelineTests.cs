@@ -74,7 +74,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         File.Copy(Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer", "tiny.yaml"), yaml);
         torch.manual_seed(7);
         using (var tok = new ReTokTokenizer(TokenizerConfig.Load(yaml)))
-            Checkpoint.SaveSafetensors(Path.Combine(tokDir, "tokenizer.safetensors"), tok.state_dict());
+            StateDictFile.WriteSafetensors(Path.Combine(tokDir, "tokenizer.safetensors"), tok.state_dict());
         var images = torch.randint(0, 256, new long[] { 2, 256, 256, 3 }, torch.ScalarType.Byte, generator: new torch.Generator(3));
         Npz.Save(Path.Combine(tokDir, "dataset.npz"), new Dictionary<string, NpyArray>
         {

@@ -34,7 +34,7 @@ public sealed class GenTestInputs
         File.Copy(Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer", "tiny.yaml"), Path.Combine(dir, "tokenizer.yaml"), true);
         manual_seed(7); // the tokenizer's init draws from the default generator
         using (var tok = new ReTokTokenizer(TokenizerConfig.Load(Path.Combine(dir, "tokenizer.yaml"))))
-            Checkpoint.SaveSafetensors(Path.Combine(dir, "tokenizer.safetensors"), tok.state_dict());
+            StateDictFile.WriteSafetensors(Path.Combine(dir, "tokenizer.safetensors"), tok.state_dict());
         using (var g = new Generator(3))
             Npz.Save(Path.Combine(dir, "dataset.npz"), new Dictionary<string, NpyArray>
             {
@@ -57,7 +57,7 @@ public sealed class GenTestInputs
         var weights = Directory.CreateDirectory(Path.Combine(root, "weights")).FullName;
         if (inceptionWeights)
             using (var inc = ReTok.Tests.Evaluation.InceptionTests.FormulaInception()) // safetensors: faster to load than the .pth pickle
-                Checkpoint.SaveSafetensors(Path.Combine(weights, "pt_inception-2015-12-05-6726825d.safetensors"), inc.state_dict());
+                StateDictFile.WriteSafetensors(Path.Combine(weights, "pt_inception-2015-12-05-6726825d.safetensors"), inc.state_dict());
         var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         foreach (var f in new[] { "tokenizer.yaml", "tokenizer.safetensors", "dataset.npz", "generator.safetensors", "generator.yaml", "codes.npz" })
             await t.SaveArtifactFileAsync(src.Id, f, Path.Combine(dir, f));

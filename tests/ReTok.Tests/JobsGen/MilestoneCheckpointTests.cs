@@ -71,7 +71,7 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
             var dir = Directory.CreateDirectory(tar + ".d").FullName;
             await TarFile.ExtractToDirectoryAsync(tar, dir, overwriteFiles: true);
             Assert.Contains("\"step\":" + name[^1], File.ReadAllText(Path.Combine(dir, "state.json")));
-            return Safetensors.Load(Path.Combine(dir, "model.safetensors"));
+            return ReTok.Models.IO.StateDictFile.Read(Path.Combine(dir, "model.safetensors"));
         }
         var m4 = await Model(JobContext.MilestoneName(4));
         var m6 = await Model(JobContext.MilestoneName(6));

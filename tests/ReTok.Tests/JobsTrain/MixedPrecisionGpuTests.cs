@@ -29,7 +29,7 @@ public class MixedPrecisionGpuTests(ITestOutputHelper log)
         var fx = Npz.Load(JobsTrainData.Fixture("jobs_train", "step_ref.npz"));
         var model = JobsTrainData.TinyTokenizer();
         var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDicts.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
         var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
             new DataConfig(BatchSize: 1, Seed: 0, Augmentation: Augmentation.None));   // batch 1: CPU bf16 convs are slow
         var config = new TrainerConfig(TotalSteps: 10, BaseLr: 1e-4, EndLr: 1e-5, Seed: 0, Precision: precision,

@@ -115,7 +115,7 @@ public class TrainStepParityTests(ITestOutputHelper log)
         using var model = JobsTrainData.TinyTokenizer();
         var before = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDicts.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
         var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
             new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
         var config = new TrainerConfig(TotalSteps: 10, BaseLr: 1e-4, EndLr: 1e-5, Seed: 0,
@@ -282,7 +282,7 @@ public class TrainStepParityTests(ITestOutputHelper log)
         var refNorms = fx["f64.grad_norms"].As<double>();
         using var model = JobsTrainData.TinyTokenizer();
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDicts.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
         model.to(float64).train();
         disc.to(float64).train();
         var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()), new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));

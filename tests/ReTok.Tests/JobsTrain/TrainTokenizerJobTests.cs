@@ -329,8 +329,8 @@ public class WarmStartTests
         var full = source.state_dict();
         var comp = full.Keys.Where(k => k.EndsWith("_comp")).Order().ToList();
         Assert.Equal(2, comp.Count);   // encoder and decoder padding positional embeddings
-        ReTok.Models.IO.Checkpoint.SaveSafetensors(file, full.Where(kv => !kv.Key.EndsWith("_comp")).ToDictionary(kv => kv.Key, kv => kv.Value));
-        var sd = ReTok.Models.IO.Checkpoint.Load(file);
+        ReTok.Models.IO.StateDictFile.WriteSafetensors(file, full.Where(kv => !kv.Key.EndsWith("_comp")).ToDictionary(kv => kv.Key, kv => kv.Value));
+        var sd = ReTok.Models.IO.StateDictFile.Read(file);
 
         torch.manual_seed(2);
         using var strict = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);

@@ -1,3 +1,4 @@
+using ReTok.Models.IO;
 using System.Diagnostics;
 using System.Text;
 using ReTok.Jobs.Engine;
@@ -88,7 +89,7 @@ public sealed class TrainJobEnvironment : IAsyncLifetime
             sd[k] = (k.Contains("norm") && k.EndsWith(".weight") ? 1 + 0.1 * s : k.EndsWith(".bias") ? 0.02 * s
                 : k.EndsWith(".gamma") ? 0.1 + 0.05 * s : s * (v.dim() > 1 ? 1.0 / Math.Sqrt(v.numel() / v.shape[0]) : 0.05)).to(float32);
         }
-        StateDicts.Save(path, sd);
+        StateDictFile.WriteSafetensors(path, sd);
     }
 
     public Dictionary<string, string> Env(string scratch) => new()

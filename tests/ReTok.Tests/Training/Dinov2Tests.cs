@@ -1,3 +1,4 @@
+using ReTok.Models.IO;
 using ReTok.Models.Dinov2;
 using ReTok.Models.Training;
 using TorchSharp;
@@ -97,7 +98,7 @@ public class Dinov2Tests
     public void ReadsTorchSavedStateDictsAndNamesBadKeys()
     {
         var path = TrainingFixtures.PathOf("dinov2_small_subset.pth");
-        var sd = StateDicts.Load(path);
+        var sd = StateDictFile.Read(path);
         var fx = TrainingFixtures.Load("dinov2_small.npz");
         Assert.Equal(5, sd.Count);
         foreach (var (k, v) in sd) Assert.Equal(0.0, TrainingFixtures.MaxDiff(v, fx["sd." + k]));
@@ -106,6 +107,6 @@ public class Dinov2Tests
         var ex = Assert.Throws<InvalidDataException>(() => Dinov2Weights.Load(model, sd, path));
         Assert.Contains("dinov2_small_subset.pth", ex.Message);
         Assert.Contains("missing key", ex.Message);
-        Assert.Throws<FileNotFoundException>(() => StateDicts.Load(path + ".nope"));
+        Assert.Throws<FileNotFoundException>(() => StateDictFile.Read(path + ".nope"));
     }
 }

@@ -1,3 +1,4 @@
+using ReTok.Models.IO;
 using ReTok.Models.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -57,7 +58,7 @@ public class DiscriminatorAndLossTests
         const double tol = 1e-5;
         var fx = TrainingFixtures.Load("losses.npz");
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDicts.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), "losses.npz");
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), "losses.npz");
         disc.train();
         var loss = new TokenizerLoss(new LossConfig(DiscStart: discStart, DiscAdaptiveWeight: adaptive), disc, FixedPerceptual);
 

@@ -1,3 +1,4 @@
+using ReTok.Models.IO;
 using ReTok.Models.Dinov2;
 using ReTok.Models.Training;
 using TorchSharp;
@@ -112,8 +113,8 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
         Reinit(tok, 1);
         Reinit(disc, 2, 0.02);
-        if (copyFromTok is not null) StateDicts.LoadInto(tok, copyFromTok.state_dict(), "copy");
-        if (copyFromDisc is not null) StateDicts.LoadInto(disc, copyFromDisc.state_dict(), "copy");
+        if (copyFromTok is not null) StateDictFile.LoadInto(tok, copyFromTok.state_dict(), "copy");
+        if (copyFromDisc is not null) StateDictFile.LoadInto(disc, copyFromDisc.state_dict(), "copy");
         var data = new TrainingDataLoader(SyntheticImages(), new DataConfig(batch, ImageSize: 32, Seed: 3));
         return new TokenizerTrainer(tok, disc, DiscriminatorAndLossTests.FixedPerceptual, new DummyTeacher(), data, cfg);
     }

@@ -120,7 +120,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         if (ck is { } c)
         {
             start = c.Step;
-            GptCheckpoint.LoadStrict(model, Safetensors.Load(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
+            GptCheckpoint.LoadStrict(model, StateDictFile.Read(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
         }
         using var trainer = new GptTrainer(model, opts, start);
         if (ck is { } c2)
@@ -130,9 +130,9 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             {
                 var emaPath = Path.Combine(c2.Dir, "ema.safetensors");
                 if (!File.Exists(emaPath)) throw new JobFailedException("ema: true, but the checkpoint being resumed has no ema.safetensors (it was written with ema off)");
-                ema.LoadStateDict(Safetensors.Load(emaPath), "checkpoint ema.safetensors");
+                ema.LoadStateDict(StateDictFile.Read(emaPath), "checkpoint ema.safetensors");
             }
-            var rng = Safetensors.Load(Path.Combine(c2.Dir, "rng.safetensors"));
+            var rng = StateDictFile.Read(Path.Combine(c2.Dir, "rng.safetensors"));
             set_rng_state(rng["torch_cpu"]);
             model.ClassDropGenerator.set_state(rng["class_drop"]);
         }
@@ -169,10 +169,10 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 {
                     await ctx.SaveCheckpointAsync(step, dir =>
                     {
-                        TorchSharp.PyBridge.Safetensors.SaveStateDict(Path.Combine(dir, "model.safetensors"), modelSd);
+                        StateDictFile.WriteSafetensors(Path.Combine(dir, "model.safetensors"), modelSd);
                         File.Move(optFile, Path.Combine(dir, "optimizer.bin"));
-                        if (emaSd is not null) Safetensors.Save(Path.Combine(dir, "ema.safetensors"), emaSd);
-                        Safetensors.Save(Path.Combine(dir, "rng.safetensors"), rng);
+                        if (emaSd is not null) StateDictFile.WriteSafetensors(Path.Combine(dir, "ema.safetensors"), emaSd);
+                        StateDictFile.WriteSafetensors(Path.Combine(dir, "rng.safetensors"), rng);
                         File.WriteAllText(Path.Combine(dir, "state.json"), state);
                         return Task.CompletedTask;
                     }, milestone, p.KeepMilestones);
@@ -243,7 +243,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             var outEma = Path.Combine(ctx.ScratchDir, "generator_ema.safetensors");
             var sd = e.StateDict();
             foreach (var (k, v) in model.state_dict()) sd.TryAdd(k, v); // buffers, if any, are not averaged (utils/ema.py)
-            Safetensors.Save(outEma, sd);
+            StateDictFile.WriteSafetensors(outEma, sd);
             await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
         }
     }

@@ -43,7 +43,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
         if (init is not null)
         {
-            var sd = Checkpoint.Load(init);
+            var sd = StateDictFile.Read(init);
             try
             {
                 if (p.InitMode == InitMode.Gigatok)
@@ -311,7 +311,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         if (trainer.Ema is not null)
             foreach (var (k, v) in trainer.Ema.StateDict()) sd[k] = v;   // EMA covers parameters; buffers are the model's
         var st = Path.Combine(ctx.ScratchDir, "tokenizer.safetensors");
-        Checkpoint.SaveSafetensors(st, sd, new Dictionary<string, string>
+        StateDictFile.WriteSafetensors(st, sd, new Dictionary<string, string>
         {
             ["format"] = "pt", ["weights"] = trainer.Ema is null ? "model" : "ema", ["step"] = trainer.Step.ToString(),
         });   // nothing run-specific: a resumed run's file is byte-identical to an uninterrupted one's

@@ -4,17 +4,18 @@ using TorchSharp;
 using static TorchSharp.torch;
 using static ReTok.Tests.Tokenizer.TokenizerTestData;
 
-namespace ReTok.Tests.Tokenizer;
+namespace ReTok.Tests.IO;
 
-/// <summary>Checkpoint.Load/Describe/LoadInto/SaveSafetensors on files written by python3 torch.save (tests/fixtures/gen/tokenizer.py).</summary>
-public class CheckpointTests
+/// <summary>StateDictFile.Read/Describe/LoadInto/WriteSafetensors on files written by python3 torch.save (tests/fixtures/gen/tokenizer.py).
+/// Legacy (pre-1.6) pickles are covered by Evaluation/MetricsTests.StateDictFileReadsLegacyAndZipPickles.</summary>
+public class StateDictFileTests
 {
     static float[] Floats(Tensor t) => t.to(ScalarType.Float32).contiguous().data<float>().ToArray();
 
     [Fact]
     public void Load_NestedTrainingCheckpoint_PrefersEmaAndDecodesEveryDtypeAndLayout()
     {
-        var sd = Checkpoint.Load(F("pickle_nested.pt"));
+        var sd = StateDictFile.Read(F("pickle_nested.pt"));
         Assert.Equal(new[] { "a", "half", "bf16", "transposed", "offset", "shared", "param", "flag", "scalar" }.Order(), sd.Keys.Order());
         // ema holds the model's floating tensors x2
         Assert.Equal(new[] { 0f, 1f, 2f, 3f, 4f, 5f }, Floats(sd["a"]));
@@ -37,15 +38,15 @@ public class CheckpointTests
     [Fact]
     public void Load_PreferModel_AndFallbacks()
     {
-        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(Checkpoint.Load(F("pickle_nested.pt"), prefer: "model")["a"]));
-        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(Checkpoint.Load(F("pickle_model_only.pt"))["a"]));   // no ema → model
-        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(Checkpoint.Load(F("pickle_plain.pt"))["a"]));        // bare state dict
+        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(StateDictFile.Read(F("pickle_nested.pt"), prefer: "model")["a"]));
+        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(StateDictFile.Read(F("pickle_model_only.pt"))["a"]));   // no ema → model
+        Assert.Equal(new[] { 0f, 0.5f, 1f, 1.5f, 2f, 2.5f }, Floats(StateDictFile.Read(F("pickle_plain.pt"))["a"]));        // bare state dict
     }
 
     [Fact]
     public void Describe_ListsEntriesChosenWeightsDtypesAndSteps()
     {
-        var info = Checkpoint.Describe(F("pickle_nested.pt"));
+        var info = StateDictFile.Describe(F("pickle_nested.pt"));
         Assert.Equal(new[] { "model", "ema", "optimizer", "steps", "args" }, info.Entries.Select(e => e.Name));
         Assert.Equal("ema", info.Chosen);
         Assert.Equal(9, info.TensorCount);
@@ -53,7 +54,7 @@ public class CheckpointTests
         Assert.Equal(5000L, info.Scalars["steps"]);
         Assert.Contains("argparse.Namespace", info.Entries.Single(e => e.Name == "args").What);
         Assert.Equal(1, info.DtypeCounts["bfloat16"]);
-        Assert.Null(Checkpoint.Describe(F("pickle_plain.pt")).Chosen);
+        Assert.Null(StateDictFile.Describe(F("pickle_plain.pt")).Chosen);
     }
 
     [Fact]
@@ -69,8 +70,8 @@ public class CheckpointTests
                 ["i"] = torch.arange(5, dtype: ScalarType.Int64).t(),
                 ["empty"] = torch.zeros(0, 3),
             };
-            Checkpoint.SaveSafetensors(path, sd);
-            var back = Checkpoint.Load(path);
+            StateDictFile.WriteSafetensors(path, sd);
+            var back = StateDictFile.Read(path);
             Assert.Equal(sd.Keys.Order(), back.Keys.Order());
             foreach (var (k, t) in sd)
             {
@@ -78,7 +79,7 @@ public class CheckpointTests
                 Assert.Equal(t.shape, back[k].shape);
                 Assert.True(t.eq(back[k]).all().item<bool>(), k);
             }
-            Assert.Equal(4, Checkpoint.Describe(path).TensorCount);
+            Assert.Equal(4, StateDictFile.Describe(path).TensorCount);
         }
         finally { File.Delete(path); }
     }
@@ -90,7 +91,7 @@ public class CheckpointTests
         File.WriteAllText(path, "hello, not a zip");
         try
         {
-            var e = Assert.Throws<InvalidDataException>(() => Checkpoint.Load(path));
+            var e = Assert.Throws<InvalidDataException>(() => StateDictFile.Read(path));
             Assert.Contains(path, e.Message);
         }
         finally { File.Delete(path); }
@@ -102,38 +103,14 @@ public class CheckpointTests
     public void LoadInto_Strict_ListsMissingUnexpectedAndMisShapedKeysTogether()
     {
         using var model = new ReTokTokenizer(Tiny);
-        var sd = Checkpoint.Load(F("tiny.safetensors"));
+        var sd = StateDictFile.Read(F("tiny.safetensors"));
         sd.Remove("s2to1encoder.ln_post.bias");
         sd["decoder.extra.weight"] = torch.zeros(3);
         sd["quant_conv.bias"] = torch.zeros(9);
-        var e = Assert.Throws<InvalidDataException>(() => Checkpoint.LoadInto(model, sd, "my-ckpt.safetensors"));
+        var e = Assert.Throws<InvalidDataException>(() => StateDictFile.LoadInto(model, sd, "my-ckpt.safetensors"));
         Assert.Contains("my-ckpt.safetensors", e.Message);
         Assert.Contains("1 missing keys:\n    s2to1encoder.ln_post.bias", e.Message);
         Assert.Contains("1 unexpected keys:\n    decoder.extra.weight", e.Message);
         Assert.Contains("quant_conv.bias: checkpoint [9] vs model [8]", e.Message);
-    }
-
-    [Fact]
-    public void LoadWeights_CopiesValuesCastsDtypeAndToleratesMissingDistillMlp()
-    {
-        using var model = new ReTokTokenizer(Tiny);
-        var sd = Checkpoint.Load(F("tiny.safetensors"));   // stored as BF16
-        foreach (var k in sd.Keys.Where(ReTokTokenizer.IsTrainingOnlyKey).ToList()) sd.Remove(k);
-        model.LoadWeights(sd, "tiny");
-        var w = model.state_dict()["s1to2decoder.conv_out.weight"];
-        Assert.Equal(ScalarType.Float32, w.dtype);
-        Assert.True(w.eq(sd["s1to2decoder.conv_out.weight"].to(ScalarType.Float32)).all().item<bool>());
-    }
-
-    [Fact]
-    public void LoadWeights_WrongArchitecture_NamesWhatDiffers()
-    {
-        using var model = new ReTokTokenizer(Tiny with { DecoderLayers = 3 });
-        var e = Assert.Throws<InvalidDataException>(() => model.LoadWeights(Checkpoint.Load(F("tiny.safetensors")), "tiny.safetensors"));
-        Assert.Contains("tiny.safetensors is a different tokenizer architecture", e.Message);
-        Assert.Contains("decoder ViT layers: checkpoint 2, config 3", e.Message);
-        var notTok = new Dictionary<string, Tensor> { ["a"] = torch.zeros(2) };
-        var e2 = Assert.Throws<InvalidDataException>(() => model.LoadWeights(notTok, "other.pt"));
-        Assert.Contains("other.pt is not a ReTok/GigaTok VQVitModelPlus state dict", e2.Message);
     }
 }

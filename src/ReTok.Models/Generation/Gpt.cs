@@ -5,10 +5,9 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Models.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>ModelArgs of gpt_1d.py (the c2i fields). Use <see cref="Preset"/> for GPT-B/L/XL/...; any other size is allowed (tests use tiny ones).</summary>
 public sealed record GptConfig(

@@ -1,6 +1,5 @@
-// Strict loading/saving of GPT weights: files are read by the shared ReTok.Models.IO.Checkpoint reader (.safetensors,
-// .pt with nested {"model": ...}); this file adds the reference's prefix stripping and a strict name+shape check.
-using System.Collections;
+// GPT weights: files are read, written and strictly loaded by ReTok.Models.IO.StateDictFile; this file adds what is
+// GPT-specific: the sampler's key order, the reference's prefix stripping, the ignored KV caches and config inference.
 using ReTok.Models.IO;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -16,51 +15,25 @@ public static class GptCheckpoint
     /// Reads a state dict from .safetensors, or from a PyTorch .pt/.pth holding a plain state dict or one nested under
     /// "model"/"module"/"state_dict" (the restricted unpickler leaves argparse.Namespace "args" and optimizer state inert).
     /// </summary>
-    public static Dictionary<string, Tensor> Read(string path)
-    {
-        if (!File.Exists(path)) throw new FileNotFoundException($"GPT checkpoint '{path}' does not exist", path);
-        // one reader for every PyTorch file (IO/Checkpoint.cs): "model" first as in sample_c2i.py; args/optimizer are inert
-        try { return Checkpoint.Load(path, prefer: "model"); }
-        catch (Exception e) when (e is not FileNotFoundException)
-        {
-            throw new InvalidDataException($"cannot read GPT checkpoint '{path}': {e.Message}", e);
-        }
-    }
+    public static Dictionary<string, Tensor> Read(string path) => StateDictFile.Read(path, prefer: "model");   // "model" first as in sample_c2i.py
 
     /// <summary>torch.compile / DDP prefixes the reference strips before saving (train_c2i.py:554-557).</summary>
     public static Dictionary<string, Tensor> StripPrefixes(Dictionary<string, Tensor> sd) =>
         sd.ToDictionary(kv => kv.Key.StartsWith("_orig_mod.") ? kv.Key["_orig_mod.".Length..] : kv.Key.StartsWith("module.") ? kv.Key["module.".Length..] : kv.Key, kv => kv.Value);
 
     /// <summary>
-    /// Strict load: every model key present with the same shape, no extra keys (KV-cache buffers of a reference model
-    /// that ran setup_caches are ignored). Values are converted to the parameter's dtype/device. Errors name source and key.
+    /// Strict load (StateDictFile.LoadInto): every model key present with the same shape, no extra keys (KV-cache
+    /// buffers of a reference model that ran setup_caches are ignored). Values are converted to the parameter's
+    /// dtype/device. One error lists every missing, unexpected and mis-shaped key and names the source.
     /// </summary>
     public static void LoadStrict(Gpt model, IReadOnlyDictionary<string, Tensor> sd, string source)
-    {
-        var own = LoadStrictShapes(model, sd, source);
-        using var _ = no_grad();
-        foreach (var (k, p) in own) p.copy_(sd[k].to(p.dtype, p.device));
-    }
+        => StateDictFile.LoadInto(model, sd, source, mayBeUnexpected: IsKvCache);
 
     /// <summary>The name and shape half of <see cref="LoadStrict"/> (works on a model built on the meta device).</summary>
     public static Dictionary<string, Tensor> LoadStrictShapes(Gpt model, IReadOnlyDictionary<string, Tensor> sd, string source)
-    {
-        var own = model.state_dict();
-        var extra = sd.Keys.Where(k => !own.ContainsKey(k) && !k.Contains(".kv_cache.")).ToList();
-        var missing = own.Keys.Where(k => !sd.ContainsKey(k)).ToList();
-        if (missing.Count > 0 || extra.Count > 0)
-            throw new InvalidDataException($"'{source}' does not match the GPT ({model.Config.NLayer} layers, dim {model.Config.Dim}): " +
-                (missing.Count > 0 ? $"missing {missing.Count} key(s) [{string.Join(", ", missing.Take(8))}{(missing.Count > 8 ? ", ..." : "")}]" : "") +
-                (missing.Count > 0 && extra.Count > 0 ? "; " : "") +
-                (extra.Count > 0 ? $"unexpected {extra.Count} key(s) [{string.Join(", ", extra.Take(8))}{(extra.Count > 8 ? ", ..." : "")}]" : ""));
-        foreach (var (k, p) in own)
-        {
-            var t = sd[k];
-            if (!t.shape.SequenceEqual(p.shape))
-                throw new InvalidDataException($"'{source}': '{k}' has shape [{string.Join(",", t.shape)}], the model expects [{string.Join(",", p.shape)}]");
-        }
-        return own;
-    }
+        => StateDictFile.CheckFits(model, sd, source, mayBeUnexpected: IsKvCache);
+
+    static bool IsKvCache(string key) => key.Contains(".kv_cache.");
 
     public static Gpt Load(GptConfig config, string path, Device? device = null)
     {
@@ -86,12 +59,6 @@ public static class GptCheckpoint
         return cfg;
     }
 
-    public static void SaveSafetensors(Gpt model, string path)
-    {
-        var dir = Path.GetDirectoryName(Path.GetFullPath(path))!;
-        Directory.CreateDirectory(dir);
-        var tmp = path + ".tmp";
-        TorchSharp.PyBridge.Safetensors.SaveStateDict(tmp, model.state_dict());
-        File.Move(tmp, path, overwrite: true);
-    }
+    /// <summary>Atomic .safetensors write of the model's state dict.</summary>
+    public static void SaveSafetensors(Gpt model, string path) => StateDictFile.WriteSafetensors(path, model.state_dict());
 }

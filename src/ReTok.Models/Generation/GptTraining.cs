@@ -5,10 +5,9 @@ using TorchSharp;
 using ReTok.Models.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Models.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>train_c2i.py defaults as run by train_c2i_and_eval.sh (generator.md 6.1).</summary>
 public sealed record GptTrainOptions(

@@ -4,10 +4,9 @@ using ReTok.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
+using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Models.Generation;
-
-using Generator = TorchSharp.torch.Generator;
 
 /// <summary>
 /// Sampling settings of generate.py / sample_c2i_cfg_search.py. Defaults are the README release run except CfgScale
