@@ -3,6 +3,7 @@ using System.Security.Cryptography;
 using Microsoft.EntityFrameworkCore;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
+using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Tracking;
@@ -148,6 +149,24 @@ public static class QuickstartCommands
         }
     }
 
+    /// <summary>What each headline metric means, keyed by the part before "@" (the suffix names K or the CFG scale).</summary>
+    static readonly Dictionary<string, string> Meaning = new()
+    {
+        ["psnr"] = "PSNR (dB) of held-out reconstructions decoded from the first K tokens; higher is better",
+        ["ssim"] = "SSIM of those reconstructions (1 = identical)",
+        ["lpips"] = "LPIPS perceptual distance of those reconstructions; lower is better",
+        ["rfid"] = "reconstruction FID against the originals; lower is better",
+        ["sfid"] = "spatial FID; lower is better",
+        ["is"] = "Inception Score; higher is better",
+        ["codebook_usage"] = "fraction of the codebook's entries the tokens use",
+        ["gfid"] = "FID of the GPT's class-conditional samples; lower is better",
+        ["precision"] = "share of samples inside the real images' manifold",
+        ["recall"] = "share of real images inside the samples' manifold",
+        ["loss"] = "training loss (next-token cross-entropy for the GPT, nats)",
+        ["val_loss"] = "held-out next-token cross-entropy (nats); compare with the codes' unigram entropy",
+        ["unigram_entropy"] = "entropy of the codes' unigram distribution (nats): the loss of a model that ignores context",
+    };
+
     static void PrintMetrics(string db, List<Run> runs)
     {
         using var ctx = TrackingDb.Create(db);
@@ -156,15 +175,33 @@ public static class QuickstartCommands
             .GroupBy(m => new { m.RunId, m.Key })
             .Select(g => g.OrderByDescending(m => m.Step).First())
             .ToList();
-        string[] headline = ["rfid", "sfid", "is", "psnr", "ssim", "lpips", "codebook_usage", "gfid", "precision", "recall", "loss"];
-        var table = new Table().Title("metrics (last value per key)").AddColumns("step", "run", "metric", "value");
+        var table = new Table().Title("metrics (last value per key)").AddColumns("step", "run", "metric", "value", "meaning");
         foreach (var r in runs.OrderBy(r => r.Id))
-            foreach (var m in last.Where(m => m.RunId == r.Id && headline.Any(h => m.Key == h || m.Key.StartsWith(h + "@"))).OrderBy(m => m.Key))
-                table.AddRow(Markup.Escape(r.PipelineStep ?? r.Kind), r.Id.ToString(), Markup.Escape(m.Key), m.Value.ToString("G6"));
-        if (table.Rows.Count == 0) table.AddRow("-", "-", "no headline metrics recorded", "-");
+            foreach (var m in last.Where(m => m.RunId == r.Id && Meaning.ContainsKey(m.Key.Split('@')[0])).OrderBy(m => m.Key.Split('@')[0]).ThenBy(m => KOrder(m.Key)))
+                table.AddRow(Markup.Escape(r.PipelineStep ?? r.Kind), r.Id.ToString(), Markup.Escape(m.Key), m.Value.ToString("G6"),
+                    Markup.Escape(Meaning[m.Key.Split('@')[0]]));
+        if (table.Rows.Count == 0) table.AddRow("-", "-", "no headline metrics recorded", "-", "-");
         AnsiConsole.Write(table);
-        var skipped = ctx.Logs.AsNoTracking().Where(l => ids.Contains(l.RunId) && l.Message.Contains("skipped:")).Select(l => l.Message).Distinct().Take(6).ToList();
-        foreach (var s in skipped) AnsiConsole.MarkupLine($"[yellow]note[/] {Markup.Escape(s)}");
+        if (MissingWeightsNote() is { } note) AnsiConsole.MarkupLine($"[yellow]note[/] {Markup.Escape(note)}");
+    }
+
+    /// <summary>psnr@k=8 before psnr@k=64 (numeric, not string, order).</summary>
+    static double KOrder(string key) => key.Split('=') is [_, var v] && double.TryParse(v, System.Globalization.CultureInfo.InvariantCulture, out var d) ? d : 0;
+
+    /// <summary>One line for every metric the absent Inception/VGG weights held back, with the command that adds them
+    /// (the jobs log a skip per run; the summary says it once).</summary>
+    static string? MissingWeightsNote()
+    {
+        var missing = new List<(string Name, string Metrics)>();
+        foreach (var (name, metrics) in new[] { ("inception", "rFID, sFID, IS, gFID, precision/recall"), ("vgg16", "LPIPS"), ("lpips-vgg", "LPIPS") })
+        {
+            try { WeightsRegistry.Resolve(name); }
+            catch (MissingWeightsException) { missing.Add((name, metrics)); }
+        }
+        if (missing.Count == 0) return null;
+        var sources = string.Join("; ", missing.Select(m => $"{m.Name}: {WeightsRegistry.Entry(m.Name).Source}"));
+        return $"{string.Join(" and ", missing.Select(m => m.Metrics).Distinct())} not computed: weights absent from " +
+               $"{WeightsRegistry.DefaultDir()}. Download them ({sources}), then `./retok weights import <file>` each and rerun.";
     }
 
     /// <summary>The quickstart's admin account: created once with a random password kept in the state folder.</summary>

@@ -97,6 +97,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         var codesNpz = Npz.Load(await Download(t, ex, "codes.npz", root));
         Assert.Equal(new long[] { 2, 8 }, codesNpz["codes"].Shape);
         Assert.Equal(new long[] { 1, 3 }, codesNpz["labels"].As<long>());
+        Assert.Equal(new long[] { 0, 1 }, codesNpz["image_index"].As<long>());
         Assert.All(codesNpz["codes"].As<long>(), c => Assert.InRange(c, 0, 16383));
         _out.WriteLine($"extract-codes {sw.Elapsed.TotalSeconds:F1}s");
 

@@ -69,10 +69,29 @@ public class MixedPrecisionGpuTests(ITestOutputHelper log)
                 }
             foreach (var (name, v) in t16.OptimizerG.StateDict())
                 Assert.True(!v.is_floating_point() || v.dtype == ScalarType.Float32 || v.dtype == ScalarType.Float64, $"optimizer state {name} is {v.dtype}");
-            // the update moved the fp32 master weights by about what fp32 moved them
-            var w32 = t32.Tokenizer.Module.state_dict()["decoder.conv_out.weight"];
-            var w16 = t16.Tokenizer.Module.state_dict()["decoder.conv_out.weight"];
-            Assert.True((w32 - w16).abs().max().item<float>() <= 2e-4f, "first AdamW step (lr 1e-4, so each weight moves <= ~1e-4) differs beyond its size");
+            // AdamW's first step moves each weight by lr g/(|g| + eps) (+ decay): +-lr wherever |g| >> eps, so bf16 may
+            // flip only the elements whose gradient is below its bf16 error. The fp32 master weights must take steps
+            // a bf16 weight could not hold (a bf16 ulp at |w| >= 2^-6 is >= 2^-14 > lr / 2). Only the decoder's output
+            // conv is compared for direction (measured 96.9 % agreement): the codes are picked in bf16 (as under the
+            // reference's autocast) and the random-init codebook's gaps (~1e-5) are below bf16's resolution, so the
+            // encoder side's straight-through gradient comes from other codes (measured ~50 % agreement, i.e. none).
+            using var w0 = JobsTrainData.TinyTokenizer();
+            const double lr = 1e-4;
+            foreach (var name in new[] { "decoder.conv_out.weight" })
+            {
+                var start = w0.state_dict()[name].to(float64);
+                var d32 = t32.Tokenizer.Module.state_dict()[name].to(float64) - start;
+                var d16 = t16.Tokenizer.Module.state_dict()[name].to(float64) - start;
+                var cap = lr * (1 + 1e-4 * start.abs()) + start.abs() * Math.Pow(2, -23);
+                Assert.True(d32.abs().le(cap).all().item<bool>() && d16.abs().le(cap).all().item<bool>(), $"{name}: a weight moved by more than one AdamW step of lr {lr}");
+                var big = start.abs().ge(Math.Pow(2, -6)).logical_and(d16.abs().gt(0.5 * lr));
+                long nBig = big.sum().item<long>();
+                Assert.True(nBig > 0, $"{name}: no weight took a full step in bf16");
+                var agree = d32.sign().eq(d16.sign()).to(float64).mean().item<double>();
+                double meanDiff = (d32 - d16).abs().mean().item<double>() / lr;
+                log.WriteLine($"{name}: {nBig} sub-ulp fp32 master steps, sign agreement {agree:P2}, mean |step fp32 - step bf16| {meanDiff:F3} lr");
+                Assert.True(agree >= 0.9, $"{name}: bf16 and fp32 moved only {agree:P1} of the weights the same way");
+            }
         }
     }
 

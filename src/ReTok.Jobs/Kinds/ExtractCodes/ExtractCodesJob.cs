@@ -105,7 +105,12 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
         if (all.shape[0] != n * views) throw new JobFailedException($"internal: {all.shape[0]} code rows for {n} images x {views} views");
         var labels = allLabels.narrow(0, 0, n).repeat_interleave(views);
         var outPath = Path.Combine(ctx.ScratchDir, "codes.npz");
-        Npz.Save(outPath, new Dictionary<string, NpyArray> { ["codes"] = NpyArray.FromTensor(all), ["labels"] = NpyArray.FromTensor(labels) });
+        // image_index: which dataset image each row is a view of, so a held-out split never shares an image with training
+        var imageIndex = arange(n, dtype: int64).repeat_interleave(views);
+        Npz.Save(outPath, new Dictionary<string, NpyArray>
+        {
+            ["codes"] = NpyArray.FromTensor(all), ["labels"] = NpyArray.FromTensor(labels), ["image_index"] = NpyArray.FromTensor(imageIndex),
+        });
         await ctx.SaveArtifactFileAsync("codes.npz", outPath, "npz", metadata: new { images = n, views, tokens = p.Tokens, ten_crop = p.TenCrop });
         ctx.Log($"codes.npz: {all.shape[0]} rows ({n} images x {views} views) of {p.Tokens} codes");
     }

@@ -52,6 +52,10 @@ public sealed record TrainGeneratorParams : IValidatableParams
     /// <summary>Metrics every n steps; default: every step up to 10 000 steps, then max_steps / 10 000 (at most ~10k points a key).</summary>
     public int? LogEvery { get; init; }
     public long EffectiveLogEvery() => LogEvery ?? Math.Max(1, MaxSteps / 10_000);
+    /// <summary>Hold out N images of the codes (every view of each; evenly spaced over the dataset order) from training: their teacher-forced loss is
+    /// logged as val_loss at each checkpoint and at the end, beside unigram_entropy of the training codes (the loss of a
+    /// model that ignores context and class). 0 = train on everything (the release).</summary>
+    public int ValImages { get; init; }
     /// <summary>Test hook: sleep this long after each step (kill-and-resume tests need a run that lasts).</summary>
     public int DebugStepDelayMs { get; init; }
 
@@ -69,6 +73,7 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (MilestoneEvery < 0) yield return $"milestone_every: must be >= 0, got {MilestoneEvery}";
         else if (MilestoneEvery > 0 && MilestoneEvery % CheckpointEvery != 0) yield return $"milestone_every: {MilestoneEvery} is not a multiple of checkpoint_every {CheckpointEvery}";
         if (KeepMilestones < 0) yield return $"keep_milestones: must be >= 0, got {KeepMilestones}";
+        if (ValImages < 0) yield return $"val_images: must be >= 0, got {ValImages}";
         if (LogEvery is < 1) yield return $"log_every: must be >= 1, got {LogEvery}";
         if (DecayType is not ("sqrt" or "linear" or "square" or "cosine")) yield return $"decay_type: '{DecayType}' is not sqrt, linear, square or cosine";
     }
@@ -101,6 +106,21 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         codes = codes.narrow(1, 0, block).contiguous();
         if (codes.max().item<long>() >= p.VocabSize) throw new JobFailedException($"vocab_size: codes reach {codes.max().item<long>()}, >= vocab_size {p.VocabSize}");
         if (labels.max().item<long>() >= p.NumClasses) throw new JobFailedException($"num_classes: labels reach {labels.max().item<long>()}, >= num_classes {p.NumClasses}");
+
+        Tensor? valCodes = null, valLabels = null;
+        if (p.ValImages > 0)
+        {
+            var image = Npz.Keys(codesPath).Contains("image_index")
+                ? Npz.LoadKey(codesPath, "image_index").ToTensor().to(int64) : arange(codes.shape[0], dtype: int64);
+            // N images evenly spaced over the dataset order, so every class of a class-ordered set is represented
+            long total = image.max().item<long>() + 1;
+            var val = ((image + 1) * p.ValImages).div(total, rounding_mode: RoundingMode.floor)
+                .gt((image * p.ValImages).div(total, rounding_mode: RoundingMode.floor));
+            if (val.all().item<bool>()) throw new JobFailedException($"val_images: {p.ValImages} leaves no images to train on (the codes hold {image.unique().Item1.shape[0]})");
+            (valCodes, valLabels) = (codes[val], labels[val]);
+            (codes, labels) = (codes[val.logical_not()], labels[val.logical_not()]);
+        }
+        double unigram = UnigramEntropy(codes, p.VocabSize);
 
         var device = Devices.Resolve(ctx.Device);
         var cfg = p.ToConfig(block);
@@ -187,6 +207,19 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             });
         }
 
+        void LogValidation(long step)
+        {
+            if (valCodes is null) return;
+            double sum = 0;
+            long rows = valCodes.shape[0];
+            for (long i = 0; i < rows; i += bs)   // batches of the training size: bounded memory on any split
+            {
+                long len = Math.Min(bs, rows - i);
+                sum += GptTrainer.EvalLoss(model, valCodes.narrow(0, i, len), valLabels!.narrow(0, i, len)) * len;
+            }
+            ctx.LogMetrics(step, ("val_loss", sum / rows), ("unigram_entropy", unigram));
+        }
+
         try
         {
             for (long step = start; step < p.MaxSteps; step++)
@@ -220,7 +253,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
                 ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
                 if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
-                if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) await Save(step + 1);
+                if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) { LogValidation(step + 1); await Save(step + 1); }
             }
         }
         catch
@@ -230,6 +263,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         }
         perm?.Dispose();
         await pending;
+        LogValidation(p.MaxSteps);
 
         var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
         GptCheckpoint.SaveSafetensors(model, outModel);
@@ -247,6 +281,14 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
         }
     }
+    /// <summary>Entropy (nats) of the codes' empirical unigram distribution.</summary>
+    static double UnigramEntropy(Tensor codes, int vocab)
+    {
+        using var _ = NewDisposeScope();
+        var pr = bincount(codes.flatten(), minlength: vocab).to(float64) / codes.numel();
+        return -(pr * pr.clamp_min(1e-300).log()).sum().item<double>();
+    }
+
     /// <summary>
     /// Optional input `resume` (e.g. run:ID/checkpoints/step-0000010000 from `retok runs checkpoints`): a fresh run starts
     /// from that checkpoint instead of step 0. Only when the run has no checkpoint of its own (a retried run resumes from
