@@ -226,6 +226,10 @@ public sealed class VectorQuantizer : nn.Module
 
     public Tensor Codebook => F.normalize(embedding.weight!, 2, -1);
 
+    /// <summary>Maps the nearest-code indices to the ones used. Parity tests give the reference's codes here: a float32
+    /// near-tie may break either way on another CPU, and one flipped code makes the comparison discrete.</summary>
+    internal Func<Tensor, Tensor>? IndexOverride { get; set; }
+
     /// <summary>Nearest unit code by the reference's expanded L2 distance (first minimum on ties). z: (T, dim), unnormalised.</summary>
     public (Tensor Indices, Tensor Distances) Lookup(Tensor zFlat)
     {
@@ -240,6 +244,7 @@ public sealed class VectorQuantizer : nn.Module
     {
         var zp = z.permute(0, 2, 3, 1).contiguous();                  // B, 1, W, dim
         var (idx, d) = Lookup(zp.view(-1, dim));
+        if (IndexOverride is not null) idx = IndexOverride(idx);
         var zn = F.normalize(zp, 2, -1);
         var zq = Codebook.index_select(0, idx).view(zp.shape);
         var vq = (zq - zn.detach()).pow(2).mean();
@@ -313,6 +318,7 @@ public sealed class ReTokTokenizer : nn.Module
     readonly ViTQFormerDecoder s1to2decoder;
     readonly CnnDecoder decoder;
     readonly VectorQuantizer quantize;
+    internal VectorQuantizer Quantizer => quantize;
     readonly Conv2d quant_conv, post_quant_conv;
 
     public TokenizerConfig Config { get; }
@@ -534,8 +540,8 @@ public sealed class ReTokTokenizer : nn.Module
 
     void CheckImages(Tensor x)
     {
-        if (x.dim() != 4 || x.shape[1] != 3 || x.shape[2] != TokenizerConfig.ImageSize || x.shape[3] != TokenizerConfig.ImageSize)
-            throw new ArgumentException($"images must be B x 3 x 256 x 256 in [-1, 1] (the reference's fixed input size), got [{string.Join(", ", x.shape)}]");
+        if (x.dim() != 4 || x.shape[1] != 3 || x.shape[2] != Config.ImageSize || x.shape[3] != Config.ImageSize)
+            throw new ArgumentException($"images must be B x 3 x {Config.ImageSize} x {Config.ImageSize} in [-1, 1] (the config's image_size), got [{string.Join(", ", x.shape)}]");
     }
 
     void CheckCodes(Tensor codes, int tokens)

@@ -8,8 +8,9 @@ namespace ReTok.Models.Tokenizer;
 /// The tokenizer's `model.init_args` (reference: VQVitModelPlusArgs, vq_vit_model.py L48-138), with the reference's
 /// snake_case YAML names and the reference's dataclass defaults, so a YAML that leaves a key out means what it means
 /// to the authors' loader. Dead reference options are accepted only at their off value (tokenizer.md §11).
-/// Extensions of ours (not reference keys), for tiny test configs: `ch`, `num_res_blocks`, and explicit
-/// `encoder_width/layers/heads`, `decoder_width/layers/heads` overriding the named sizes.
+/// Extensions of ours (not reference keys), for tiny test configs: `ch`, `num_res_blocks`, explicit
+/// `encoder_width/layers/heads`, `decoder_width/layers/heads` overriding the named sizes, and `image_size` (the
+/// reference's fixed 256; smaller images, e.g. the quickstart's, need num_latent_tokens = (image_size / patch)²).
 /// </summary>
 public sealed record TokenizerConfig
 {
@@ -48,11 +49,12 @@ public sealed record TokenizerConfig
     public int? DecoderWidth { get; init; }
     public int? DecoderLayers { get; init; }
     public int? DecoderHeads { get; init; }
+    /// <summary>Input height = width (ViTEncoder/ViTDecoder default 256, not configurable in the reference).</summary>
+    public int ImageSize { get; init; } = 256;
 
     /// <summary>Redundant Token Padding: the reference hard-codes M = N − 32 = 224 (blocks.py L1098, L1137).</summary>
     public int NumPaddingTokens => NumLatentTokens - 32;
     public int TotalTokens => NumLatentTokens + NumPaddingTokens;
-    public const int ImageSize = 256;          // ViTEncoder/ViTDecoder default, not configurable in the reference
     public int PatchSize => 1 << (EncoderChMult.Length - 1);
     public int GridSize => ImageSize / PatchSize;
 
@@ -98,9 +100,11 @@ public sealed record TokenizerConfig
     public TokenizerConfig Validate()
     {
         void Need(bool ok, string msg) { if (!ok) throw new ArgumentException("tokenizer config: " + msg); }
-        Need(NumLatentTokens == 256, $"num_latent_tokens must be 256 (the reference hard-codes 32 and 224 padding queries), got {NumLatentTokens}");
-        Need(EncoderChMult.Length >= 1 && GridSize == 16 && ImageSize % PatchSize == 0,
-            $"encoder_ch_mult must have 5 levels (patch 16 on 256 px gives the 16x16 grid the positional tables need), got [{string.Join(",", EncoderChMult)}]");
+        Need(EncoderChMult.Length >= 1 && ImageSize > 0 && ImageSize % PatchSize == 0 && int.IsPow2(GridSize),
+            $"image_size {ImageSize} over patch {PatchSize} (2^(levels of encoder_ch_mult - 1)) must give a power-of-two grid");
+        // the multi-level queries pool the grid into 1 + 1 + 2 + ... + N/2 = N cells, and the padding copies queries 32..N-1
+        Need(NumLatentTokens == GridSize * GridSize && NumLatentTokens > 32,
+            $"num_latent_tokens must be the grid's {GridSize}x{GridSize} = {GridSize * GridSize} cells and above 32 (the reference hard-codes 32 and N - 32 padding queries; 256 at 256 px, patch 16), got {NumLatentTokens}");
         Need(DecoderChMult.Length == EncoderChMult.Length, "decoder_ch_mult must have as many levels as encoder_ch_mult");
         Need(ModelSize == null || (EncoderSize == null && DecoderSize == null),
             "model_size must be null when encoder_size or decoder_size is given (reference assert)");
@@ -122,11 +126,11 @@ public sealed record TokenizerConfig
     }
 
     public override string ToString() =>
-        $"TokenizerConfig(enc {EncoderVit}, dec {DecoderVit}, ch {Ch}x[{string.Join(",", EncoderChMult)}], z {ZChannels}, " +
+        $"TokenizerConfig({ImageSize} px, N {NumLatentTokens} + M {NumPaddingTokens}, enc {EncoderVit}, dec {DecoderVit}, ch {Ch}x[{string.Join(",", EncoderChMult)}], z {ZChannels}, " +
         $"codebook {CodebookSize}x{CodebookEmbedDim}, distill_depth {DistillDepth?.ToString() ?? "null"}, out_inner_dim {OutInnerDim})";
 
     public bool SameArchitecture(TokenizerConfig o) =>
-        EncoderVit == o.EncoderVit && DecoderVit == o.DecoderVit && Ch == o.Ch && NumResBlocks == o.NumResBlocks &&
+        ImageSize == o.ImageSize && NumLatentTokens == o.NumLatentTokens && EncoderVit == o.EncoderVit && DecoderVit == o.DecoderVit && Ch == o.Ch && NumResBlocks == o.NumResBlocks &&
         EncoderChMult.SequenceEqual(o.EncoderChMult) && DecoderChMult.SequenceEqual(o.DecoderChMult) && ZChannels == o.ZChannels &&
         CodebookSize == o.CodebookSize && CodebookEmbedDim == o.CodebookEmbedDim && (DistillDepth != null) == (o.DistillDepth != null) &&
         (DistillDepth == null || OutInnerDim == o.OutInnerDim);
@@ -215,6 +219,7 @@ public sealed record TokenizerConfig
                 "decoder_width" => cfg with { DecoderWidth = I(v, key) },
                 "decoder_layers" => cfg with { DecoderLayers = I(v, key) },
                 "decoder_heads" => cfg with { DecoderHeads = I(v, key) },
+                "image_size" => cfg with { ImageSize = I(v, key) },
                 _ when DeadOffValues.TryGetValue(k, out var off) => Dead(cfg, key, v, off),
                 _ => throw new ArgumentException($"unknown key '{key}'"),
             };
@@ -292,6 +297,7 @@ public sealed record TokenizerConfig
         var encMult = Enumerable.Range(0, levels).Select(i => (int)Shape($"encoder.conv_blocks.{i}.res.0.conv1.weight")[0] / ch).ToArray();
         var decMult = Enumerable.Range(0, levels).Select(j => (int)Shape($"decoder.conv_blocks.{j}.res.0.conv1.weight")[0] / ch).Reverse().ToArray();
         int ew = (int)Shape("s2to1encoder.positional_embedding")[2], el = Count("s2to1encoder.transformer.");
+        int grid = (int)Math.Round(Math.Sqrt(Shape("s2to1encoder.positional_embedding")[0]));
         int dw = (int)Shape("s1to2decoder.positional_embedding")[2], dl = Count("s1to2decoder.transformer.");
         var emb = Shape("quantize.embedding.weight");
         bool distill = sd.ContainsKey("s1to2decoder.distill_mlp.4.weight");
@@ -302,6 +308,7 @@ public sealed record TokenizerConfig
             ModelSize = null, EncoderSize = es, DecoderSize = ds,
             EncoderWidth = es == null ? ew : null, EncoderLayers = es == null ? el : null, EncoderHeads = es == null ? Heads(ew) : null,
             DecoderWidth = ds == null ? dw : null, DecoderLayers = ds == null ? dl : null, DecoderHeads = ds == null ? Heads(dw) : null,
+            ImageSize = grid << (levels - 1), NumLatentTokens = (int)Shape("s2to1encoder.latent_token_positional_embedding")[0],
             ZChannels = (int)Shape("encoder.conv_out.weight")[0], Ch = ch, NumResBlocks = Count("encoder.conv_blocks.0.res."),
             MultiLevelQueryInit = true, AdaptiveGn = true, D2sUp = true, Rot = true, UseAttn = false, FeaRecLossType = "mse",
             DistillDepth = distill ? 3 : null,   // the depth is not visible in shapes; 3 is both configs' value

@@ -153,6 +153,32 @@ public class TokenizerConfigTests
         Assert.Equal(0f, sd["quantize.codebook_used"].abs().max().item<float>());
     }
 
+    /// <summary>image_size (ours) scales the grid and N with it: 64 px over 4 levels (patch 8) is an 8x8 grid, N = 64
+    /// multi-level queries (1+1+2+...+32) + M = 32 padding queries; the weights' shapes give the config back.</summary>
+    [Fact]
+    public void SmallImages_ScaleTheGridAndTokens_AndRoundTrip()
+    {
+        var yaml = File.ReadAllText(F("tiny.yaml"))
+            .Replace("encoder_ch_mult: [1, 1, 1, 1, 2]", "encoder_ch_mult: [1, 1, 1, 2]")
+            .Replace("decoder_ch_mult: [1, 1, 1, 1, 2]", "decoder_ch_mult: [1, 1, 1, 2]")
+            .Replace("num_latent_tokens: 256", "num_latent_tokens: 64\n    image_size: 64");
+        var cfg = TokenizerConfig.Load(Temp(yaml));
+        Assert.Equal((64, 8, 64, 32, 96), (cfg.ImageSize, cfg.GridSize, cfg.NumLatentTokens, cfg.NumPaddingTokens, cfg.TotalTokens));
+        using var m = new ReTokTokenizer(cfg);
+        var guessed = TokenizerConfig.Guess(m.state_dict());   // (head counts and distill depth are not in the shapes)
+        Assert.Equal((64, 64, 8), (guessed.ImageSize, guessed.NumLatentTokens, guessed.GridSize));
+        using var _ = NewDisposeScope();
+        var x = rand(2, 3, 64, 64) * 2 - 1;
+        var codes = m.Encode(x);
+        Assert.Equal(new long[] { 2, 96 }, codes.shape);
+        foreach (int k in new[] { 1, 64, 96 }) Assert.Equal(new long[] { 2, 3, 64, 64 }, m.Decode(codes, k).shape);
+        var err = Assert.Throws<ArgumentException>(() => m.Encode(rand(1, 3, 256, 256)));
+        Assert.Contains("64 x 64", err.Message);
+        // N must be the grid's cell count: the multi-level queries pool the grid into exactly N cells
+        var bad = Assert.Throws<InvalidDataException>(() => TokenizerConfig.Load(Temp(yaml.Replace("num_latent_tokens: 64", "num_latent_tokens: 256"))));
+        Assert.Contains("8x8 = 64", bad.Message);
+    }
+
     sealed class ArchComparer : IEqualityComparer<TokenizerConfig>
     {
         public bool Equals(TokenizerConfig? a, TokenizerConfig? b) => a!.SameArchitecture(b!);

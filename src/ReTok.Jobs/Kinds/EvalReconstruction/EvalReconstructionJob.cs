@@ -31,7 +31,7 @@ public sealed class EvalReconstructionJob : IJobHandler<EvalReconstructionParams
             throw new JobFailedException("give the tokenizer config either as the input 'tokenizer_config' or as params preset/config, not both");
         var cfg = await ReconstructionCore.LoadConfigAsync(ctx, tok);
         var dataPath = await ctx.GetRunArtifactFileAsync(data.RunId, data.Name, "data");
-        long count = Math.Min(ReconstructionCore.DataRows(dataPath), p.Limit ?? long.MaxValue);
+        long count = Math.Min(ReconstructionCore.DataRows(dataPath, cfg.ImageSize), p.Limit ?? long.MaxValue);
 
         if (p.Shards > 1 && ctx.ShardIndex is null)
         {

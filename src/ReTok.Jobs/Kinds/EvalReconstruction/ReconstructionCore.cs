@@ -83,12 +83,13 @@ public static class ReconstructionCore
         }
     }
 
-    /// <summary>Rows of the data npz (arr_0 must be uint8 [M,256,256,3]).</summary>
-    public static long DataRows(string dataPath)
+    /// <summary>Rows of the data npz (arr_0 must be uint8 [M,size,size,3], size = the tokenizer's image_size).</summary>
+    public static long DataRows(string dataPath, int size)
     {
         var h = Npz.Header(dataPath, "arr_0");
-        if (h.Dtype != "|u1" || h.Shape.Length != 4 || h.Shape[1] != TokenizerConfig.ImageSize || h.Shape[2] != TokenizerConfig.ImageSize || h.Shape[3] != 3)
-            throw new JobFailedException($"data: {dataPath} arr_0 is {h.Dtype} [{string.Join(",", h.Shape)}]; the tokenizer needs uint8 [N,256,256,3] (extract-dataset's dataset.npz)");
+        if (h.Dtype != "|u1" || h.Shape.Length != 4 || h.Shape[1] != size || h.Shape[2] != size || h.Shape[3] != 3)
+            throw new JobFailedException($"data: {Path.GetFileName(dataPath)} arr_0 is {h.Dtype} [{string.Join(",", h.Shape)}]; "
+                + $"the tokenizer (image_size {size}) needs uint8 [N,{size},{size},3] (extract-dataset's dataset.npz with image_size: {size})");
         return h.Shape[0];
     }
 
@@ -176,7 +177,7 @@ public static class ReconstructionCore
     {
         using var _ = no_grad();
         using var scope = NewDisposeScope();
-        int n = (int)gtU8.shape[0], per = 256 * 256 * 3;
+        int n = (int)gtU8.shape[0], side = (int)gtU8.shape[1], per = side * side * 3;
         var x = ReconstructionEvaluator.ToModelInput(gtU8).to(device);
         var codes = model.Encode(x).cpu().to(ScalarType.Int64).contiguous();
         var g = gtU8.contiguous().bytes.ToArray();
@@ -189,7 +190,7 @@ public static class ReconstructionCore
             Parallel.For(0, n, i =>
             {
                 ps[i] = ReconMetrics.Psnr(g.AsSpan(i * per, per), r.AsSpan(i * per, per));
-                ss[i] = ReconMetrics.Ssim(g.AsSpan(i * per, per), r.AsSpan(i * per, per), 256, 256);
+                ss[i] = ReconMetrics.Ssim(g.AsSpan(i * per, per), r.AsSpan(i * per, per), side, side);
             });
             double[]? lp = lpips is null ? null
                 : lpips.call(x, raw.to(ScalarType.Float32)).to(ScalarType.Float64).cpu().reshape(-1).data<double>().ToArray();
@@ -231,7 +232,8 @@ public static class ReconstructionCore
             };
             foreach (var (k, e) in _k)
             {
-                a[$"recon_k{k}"] = new NpyArray("|u1", [Rows, 256, 256, 3], e.Recon.ToArray());
+                int side = Rows == 0 ? 0 : (int)Math.Round(Math.Sqrt(e.Recon.Length / (3.0 * Rows)));   // the tokenizer's image_size
+                a[$"recon_k{k}"] = new NpyArray("|u1", [Rows, side, side, 3], e.Recon.ToArray());
                 a[$"psnr_k{k}"] = NpyArray.Of(e.Psnr.ToArray(), Rows);
                 a[$"ssim_k{k}"] = NpyArray.Of(e.Ssim.ToArray(), Rows);
                 if (lpips)
@@ -274,6 +276,7 @@ public static class ReconstructionCore
         if (Npz.Keys(a.DataPath).Contains("labels") && Npz.LoadKey(a.DataPath, "labels") is { Dtype: "<i8", Shape.Length: 1 } lab && lab.Shape[0] >= a.Count)
             labelBytes = lab.Data.AsSpan(0, checked((int)(a.Count * 8))).ToArray();
         var reconFiles = new Dictionary<int, string>();
+        long side = Npz.Header(a.DataPath, "arr_0").Shape[1];
         var perK = new Dictionary<int, Dictionary<string, double>>();
         foreach (var k in ks)
         {
@@ -281,7 +284,7 @@ public static class ReconstructionCore
             var file = Path.Combine(outDir, $"recon_k{k}.npz");
             using (var w = new NpzStreamWriter(file))
             {
-                w.BeginArray("arr_0", "|u1", [a.Count, 256, 256, 3]);
+                w.BeginArray("arr_0", "|u1", [a.Count, side, side, 3]);
                 foreach (var f in partFiles) w.Append(Npz.LoadKey(f, $"recon_k{k}").Data);
                 if (labelBytes is not null) { w.BeginArray("labels", "<i8", [a.Count]); w.Append(labelBytes); }
                 w.Commit();

@@ -71,7 +71,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             start = ck.Step;
         }
 
-        int crop = p.TenCrop ? (int)(256 * p.CropRange) : 256;
+        int size = tok.Config.ImageSize, crop = p.TenCrop ? (int)(size * p.CropRange) : size;
         long sinceCkpt = 0;
         foreach (var (rowStart, chunk) in Npz.ReadRows(data, "arr_0", p.BatchSize))
         {
@@ -84,8 +84,8 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             {
                 var x = Prepare(imgs, crop);
                 var codes = p.TenCrop
-                    ? CodeExtraction.ExtractCodes(x, v => tok.Encode(v), tenCrop: true, keep: p.Tokens)
-                    : tok.Encode(CenterView(x)).narrow(1, 0, p.Tokens).unsqueeze(1);
+                    ? CodeExtraction.ExtractCodes(x, v => tok.Encode(v), tenCrop: true, size: size, keep: p.Tokens)
+                    : tok.Encode(CenterView(x, size)).narrow(1, 0, p.Tokens).unsqueeze(1);
                 done.Add(codes.reshape(-1, p.Tokens).to(int64).cpu().MoveToOuterDisposeScope());
             }
             long now = rowStart + to;
@@ -130,11 +130,11 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
         return stack(outs, 0);
     }
 
-    /// <summary>The 256 center of uint8 NHWC, as NCHW floats in [-1,1].</summary>
-    static Tensor CenterView(Tensor x)
+    /// <summary>The size x size center of uint8 NHWC, as NCHW floats in [-1,1].</summary>
+    static Tensor CenterView(Tensor x, int size)
     {
         long h = x.shape[1], w = x.shape[2];
-        var c = x.narrow(1, (h - 256) / 2, 256).narrow(2, (w - 256) / 2, 256).permute(0, 3, 1, 2);
+        var c = x.narrow(1, (h - size) / 2, size).narrow(2, (w - size) / 2, size).permute(0, 3, 1, 2);
         return (c.to_type(float32) / 255f - 0.5f) / 0.5f;
     }
 }

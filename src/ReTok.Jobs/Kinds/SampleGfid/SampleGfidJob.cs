@@ -197,7 +197,7 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
         var outPath = Path.Combine(ctx.ScratchDir, "samples_shard.npz");
         using (var w = new NpzStreamWriter(outPath))
         {
-            w.BeginArray("arr_0", "|u1", [n, TokenizerConfig.ImageSize, TokenizerConfig.ImageSize, 3]);
+            w.BeginArray("arr_0", "|u1", [n, tokCfg.ImageSize, tokCfg.ImageSize, 3]);
             for (long s = 0; s < n; s += p.BatchSize)
             {
                 ctx.ThrowIfCancellationRequested();

@@ -66,7 +66,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var perceptual = Perceptual(ctx, p, device);
         var teacher = Teacher(ctx, p, cfg, device, precision.Compute);
 
-        var data = new TrainingDataLoader(source, new DataConfig(p.Trainer.GlobalBatchSize, Seed: p.Trainer.GlobalSeed,
+        var data = new TrainingDataLoader(source, new DataConfig(p.Trainer.GlobalBatchSize, ImageSize: cfg.ImageSize, Seed: p.Trainer.GlobalSeed,
             Augmentation: p.Augmentation, Workers: p.NumWorkers));
         using var trainer = new TokenizerTrainer(trainable, disc, perceptual, teacher, data, TrainerConfigOf(p, cfg), device);
         ctx.Log($"{source.Count} images, {data.BatchesPerEpoch} batches per epoch; tokenizer {Params(model)} parameters, discriminator {Params(disc)}");
@@ -78,7 +78,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             lastCheckpoint = trainer.Step;
         }
         long stop = Math.Min(p.Iterations, p.EarlyStopIter ?? long.MaxValue);
-        var recon = ReconImages(source, p.ReconImages);
+        var recon = ReconImages(source, p.ReconImages, cfg.ImageSize);
 
         async Task SaveCheckpoint()
         {
@@ -128,11 +128,11 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var r = p.Retok;
         var lp = p.Loss.Params;
         var k = r.NestedDropout
-            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK, r.KEqualsNProb)
-            : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK);
+            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK ?? cfg.NumLatentTokens, r.KEqualsNProb)
+            : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK ?? cfg.NumLatentTokens);
         var lambda = new SemanticWeightConfig(r.SemanticSchedule, p.SemanticLambda0, r.SemanticWeightEnd, r.SemanticKStart, r.SemanticKEnd, r.SemanticStepK, r.SemanticWeightFloor);
         DecoderFinetuneConfig? ft = null;
-        if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK);
+        if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK ?? cfg.NumLatentTokens);
         else if (p.Trainer.FreezeButDecoderIter is long it) ft = new DecoderFinetuneConfig(it);
         var loss = new LossConfig(lp.ReconstructionWeight, lp.ReconstructionLoss, lp.PerceptualWeight, lp.DiscWeight, lp.DiscStart,
             lp.DiscAdaptiveWeight, lp.AuxLossEnd, lp.EntropyLossEnd, ProjWeight: p.SemanticLambda0);
@@ -251,14 +251,14 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
 
     // ------------------------------------------------------------------------------------------------ outputs
 
-    /// <summary>The first n images, centre-cropped to 256 (fixed across the run), float [n, 3, 256, 256] in [-1, 1].</summary>
-    static Tensor ReconImages(IImageSource source, int n)
+    /// <summary>The first n images, centre-cropped to size (fixed across the run), float [n, 3, size, size] in [-1, 1].</summary>
+    static Tensor ReconImages(IImageSource source, int n, int size)
     {
         var imgs = new List<Tensor>();
         for (long i = 0; i < Math.Min(n, source.Count); i++)
         {
             var img = source.Get(i);
-            imgs.Add(img.shape[0] == 256 && img.shape[1] == 256 ? img : Crops.CenterCropArr(img, 256));
+            imgs.Add(img.shape[0] == size && img.shape[1] == size ? img : Crops.CenterCropArr(img, size));
         }
         return ReTokTokenizer.ImagesFromUint8(stack(imgs)).DetachFromDisposeScope();
     }

@@ -112,6 +112,11 @@ public sealed record TrainTokenizerParams : IValidatableParams
                 if (k < 1 || k > cfg.TotalTokens) yield return $"recon_tokens: {k} is outside 1..{cfg.TotalTokens}";
         if (Trainer.GlobalBatchSize % GradientAccumulationSteps != 0)
             yield return $"gradient_accumulation_steps: {GradientAccumulationSteps} does not divide trainer.global_batch_size {Trainer.GlobalBatchSize}";
+        if (cfg is not null && Loss.Params.ImageSize is int lossSize && lossSize != cfg.ImageSize)
+            yield return $"loss.params.image_size: {lossSize} differs from model.init_args.image_size {cfg.ImageSize} (leave it out to follow the model)";
+        if (cfg is not null && SemanticOn && cfg.GridSize != 16)
+            yield return $"model: the semantic loss aligns with DINOv2's 16x16 patch features, but image_size {cfg.ImageSize} over patch {cfg.PatchSize} "
+                + $"gives a {cfg.GridSize}x{cfg.GridSize} grid: turn it off (trainer.distill_loss: False) or keep a 16x16 grid";
         if (cfg is not null && SemanticOn && cfg.DistillDepth is null)
             yield return "model: the semantic loss is on (trainer.distill_loss with a weight > 0) but init_args.distill_depth is null";
     }
@@ -210,7 +215,8 @@ public sealed record VqLossParams
     public int Kw { get; init; } = 4;
     public string Norm { get; init; } = "batch";
     public string GenAdvLoss { get; init; } = "hinge";
-    public int ImageSize { get; init; } = 256;
+    /// <summary>Null follows model.init_args.image_size (the reference's 256); a different value is refused.</summary>
+    public int? ImageSize { get; init; }
     public double PerceptualWeight { get; init; } = 1.0;
     public double ReconstructionWeight { get; init; } = 1.0;
     public string ReconstructionLoss { get; init; } = "l2";
@@ -233,7 +239,6 @@ public sealed record VqLossParams
         if (GenAdvLoss != "hinge") yield return $"gen_adv_loss: only 'hinge' is ported, got '{GenAdvLoss}'";
         if (Norm != "batch") yield return $"norm: only 'batch' is ported, got '{Norm}'";
         if (ReconstructionLoss is not ("l1" or "l2")) yield return $"reconstruction_loss: expected l1 or l2, got '{ReconstructionLoss}'";
-        if (ImageSize != 256) yield return $"image_size: the tokenizer takes 256x256 images only, got {ImageSize}";
         if (UseDirectRecLoss) yield return "use_direct_rec_loss: only False is ported (both ReTok configs)";
         if (ResnetPerceptual) yield return "resnet_perceptual: only False is ported";
         if (BlurDs) yield return "blur_ds: only False is ported";
@@ -261,7 +266,8 @@ public sealed record RetokSection
     public int MinTokens { get; init; } = 1;
     /// <summary>One K per image (key-padding mask) or one per batch (slicing).</summary>
     public bool PerSample { get; init; } = true;
-    public int FixedK { get; init; } = 256;
+    /// <summary>Null = N (256 in the paper's configs).</summary>
+    public int? FixedK { get; init; }
 
     /// <summary>lambda(K), non-increasing in K (Hierarchical Semantic Regularization).</summary>
     public LambdaSchedule SemanticSchedule { get; init; } = LambdaSchedule.Linear;
@@ -285,7 +291,7 @@ public sealed record RetokSection
         int total = cfg?.TotalTokens ?? 480, n = cfg?.NumLatentTokens ?? 256;
         int max = UsePadding ? total : n;
         if (MinTokens < 1 || MinTokens > max) yield return $"min_tokens: must be in 1..{max}, got {MinTokens}";
-        if (FixedK < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
+        if (FixedK is < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
         if (!(KEqualsNProb >= 0 && KEqualsNProb <= 1)) yield return $"k_equals_n_prob: must be in [0, 1], got {KEqualsNProb}";
         if (SemanticWeight is < 0 || SemanticWeightEnd < 0) yield return "semantic_weight/semantic_weight_end: must be >= 0";
         if (!(SemanticWeightFloor >= 0)) yield return $"semantic_weight_floor: must be >= 0, got {SemanticWeightFloor}";
@@ -314,12 +320,13 @@ public sealed record FinetuneSection
     public string[] TrainablePrefixes { get; init; } = ["decoder."];
     public bool TeacherOff { get; init; } = true;
     public bool KeepNestedDropout { get; init; } = true;
-    public int FixedK { get; init; } = 256;
+    /// <summary>Null = N.</summary>
+    public int? FixedK { get; init; }
 
     public IEnumerable<string> Validate(int total)
     {
         if (StartStep < 0) yield return $"start_step: must be >= 0, got {StartStep}";
         if (TrainablePrefixes.Length == 0) yield return "trainable_prefixes: give at least one prefix";
-        if (FixedK < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
+        if (FixedK is < 1 || FixedK > total) yield return $"fixed_k: must be in 1..{total}, got {FixedK}";
     }
 }
