@@ -22,13 +22,14 @@ public static class QuickstartCommands
         var spec = new Option<string>("--spec") { Description = "pipeline spec", DefaultValueFactory = _ => "jobs/quickstart.yaml" };
         var set = new Option<string[]>("--set") { Description = "override STEP.KEY=VALUE (repeatable)" };
         var classes = new Option<int>("--classes") { Description = "synthetic classes", DefaultValueFactory = _ => 4 };
-        var perClass = new Option<int>("--per-class") { Description = "synthetic images per class", DefaultValueFactory = _ => 8 };
+        var perClass = new Option<int>("--per-class") { Description = "synthetic training images per class", DefaultValueFactory = _ => 32 };
+        var valPerClass = new Option<int>("--val-per-class") { Description = "held-out synthetic images per class (reconstruction eval)", DefaultValueFactory = _ => 4 };
         var urls = new Option<string>("--urls") { Description = "dashboard URL (default: a free port when 5080 is taken)", DefaultValueFactory = _ => "http://127.0.0.1:5080" };
         var noDashboard = new Option<bool>("--no-dashboard") { Description = "do not start the dashboard" };
         var exit = new Option<bool>("--exit") { Description = "exit when the pipeline ends instead of serving the dashboard until Ctrl+C" };
         var workers = new Option<int>("--cpu-workers") { Description = "concurrent jobs in the in-process worker", DefaultValueFactory = _ => 2 };
         var cmd = new Command("quickstart", "run extract -> train tokenizer -> eval reconstruction -> codes -> train GPT -> gFID on a synthetic dataset")
-            { spec, set, classes, perClass, urls, noDashboard, exit, workers };
+            { spec, set, classes, perClass, valPerClass, urls, noDashboard, exit, workers };
         cmd.WithStoreOptions();
         cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
         {
@@ -41,13 +42,18 @@ public static class QuickstartCommands
             await client.EnsureSchemaAsync(ct);
             AnsiConsole.MarkupLine($"tracking  [green]ok[/]  {Markup.Escape(Redact(o.Db))}; artifacts {Markup.Escape(o.Artifacts)}");
 
-            var data = Path.Combine(settings.Home, "quickstart", "images");
-            if (!Directory.Exists(data) || !Directory.EnumerateFiles(data, "*", SearchOption.AllDirectories).Any())
+            // train and held-out val sets from different seeds: the eval reconstructs images the tokenizer never saw
+            var data = Path.Combine(settings.Home, "quickstart", "images", "train");
+            var val = Path.Combine(settings.Home, "quickstart", "images", "val");
+            foreach (var (dir, per, seed) in new[] { (data, pr.GetValue(perClass), 0), (val, pr.GetValue(valPerClass), 1) })
             {
-                var n = SyntheticDataset.Generate(data, pr.GetValue(classes), pr.GetValue(perClass), seed: 0);
-                AnsiConsole.MarkupLine($"dataset   [green]generated[/] {n} synthetic images in {Markup.Escape(data)}");
+                if (!Directory.Exists(dir) || !Directory.EnumerateFiles(dir, "*", SearchOption.AllDirectories).Any())
+                {
+                    var n = SyntheticDataset.Generate(dir, pr.GetValue(classes), per, seed);
+                    AnsiConsole.MarkupLine($"dataset   [green]generated[/] {n} synthetic images in {Markup.Escape(dir)}");
+                }
+                else AnsiConsole.MarkupLine($"dataset   [green]reused[/] {Markup.Escape(dir)}");
             }
-            else AnsiConsole.MarkupLine($"dataset   [green]reused[/] {Markup.Escape(data)}");
 
             await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu", "cpu"], CpuWorkers = pr.GetValue(workers), Name = $"quickstart-{Environment.ProcessId}" },
                 log: _ => { });
@@ -72,7 +78,7 @@ public static class QuickstartCommands
             try
             {
                 // the generator's class embedding covers the synthetic classes only, so samples are of classes it has seen
-                var overrides = new List<string> { $"extract.source={data}", $"gpt.num_classes={pr.GetValue(classes)}" };
+                var overrides = new List<string> { $"extract.source={data}", $"extract_val.source={val}", $"gpt.num_classes={pr.GetValue(classes)}" };
                 overrides.AddRange(pr.GetValue(set) ?? []);
                 var plan = JobSpecs.Load(pr.GetValue(spec)!, overrides, JobKindRegistry.Default);
                 var submitted = await client.SubmitAsync(plan, ct);

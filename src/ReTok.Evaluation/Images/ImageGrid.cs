@@ -1,3 +1,4 @@
+using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -28,4 +29,57 @@ public static class ImageGrid
 
     public static void Save(string path, Tensor images, int nrow = 8, int padding = 2, byte padValue = 0)
         => ImageIO.SavePng(path, Make(images, nrow, padding, padValue));
+
+    /// <summary>Fonts tried for captions: $RETOK_FONT, then Debian's DejaVu Sans (fonts-dejavu-core). The NoDependencies
+    /// SkiaSharp build has no fontconfig, so its default typeface draws nothing: a font file is the reliable way.</summary>
+    static readonly string[] FontFiles = { Environment.GetEnvironmentVariable("RETOK_FONT") ?? "",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf", "/usr/share/fonts/dejavu/DejaVuSans.ttf" };
+
+    /// <summary>Loads the caption font, or null when none of <see cref="FontFiles"/> exists.</summary>
+    public static SKTypeface? CaptionFont() =>
+        FontFiles.Where(File.Exists).Select(SKTypeface.FromFile).FirstOrDefault(t => t is not null);
+
+    /// <summary>
+    /// The grid with a caption under each cell (e.g. a sample's class). Returns false, and writes the grid without
+    /// captions, when no font file is found (see <see cref="FontFiles"/>).
+    /// </summary>
+    public static bool SaveCaptioned(string path, Tensor images, IReadOnlyList<string> captions, int nrow = 8, int padding = 2)
+    {
+        using var font = CaptionFont();
+        if (font is null) { Save(path, images, nrow, padding); return false; }
+        int n = (int)images.shape[0], h = (int)images.shape[1], w = (int)images.shape[2];
+        if (captions.Count != n) throw new ArgumentException($"{captions.Count} captions for {n} images");
+        int capH = Math.Max(12, Math.Min(18, w / 5));
+        int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
+        int gw = cols * (w + padding) + padding, gh = rows * (h + capH + padding) + padding;
+        var plain = Make(images, nrow: 1, padding: 0);   // one column: cell k's rows are k*h .. (k+1)*h - 1
+        using var bmp = new SKBitmap(gw, gh, SKColorType.Rgba8888, SKAlphaType.Opaque);
+        using (var canvas = new SKCanvas(bmp))
+        using (var skFont = new SKFont(font, capH * 0.8f))
+        using (var ink = new SKPaint { Color = SKColors.White, IsAntialias = true })
+        {
+            canvas.Clear(SKColors.Black);
+            var rgba = new byte[w * h * 4];
+            for (int k = 0; k < n; k++)
+            {
+                for (int i = 0; i < w * h; i++)
+                {
+                    int src = (k * w * h + i) * 3;
+                    (rgba[i * 4], rgba[i * 4 + 1], rgba[i * 4 + 2], rgba[i * 4 + 3]) = (plain.Pixels[src], plain.Pixels[src + 1], plain.Pixels[src + 2], 255);
+                }
+                using var cell = new SKBitmap(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Opaque));
+                System.Runtime.InteropServices.Marshal.Copy(rgba, 0, cell.GetPixels(), rgba.Length);
+                float x = padding + (k % cols) * (w + padding), y = padding + (k / cols) * (h + capH + padding);
+                canvas.DrawBitmap(cell, x, y);
+                var text = captions[k];
+                while (text.Length > 1 && skFont.MeasureText(text) > w) text = text[..^1];
+                canvas.DrawText(text, x + (w - skFont.MeasureText(text)) / 2, y + h + capH * 0.8f, SKTextAlign.Left, skFont, ink);
+            }
+        }
+        var grid = new RgbImage(gw, gh);
+        var px = bmp.Bytes;
+        for (int i = 0; i < gw * gh; i++) (grid.Pixels[i * 3], grid.Pixels[i * 3 + 1], grid.Pixels[i * 3 + 2]) = (px[i * 4], px[i * 4 + 1], px[i * 4 + 2]);
+        ImageIO.SavePng(path, grid);
+        return true;
+    }
 }

@@ -50,12 +50,14 @@ public static class SyntheticDataset
         {
             case 0: g.DrawCircle(cx, cy, r, p); break;
             case 1: g.DrawRect(cx - r, cy - r, 2 * r, 2 * r, p); break;
-            case 2: for (float x = rng.Next(8); x < w; x += 24) g.DrawRect(x, 0, 10, h, p); break;
+            // stripes and checks scale with the image: they stay a few pixels wide at the quickstart's 64 px
+            case 2: for (float x = rng.Next(w / 8); x < w; x += w / 5f) g.DrawRect(x, 0, w / 10f, h, p); break;
             case 3: p.Style = SKPaintStyle.Stroke; p.StrokeWidth = r / 3; g.DrawCircle(cx, cy, r, p); break;
             case 4: g.DrawRect(cx - r, cy - r / 4, 2 * r, r / 2, p); g.DrawRect(cx - r / 4, cy - r, r / 2, 2 * r, p); break;
             case 5:
-                for (int y = 0; y < h; y += 32) for (int x = 0; x < w; x += 32)
-                    if (((x + y) / 32) % 2 == 0) g.DrawRect(x, y, 32, 32, p);
+                int cell = Math.Min(w, h) / 4;
+                for (int y = 0; y < h; y += cell) for (int x = 0; x < w; x += cell)
+                    if (((x + y) / cell) % 2 == 0) g.DrawRect(x, y, cell, cell, p);
                 break;
             case 6:
                 using (var path = new SKPath())

@@ -105,6 +105,33 @@ public class ImageTests
         Assert.Equal(0, g[1 + 5, 1 + 6, 0]);   // empty cell
     }
 
+    /// <summary>Sample grids carry each cell's class under it (issue 15); without a font file the plain grid is written.</summary>
+    [Fact]
+    public void CaptionedGridWritesTextUnderEachCell()
+    {
+        var imgs = torch.zeros(new long[] { 2, 32, 32, 3 }, torch.uint8);
+        imgs[.., .., .., 0].fill_(200);   // red cells
+        var path = Path.Combine(Directory.CreateTempSubdirectory("capgrid").FullName, "grid.png");
+        bool captioned = ImageGrid.SaveCaptioned(path, imgs, ["disc", "ring"], nrow: 2, padding: 2);
+        var g = ImageIO.LoadRgb(path);
+        Assert.Equal(2 * (32 + 2) + 2, g.Width);
+        Assert.Equal(captioned, ImageGrid.CaptionFont() is not null);
+        if (!captioned) { Assert.Equal(32 + 4, g.Height); return; }
+        Assert.True(g.Height > 32 + 4 + 8, $"no room for captions: height {g.Height}");
+        Assert.Equal(200, g[2 + 16, 2 + 16, 0]);   // the cell itself is untouched
+        Assert.Equal(0, g[2 + 16, 2 + 16, 1]);
+        // white text in the strip below each cell, none in the cells' padding columns
+        foreach (int x0 in new[] { 2, 2 + 34 })
+        {
+            int bright = 0;
+            for (int y = 2 + 32; y < g.Height; y++)
+                for (int x = x0; x < x0 + 32; x++)
+                    if (g[y, x, 0] > 128 && g[y, x, 1] > 128 && g[y, x, 2] > 128) bright++;
+            Assert.True(bright > 10, $"caption under the cell at x={x0}: {bright} text pixels");
+        }
+        Assert.Throws<ArgumentException>(() => ImageGrid.SaveCaptioned(path, imgs, ["only one"]));
+    }
+
     [Fact]
     public void ImageFolderListsClassesThenFilesInPythonSortOrder()
     {

@@ -22,10 +22,10 @@ public class QuickstartTests
         var dbName = $"retok_qs_{Guid.NewGuid():N}"[..24];
         var db = new NpgsqlConnectionStringBuilder(server) { Database = dbName }.ConnectionString;
         var home = Directory.CreateTempSubdirectory("retok-qs").FullName;
-        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard", "--classes", "2", "--per-class", "3",
+        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard", "--classes", "2", "--per-class", "3", "--val-per-class", "1",
             // shortest settings: every step runs and checkpoints at least once
             "--set", "train.iterations=4", "--set", "train.ckpt_every=2", "--set", "train.recon_every=4", "--set", "train.trainer.global_batch_size=2",
-            "--set", "eval.token_counts=[16,256]", "--set", "gpt.max_steps=6", "--set", "gpt.checkpoint_every=3", "--set", "gpt.warmup_steps=2",
+            "--set", "eval.token_counts=[8,64]", "--set", "gpt.max_steps=6", "--set", "gpt.checkpoint_every=3", "--set", "gpt.warmup_steps=2",
             "--set", "sample.num_samples=4", "--set", "sample.batch_size=2"])
         {
             WorkingDirectory = Root(), RedirectStandardOutput = true, RedirectStandardError = true,
@@ -43,7 +43,7 @@ public class QuickstartTests
 
         await using var ctx = TrackingDb.Create(db);
         var runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineStep != null).ToListAsync();
-        foreach (var step in new[] { "extract", "train", "eval", "codes", "gpt", "sample" })
+        foreach (var step in new[] { "extract", "extract_val", "train", "eval", "codes", "gpt", "sample" })
             Assert.Contains(runs, r => r.PipelineStep == step && r.Status == RunStatus.Succeeded);
         var pipeline = runs[0].PipelineId;
         var all = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).ToListAsync();

@@ -92,6 +92,9 @@ public sealed record SampleGfidParams : IValidatableParams
 [JobKind("sample-gfid", Queue = "gpu", Description = "generate samples with the GPT + tokenizer decoder (sharded) and compute gFID")]
 public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
 {
+    /// <summary>reference: real images for gFID; class_names: extract-dataset's class_names.json, to caption grid.png.</summary>
+    static readonly string[] OptionalRoles = ["reference", "class_names"];
+
     public static long BatchSeed(SampleGfidParams p, int shard, long batch) => Sampling.ShardSeed(p.Seed, shard, p.NumShards) * 1_000_003L + batch;
 
     public async Task RunAsync(JobContext ctx, SampleGfidParams p)
@@ -99,9 +102,9 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
         if (ctx.ShardIndex is null)
         {
             var refs = new Dictionary<string, string>();
-            foreach (var role in SampleGfidParams.ModelRoles.Append("reference"))
+            foreach (var role in SampleGfidParams.ModelRoles.Concat(OptionalRoles))
             {
-                if (role == "reference" && !ctx.InputRoles.Contains(role)) continue;
+                if (OptionalRoles.Contains(role) && !ctx.InputRoles.Contains(role)) continue;
                 var a = await ctx.ResolveInputAsync(role);
                 refs[role] = $"run:{a.RunId}/{a.Name}";
             }
@@ -242,7 +245,16 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         await ctx.SaveArtifactFileAsync("samples.npz", outPath, "npz", metadata: new { samples = total, tokens = p.Tokens, cfg_scale = p.CfgScale });
         var first = Npz.ReadRows(outPath, "arr_0", 64).First().Chunk.ToTensor();
         var grid = Path.Combine(ctx.ScratchDir, "grid.png");
-        ImageGrid.Save(grid, first, nrow: 8);
+        if (p.InputRefs?.ContainsKey("class_names") == true)
+        {
+            var names = ReadClassNames(await SampleGfidJob.InputAsync(ctx, p, "class_names"));
+            var ys = Npz.LoadKey(outPath, "labels").As<long>().Take((int)first.shape[0]);
+            // "n00000000_disc" -> "disc": the WordNet id says nothing to a reader
+            var captions = ys.Select(y => y < names.Length ? names[y].Split('_', 2)[^1] : $"class {y}").ToList();
+            if (!ImageGrid.SaveCaptioned(grid, first, captions, nrow: 8))
+                ctx.Log("grid.png without class captions: no font file (install fonts-dejavu-core or set RETOK_FONT)", "warn");
+        }
+        else ImageGrid.Save(grid, first, nrow: 8);
         await ctx.SaveArtifactFileAsync("grid.png", grid, "image");
 
         var metrics = new Dictionary<string, object?> { ["tokens"] = p.Tokens, ["cfg_scale"] = p.CfgScale, ["num_samples"] = total };
@@ -311,5 +323,11 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         var mj = Path.Combine(ctx.ScratchDir, "metrics.json");
         await File.WriteAllTextAsync(mj, JsonSerializer.Serialize(metrics, new JsonSerializerOptions { WriteIndented = true }));
         await ctx.SaveArtifactFileAsync("metrics.json", mj, "json", overwrite: true);
+    }
+
+    static string[] ReadClassNames(string path)
+    {
+        try { return System.Text.Json.JsonSerializer.Deserialize<string[]>(File.ReadAllText(path)) ?? []; }
+        catch (System.Text.Json.JsonException e) { throw new JobFailedException($"class_names: {Path.GetFileName(path)} is not a JSON list of names ({e.Message})", e); }
     }
 }
