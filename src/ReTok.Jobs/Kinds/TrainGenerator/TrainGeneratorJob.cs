@@ -286,7 +286,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
     {
         using var _ = NewDisposeScope();
         var pr = bincount(codes.flatten(), minlength: vocab).to(float64) / codes.numel();
-        return -(pr * pr.clamp_min(1e-300).log()).sum().item<double>();
+        return Math.Max(0, -(pr * pr.clamp_min(1e-300).log()).sum().item<double>());   // one code: 0, not -0
     }
 
     /// <summary>
