@@ -7,20 +7,21 @@ namespace ReTok.Evaluation.Images;
 /// <summary>A grid of uint8 NHWC images like torchvision's make_grid (nrow per row, padding px of padValue around each cell).</summary>
 public static class ImageGrid
 {
-    public static RgbImage Make(Tensor images, int nrow = 8, int padding = 2, byte padValue = 0)
+    /// <param name="captionHeight">extra rows of padValue under each cell, for a caption (<see cref="SaveCaptioned"/>).</param>
+    public static RgbImage Make(Tensor images, int nrow = 8, int padding = 2, byte padValue = 0, int captionHeight = 0)
     {
         if (images.dim() != 4 || images.shape[3] != 3 || images.dtype != ScalarType.Byte)
             throw new ArgumentException($"expected uint8 NHWC images [N,H,W,3], got {images.dtype} [{string.Join(",", images.shape)}]");
         int n = (int)images.shape[0], h = (int)images.shape[1], w = (int)images.shape[2];
         if (n == 0) throw new ArgumentException("no images for the grid");
         int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
-        int gw = cols * (w + padding) + padding, gh = rows * (h + padding) + padding;
+        int gw = cols * (w + padding) + padding, gh = rows * (h + captionHeight + padding) + padding;
         var grid = new RgbImage(gw, gh);
         if (padValue != 0) Array.Fill(grid.Pixels, padValue);
         var src = images.contiguous().cpu().bytes.ToArray();
         for (int k = 0; k < n; k++)
         {
-            int gx = padding + (k % cols) * (w + padding), gy = padding + (k / cols) * (h + padding);
+            int gx = padding + (k % cols) * (w + padding), gy = padding + (k / cols) * (h + captionHeight + padding);
             for (int y = 0; y < h; y++)
                 Buffer.BlockCopy(src, ((k * h + y) * w) * 3, grid.Pixels, ((gy + y) * gw + gx) * 3, w * 3);
         }
@@ -45,40 +46,29 @@ public static class ImageGrid
     /// </summary>
     public static bool SaveCaptioned(string path, Tensor images, IReadOnlyList<string> captions, int nrow = 8, int padding = 2)
     {
-        using var font = CaptionFont();
-        if (font is null) { Save(path, images, nrow, padding); return false; }
         int n = (int)images.shape[0], h = (int)images.shape[1], w = (int)images.shape[2];
         if (captions.Count != n) throw new ArgumentException($"{captions.Count} captions for {n} images");
-        int capH = Math.Max(12, Math.Min(18, w / 5));
-        int cols = Math.Min(nrow, n), rows = (n + cols - 1) / cols;
-        int gw = cols * (w + padding) + padding, gh = rows * (h + capH + padding) + padding;
-        var plain = Make(images, nrow: 1, padding: 0);   // one column: cell k's rows are k*h .. (k+1)*h - 1
-        using var bmp = new SKBitmap(gw, gh, SKColorType.Rgba8888, SKAlphaType.Opaque);
+        using var font = CaptionFont();
+        if (font is null) { Save(path, images, nrow, padding); return false; }
+        int capH = Math.Max(12, Math.Min(18, w / 5)), cols = Math.Min(nrow, n);
+        var grid = Make(images, nrow, padding, captionHeight: capH);
+        using var bmp = new SKBitmap(grid.Width, grid.Height, SKColorType.Rgba8888, SKAlphaType.Opaque);
+        var px = new byte[grid.Width * grid.Height * 4];
+        for (int i = 0; i < grid.Width * grid.Height; i++)
+            (px[i * 4], px[i * 4 + 1], px[i * 4 + 2], px[i * 4 + 3]) = (grid.Pixels[i * 3], grid.Pixels[i * 3 + 1], grid.Pixels[i * 3 + 2], 255);
+        System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
         using (var canvas = new SKCanvas(bmp))
         using (var skFont = new SKFont(font, capH * 0.8f))
         using (var ink = new SKPaint { Color = SKColors.White, IsAntialias = true })
-        {
-            canvas.Clear(SKColors.Black);
-            var rgba = new byte[w * h * 4];
             for (int k = 0; k < n; k++)
             {
-                for (int i = 0; i < w * h; i++)
-                {
-                    int src = (k * w * h + i) * 3;
-                    (rgba[i * 4], rgba[i * 4 + 1], rgba[i * 4 + 2], rgba[i * 4 + 3]) = (plain.Pixels[src], plain.Pixels[src + 1], plain.Pixels[src + 2], 255);
-                }
-                using var cell = new SKBitmap(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Opaque));
-                System.Runtime.InteropServices.Marshal.Copy(rgba, 0, cell.GetPixels(), rgba.Length);
-                float x = padding + (k % cols) * (w + padding), y = padding + (k / cols) * (h + capH + padding);
-                canvas.DrawBitmap(cell, x, y);
+                float x = padding + (k % cols) * (w + padding), y = padding + (k / cols) * (h + capH + padding) + h;
                 var text = captions[k];
                 while (text.Length > 1 && skFont.MeasureText(text) > w) text = text[..^1];
-                canvas.DrawText(text, x + (w - skFont.MeasureText(text)) / 2, y + h + capH * 0.8f, SKTextAlign.Left, skFont, ink);
+                canvas.DrawText(text, x + (w - skFont.MeasureText(text)) / 2, y + capH * 0.8f, SKTextAlign.Left, skFont, ink);
             }
-        }
-        var grid = new RgbImage(gw, gh);
-        var px = bmp.Bytes;
-        for (int i = 0; i < gw * gh; i++) (grid.Pixels[i * 3], grid.Pixels[i * 3 + 1], grid.Pixels[i * 3 + 2]) = (px[i * 4], px[i * 4 + 1], px[i * 4 + 2]);
+        px = bmp.Bytes;
+        for (int i = 0; i < grid.Width * grid.Height; i++) (grid.Pixels[i * 3], grid.Pixels[i * 3 + 1], grid.Pixels[i * 3 + 2]) = (px[i * 4], px[i * 4 + 1], px[i * 4 + 2]);
         ImageIO.SavePng(path, grid);
         return true;
     }

@@ -134,7 +134,7 @@ public static class ReconstructionCore
         {
             ctx.ThrowIfCancellationRequested();
             long partEnd = Math.Min(end, next + rowsPerPart);
-            var part = new PartBuilder(s.TokenCounts, lpips is not null);
+            var part = new PartBuilder(s.TokenCounts, lpips is not null, model.Config.ImageSize);
             while (part.Rows < partEnd - next)
             {
                 long row = next + part.Rows;
@@ -200,7 +200,7 @@ public static class ReconstructionCore
     }
 
     /// <summary>Accumulates one part in memory.</summary>
-    sealed class PartBuilder(int[] ks, bool lpips)
+    sealed class PartBuilder(int[] ks, bool lpips, int side)
     {
         readonly List<long> _codes = new();
         int _width;
@@ -232,7 +232,6 @@ public static class ReconstructionCore
             };
             foreach (var (k, e) in _k)
             {
-                int side = Rows == 0 ? 0 : (int)Math.Round(Math.Sqrt(e.Recon.Length / (3.0 * Rows)));   // the tokenizer's image_size
                 a[$"recon_k{k}"] = new NpyArray("|u1", [Rows, side, side, 3], e.Recon.ToArray());
                 a[$"psnr_k{k}"] = NpyArray.Of(e.Psnr.ToArray(), Rows);
                 a[$"ssim_k{k}"] = NpyArray.Of(e.Ssim.ToArray(), Rows);
