@@ -33,10 +33,13 @@ public sealed record KSamplerConfig(
     KDistribution Distribution = KDistribution.Uniform,
     int MinTokens = 1,
     bool PerSample = true,
-    int FixedK = 256,
+    int? FixedK = null,
     double KEqualsNProb = 0.0)
 {
     public int MaxK => UsePadding ? NumTokens + NumPadding : NumTokens;
+
+    /// <summary>K of the Fixed law: <see cref="FixedK"/>, or N when unset (the inference setting).</summary>
+    public int FixedKOrN => FixedK ?? NumTokens;
 
     // KEqualsNProb: mixture weight p: with probability p, K = N (the inference setting) instead of a draw from the law
     // above; 0 (default) keeps the law and its random stream unchanged.
@@ -48,8 +51,8 @@ public sealed record KSamplerConfig(
     {
         if (NumTokens < 1 || NumPadding < 0) throw new ArgumentException($"K sampler: NumTokens {NumTokens} must be >= 1 and NumPadding {NumPadding} >= 0");
         if (MinTokens < 1 || MinTokens > MaxK) throw new ArgumentException($"K sampler: MinTokens {MinTokens} must be in [1, {MaxK}]");
-        if (Distribution == KDistribution.Fixed && (FixedK < 1 || FixedK > NumTokens + NumPadding))
-            throw new ArgumentException($"K sampler: FixedK {FixedK} must be in [1, {NumTokens + NumPadding}]");
+        if (Distribution == KDistribution.Fixed && (FixedKOrN < 1 || FixedKOrN > NumTokens + NumPadding))
+            throw new ArgumentException($"K sampler: FixedK {FixedKOrN} must be in [1, {NumTokens + NumPadding}]");
         if (!(KEqualsNProb >= 0 && KEqualsNProb <= 1)) throw new ArgumentException($"K sampler: KEqualsNProb {KEqualsNProb} must be in [0, 1]");
     }
 }
@@ -82,7 +85,7 @@ public sealed class KSampler
             KDistribution.Uniform => randint(c.MinTokens, c.MaxK + 1, new[] { n }, dtype: int64, generator: generator),
             KDistribution.ClampToN => randint(c.MinTokens, c.MaxK + 1, new[] { n }, dtype: int64, generator: generator).clamp_max(c.NumTokens),
             KDistribution.PowersOfTwo => tensor(choices)[randint(0, choices.Length, new[] { n }, dtype: int64, generator: generator)],
-            KDistribution.Fixed => full(new[] { n }, (long)c.FixedK, dtype: int64),
+            KDistribution.Fixed => full(new[] { n }, (long)c.FixedKOrN, dtype: int64),
             _ => throw new ArgumentOutOfRangeException(nameof(c.Distribution)),
         };
         if (c.KEqualsNProb > 0)
@@ -100,7 +103,7 @@ public sealed class KSampler
             KDistribution.ClampToN => position > c.NumTokens ? 0
                 : Math.Clamp((double)(c.MaxK - Math.Max(position, c.MinTokens) + 1) / (c.MaxK - c.MinTokens + 1), 0, 1),
             KDistribution.PowersOfTwo => (double)choices.Count(k => k >= position) / choices.Length,
-            _ => c.FixedK >= position ? 1 : 0,
+            _ => c.FixedKOrN >= position ? 1 : 0,
         };
         return (1 - c.KEqualsNProb) * baseP + c.KEqualsNProb * (c.NumTokens >= position ? 1 : 0);
     }
@@ -116,7 +119,7 @@ public sealed class KSampler
             KDistribution.ClampToN => k < c.MinTokens || k > c.NumTokens ? 0
                 : k < c.NumTokens ? 1.0 / span : (double)(c.MaxK - Math.Max(c.NumTokens, c.MinTokens) + 1) / span,
             KDistribution.PowersOfTwo => choices.Contains(k) ? 1.0 / choices.Length : 0,
-            _ => k == c.FixedK ? 1 : 0,
+            _ => k == c.FixedKOrN ? 1 : 0,
         };
         return (1 - c.KEqualsNProb) * baseP + (k == c.NumTokens ? c.KEqualsNProb : 0);
     }
@@ -210,14 +213,15 @@ public sealed record SemanticWeightConfig(
 /// <see cref="TrainablePrefixes"/> train; others get requires_grad = false (AdamW then skips them). Default: the CNN
 /// pixel decoder "decoder." only, as GigaTok's freeze_but_2d_decoder; add "s1to2decoder." (minus distill_mlp) to also
 /// tune the ViT decoder. Teacher and semantic loss off (as the reference does), GAN + LPIPS kept, lr schedule
-/// continues. <see cref="KeepNestedDropout"/> keeps K sampling on (true) or decodes every step with <see cref="FixedK"/>.
+/// continues. <see cref="KeepNestedDropout"/> keeps K sampling on (true) or decodes every step with <see cref="FixedK"/>
+/// (null: N, the tokenizer's real token count).
 /// </summary>
 public sealed record DecoderFinetuneConfig(
     long StartStep,
     string[]? TrainablePrefixes = null,
     bool TeacherOff = true,
     bool KeepNestedDropout = true,
-    int FixedK = 256)
+    int? FixedK = null)
 {
     public string[] Prefixes => TrainablePrefixes ?? new[] { "decoder." };
 

@@ -158,7 +158,7 @@ public sealed class TokenizerTrainer : IDisposable
 
         var images = Data.Next().to(device);
         int b = (int)images.shape[0];
-        var k = ft is { KeepNestedDropout: false } ? full(new long[] { b }, (long)ft.FixedK, dtype: int64) : KSampler.Sample(b, kGenerator);
+        var k = ft is { KeepNestedDropout: false } ? full(new long[] { b }, (long)(ft.FixedK ?? KSampler.Config.NumTokens), dtype: int64) : KSampler.Sample(b, kGenerator);
         bool semantic = Teacher is not null && !(ft?.TeacherOff ?? false);
         var teacherFeat = semantic ? Teacher!.Features(images) : null;
         var lambdaCfg = cfg.SemanticWeightOrDefault;

@@ -293,7 +293,7 @@ public class TrainTokenizerParamsTests
               gradient_accumulation_steps: 2
             """);
         var t = TrainTokenizerJob.TrainerConfigOf(p, p.TokenizerModel());
-        Assert.Equal((KDistribution.Fixed, 256), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.FixedK));
+        Assert.Equal((KDistribution.Fixed, 256), (t.KSamplerOrDefault.Distribution, t.KSamplerOrDefault.FixedKOrN));
         Assert.Equal((LambdaSchedule.Constant, 0.25), (t.SemanticWeightOrDefault.Schedule, t.SemanticWeightOrDefault.Lambda0));
         Assert.Equal(0.25, t.LossOrDefault.ProjWeight);
         Assert.Equal(double.PositiveInfinity, t.MaxGradNorm);   // 0 = no clipping, as `if max_grad_norm != 0`

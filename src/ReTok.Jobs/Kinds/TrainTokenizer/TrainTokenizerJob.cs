@@ -128,11 +128,11 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var r = p.Retok;
         var lp = p.Loss.Params;
         var k = r.NestedDropout
-            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK ?? cfg.NumLatentTokens, r.KEqualsNProb)
-            : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK ?? cfg.NumLatentTokens);
+            ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK, r.KEqualsNProb)
+            : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK);
         var lambda = new SemanticWeightConfig(r.SemanticSchedule, p.SemanticLambda0, r.SemanticWeightEnd, r.SemanticKStart, r.SemanticKEnd, r.SemanticStepK, r.SemanticWeightFloor);
         DecoderFinetuneConfig? ft = null;
-        if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK ?? cfg.NumLatentTokens);
+        if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK);
         else if (p.Trainer.FreezeButDecoderIter is long it) ft = new DecoderFinetuneConfig(it);
         var loss = new LossConfig(lp.ReconstructionWeight, lp.ReconstructionLoss, lp.PerceptualWeight, lp.DiscWeight, lp.DiscStart,
             lp.DiscAdaptiveWeight, lp.AuxLossEnd, lp.EntropyLossEnd, ProjWeight: p.SemanticLambda0);
