@@ -5,11 +5,13 @@ namespace ReTok.Jobs.Quickstart;
 /// <summary>
 /// A small labelled image set in ImageNet layout (one folder per class, JPEG and PNG, awkward sizes) so the quickstart
 /// needs no download. Each class has its own hue and shape, so a tiny tokenizer and AR model have something to learn.
+/// One solid shape per class and no sub-patch texture: at the quickstart's 64 px, stripes and checkers alias, and the
+/// set's 8x8-cell average (what a coarse code can at best convey) scored 19.3 dB PSNR with them, 21.8 dB without.
 /// </summary>
 public static class SyntheticDataset
 {
-    public static readonly string[] ClassNames = { "n00000000_disc", "n00000001_square", "n00000002_stripes", "n00000003_ring",
-        "n00000004_cross", "n00000005_checker", "n00000006_triangle", "n00000007_gradient" };
+    public static readonly string[] ClassNames = { "n00000000_disc", "n00000001_square", "n00000002_bar", "n00000003_ring",
+        "n00000004_cross", "n00000005_diamond", "n00000006_triangle", "n00000007_gradient" };
 
     /// <summary>Writes <paramref name="perClass"/> images for each of the first <paramref name="classes"/> classes; returns the count.</summary>
     public static int Generate(string dir, int classes = 4, int perClass = 8, int seed = 0)
@@ -45,19 +47,20 @@ public static class SyntheticDataset
         g.Clear(bg);
         using var p = new SKPaint { Color = fg, IsAntialias = true, Style = SKPaintStyle.Fill };
         float cx = w * (0.35f + 0.3f * (float)rng.NextDouble()), cy = h * (0.35f + 0.3f * (float)rng.NextDouble());
-        float r = Math.Min(w, h) * (0.18f + 0.12f * (float)rng.NextDouble());
+        float r = Math.Min(w, h) * (0.2f + 0.1f * (float)rng.NextDouble());
         switch (cls)
         {
             case 0: g.DrawCircle(cx, cy, r, p); break;
             case 1: g.DrawRect(cx - r, cy - r, 2 * r, 2 * r, p); break;
-            // stripes and checks scale with the image: they stay a few pixels wide at the quickstart's 64 px
-            case 2: for (float x = rng.Next(w / 8); x < w; x += w / 5f) g.DrawRect(x, 0, w / 10f, h, p); break;
-            case 3: p.Style = SKPaintStyle.Stroke; p.StrokeWidth = r / 3; g.DrawCircle(cx, cy, r, p); break;
-            case 4: g.DrawRect(cx - r, cy - r / 4, 2 * r, r / 2, p); g.DrawRect(cx - r / 4, cy - r, r / 2, 2 * r, p); break;
+            case 2: g.DrawRect(cx - 1.4f * r, cy - r / 2, 2.8f * r, r, p); break;
+            case 3: p.Style = SKPaintStyle.Stroke; p.StrokeWidth = r / 2; g.DrawCircle(cx, cy, r * 0.8f, p); break;
+            case 4: g.DrawRect(cx - r, cy - r / 3, 2 * r, 2 * r / 3, p); g.DrawRect(cx - r / 3, cy - r, 2 * r / 3, 2 * r, p); break;
             case 5:
-                int cell = Math.Min(w, h) / 4;
-                for (int y = 0; y < h; y += cell) for (int x = 0; x < w; x += cell)
-                    if (((x + y) / cell) % 2 == 0) g.DrawRect(x, y, cell, cell, p);
+                using (var path = new SKPath())
+                {
+                    path.MoveTo(cx, cy - 1.2f * r); path.LineTo(cx + r, cy); path.LineTo(cx, cy + 1.2f * r); path.LineTo(cx - r, cy); path.Close();
+                    g.DrawPath(path, p);
+                }
                 break;
             case 6:
                 using (var path = new SKPath())
