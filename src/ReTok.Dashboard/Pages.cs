@@ -194,8 +194,11 @@ public static class Pages
             Kv("shard", r.ShardIndex is { } si ? E(si) : ""),
         }.Where(row => row.Skip(1).First().Length > 0), "kv", null);
 
-        var charts = new StringBuilder("<div class=\"charts\" id=\"charts\">");
-        foreach (var (key, pts) in series.OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
+        // NAME@k=K keys are one point each: drawn together as NAME against K, not as single-dot step charts
+        var kCurves = KCurves.From(latest.Select(m => (m.Key, m.Value)));
+        var charts = new StringBuilder(kCurves.Count == 0 ? "" : $"<div class=\"charts\" id=\"k-curves\">{KCurves.Charts([("", kCurves)])}</div>");
+        charts.Append("<div class=\"charts\" id=\"charts\">");
+        foreach (var (key, pts) in series.Where(kv => !KCurves.TryParseKey(kv.Key, out _, out _, out _)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
             charts.Append($"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>");
         charts.Append("</div>");
         var latestTable = Table(["metric", "last step", "value"], latest.Select(m => new[] { E(m.Key), E(m.Step), $"<span class=\"num\">{E(m.Value)}</span>" }), "metrics", "no metrics");
@@ -296,7 +299,9 @@ public static class Pages
             charts.Append("<figure>").Append(Svg.LineChart(key, seriesByRun.Where(x => x.S.ContainsKey(key))
                 .Select(x => new Series($"#{x.Run.Id} {x.Run.Name}", x.S[key].Select(p => ((double)p.Step, p.Value)).ToList())).ToList())).Append("</figure>");
         charts.Append("</div>");
-        return Page(ctx, "Compare runs", $"{pick}<h2>Parameters{(all == true ? "" : " that differ")}</h2>{pt}<h2>Metrics</h2>{mtable}<h2>Curves</h2>{charts}");
+        var kRuns = c.Runs.Select((r, i) => ($"#{r.Id} {r.Name}", KCurves.From(c.Metrics.Where(m => m.Values[i] is not null).Select(m => (m.Key, m.Values[i]!.Value))))).ToList();
+        var kCharts = kRuns.Any(r => r.Item2.Count > 0) ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";
+        return Page(ctx, "Compare runs", $"{pick}<h2>Parameters{(all == true ? "" : " that differ")}</h2>{pt}<h2>Metrics</h2>{mtable}{kCharts}<h2>Curves</h2>{charts}");
     }
 
     // ------------------------------------------------------------------ experiments
@@ -315,7 +320,12 @@ public static class Pages
     static async Task<IResult> ExperimentPageAsync(HttpContext ctx, DashboardData d, string name)
     {
         var results = await ResultsTable.BuildAsync(d.Tracker, name, ctx.RequestAborted);
-        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}");
+        // metric-vs-K overlaid for the newest runs that have any (more than ~10 curves per chart are unreadable)
+        var runs = await d.ListRunsAsync(new RunQuery(Experiment: name, Limit: 200), ctx.RequestAborted);
+        var latest = await d.LatestAsync(runs.Select(r => r.Id).ToList(), ctx.RequestAborted);
+        var kRuns = runs.Select(r => ($"#{r.Id} {r.Name}", KCurves.From(latest[r.Id].Values.Select(m => (m.Key, m.Value))))).Where(x => x.Item2.Count > 0).Take(10).ToList();
+        var kCharts = kRuns.Count > 0 ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";
+        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{kCharts}");
     }
 
     static string ResultsHtml(List<ResultRow> rows)

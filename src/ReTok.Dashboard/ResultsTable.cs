@@ -1,4 +1,3 @@
-using System.Text.RegularExpressions;
 using Microsoft.EntityFrameworkCore;
 using ReTok.Tracking;
 
@@ -18,20 +17,12 @@ public sealed record ResultRow(string Tokenizer, string? Generator, int Tokens, 
 /// newest rFID is shown; per (tokenizer, generator, K) the best gFID over variants/runs (the paper reports the optimum
 /// over with and without CFG), with IS/precision/recall of that same variant.
 /// </summary>
-public static partial class ResultsTable
+public static class ResultsTable
 {
-    [GeneratedRegex(@"^(?<m>rfid|gfid|is|precision|recall)@k=(?<k>\d+)(?:,(?<q>.+))?$", RegexOptions.IgnoreCase)]
-    private static partial Regex KeyPattern();
+    static readonly HashSet<string> Metrics = ["rfid", "gfid", "is", "precision", "recall"];
 
-    public static bool TryParseKey(string key, out string metric, out int k, out string variant)
-    {
-        var m = KeyPattern().Match(key);
-        (metric, k, variant) = ("", 0, "");
-        if (!m.Success || !int.TryParse(m.Groups["k"].Value, out k)) return false;
-        metric = m.Groups["m"].Value.ToLowerInvariant();
-        variant = m.Groups["q"].Success ? m.Groups["q"].Value : "";
-        return true;
-    }
+    public static bool TryParseKey(string key, out string metric, out int k, out string variant) =>
+        KCurves.TryParseKey(key, out metric, out k, out variant) && Metrics.Contains(metric);
 
     sealed record Point(long RunId, string Metric, int K, string Variant, string Key, double Value);
 

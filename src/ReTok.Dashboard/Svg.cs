@@ -15,8 +15,11 @@ public static class Svg
     static readonly string[] Colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22"];
     const int W = 520, H = 280, L = 62, R = 12, T = 26, B = 40;
 
-    public static string LineChart(string title, IReadOnlyList<Series> series, string xLabel = "step")
+    /// <param name="log2X">x on a log2 axis with ticks at powers of two (token counts K = 1 … 480); x must be &gt; 0.</param>
+    public static string LineChart(string title, IReadOnlyList<Series> series, string xLabel = "step", bool log2X = false)
     {
+        if (log2X) series = series.Select(s => s with { Points = s.Points.Where(p => p.X > 0).Select(p => (Math.Log2(p.X), p.Y)).ToList() }).ToList();
+        string XNum(double x) => log2X ? Html.Num(Math.Round(Math.Pow(2, x))) : Html.Num(x);
         var pts = series.SelectMany(s => s.Points).Where(p => double.IsFinite(p.X) && double.IsFinite(p.Y)).ToList();
         var sb = new StringBuilder();
         sb.Append(CultureInfo.InvariantCulture, $"<svg xmlns=\"http://www.w3.org/2000/svg\" class=\"chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"{Html.E(title)}\">");
@@ -26,7 +29,7 @@ public static class Svg
 
         var (x0, x1) = Range(pts.Min(p => p.X), pts.Max(p => p.X));
         var (y0, y1) = Range(pts.Min(p => p.Y), pts.Max(p => p.Y));
-        var xt = Ticks(x0, x1);
+        var xt = log2X ? Enumerable.Range((int)Math.Floor(x0), (int)Math.Ceiling(x1) - (int)Math.Floor(x0) + 1).Select(i => (double)i).ToArray() : Ticks(x0, x1);
         var yt = Ticks(y0, y1);
         (x0, x1) = (Math.Min(x0, xt[0]), Math.Max(x1, xt[^1]));
         (y0, y1) = (Math.Min(y0, yt[0]), Math.Max(y1, yt[^1]));
@@ -38,7 +41,7 @@ public static class Svg
         foreach (var t in yt)
             sb.Append(F($"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{Py(t):F1}\" y2=\"{Py(t):F1}\" stroke=\"#eee\"/><text x=\"{L - 4}\" y=\"{Py(t) + 3:F1}\" text-anchor=\"end\">{Html.Num(t)}</text>"));
         foreach (var t in xt)
-            sb.Append(F($"<line x1=\"{Px(t):F1}\" x2=\"{Px(t):F1}\" y1=\"{T}\" y2=\"{H - B}\" stroke=\"#f3f3f3\"/><text x=\"{Px(t):F1}\" y=\"{H - B + 13}\" text-anchor=\"middle\">{Html.Num(t)}</text>"));
+            sb.Append(F($"<line x1=\"{Px(t):F1}\" x2=\"{Px(t):F1}\" y1=\"{T}\" y2=\"{H - B}\" stroke=\"#f3f3f3\"/><text x=\"{Px(t):F1}\" y=\"{H - B + 13}\" text-anchor=\"middle\">{XNum(t)}</text>"));
         sb.Append(F($"<text x=\"{(L + W - R) / 2}\" y=\"{H - 6}\" text-anchor=\"middle\">{Html.E(xLabel)}</text></g>"));
         sb.Append(F($"<rect x=\"{L}\" y=\"{T}\" width=\"{W - L - R}\" height=\"{H - T - B}\" fill=\"none\" stroke=\"#999\"/>"));
 
@@ -47,12 +50,15 @@ public static class Svg
             var color = Colors[i % Colors.Length];
             var ps = series[i].Points.Where(p => double.IsFinite(p.X) && double.IsFinite(p.Y)).ToList();
             if (ps.Count == 1)
-                sb.Append(F($"<circle class=\"pt\" cx=\"{Px(ps[0].X):F1}\" cy=\"{Py(ps[0].Y):F1}\" r=\"3\" fill=\"{color}\"><title>{Html.E(series[i].Label)}: {Html.Num(ps[0].Y)} @ {Html.Num(ps[0].X)}</title></circle>"));
+                sb.Append(F($"<circle class=\"pt\" cx=\"{Px(ps[0].X):F1}\" cy=\"{Py(ps[0].Y):F1}\" r=\"3\" fill=\"{color}\"><title>{Html.E(series[i].Label)}: {Html.Num(ps[0].Y)} @ {XNum(ps[0].X)}</title></circle>"));
             else if (ps.Count > 1)
             {
                 sb.Append(F($"<polyline class=\"curve\" data-series=\"{Html.E(series[i].Label)}\" fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\""));
                 foreach (var p in Decimate(ps, 800)) sb.Append(F($"{Px(p.X):F1},{Py(p.Y):F1} "));
                 sb.Append("\"/>");
+                if (log2X)   // a handful of K values: mark each measured point, with its value on hover
+                    foreach (var p in ps)
+                        sb.Append(F($"<circle class=\"pt\" cx=\"{Px(p.X):F1}\" cy=\"{Py(p.Y):F1}\" r=\"2.5\" fill=\"{color}\"><title>{Html.E(series[i].Label)}: {Html.Num(p.Y)} @ K={XNum(p.X)}</title></circle>"));
             }
             if (series.Count > 1 || series[i].Label.Length > 0)
                 sb.Append(F($"<g font-size=\"10\"><rect x=\"{L + 8}\" y=\"{T + 6 + 13 * i}\" width=\"10\" height=\"3\" fill=\"{color}\"/><text x=\"{L + 22}\" y=\"{T + 10 + 13 * i}\" fill=\"#333\">{Html.E(series[i].Label)}</text></g>"));

@@ -73,6 +73,11 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Assert.True(await page.Locator("table.params-diff tr.diff").CountAsync() >= 2);
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "compare.png"), FullPage = true });
 
+        Step("metrics vs K: the eval run's rFID@k=32 and @k=256 as one curve over K");
+        await page.GotoAsync($"{f.BaseUrl}/runs/{f.RecRun}");
+        Assert.Equal(2, await page.Locator("#k-curves figure[data-key='rfid vs K'] circle.pt").CountAsync());
+        await page.Locator("#k-curves").ScreenshotAsync(new() { Path = Path.Combine(Shots, "run-metrics-vs-k.png") });
+
         Step("experiments: the paper-shaped table");
         await page.GotoAsync($"{f.BaseUrl}/experiments/paper");
         Assert.Contains("2.66", await page.Locator("table.results").InnerTextAsync());
