@@ -91,6 +91,14 @@ public static class Api
             .WithSummary("the paper-shaped results table (all runs, or one experiment) from metric keys NAME@k=K");
         api.MapGet("/experiments/{name}/results", async (DashboardData d, string name, CancellationToken ct) => await ResultsTable.BuildAsync(d.Tracker, name, ct))
             .WithSummary("the results table of one experiment");
+        api.MapGet("/results/export", (DashboardData d, string? experiment, string? format, CancellationToken ct) => ExportResultsAsync(d, experiment, format, ct))
+            .WithSummary("the results table as a file: format=csv (default; full precision and the run id of each number), markdown or latex (booktabs)");
+        api.MapGet("/experiments/{name}/results/export", (DashboardData d, string name, string? format, CancellationToken ct) => ExportResultsAsync(d, name, format, ct))
+            .WithSummary("the results table of one experiment as csv, markdown or latex");
+        api.MapGet("/runs/{id:long}/metrics.csv", async (DashboardData d, long id, CancellationToken ct) =>
+                await d.GetRunAsync(id, ct) is null ? NotFound($"run {id}")
+                    : Results.Text(Exports.MetricsCsv(await d.Tracker.GetMetricsAsync(id, ct: ct)), "text/csv; charset=utf-8"))
+            .WithSummary("every metric point of a run as CSV: key, step, value, time");
         api.MapGet("/workers", async (DashboardData d, CancellationToken ct) => await d.WorkersAsync(ct))
             .WithSummary("worker machines, their device slots with the current run, last heartbeat");
         api.MapGet("/specs", (SpecSubmitter s) => s.JobFiles()).WithSummary("spec files offered from jobs/");
@@ -118,6 +126,14 @@ public static class Api
     public const int DefaultMetricPage = 10_000, MaxMetricPage = 100_000;
 
     public static IResult NotFound(string what) => Results.Problem(statusCode: 404, title: $"{what} not found");
+
+    static async Task<IResult> ExportResultsAsync(DashboardData d, string? experiment, string? format, CancellationToken ct)
+    {
+        if (!Exports.TryParseFormat(format, out var f)) return Results.Problem(statusCode: 400, title: $"format: expected csv, markdown or latex, got '{format}'");
+        var (body, type, ext) = Exports.Results(await ResultsTable.BuildAsync(d.Tracker, experiment, ct), f);
+        var name = $"results-{(experiment is null ? "all" : new string(experiment.Select(c => char.IsLetterOrDigit(c) || c is '-' or '_' ? c : '_').ToArray()))}.{ext}";
+        return Results.File(System.Text.Encoding.UTF8.GetBytes(body), type, name);
+    }
 
     public static List<long> ParseIds(string? ids) => (ids ?? "").Split([',', ' ', ';'], StringSplitOptions.RemoveEmptyEntries)
         .Select(s => long.TryParse(s, out var v) ? v : -1).Where(v => v > 0).Distinct().Take(20).ToList();

@@ -216,7 +216,7 @@ public static class Pages
             {header}
             {details}
             <h2>Parameters</h2><pre id="params">{E(Compare.ToYaml(r.Parameters))}</pre>
-            <h2>Metrics</h2>{latestTable}{charts}
+            <h2>Metrics</h2>{latestTable}<p class="exports"><a href="/api/runs/{id}/metrics.csv" download>metrics.csv</a> (every point)</p>{charts}
             <h2>Artifacts</h2>{Table(["name", "kind", "size", "sha256", "type", "created"], artRows, "artifacts", "no artifacts")}
             <div class="charts" id="previews">{previews}</div>
             <h2>Lineage</h2>{LineageHtml(lineage)}
@@ -314,7 +314,7 @@ public static class Pages
             $"<a href=\"/experiments/{U(e.Name)}\">{E(e.Name)}</a>", E(e.Runs), E(e.Active), Time(e.CreatedAt), $"<a href=\"/runs?experiment={U(e.Name)}\">runs</a>",
         }), "experiments", "no experiments yet");
         var results = await ResultsTable.BuildAsync(d.Tracker, null, ctx.RequestAborted);
-        return Page(ctx, "Experiments", $"{list}<h2>Results (all experiments)</h2>{ResultsHtml(results)}");
+        return Page(ctx, "Experiments", $"{list}<h2>Results (all experiments)</h2>{ResultsHtml(results)}{ExportLinks("/api/results/export")}");
     }
 
     static async Task<IResult> ExperimentPageAsync(HttpContext ctx, DashboardData d, string name)
@@ -325,8 +325,12 @@ public static class Pages
         var latest = await d.LatestAsync(runs.Select(r => r.Id).ToList(), ctx.RequestAborted);
         var kRuns = runs.Select(r => ($"#{r.Id} {r.Name}", KCurves.From(latest[r.Id].Values.Select(m => (m.Key, m.Value))))).Where(x => x.Item2.Count > 0).Take(10).ToList();
         var kCharts = kRuns.Count > 0 ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";
-        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{kCharts}");
+        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{ExportLinks($"/api/experiments/{U(name)}/results/export")}{kCharts}");
     }
+
+    static string ExportLinks(string url) =>
+        $"<p class=\"exports\">Export: <a href=\"{E(url)}?format=csv\" download>CSV</a> · <a href=\"{E(url)}?format=markdown\" download>Markdown</a> · " +
+        $"<a href=\"{E(url)}?format=latex\" download>LaTeX</a></p>";
 
     static string ResultsHtml(List<ResultRow> rows)
     {
