@@ -86,7 +86,7 @@ public static class QuickstartCommands
                 AnsiConsole.MarkupLine($"pipeline  [green]submitted[/] {pipeline}: {string.Join(" -> ", submitted.Runs.Select(r => r.Step))}");
 
                 var runs = await WatchAsync(o.Db, pipeline, ct);
-                PrintMetrics(o.Db, runs);
+                await PrintMetricsAsync(client.Tracker, runs, ct);
                 var failed = runs.Where(r => r.Status != RunStatus.Succeeded).ToList();
                 foreach (var f in failed)
                     AnsiConsole.MarkupLine($"[red]{f.PipelineStep} ({f.Kind}) {f.Status}[/]: {Markup.Escape(f.FailureReason ?? "")}");
@@ -173,14 +173,9 @@ public static class QuickstartCommands
         ["unigram_entropy"] = "entropy of the codes' unigram distribution (nats): the loss of a model that ignores context",
     };
 
-    static void PrintMetrics(string db, List<Run> runs)
+    static async Task PrintMetricsAsync(Tracker tracker, List<Run> runs, CancellationToken ct)
     {
-        using var ctx = TrackingDb.Create(db);
-        var ids = runs.Select(r => r.Id).ToList();
-        var last = ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId))
-            .GroupBy(m => new { m.RunId, m.Key })
-            .Select(g => g.OrderByDescending(m => m.Step).First())
-            .ToList();
+        var last = await tracker.GetLatestMetricsAsync(runs.Select(r => r.Id).ToList(), ct);
         var table = new Table().Title("metrics (last value per key)").AddColumns("step", "run", "metric", "value", "meaning");
         foreach (var r in runs.OrderBy(r => r.Id))
             foreach (var m in last.Where(m => m.RunId == r.Id && Meaning.ContainsKey(m.Key.Split('@')[0])).OrderBy(m => m.Key.Split('@')[0]).ThenBy(m => KOrder(m.Key)))

@@ -107,7 +107,7 @@ public static class RunCommands
             AnsiConsole.Write(new Panel(new Text(JsonSerializer.Serialize(JsonDocument.Parse(r.Parameters), new JsonSerializerOptions { WriteIndented = true }))).Header("parameters"));
             if (r.Inputs != "{}") AnsiConsole.Write(new Panel(new Text(r.Inputs)).Header("inputs"));
 
-            var metrics = await c.Tracker.GetLatestMetricsAsync(id, ct);
+            var metrics = await c.Tracker.GetLatestMetricsAsync([id], ct);
             if (metrics.Count > 0)
             {
                 var mt = new Table().Border(TableBorder.Simple).Title("metrics (last point)").AddColumns("key", "step", "value");

@@ -161,10 +161,8 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
     /// <summary>The last value of every metric key, for several runs at once (compare page).</summary>
     public async Task<Dictionary<long, Dictionary<string, MetricPoint>>> LatestAsync(IReadOnlyCollection<long> runIds, CancellationToken ct)
     {
-        // per run: an index skip scan (DISTINCT ON over all runs sorted every point of every run)
-        var result = new Dictionary<long, Dictionary<string, MetricPoint>>();
-        foreach (var id in runIds.Distinct()) result[id] = (await tracker.GetLatestMetricsAsync(id, ct)).ToDictionary(m => m.Key);
-        return result;
+        var byRun = (await tracker.GetLatestMetricsAsync(runIds, ct)).ToLookup(m => m.RunId);
+        return runIds.Distinct().ToDictionary(id => id, id => byRun[id].ToDictionary(m => m.Key));
     }
 
     /// <summary>

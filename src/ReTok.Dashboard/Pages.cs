@@ -162,7 +162,7 @@ public static class Pages
         var ct = ctx.RequestAborted;
         if (await d.GetRunAsync(id, ct) is not { } r) return Page(ctx, "Not found", $"<p class=\"error\">run {id} does not exist</p>", 404);
         var series = await d.SeriesAsync(id, ct);
-        var latest = await d.Tracker.GetLatestMetricsAsync(id, ct);
+        var latest = await d.Tracker.GetLatestMetricsAsync([id], ct);
         var artifacts = await d.Tracker.ListArtifactsAsync(id, ct);
         var lineage = await d.LineageAsync(r, ct);
         var logs = await d.LogsAsync(id, null, 300, ct);

@@ -41,10 +41,7 @@ public static partial class ResultsTable
         var runIds = db.Runs.AsQueryable();
         if (experiment is not null) runIds = runIds.Where(r => r.Experiment!.Name == experiment);
         var ids = await runIds.Select(r => r.Id).ToArrayAsync(ct);
-        var latest = await db.Metrics.FromSqlInterpolated($"""
-            SELECT DISTINCT ON (run_id, key) run_id, key, step, value, time FROM retok.metrics
-            WHERE run_id = ANY({ids}) AND key LIKE '%@k=%' ORDER BY run_id, key, step DESC
-            """).AsNoTracking().ToListAsync(ct);
+        var latest = await tracker.GetLatestMetricsAsync(ids, ct);
         var points = latest.Select(m => TryParseKey(m.Key, out var metric, out var k, out var v) ? new Point(m.RunId, metric, k, v, m.Key, m.Value) : null)
             .OfType<Point>().ToList();
         if (points.Count == 0) return new List<ResultRow>();

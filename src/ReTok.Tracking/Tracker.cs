@@ -260,22 +260,25 @@ public sealed partial class Tracker : IAsyncDisposable
         }, ct);
 
     /// <summary>
-    /// The last point (highest step) of each metric key of a run: a skip scan over the primary key index (one probe a
-    /// key), not DISTINCT ON, which sorted every point of the run (seconds for a run with millions of points).
+    /// The last point (highest step) of each metric key of the given runs, ordered by run and key: the one "latest value
+    /// per key" query (run pages, compare, results table, CLI). A skip scan over the primary key index (one probe a key of
+    /// a run), not DISTINCT ON, which sorted every point of every run (seconds for a run with millions of points).
     /// </summary>
-    public Task<List<MetricPoint>> GetLatestMetricsAsync(long runId, CancellationToken ct = default) =>
+    public Task<List<MetricPoint>> GetLatestMetricsAsync(IReadOnlyCollection<long> runIds, CancellationToken ct = default) =>
         RetryAsync(async t =>
         {
+            var ids = runIds.Distinct().ToArray();
             await using var db = CreateDb();
             return await db.Metrics.FromSqlInterpolated($"""
-                WITH RECURSIVE keys AS (
-                    (SELECT key FROM retok.metrics WHERE run_id = {runId} ORDER BY key LIMIT 1)
+                WITH RECURSIVE keys(run_id, key) AS (
+                    SELECT r.id, (SELECT m.key FROM retok.metrics m WHERE m.run_id = r.id ORDER BY m.key LIMIT 1) FROM unnest({ids}) AS r(id)
                     UNION ALL
-                    SELECT (SELECT m.key FROM retok.metrics m WHERE m.run_id = {runId} AND m.key > keys.key ORDER BY m.key LIMIT 1)
+                    SELECT keys.run_id, (SELECT m.key FROM retok.metrics m WHERE m.run_id = keys.run_id AND m.key > keys.key ORDER BY m.key LIMIT 1)
                     FROM keys WHERE keys.key IS NOT NULL)
                 SELECT l.run_id, l.key, l.step, l.value, l.time FROM keys CROSS JOIN LATERAL (
-                    SELECT * FROM retok.metrics m WHERE m.run_id = {runId} AND m.key = keys.key ORDER BY m.step DESC LIMIT 1) l
+                    SELECT * FROM retok.metrics m WHERE m.run_id = keys.run_id AND m.key = keys.key ORDER BY m.step DESC LIMIT 1) l
                 WHERE keys.key IS NOT NULL
+                ORDER BY l.run_id, l.key
                 """).AsNoTracking().ToListAsync(t);
         }, ct);
 

@@ -375,7 +375,7 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
         Assert.InRange(series["train/lr"].Count, 900, 1000);
 
         sw.Restart();
-        var latest = await f.Tracker.GetLatestMetricsAsync(run.Id);
+        var latest = await f.Tracker.GetLatestMetricsAsync([run.Id]);
         log.WriteLine($"latest values of 1M points: {sw.ElapsedMilliseconds} ms");
         Assert.Equal([("train/loss", 500000L), ("train/lr", 500000L)], latest.Select(m => (m.Key, m.Step)).Order().ToList());
 

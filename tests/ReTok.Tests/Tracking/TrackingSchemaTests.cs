@@ -59,8 +59,14 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.Equal(10 - 4.0, loss[4].Value);
         Assert.Equal(105.0, loss[5].Value);
         Assert.Equal(-1.0, loss[9].Value);
-        var latest = await t.GetLatestMetricsAsync(run.Id);
+        var latest = await t.GetLatestMetricsAsync([run.Id]);
         Assert.Equal(new[] { ("acc", 3L, 0.5), ("loss", 9L, -1.0) }, latest.Select(m => (m.Key, m.Step, m.Value)));
+        // several runs in one query (compare page, results table): by run, then key; a run without metrics adds nothing
+        var other = await NewRunAsync(t);
+        await t.LogMetricsAsync(other.Id, new[] { new MetricValue("loss", 1, 7), new MetricValue("loss", 2, 8) });
+        var empty = await NewRunAsync(t);
+        Assert.Equal(new[] { (run.Id, "acc", 3L), (run.Id, "loss", 9L), (other.Id, "loss", 2L) },
+            (await t.GetLatestMetricsAsync([other.Id, empty.Id, run.Id, run.Id])).Select(m => (m.RunId, m.Key, m.Step)));
     }
 
     [Fact]
