@@ -39,7 +39,7 @@ public sealed record LineageEdge(ArtifactUse Use, Artifact Artifact);
 /// <see cref="Fence"/> run in a transaction that share-locks the run row and checks the lease generation first, so an
 /// executor that lost its lease cannot write.
 /// </summary>
-public sealed partial class Tracker : IAsyncDisposable
+public sealed class Tracker : IAsyncDisposable
 {
     readonly ResiliencePipeline _retry;
 
@@ -49,11 +49,14 @@ public sealed partial class Tracker : IAsyncDisposable
         Store = store;
         DataSource = NpgsqlDataSource.Create(connectionString);
         _retry = retry ?? Faults.CreateRetry();
+        Runs = new RunStore(this);
     }
 
     public string ConnectionString { get; }
     public IArtifactStore Store { get; }
     public NpgsqlDataSource DataSource { get; }
+    /// <summary>Leases, status transitions, pipelines and workers, on this tracker's connections and retries.</summary>
+    public RunStore Runs { get; }
 
     /// <summary>A fresh EF context for queries (dispose it).</summary>
     public TrackingDb CreateDb() => TrackingDb.Create(ConnectionString);

@@ -135,8 +135,8 @@ public sealed class JobClient : IAsyncDisposable
         return jobId;
     }
 
-    /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="Tracker.RequestCancelAsync"/>).</summary>
-    public Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default) => Tracker.RequestCancelAsync(runId, ct);
+    /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="RunStore.RequestCancelAsync"/>).</summary>
+    public Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default) => Tracker.Runs.RequestCancelAsync(runId, ct);
 
     /// <summary>
     /// Re-queues a Failed or Cancelled run (a failed shard is retried alone; its aggregator keeps waiting for it).

@@ -241,11 +241,11 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
     public async Task Failure_reasons_and_run_logs_are_stored_with_credentials_blanked()
     {
         var run = await f.Tracker.CreateRunAsync(new Run { Name = "leaky", Kind = "selftest", Status = RunStatus.Queued, Parameters = "{}" });
-        var lease = await f.Tracker.TryAcquireLeaseAsync(run.Id, new LeaseRequest("test-owner", TimeSpan.FromMinutes(1)));
+        var lease = await f.Tracker.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("test-owner", TimeSpan.FromMinutes(1)));
         Assert.NotNull(lease);
         var error = new FormatException($"No valid combination of account information found in '{AzureConn}'");
         await f.Tracker.LogAsync(run.Id, "error", error.ToString(), lease!.Fence);
-        await RunTransitions.FailAsync(f.Tracker, lease, $"{error.GetType().Name}: {error.Message}");
+        await f.Tracker.Runs.FailAsync(lease, $"{error.GetType().Name}: {error.Message}");
 
         using var c = f.Client(UserRole.Viewer);
         var dto = await c.GetStringAsync($"/api/runs/{run.Id}");

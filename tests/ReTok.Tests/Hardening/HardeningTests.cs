@@ -167,14 +167,14 @@ public sealed class PoisonTextTests(TestDatabase db) : IClassFixture<TestDatabas
         await using var t = db.CreateTracker();
         var exp = await t.EnsureExperimentAsync("exp\0x");
         var run = await t.CreateRunAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x", ExperimentId = exp });
-        var lease = (await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
+        var lease = (await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
         const string poison = "PATH=/usr/bin\0HOME=/root\u001b[2J\ud800";
         await t.LogAsync(run.Id, "error", poison, lease.Fence);
         await t.LogMetricsAsync(run.Id, [new MetricValue("loss\0x", 1, 1.0)], lease.Fence);
-        Assert.True((await t.RenewLeaseAsync(lease, TimeSpan.FromMinutes(1), new ProgressSnapshot(0.5, poison, null, DateTimeOffset.UtcNow))).Held);
-        Assert.True(await t.ReleaseToQueueAsync(lease, poison, poison));
-        lease = (await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
-        await RunTransitions.FailAsync(t, lease, poison);
+        Assert.True((await t.Runs.RenewLeaseAsync(lease, TimeSpan.FromMinutes(1), new ProgressSnapshot(0.5, poison, null, DateTimeOffset.UtcNow))).Held);
+        Assert.True(await t.Runs.ReleaseToQueueAsync(lease, poison, poison));
+        lease = (await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
+        await t.Runs.FailAsync(lease, poison);
 
         var back = (await t.GetRunAsync(run.Id))!;
         Assert.Equal(RunStatus.Failed, back.Status);

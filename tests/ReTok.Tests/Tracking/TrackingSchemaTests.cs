@@ -138,18 +138,18 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
     {
         await using var t = _db.CreateTracker();
         var run = await NewRunAsync(t);
-        var a = await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-a", TimeSpan.FromMinutes(5), "host-a", "cpu"));
+        var a = await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-a", TimeSpan.FromMinutes(5), "host-a", "cpu"));
         Assert.NotNull(a);
         Assert.Equal(1, a!.Generation);
-        Assert.Null(await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5))));
+        Assert.Null(await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5))));
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 1, 1) }, a.Fence);
-        Assert.True((await t.RenewLeaseAsync(a, TimeSpan.FromMinutes(5), new ProgressSnapshot(0.25, "step 1", 30, DateTimeOffset.UtcNow))).Held);
+        Assert.True((await t.Runs.RenewLeaseAsync(a, TimeSpan.FromMinutes(5), new ProgressSnapshot(0.25, "step 1", 30, DateTimeOffset.UtcNow))).Held);
         Assert.Equal(0.25, (await t.GetRunAsync(run.Id))!.Progress);
 
         // Worker A stops heartbeating: expire its lease, B takes over with the next generation.
         await using (var cmd = t.DataSource.CreateCommand("UPDATE retok.runs SET lease_expires_at = now() - interval '1 second' WHERE id = @id"))
         { cmd.Parameters.AddWithValue("id", run.Id); await cmd.ExecuteNonQueryAsync(); }
-        var b = await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5), "host-b", "cpu"));
+        var b = await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5), "host-b", "cpu"));
         Assert.Equal(2, b!.Generation);
         Assert.Equal(2, b.Attempt);
 
@@ -157,8 +157,8 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         await Assert.ThrowsAsync<LeaseLostException>(() => t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 2, 99) }, a.Fence));
         await Assert.ThrowsAsync<LeaseLostException>(() => t.SaveArtifactAsync(run.Id, "stale.bin", new MemoryStream(new byte[] { 1 }), fence: a.Fence));
         await Assert.ThrowsAsync<LeaseLostException>(() => t.LogAsync(run.Id, "info", "stale", a.Fence));
-        Assert.False((await t.RenewLeaseAsync(a, TimeSpan.FromMinutes(5))).Held);
-        Assert.False(await t.ReleaseToQueueAsync(a));
+        Assert.False((await t.Runs.RenewLeaseAsync(a, TimeSpan.FromMinutes(5))).Held);
+        Assert.False(await t.Runs.ReleaseToQueueAsync(a));
         Assert.Null(await t.GetArtifactAsync(run.Id, "stale.bin"));
         Assert.Empty(await ListObjects(t, run.Id)); // the stale bytes were removed again
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 2, 2) }, b.Fence);

@@ -1,15 +1,24 @@
-using Npgsql;
-using ReTok.Jobs.Engine;
-using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 
-namespace ReTok.Tests.Engine;
+namespace ReTok.Tests.Tracking;
 
-/// <summary>The fan-in counter and pipeline advance under concurrent completion, in-process against PostgreSQL.</summary>
-public sealed class FanInTests : IClassFixture<TestDatabase>
+/// <summary><see cref="RunStore"/>: the transition table, the fan-in counter and pipeline advance under concurrent completion, cancel cascades; against PostgreSQL.</summary>
+public sealed class RunStoreTests : IClassFixture<TestDatabase>
 {
     readonly TestDatabase _db;
-    public FanInTests(TestDatabase db) => _db = db;
+    public RunStoreTests(TestDatabase db) => _db = db;
+
+    [Fact]
+    public void TransitionTableHasFinalSucceededAndRetriesFromFailedOrCancelledOnly()
+    {
+        Assert.Equal(Enum.GetValues<RunStatus>().Order(), RunStore.Transitions.Keys.Order());
+        Assert.Empty(RunStore.Transitions[RunStatus.Succeeded]);
+        Assert.True(RunStore.IsAllowed(RunStatus.Running, RunStatus.Running)); // lease takeover
+        Assert.False(RunStore.IsAllowed(RunStatus.Waiting, RunStatus.Running)); // a waiting run is queued first
+        Assert.False(RunStore.IsAllowed(RunStatus.Queued, RunStatus.Succeeded));
+        foreach (var from in Enum.GetValues<RunStatus>())
+            Assert.Equal(from is RunStatus.Failed or RunStatus.Cancelled, RunStore.IsAllowed(from, RunStatus.Waiting));
+    }
 
     [Fact]
     public async Task ConcurrentShardCompletionsQueueTheAggregatorExactlyOnce()
@@ -21,11 +30,11 @@ public sealed class FanInTests : IClassFixture<TestDatabase>
         for (var i = 0; i < n; i++)
         {
             var s = await t.CreateRunAsync(new Run { Kind = "shard", FanInRunId = agg.Id, ShardIndex = i });
-            leases.Add((await t.TryAcquireLeaseAsync(s.Id, new LeaseRequest($"w{i}", TimeSpan.FromMinutes(1))))!);
+            leases.Add((await t.Runs.TryAcquireLeaseAsync(s.Id, new LeaseRequest($"w{i}", TimeSpan.FromMinutes(1))))!);
         }
         // All shards complete at once, each on its own connection and transaction.
         using var go = new ManualResetEventSlim();
-        var tasks = leases.Select(l => Task.Run(async () => { go.Wait(); return await RunTransitions.SucceedAsync(t, l); })).ToList();
+        var tasks = leases.Select(l => Task.Run(async () => { go.Wait(); return await t.Runs.SucceedAsync(l); })).ToList();
         go.Set();
         var ready = (await Task.WhenAll(tasks)).SelectMany(r => r).ToList();
         Assert.Equal([agg.Id], ready.Select(r => r.RunId));
@@ -33,7 +42,7 @@ public sealed class FanInTests : IClassFixture<TestDatabase>
         Assert.Equal((RunStatus.Queued, 0), (a!.Status, a.PendingChildren));
 
         // A re-delivered shard (stale lease) cannot complete, or decrement, a second time.
-        await Assert.ThrowsAsync<LeaseLostException>(() => RunTransitions.SucceedAsync(t, leases[0]));
+        await Assert.ThrowsAsync<LeaseLostException>(() => t.Runs.SucceedAsync(leases[0]));
         Assert.Equal(0, (await t.GetRunAsync(agg.Id))!.PendingChildren);
     }
 
@@ -44,18 +53,18 @@ public sealed class FanInTests : IClassFixture<TestDatabase>
         var agg = await t.CreateRunAsync(new Run { Kind = "agg", Status = RunStatus.Waiting, PendingChildren = 2 });
         var s0 = await t.CreateRunAsync(new Run { Kind = "shard", FanInRunId = agg.Id, ShardIndex = 0 });
         var s1 = await t.CreateRunAsync(new Run { Kind = "shard", FanInRunId = agg.Id, ShardIndex = 1 });
-        var l0 = (await t.TryAcquireLeaseAsync(s0.Id, new LeaseRequest("a", TimeSpan.FromMinutes(1))))!;
-        var l1 = (await t.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("b", TimeSpan.FromMinutes(1))))!;
-        Assert.Empty(await RunTransitions.SucceedAsync(t, l0));
-        await RunTransitions.FailAsync(t, l1, "disk full");
+        var l0 = (await t.Runs.TryAcquireLeaseAsync(s0.Id, new LeaseRequest("a", TimeSpan.FromMinutes(1))))!;
+        var l1 = (await t.Runs.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("b", TimeSpan.FromMinutes(1))))!;
+        Assert.Empty(await t.Runs.SucceedAsync(l0));
+        await t.Runs.FailAsync(l1, "disk full");
         var a = await t.GetRunAsync(agg.Id);
         Assert.Equal((RunStatus.Waiting, 1), (a!.Status, a.PendingChildren));
         Assert.Contains("disk full", a.FailureReason);
         // Retry the failed shard alone (what `retok runs retry` does), then it succeeds.
         await using (var cmd = t.DataSource.CreateCommand("UPDATE retok.runs SET status = 'Queued' WHERE id = @id"))
         { cmd.Parameters.AddWithValue("id", s1.Id); await cmd.ExecuteNonQueryAsync(); }
-        var l1b = (await t.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("c", TimeSpan.FromMinutes(1))))!;
-        Assert.Equal([agg.Id], (await RunTransitions.SucceedAsync(t, l1b)).Select(r => r.RunId));
+        var l1b = (await t.Runs.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("c", TimeSpan.FromMinutes(1))))!;
+        Assert.Equal([agg.Id], (await t.Runs.SucceedAsync(l1b)).Select(r => r.RunId));
         Assert.Equal(RunStatus.Succeeded, (await t.GetRunAsync(s0.Id))!.Status);
         Assert.Equal(1, (await t.GetRunAsync(s0.Id))!.Attempt);
         Assert.Null((await t.GetRunAsync(agg.Id))!.FailureReason);
@@ -72,9 +81,9 @@ public sealed class FanInTests : IClassFixture<TestDatabase>
             var b = await t.CreateRunAsync(new Run { Kind = "x", PipelineId = pid, PipelineStep = "b" });
             var c = await t.CreateRunAsync(new Run { Kind = "x", PipelineId = pid, PipelineStep = "c" });
             var d = await t.CreateRunAsync(new Run { Kind = "x", PipelineId = pid, PipelineStep = "d", Status = RunStatus.Waiting, DependsOn = ["b", "c"] });
-            var lb = (await t.TryAcquireLeaseAsync(b.Id, new LeaseRequest("1", TimeSpan.FromMinutes(1))))!;
-            var lc = (await t.TryAcquireLeaseAsync(c.Id, new LeaseRequest("2", TimeSpan.FromMinutes(1))))!;
-            var results = await Task.WhenAll(Task.Run(() => RunTransitions.SucceedAsync(t, lb)), Task.Run(() => RunTransitions.SucceedAsync(t, lc)));
+            var lb = (await t.Runs.TryAcquireLeaseAsync(b.Id, new LeaseRequest("1", TimeSpan.FromMinutes(1))))!;
+            var lc = (await t.Runs.TryAcquireLeaseAsync(c.Id, new LeaseRequest("2", TimeSpan.FromMinutes(1))))!;
+            var results = await Task.WhenAll(Task.Run(() => t.Runs.SucceedAsync(lb)), Task.Run(() => t.Runs.SucceedAsync(lc)));
             Assert.Equal([d.Id], results.SelectMany(r => r).Select(r => r.RunId));
             Assert.Equal(RunStatus.Queued, (await t.GetRunAsync(d.Id))!.Status);
         }
@@ -90,14 +99,14 @@ public sealed class FanInTests : IClassFixture<TestDatabase>
         var agg = await t.CreateRunAsync(new Run { Kind = "agg", Status = RunStatus.Waiting, PendingChildren = 2, ParentRunId = parent.Id, PipelineId = pid, PipelineStep = "a" });
         var s0 = await t.CreateRunAsync(new Run { Kind = "s", ParentRunId = parent.Id, FanInRunId = agg.Id, ShardIndex = 0 });
         var s1 = await t.CreateRunAsync(new Run { Kind = "s", ParentRunId = parent.Id, FanInRunId = agg.Id, ShardIndex = 1 });
-        await t.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1)));
+        await t.Runs.TryAcquireLeaseAsync(s1.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1)));
         var next = await t.CreateRunAsync(new Run { Kind = "x", PipelineId = pid, PipelineStep = "b", Status = RunStatus.Waiting, DependsOn = ["a"] });
         var last = await t.CreateRunAsync(new Run { Kind = "x", PipelineId = pid, PipelineStep = "c", Status = RunStatus.Waiting, DependsOn = ["b"] });
         var other = await t.CreateRunAsync(new Run { Kind = "x" });
         await using (var cmd = t.DataSource.CreateCommand("UPDATE retok.runs SET status = 'Succeeded', continued_by_run_id = @a WHERE id = @p"))
         { cmd.Parameters.AddWithValue("a", agg.Id); cmd.Parameters.AddWithValue("p", parent.Id); await cmd.ExecuteNonQueryAsync(); }
 
-        var o = await t.RequestCancelAsync(parent.Id);
+        var o = await t.Runs.RequestCancelAsync(parent.Id);
         Assert.Equal(new[] { agg.Id, s0.Id, next.Id, last.Id }.Order(), o.CancelledNow.Order());
         Assert.Equal([s1.Id], o.CancelRequested);
         Assert.Equal(RunStatus.Queued, (await t.GetRunAsync(other.Id))!.Status);
