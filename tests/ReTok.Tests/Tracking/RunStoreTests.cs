@@ -18,6 +18,18 @@ public sealed class RunStoreTests : IClassFixture<TestDatabase>
         Assert.False(RunStore.IsAllowed(RunStatus.Queued, RunStatus.Succeeded));
         foreach (var from in Enum.GetValues<RunStatus>())
             Assert.Equal(from is RunStatus.Failed or RunStatus.Cancelled, RunStore.IsAllowed(from, RunStatus.Waiting));
+        Assert.Equal([RunStatus.Waiting, RunStatus.Queued], RunStore.Initial.Order());
+    }
+
+    [Fact]
+    public async Task ASubmissionCreatesItsRunsWaitingOrQueuedOnly()
+    {
+        await using var t = _db.CreateTracker();
+        var ok = new Run { Kind = "x" };
+        await Assert.ThrowsAsync<InvalidOperationException>(() => t.Runs.CreateAsync(null, [ok, new Run { Kind = "x", Status = RunStatus.Running }]));
+        Assert.Equal(0, ok.Id);
+        await t.Runs.CreateAsync(null, [ok]);
+        Assert.Equal(RunStatus.Queued, (await t.GetRunAsync(ok.Id))!.Status);
     }
 
     [Fact]
