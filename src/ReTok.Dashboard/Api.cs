@@ -34,7 +34,7 @@ public static class Api
             .WithSummary("registered job kinds");
 
         api.MapGet("/runs", async (DashboardData d, string? experiment, string? kind, RunStatus? status, string? tag, Guid? pipeline, int? limit, CancellationToken ct) =>
-                (await d.ListRunsAsync(new RunQuery(experiment, kind, status, tag, pipeline, limit ?? 200), ct)).Select(RunDto.From).ToList())
+                (await d.ListRunsAsync(experiment, kind, status, tag, pipeline, limit ?? 200, ct)).Select(RunDto.From).ToList())
             .WithSummary("runs, newest first, filtered by experiment name, kind, status, tag or pipeline");
         api.MapGet("/runs/live", async (DashboardData d, string? ids, CancellationToken ct) =>
                 (await d.GetRunsAsync(ParseIds(ids), ct)).Select(DashboardData.Live).ToList())

@@ -116,7 +116,7 @@ public static class Pages
     static async Task<IResult> RunsPageAsync(HttpContext ctx, DashboardData d, string? experiment, string? kind, string? status, string? tag, Guid? pipeline, int? limit)
     {
         RunStatus? st = Enum.TryParse<RunStatus>(status, true, out var s) ? s : null;
-        var runs = await d.ListRunsAsync(new RunQuery(experiment, kind, st, tag, pipeline, limit ?? 200), ctx.RequestAborted);
+        var runs = await d.ListRunsAsync(experiment, kind, st, tag, pipeline, limit ?? 200, ctx.RequestAborted);
         var (kinds, exps, tags) = await d.FilterChoicesAsync(ctx.RequestAborted);
         string Select(string name, IEnumerable<string> options, string? current) =>
             $"<select name=\"{name}\"><option value=\"\">all {name}s</option>{string.Concat(options.Select(o => $"<option{(o == current ? " selected" : "")}>{E(o)}</option>"))}</select>";

@@ -68,6 +68,18 @@ public sealed partial class RunStore
         }, ct);
     }
 
+    /// <summary>Inserts one run as given, in any status (fixtures, imports), and returns it with its id; submissions use <see cref="CreateAsync"/>.</summary>
+    public Task<Run> InsertAsync(Run run, CancellationToken ct = default) =>
+        _t.RetryAsync(async t =>
+        {
+            await using var db = _t.CreateDb();
+            run.Id = 0;
+            db.Runs.Add(run);
+            await db.SaveChangesAsync(t);
+            db.Entry(run).State = EntityState.Detached;
+            return run;
+        }, ct);
+
     /// <summary>
     /// The fan-out of the fenced run, in one transaction: one Queued run per shard and one aggregator, Waiting for them
     /// (Queued when there are none), which takes over the parent's pipeline step. Idempotent: the parent row is locked,
@@ -147,25 +159,5 @@ public sealed partial class RunStore
             await using var rd = await cmd.ExecuteReaderAsync(t);
             if (!await rd.ReadAsync(t)) return null;
             return (Enum.Parse<RunStatus>(rd.GetString(0)), rd.GetString(1));
-        }, ct);
-
-    // ---------------------------------------------------------------- lookups for executing runs
-
-    /// <summary>The newest succeeded final run (no shard, none continued by an aggregator) of a pipeline step; null if none.</summary>
-    public Task<long?> FindStepRunAsync(Guid? pipelineId, string step, CancellationToken ct = default) =>
-        _t.RetryAsync(async t =>
-        {
-            await using var db = _t.CreateDb();
-            return await db.Runs.Where(x => x.PipelineId == pipelineId && x.PipelineStep == step && x.Status == RunStatus.Succeeded
-                                            && x.FanInRunId == null && x.ContinuedByRunId == null)
-                .OrderByDescending(x => x.Id).Select(x => (long?)x.Id).FirstOrDefaultAsync(t);
-        }, ct);
-
-    /// <summary>An aggregator's shard runs in shard order.</summary>
-    public Task<List<Run>> GetShardsAsync(long aggregatorRunId, CancellationToken ct = default) =>
-        _t.RetryAsync(async t =>
-        {
-            await using var db = _t.CreateDb();
-            return await db.Runs.AsNoTracking().Where(r => r.FanInRunId == aggregatorRunId).OrderBy(r => r.ShardIndex).ToListAsync(t);
         }, ct);
 }

@@ -26,9 +26,6 @@ public sealed record ArtifactSaveOptions
     public string? MetadataJson { get; init; }
 }
 
-public sealed record RunFilter(RunStatus? Status = null, string? Kind = null, Guid? PipelineId = null, long? ExperimentId = null,
-    long? ParentRunId = null, int Limit = 50);
-
 /// <summary>An input edge of the lineage graph: <see cref="Use"/> says which run consumed which artifact in which role.</summary>
 public sealed record LineageEdge(ArtifactUse Use, Artifact Artifact);
 
@@ -95,7 +92,7 @@ public sealed class Tracker : IAsyncDisposable
             throw new LeaseLostException($"run {f.RunId}: lease generation is {g}, this executor holds {f.Generation}; another executor took over, write refused");
     }
 
-    // ---------------------------------------------------------------- experiments and runs
+    // ---------------------------------------------------------------- experiments
 
     public Task<long> EnsureExperimentAsync(string name, CancellationToken ct = default) =>
         RetryAsync(async t =>
@@ -104,38 +101,6 @@ public sealed class Tracker : IAsyncDisposable
                 "INSERT INTO retok.experiments (name, created_at) VALUES (@n, now()) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id");
             cmd.Parameters.AddWithValue("n", SafeText.Clean(name));
             return (long)(await cmd.ExecuteScalarAsync(t))!;
-        }, ct);
-
-    /// <summary>Inserts a run (and returns it with its id). Parameters must already be validated JSON.</summary>
-    public Task<Run> CreateRunAsync(Run run, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            run.Id = 0;
-            db.Runs.Add(run);
-            await db.SaveChangesAsync(t);
-            db.Entry(run).State = EntityState.Detached;
-            return run;
-        }, ct);
-
-    public Task<Run?> GetRunAsync(long id, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            return await db.Runs.AsNoTracking().FirstOrDefaultAsync(r => r.Id == id, t);
-        }, ct);
-
-    public Task<List<Run>> ListRunsAsync(RunFilter f, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            var q = db.Runs.AsNoTracking().AsQueryable();
-            if (f.Status is { } s) q = q.Where(r => r.Status == s);
-            if (f.Kind is { } k) q = q.Where(r => r.Kind == k);
-            if (f.PipelineId is { } p) q = q.Where(r => r.PipelineId == p);
-            if (f.ExperimentId is { } e) q = q.Where(r => r.ExperimentId == e);
-            if (f.ParentRunId is { } pr) q = q.Where(r => r.ParentRunId == pr);
-            return await q.OrderByDescending(r => r.Id).Take(f.Limit).ToListAsync(t);
         }, ct);
 
     // ---------------------------------------------------------------- metrics

@@ -178,7 +178,7 @@ public sealed class JobContext
         for (long? next = producer; next is { } cur;)
         {
             if (await _s.Tracker.GetArtifactAsync(cur, r.Artifact) is { } a) return a;
-            next = (await _s.Tracker.GetRunAsync(cur))?.ParentRunId is { } parent && r.Step is not null ? parent : null;
+            next = (await _s.Tracker.Runs.GetAsync(cur))?.ParentRunId is { } parent && r.Step is not null ? parent : null;
         }
         throw new JobFailedException($"input '{role}' = '{reference}': run {producer} has no artifact '{r.Artifact}'");
     }

@@ -128,7 +128,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
     public async Task Execute(long runId, PerformContext? context, CancellationToken hangfireToken)
     {
         var t = host.Tracker;
-        var run = await t.GetRunAsync(runId);
+        var run = await t.Runs.GetAsync(runId);
         if (run is null) { host.Log($"[run {runId}] not found; skipping"); return; }
         if (run.Status.IsTerminal() || run.Status == RunStatus.Waiting)
         {
@@ -146,7 +146,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
         {
             // Earlier executions died without recording an outcome (worker killed or crashed, or the outcome itself
             // could not be stored): without this cap the reconciler re-queues such a run forever.
-            var last = await t.GetRunAsync(runId);
+            var last = await t.Runs.GetAsync(runId);
             var why = $"gave up after {lease.Attempt - 1} attempts (max {kindInfo.MaxAttempts}): each execution ended without recording an outcome (worker killed or crashed?)"
                       + (last?.FailureReason is { Length: > 0 } f ? $"; last failure: {f}" : last?.ProgressMessage is { Length: > 0 } m ? $"; last progress: {m}" : "");
             try
@@ -280,13 +280,13 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
     async Task<Lease?> WaitForLeaseAsync(long runId, LeaseRequest request)
     {
         var t = host.Tracker;
-        var first = await t.GetRunAsync(runId);
+        var first = await t.Runs.GetAsync(runId);
         var deadline = DateTimeOffset.UtcNow + host.Options.LeaseTtl + 2 * host.Options.Heartbeat;
         host.Log($"[run {runId}] leased by {first?.LeaseOwner} until {first?.LeaseExpiresAt:HH:mm:ss.fff}; waiting to see whether it is alive");
         while (DateTimeOffset.UtcNow < deadline && !host.Stopping.IsCancellationRequested)
         {
             await Task.Delay(host.Options.Heartbeat, host.Stopping).ContinueWith(_ => { });
-            var now = await t.GetRunAsync(runId);
+            var now = await t.Runs.GetAsync(runId);
             if (now is null || now.Status.IsTerminal() || now.Status == RunStatus.Waiting) return null;
             if (await t.Runs.TryAcquireLeaseAsync(runId, request) is { } lease) return lease;
             if (now.LeaseOwner != first?.LeaseOwner || now.LeaseExpiresAt > first?.LeaseExpiresAt)

@@ -88,7 +88,7 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (DateTime.UtcNow < deadline)
         {
-            var r = await t.GetRunAsync(id);
+            var r = await t.Runs.GetAsync(id);
             if (r!.Status.IsTerminal())
             {
                 var logs = string.Join("\n", (await t.GetLogsAsync(id, limit: 1000)).Select(l => l.Message));

@@ -13,7 +13,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
     public TrackingSchemaTests(TestDatabase db) => _db = db;
 
     async Task<Run> NewRunAsync(Tracker t, string kind = "selftest") =>
-        await t.CreateRunAsync(new Run { Kind = kind, Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""", ConfigHash = "abc", Seed = 0 });
+        await t.Runs.InsertAsync(new Run { Kind = kind, Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""", ConfigHash = "abc", Seed = 0 });
 
     [Fact]
     public async Task RunRoundTripsWithJsonbParametersAndTags()
@@ -21,14 +21,14 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         await using var t = _db.CreateTracker();
         var exp = await t.EnsureExperimentAsync("tracking-test");
         Assert.Equal(exp, await t.EnsureExperimentAsync("tracking-test"));
-        var run = await t.CreateRunAsync(new Run
+        var run = await t.Runs.InsertAsync(new Run
         {
             Kind = "selftest", ExperimentId = exp, Name = "r1", Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""",
             ConfigHash = "0123", Seed = 7, CodeVersion = "deadbeef", Tags = new() { "a", "b" }, DependsOn = new() { "extract" },
             Inputs = """{"data": "extract/dataset.npz"}""",
         });
         Assert.True(run.Id > 0);
-        var back = await t.GetRunAsync(run.Id);
+        var back = await t.Runs.GetAsync(run.Id);
         Assert.NotNull(back);
         Assert.Equal(RunStatus.Queued, back!.Status);
         Assert.Equal(new[] { "a", "b" }, back.Tags);
@@ -41,7 +41,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.True(await rd.ReadAsync());
         Assert.Equal(0.0001, double.Parse(rd.GetString(0), System.Globalization.CultureInfo.InvariantCulture));
         Assert.Equal("extract/dataset.npz", rd.GetString(1));
-        Assert.Contains(await t.ListRunsAsync(new RunFilter(ExperimentId: exp)), r => r.Id == run.Id);
+        Assert.Contains(await t.Runs.ListAsync(new RunFilter(ExperimentId: exp)), r => r.Id == run.Id);
     }
 
     [Fact]
@@ -144,7 +144,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.Null(await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5))));
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 1, 1) }, a.Fence);
         Assert.True((await t.Runs.RenewLeaseAsync(a, TimeSpan.FromMinutes(5), new ProgressSnapshot(0.25, "step 1", 30, DateTimeOffset.UtcNow))).Held);
-        Assert.Equal(0.25, (await t.GetRunAsync(run.Id))!.Progress);
+        Assert.Equal(0.25, (await t.Runs.GetAsync(run.Id))!.Progress);
 
         // Worker A stops heartbeating: expire its lease, B takes over with the next generation.
         await using (var cmd = t.DataSource.CreateCommand("UPDATE retok.runs SET lease_expires_at = now() - interval '1 second' WHERE id = @id"))
@@ -163,7 +163,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.Empty(await ListObjects(t, run.Id)); // the stale bytes were removed again
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 2, 2) }, b.Fence);
         Assert.Equal(new[] { 1.0, 2.0 }, (await t.GetMetricsAsync(run.Id, "x")).Select(m => m.Value));
-        Assert.Equal("host-b", (await t.GetRunAsync(run.Id))!.Host);
+        Assert.Equal("host-b", (await t.Runs.GetAsync(run.Id))!.Host);
     }
 
     [Fact]
