@@ -30,7 +30,7 @@ public sealed record ArtifactSaveOptions
 public sealed record LineageEdge(ArtifactUse Use, Artifact Artifact);
 
 /// <summary>
-/// The tracking API used by the engine, the CLI and the dashboard: runs, metrics (upserted by run+key+step, so a resumed
+/// The tracking API used by the engine, the CLI and the dashboard: runs (through <see cref="Runs"/>), metrics (upserted by run+key+step, so a resumed
 /// job never duplicates a point), artifacts (bytes first, row second: visible only once written and hashed), lineage and
 /// logs. Transient database/blob faults are retried with backoff; deterministic ones surface at once. Writes that take a
 /// <see cref="Fence"/> run in a transaction that share-locks the run row and checks the lease generation first, so an
