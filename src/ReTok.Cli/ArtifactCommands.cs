@@ -18,7 +18,7 @@ public static class ArtifactCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
-            _ = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            _ = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var arts = await c.Tracker.ListArtifactsAsync(id, ct);
             if (arts.Count == 0) Console.WriteLine($"run {id} has no artifacts");
             else AnsiConsole.Write(Table(arts));

@@ -109,7 +109,7 @@ public static class BenchCommands
         var deadline = DateTime.UtcNow.AddMinutes(2);
         while (DateTime.UtcNow < deadline)
         {
-            var r = await t.GetRunAsync(id, ct);
+            var r = await t.Runs.GetAsync(id, ct);
             if (r is { Status: RunStatus.Succeeded }) return r;
             if (r is { Status: RunStatus.Failed or RunStatus.Cancelled }) throw new CliError($"bench run {id} {r.Status}: {r.FailureReason}");
             await Task.Delay(5, ct);

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Security.Cryptography;
-using Microsoft.EntityFrameworkCore;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
 using ReTok.Evaluation.Weights;
@@ -85,8 +84,8 @@ public static class QuickstartCommands
                 var pipeline = submitted.PipelineId ?? throw new CliError($"{pr.GetValue(spec)} is not a pipeline spec");
                 AnsiConsole.MarkupLine($"pipeline  [green]submitted[/] {pipeline}: {string.Join(" -> ", submitted.Runs.Select(r => r.Step))}");
 
-                var runs = await WatchAsync(o.Db, pipeline, ct);
-                PrintMetrics(o.Db, runs);
+                var runs = await WatchAsync(client.Tracker, pipeline, ct);
+                await PrintMetricsAsync(client.Tracker, runs, ct);
                 var failed = runs.Where(r => r.Status != RunStatus.Succeeded).ToList();
                 foreach (var f in failed)
                     AnsiConsole.MarkupLine($"[red]{f.PipelineStep} ({f.Kind}) {f.Status}[/]: {Markup.Escape(f.FailureReason ?? "")}");
@@ -109,17 +108,16 @@ public static class QuickstartCommands
     }
 
     /// <summary>Live table of the pipeline's runs (status, progress, ETA) until every run is terminal.</summary>
-    static async Task<List<Run>> WatchAsync(string db, Guid pipeline, CancellationToken ct)
+    static async Task<List<Run>> WatchAsync(Tracker tracker, Guid pipeline, CancellationToken ct)
     {
         List<Run> runs = new();
-        if (!AnsiConsole.Profile.Capabilities.Interactive) return await WatchPlainAsync(db, pipeline, ct);
+        if (!AnsiConsole.Profile.Capabilities.Interactive) return await WatchPlainAsync(tracker, pipeline, ct);
         var table = new Table().AddColumns("step", "kind", "run", "status", "progress", "ETA", "message");
         await AnsiConsole.Live(table).AutoClear(false).StartAsync(async live =>
         {
             while (true)
             {
-                await using (var ctx = TrackingDb.Create(db))
-                    runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).OrderBy(r => r.Id).ToListAsync(ct);
+                runs = await PipelineRunsAsync(tracker, pipeline, ct);
                 table.Rows.Clear();
                 foreach (var r in runs.Where(r => r.ParentRunId == null || r.PipelineStep != null))
                     table.AddRow(Markup.Escape(r.PipelineStep ?? "-"), r.Kind, r.Id.ToString(), Colour(r.Status),
@@ -133,15 +131,16 @@ public static class QuickstartCommands
         return runs;
     }
 
+    static async Task<List<Run>> PipelineRunsAsync(Tracker tracker, Guid pipeline, CancellationToken ct) =>
+        (await tracker.Runs.ListAsync(new RunFilter(PipelineId: pipeline, Limit: int.MaxValue), ct)).OrderBy(r => r.Id).ToList();
+
     /// <summary>Without a terminal (logs, CI): one line per status change or 10 % of progress, instead of redrawn tables.</summary>
-    static async Task<List<Run>> WatchPlainAsync(string db, Guid pipeline, CancellationToken ct)
+    static async Task<List<Run>> WatchPlainAsync(Tracker tracker, Guid pipeline, CancellationToken ct)
     {
         var shown = new Dictionary<long, (RunStatus Status, int Decile)>();
         while (true)
         {
-            List<Run> runs;
-            await using (var ctx = TrackingDb.Create(db))
-                runs = await ctx.Runs.AsNoTracking().Where(r => r.PipelineId == pipeline).OrderBy(r => r.Id).ToListAsync(ct);
+            var runs = await PipelineRunsAsync(tracker, pipeline, ct);
             foreach (var r in runs)
             {
                 var now = (r.Status, (int)(r.Progress * 10));
@@ -173,14 +172,9 @@ public static class QuickstartCommands
         ["unigram_entropy"] = "entropy of the codes' unigram distribution (nats): the loss of a model that ignores context",
     };
 
-    static void PrintMetrics(string db, List<Run> runs)
+    static async Task PrintMetricsAsync(Tracker tracker, List<Run> runs, CancellationToken ct)
     {
-        using var ctx = TrackingDb.Create(db);
-        var ids = runs.Select(r => r.Id).ToList();
-        var last = ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId))
-            .GroupBy(m => new { m.RunId, m.Key })
-            .Select(g => g.OrderByDescending(m => m.Step).First())
-            .ToList();
+        var last = await tracker.GetLatestMetricsAsync(runs.Select(r => r.Id).ToList(), ct);
         var table = new Table().Title("metrics (last value per key)").AddColumns("step", "run", "metric", "value", "meaning");
         foreach (var r in runs.OrderBy(r => r.Id))
             foreach (var m in last.Where(m => m.RunId == r.Id && Meaning.ContainsKey(m.Key.Split('@')[0])).OrderBy(m => m.Key.Split('@')[0]).ThenBy(m => KOrder(m.Key)))

@@ -1,6 +1,5 @@
 using System.CommandLine;
 using System.Text.Json;
-using Microsoft.EntityFrameworkCore;
 using ReTok.Tracking;
 using Spectre.Console;
 using Spectre.Console.Rendering;
@@ -35,7 +34,7 @@ public static class RunCommands
         cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
-            var rows = await c.Tracker.ListRunsAsync(new RunFilter(pr.GetValue(status), pr.GetValue(kind), pr.GetValue(pipeline), Limit: pr.GetValue(limit)), ct);
+            var rows = await c.Tracker.Runs.ListAsync(new RunFilter(pr.GetValue(status), pr.GetValue(kind), pr.GetValue(pipeline), Limit: pr.GetValue(limit)), ct);
             var table = new Table().Border(TableBorder.Simple)
                 .AddColumns("id", "kind", "name", "status", "progress", "att.", "device", "started", "took", "note");
             foreach (var r in rows)
@@ -59,7 +58,7 @@ public static class RunCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
-            _ = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            _ = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var rows = (await c.Tracker.ListArtifactsAsync(id, ct))
                 .Where(a => a.Name == ReTok.Jobs.Engine.JobContext.CheckpointName || a.Name.StartsWith(ReTok.Jobs.Engine.JobContext.MilestonePrefix))
                 .Select(a => (A: a, Step: System.Text.Json.Nodes.JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>()))
@@ -83,7 +82,7 @@ public static class RunCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
-            var r = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            var r = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var grid = new Grid().AddColumn().AddColumn();
             void Row(string k, string? v) { if (!string.IsNullOrEmpty(v)) grid.AddRow($"[grey]{k}[/]", Markup.Escape(v)); }
             Row("run", $"{r.Id}  {r.Name}");
@@ -107,7 +106,7 @@ public static class RunCommands
             AnsiConsole.Write(new Panel(new Text(JsonSerializer.Serialize(JsonDocument.Parse(r.Parameters), new JsonSerializerOptions { WriteIndented = true }))).Header("parameters"));
             if (r.Inputs != "{}") AnsiConsole.Write(new Panel(new Text(r.Inputs)).Header("inputs"));
 
-            var metrics = await c.Tracker.GetLatestMetricsAsync(id, ct);
+            var metrics = await c.Tracker.GetLatestMetricsAsync([id], ct);
             if (metrics.Count > 0)
             {
                 var mt = new Table().Border(TableBorder.Simple).Title("metrics (last point)").AddColumns("key", "step", "value");
@@ -123,15 +122,12 @@ public static class RunCommands
                 foreach (var e in inputs) lt.AddRow(Markup.Escape(e.Use.Role), Markup.Escape(e.Artifact.Name), e.Artifact.RunId.ToString(), e.Artifact.Sha256[..12]);
                 AnsiConsole.Write(lt);
             }
-            await using (var db = c.Tracker.CreateDb())
+            var children = (await c.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: id, Limit: int.MaxValue), ct)).OrderBy(x => x.Id).ToList();
+            if (children.Count > 0)
             {
-                var children = await db.Runs.AsNoTracking().Where(x => x.ParentRunId == id).OrderBy(x => x.Id).ToListAsync(ct);
-                if (children.Count > 0)
-                {
-                    var ct2 = new Table().Border(TableBorder.Simple).Title("child runs").AddColumns("id", "kind", "shard", "status", "attempt");
-                    foreach (var x in children) ct2.AddRow(x.Id.ToString(), Markup.Escape(x.Kind), x.ShardIndex?.ToString() ?? "aggregator", StatusMarkup(x.Status), x.Attempt.ToString());
-                    AnsiConsole.Write(ct2);
-                }
+                var ct2 = new Table().Border(TableBorder.Simple).Title("child runs").AddColumns("id", "kind", "shard", "status", "attempt");
+                foreach (var x in children) ct2.AddRow(x.Id.ToString(), Markup.Escape(x.Kind), x.ShardIndex?.ToString() ?? "aggregator", StatusMarkup(x.Status), x.Attempt.ToString());
+                AnsiConsole.Write(ct2);
             }
             var logs = await c.Tracker.GetLogsAsync(id, ct: ct);
             if (logs.Count > 0)
@@ -154,7 +150,7 @@ public static class RunCommands
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
             var every = TimeSpan.FromMilliseconds(Math.Max(50, pr.GetValue(interval)));
-            var r = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            var r = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             if (AnsiConsole.Profile.Capabilities.Interactive)
             {
                 await AnsiConsole.Progress().AutoClear(false).HideCompleted(false)
@@ -169,7 +165,7 @@ public static class RunCommands
                             task.State.Update<double>("eta", _ => r.Status == RunStatus.Running ? r.EtaSeconds ?? -1 : -1);
                             if (r.Status.IsTerminal()) { if (r.Status == RunStatus.Succeeded) task.Value = 1000; task.StopTask(); break; }
                             await Task.Delay(every, ct);
-                            r = await c.Tracker.GetRunAsync(id, ct) ?? r;
+                            r = await c.Tracker.Runs.GetAsync(id, ct) ?? r;
                         }
                     });
             }
@@ -183,7 +179,7 @@ public static class RunCommands
                     last = line;
                     if (r.Status.IsTerminal()) break;
                     await Task.Delay(every, ct);
-                    r = await c.Tracker.GetRunAsync(id, ct) ?? r;
+                    r = await c.Tracker.Runs.GetAsync(id, ct) ?? r;
                 }
             }
             if (r.FailureReason is { } why && r.Status != RunStatus.Succeeded) Console.WriteLine($"{r.Status}: {why}");
@@ -201,7 +197,7 @@ public static class RunCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
-            _ = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            _ = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var o = await c.CancelAsync(id, ct);
             if (!o.Any) { Console.WriteLine($"run {id} has already ended; nothing to cancel"); return 0; }
             if (o.CancelRequested.Count > 0) Console.WriteLine($"cancel requested for running run(s) {string.Join(", ", o.CancelRequested)} (they checkpoint and stop at the next heartbeat)");
@@ -219,7 +215,7 @@ public static class RunCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var id = pr.GetValue(RunId);
-            var r = await c.Tracker.GetRunAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            var r = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var s = await c.RetryAsync(id, ct) ?? throw new CliError($"run {id} is {r.Status}; only Failed or Cancelled runs can be retried");
             Console.WriteLine(s == RunStatus.Queued ? $"run {id} queued again on {r.Queue}" : $"run {id} is waiting again (its needs or shards are not complete)");
             return 0;

@@ -34,7 +34,7 @@ public static class Api
             .WithSummary("registered job kinds");
 
         api.MapGet("/runs", async (DashboardData d, string? experiment, string? kind, RunStatus? status, string? tag, Guid? pipeline, int? limit, CancellationToken ct) =>
-                (await d.ListRunsAsync(new RunQuery(experiment, kind, status, tag, pipeline, limit ?? 200), ct)).Select(RunDto.From).ToList())
+                (await d.ListRunsAsync(experiment, kind, status, tag, pipeline, limit ?? 200, ct)).Select(RunDto.From).ToList())
             .WithSummary("runs, newest first, filtered by experiment name, kind, status, tag or pipeline");
         api.MapGet("/runs/live", async (DashboardData d, string? ids, CancellationToken ct) =>
                 (await d.GetRunsAsync(ParseIds(ids), ct)).Select(DashboardData.Live).ToList())
@@ -70,7 +70,7 @@ public static class Api
                          $"(default {DefaultMetricPage}, max {MaxMetricPage}); the next page is in the Link header (rel=next, via after_key/after_step). " +
                          "With max_points=N instead: every key downsampled to about N points (min/max per step bucket) for charts.");
         api.MapGet("/runs/{id:long}/metrics/latest", async (DashboardData d, long id, CancellationToken ct) =>
-                (await d.Tracker.GetLatestMetricsAsync(id, ct)).Select(m => new MetricPointDto(m.Key, m.Step, m.Value, m.Time)).ToList())
+                (await d.Tracker.GetLatestMetricsAsync([id], ct)).Select(m => new MetricPointDto(m.Key, m.Step, m.Value, m.Time)).ToList())
             .WithSummary("the last point of each metric key");
         api.MapGet("/runs/{id:long}/artifacts", async (DashboardData d, long id, CancellationToken ct) =>
                 await d.GetRunAsync(id, ct) is null ? NotFound($"run {id}") : Results.Ok((await d.Tracker.ListArtifactsAsync(id, ct)).Select(ArtifactDto.From).ToList()))

@@ -4,9 +4,6 @@ using ReTok.Tracking;
 
 namespace ReTok.Dashboard;
 
-public sealed record RunQuery(string? Experiment = null, string? Kind = null, RunStatus? Status = null, string? Tag = null,
-    Guid? Pipeline = null, int Limit = 200);
-
 public sealed record RunDto(long Id, string? Name, string Kind, RunStatus Status, string? Experiment, IReadOnlyList<string> Tags,
     double Progress, string? ProgressMessage, double? EtaSeconds, DateTimeOffset CreatedAt, DateTimeOffset? StartedAt, DateTimeOffset? FinishedAt,
     string Queue, string? Host, string? Device, int Attempt, bool CancelRequested, string? FailureReason, string? HangfireJobId,
@@ -50,44 +47,29 @@ public sealed record SlotDto(string Device, RunRef? Run, double? Progress);
 public sealed record WorkerDto(string Id, string Host, string Queues, IReadOnlyList<SlotDto> Slots, DateTimeOffset StartedAt,
     DateTimeOffset LastHeartbeat, double SecondsSinceHeartbeat, bool Stale);
 
-/// <summary>Read side of the dashboard: EF queries over the tracking schema (writes go through JobClient/Tracker).</summary>
+/// <summary>Read side of the dashboard: runs and workers through the <see cref="RunStore"/>, metrics, artifacts and logs through the <see cref="Tracker"/>.</summary>
 public sealed class DashboardData(Tracker tracker, DashboardOptions options)
 {
     public Tracker Tracker => tracker;
 
-    public async Task<List<Run>> ListRunsAsync(RunQuery f, CancellationToken ct)
+    /// <summary>The runs list: blank filters are no filter, at most 2000 runs.</summary>
+    public Task<List<Run>> ListRunsAsync(string? experiment, string? kind, RunStatus? status, string? tag, Guid? pipeline, int limit, CancellationToken ct)
     {
-        await using var db = tracker.CreateDb();
-        var q = db.Runs.AsNoTracking().Include(r => r.Experiment).AsQueryable();
-        if (!string.IsNullOrWhiteSpace(f.Experiment)) q = q.Where(r => r.Experiment!.Name == f.Experiment);
-        if (!string.IsNullOrWhiteSpace(f.Kind)) q = q.Where(r => r.Kind == f.Kind);
-        if (f.Status is { } s) q = q.Where(r => r.Status == s);
-        if (!string.IsNullOrWhiteSpace(f.Tag)) q = q.Where(r => r.Tags.Contains(f.Tag));
-        if (f.Pipeline is { } p) q = q.Where(r => r.PipelineId == p);
-        return await q.OrderByDescending(r => r.Id).Take(Math.Clamp(f.Limit, 1, 2000)).ToListAsync(ct);
+        static string? Given(string? s) => string.IsNullOrWhiteSpace(s) ? null : s;
+        return tracker.Runs.ListAsync(new RunFilter(status, Given(kind), pipeline, Limit: Math.Clamp(limit, 1, 2000), Experiment: Given(experiment), Tag: Given(tag)), ct);
     }
 
-    public async Task<Run?> GetRunAsync(long id, CancellationToken ct)
-    {
-        await using var db = tracker.CreateDb();
-        return await db.Runs.AsNoTracking().Include(r => r.Experiment).FirstOrDefaultAsync(r => r.Id == id, ct);
-    }
+    public async Task<Run?> GetRunAsync(long id, CancellationToken ct) => (await tracker.Runs.GetManyAsync([id], ct)).FirstOrDefault();
 
-    public async Task<List<Run>> GetRunsAsync(IReadOnlyCollection<long> ids, CancellationToken ct)
-    {
-        await using var db = tracker.CreateDb();
-        var rows = await db.Runs.AsNoTracking().Include(r => r.Experiment).Where(r => ids.Contains(r.Id)).ToListAsync(ct);
-        return ids.Select(i => rows.FirstOrDefault(r => r.Id == i)).OfType<Run>().ToList();
-    }
+    public Task<List<Run>> GetRunsAsync(IReadOnlyCollection<long> ids, CancellationToken ct) => tracker.Runs.GetManyAsync(ids, ct);
 
     public static LiveDto Live(Run r) => new(r.Id, r.Status, r.Progress, r.ProgressMessage, r.EtaSeconds, r.Status.IsTerminal(), Html.Progress(r), Html.Eta(r));
 
     public async Task<(List<string> Kinds, List<string> Experiments, List<string> Tags)> FilterChoicesAsync(CancellationToken ct)
     {
+        var (kinds, tags) = await tracker.Runs.ListKindsAndTagsAsync(ct);
         await using var db = tracker.CreateDb();
-        var kinds = await db.Runs.Select(r => r.Kind).Distinct().OrderBy(k => k).ToListAsync(ct);
         var exps = await db.Experiments.Select(e => e.Name).OrderBy(n => n).ToListAsync(ct);
-        var tags = await db.Database.SqlQueryRaw<string>("SELECT DISTINCT unnest(tags) AS \"Value\" FROM retok.runs ORDER BY 1 LIMIT 500").ToListAsync(ct);
         return (kinds, exps, tags);
     }
 
@@ -99,12 +81,12 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
         var artifacts = await db.Artifacts.AsNoTracking().Where(a => a.RunId == run.Id).OrderBy(a => a.Name).ToListAsync(ct);
         var artIds = artifacts.Select(a => a.Id).ToList();
         var uses = await db.ArtifactUses.AsNoTracking().Where(u => artIds.Contains(u.ArtifactId)).OrderBy(u => u.RunId).ToListAsync(ct);
-        var children = await db.Runs.AsNoTracking().Where(r => r.ParentRunId == run.Id).OrderBy(r => r.Id).Select(r => r.Id).ToListAsync(ct);
+        var children = (await tracker.Runs.ListIdsAsync(new RunFilter(ParentRunId: run.Id, Limit: int.MaxValue), ct)).Order().ToList();
         var related = producerIds.Concat(uses.Select(u => u.RunId)).Concat(children)
             .Concat(new[] { run.ParentRunId, run.FanInRunId, run.ContinuedByRunId }.OfType<long>()).ToHashSet();
         var pipeline = run.PipelineId is { } pid
-            ? await db.Runs.AsNoTracking().Where(r => r.PipelineId == pid).OrderBy(r => r.Id).ToListAsync(ct) : new List<Run>();
-        var refs = (await db.Runs.AsNoTracking().Where(r => related.Contains(r.Id)).ToListAsync(ct)).Concat(pipeline)
+            ? (await tracker.Runs.ListAsync(new RunFilter(PipelineId: pid, Limit: int.MaxValue), ct)).OrderBy(r => r.Id).ToList() : new List<Run>();
+        var refs = (await tracker.Runs.GetManyAsync(related, ct)).Concat(pipeline)
             .DistinctBy(r => r.Id).ToDictionary(r => r.Id, Ref);
         RunRef R(long id) => refs.TryGetValue(id, out var x) ? x : new RunRef(id, null, "?", RunStatus.Waiting);
         var declared = JsonSerializer.Deserialize<Dictionary<string, string>>(string.IsNullOrWhiteSpace(run.Inputs) ? "{}" : run.Inputs) ?? new();
@@ -142,11 +124,10 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
 
     public async Task<List<WorkerDto>> WorkersAsync(CancellationToken ct)
     {
-        await using var db = tracker.CreateDb();
-        var rows = await db.Workers.AsNoTracking().OrderBy(w => w.Host).ThenBy(w => w.Id).ToListAsync(ct);
+        var rows = await tracker.Runs.ListWorkersAsync(ct);
         var slots = rows.ToDictionary(w => w.Id, w => JsonSerializer.Deserialize<Dictionary<string, long?>>(string.IsNullOrWhiteSpace(w.Slots) ? "{}" : w.Slots) ?? new());
         var runIds = slots.Values.SelectMany(s => s.Values).OfType<long>().ToHashSet();
-        var runs = await db.Runs.AsNoTracking().Where(r => runIds.Contains(r.Id)).ToDictionaryAsync(r => r.Id, ct);
+        var runs = (await tracker.Runs.GetManyAsync(runIds, ct)).ToDictionary(r => r.Id);
         var now = DateTimeOffset.UtcNow;
         return rows.Select(w =>
         {
@@ -161,10 +142,8 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
     /// <summary>The last value of every metric key, for several runs at once (compare page).</summary>
     public async Task<Dictionary<long, Dictionary<string, MetricPoint>>> LatestAsync(IReadOnlyCollection<long> runIds, CancellationToken ct)
     {
-        // per run: an index skip scan (DISTINCT ON over all runs sorted every point of every run)
-        var result = new Dictionary<long, Dictionary<string, MetricPoint>>();
-        foreach (var id in runIds.Distinct()) result[id] = (await tracker.GetLatestMetricsAsync(id, ct)).ToDictionary(m => m.Key);
-        return result;
+        var byRun = (await tracker.GetLatestMetricsAsync(runIds, ct)).ToLookup(m => m.RunId);
+        return runIds.Distinct().ToDictionary(id => id, id => byRun[id].ToDictionary(m => m.Key));
     }
 
     /// <summary>

@@ -116,7 +116,7 @@ public static class Pages
     static async Task<IResult> RunsPageAsync(HttpContext ctx, DashboardData d, string? experiment, string? kind, string? status, string? tag, Guid? pipeline, int? limit)
     {
         RunStatus? st = Enum.TryParse<RunStatus>(status, true, out var s) ? s : null;
-        var runs = await d.ListRunsAsync(new RunQuery(experiment, kind, st, tag, pipeline, limit ?? 200), ctx.RequestAborted);
+        var runs = await d.ListRunsAsync(experiment, kind, st, tag, pipeline, limit ?? 200, ctx.RequestAborted);
         var (kinds, exps, tags) = await d.FilterChoicesAsync(ctx.RequestAborted);
         string Select(string name, IEnumerable<string> options, string? current) =>
             $"<select name=\"{name}\"><option value=\"\">all {name}s</option>{string.Concat(options.Select(o => $"<option{(o == current ? " selected" : "")}>{E(o)}</option>"))}</select>";
@@ -162,7 +162,7 @@ public static class Pages
         var ct = ctx.RequestAborted;
         if (await d.GetRunAsync(id, ct) is not { } r) return Page(ctx, "Not found", $"<p class=\"error\">run {id} does not exist</p>", 404);
         var series = await d.SeriesAsync(id, ct);
-        var latest = await d.Tracker.GetLatestMetricsAsync(id, ct);
+        var latest = await d.Tracker.GetLatestMetricsAsync([id], ct);
         var artifacts = await d.Tracker.ListArtifactsAsync(id, ct);
         var lineage = await d.LineageAsync(r, ct);
         var logs = await d.LogsAsync(id, null, 300, ct);

@@ -28,23 +28,18 @@ public static class ResultsTable
 
     public static async Task<List<ResultRow>> BuildAsync(Tracker tracker, string? experiment, CancellationToken ct)
     {
-        await using var db = tracker.CreateDb();
-        var runIds = db.Runs.AsQueryable();
-        if (experiment is not null) runIds = runIds.Where(r => r.Experiment!.Name == experiment);
-        var ids = await runIds.Select(r => r.Id).ToArrayAsync(ct);
-        var latest = await db.Metrics.FromSqlInterpolated($"""
-            SELECT DISTINCT ON (run_id, key) run_id, key, step, value, time FROM retok.metrics
-            WHERE run_id = ANY({ids}) AND key LIKE '%@k=%' ORDER BY run_id, key, step DESC
-            """).AsNoTracking().ToListAsync(ct);
+        var ids = await tracker.Runs.ListIdsAsync(new RunFilter(Experiment: experiment, Limit: int.MaxValue), ct);
+        var latest = await tracker.GetLatestMetricsAsync(ids, ct);
         var points = latest.Select(m => TryParseKey(m.Key, out var metric, out var k, out var v) ? new Point(m.RunId, metric, k, v, m.Key, m.Value) : null)
             .OfType<Point>().ToList();
         if (points.Count == 0) return new List<ResultRow>();
 
         var subjectIds = points.Select(p => p.RunId).Distinct().ToArray();
-        var subjects = await db.Runs.AsNoTracking().Where(r => subjectIds.Contains(r.Id)).ToDictionaryAsync(r => r.Id, ct);
+        var subjects = (await tracker.Runs.GetManyAsync(subjectIds, ct)).ToDictionary(r => r.Id);
+        await using var db = tracker.CreateDb();
         var inputs = await db.ArtifactUses.AsNoTracking().Include(u => u.Artifact).Where(u => subjectIds.Contains(u.RunId)).ToListAsync(ct);
         var producerIds = inputs.Select(u => u.Artifact!.RunId).Distinct().ToArray();
-        var producers = await db.Runs.AsNoTracking().Where(r => producerIds.Contains(r.Id)).ToDictionaryAsync(r => r.Id, ct);
+        var producers = (await tracker.Runs.GetManyAsync(producerIds, ct)).ToDictionary(r => r.Id);
 
         string Label(Run r, string tagName) => Tag(r, tagName) ?? r.Name ?? $"{r.Kind} #{r.Id}";
         (string Tok, string? Gen) Subjects(Run r)

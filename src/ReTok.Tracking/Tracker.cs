@@ -26,20 +26,17 @@ public sealed record ArtifactSaveOptions
     public string? MetadataJson { get; init; }
 }
 
-public sealed record RunFilter(RunStatus? Status = null, string? Kind = null, Guid? PipelineId = null, long? ExperimentId = null,
-    long? ParentRunId = null, int Limit = 50);
-
 /// <summary>An input edge of the lineage graph: <see cref="Use"/> says which run consumed which artifact in which role.</summary>
 public sealed record LineageEdge(ArtifactUse Use, Artifact Artifact);
 
 /// <summary>
-/// The tracking API used by the engine, the CLI and the dashboard: runs, metrics (upserted by run+key+step, so a resumed
+/// The tracking API used by the engine, the CLI and the dashboard: runs (through <see cref="Runs"/>), metrics (upserted by run+key+step, so a resumed
 /// job never duplicates a point), artifacts (bytes first, row second: visible only once written and hashed), lineage and
 /// logs. Transient database/blob faults are retried with backoff; deterministic ones surface at once. Writes that take a
 /// <see cref="Fence"/> run in a transaction that share-locks the run row and checks the lease generation first, so an
 /// executor that lost its lease cannot write.
 /// </summary>
-public sealed partial class Tracker : IAsyncDisposable
+public sealed class Tracker : IAsyncDisposable
 {
     readonly ResiliencePipeline _retry;
 
@@ -49,11 +46,14 @@ public sealed partial class Tracker : IAsyncDisposable
         Store = store;
         DataSource = NpgsqlDataSource.Create(connectionString);
         _retry = retry ?? Faults.CreateRetry();
+        Runs = new RunStore(this);
     }
 
     public string ConnectionString { get; }
     public IArtifactStore Store { get; }
     public NpgsqlDataSource DataSource { get; }
+    /// <summary>Leases, status transitions, pipelines and workers, on this tracker's connections and retries.</summary>
+    public RunStore Runs { get; }
 
     /// <summary>A fresh EF context for queries (dispose it).</summary>
     public TrackingDb CreateDb() => TrackingDb.Create(ConnectionString);
@@ -92,7 +92,7 @@ public sealed partial class Tracker : IAsyncDisposable
             throw new LeaseLostException($"run {f.RunId}: lease generation is {g}, this executor holds {f.Generation}; another executor took over, write refused");
     }
 
-    // ---------------------------------------------------------------- experiments and runs
+    // ---------------------------------------------------------------- experiments
 
     public Task<long> EnsureExperimentAsync(string name, CancellationToken ct = default) =>
         RetryAsync(async t =>
@@ -101,38 +101,6 @@ public sealed partial class Tracker : IAsyncDisposable
                 "INSERT INTO retok.experiments (name, created_at) VALUES (@n, now()) ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id");
             cmd.Parameters.AddWithValue("n", SafeText.Clean(name));
             return (long)(await cmd.ExecuteScalarAsync(t))!;
-        }, ct);
-
-    /// <summary>Inserts a run (and returns it with its id). Parameters must already be validated JSON.</summary>
-    public Task<Run> CreateRunAsync(Run run, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            run.Id = 0;
-            db.Runs.Add(run);
-            await db.SaveChangesAsync(t);
-            db.Entry(run).State = EntityState.Detached;
-            return run;
-        }, ct);
-
-    public Task<Run?> GetRunAsync(long id, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            return await db.Runs.AsNoTracking().FirstOrDefaultAsync(r => r.Id == id, t);
-        }, ct);
-
-    public Task<List<Run>> ListRunsAsync(RunFilter f, CancellationToken ct = default) =>
-        RetryAsync(async t =>
-        {
-            await using var db = CreateDb();
-            var q = db.Runs.AsNoTracking().AsQueryable();
-            if (f.Status is { } s) q = q.Where(r => r.Status == s);
-            if (f.Kind is { } k) q = q.Where(r => r.Kind == k);
-            if (f.PipelineId is { } p) q = q.Where(r => r.PipelineId == p);
-            if (f.ExperimentId is { } e) q = q.Where(r => r.ExperimentId == e);
-            if (f.ParentRunId is { } pr) q = q.Where(r => r.ParentRunId == pr);
-            return await q.OrderByDescending(r => r.Id).Take(f.Limit).ToListAsync(t);
         }, ct);
 
     // ---------------------------------------------------------------- metrics
@@ -260,22 +228,25 @@ public sealed partial class Tracker : IAsyncDisposable
         }, ct);
 
     /// <summary>
-    /// The last point (highest step) of each metric key of a run: a skip scan over the primary key index (one probe a
-    /// key), not DISTINCT ON, which sorted every point of the run (seconds for a run with millions of points).
+    /// The last point (highest step) of each metric key of the given runs, ordered by run and key: the one "latest value
+    /// per key" query (run pages, compare, results table, CLI). A skip scan over the primary key index (one probe a key of
+    /// a run), not DISTINCT ON, which sorted every point of every run (seconds for a run with millions of points).
     /// </summary>
-    public Task<List<MetricPoint>> GetLatestMetricsAsync(long runId, CancellationToken ct = default) =>
+    public Task<List<MetricPoint>> GetLatestMetricsAsync(IReadOnlyCollection<long> runIds, CancellationToken ct = default) =>
         RetryAsync(async t =>
         {
+            var ids = runIds.Distinct().ToArray();
             await using var db = CreateDb();
             return await db.Metrics.FromSqlInterpolated($"""
-                WITH RECURSIVE keys AS (
-                    (SELECT key FROM retok.metrics WHERE run_id = {runId} ORDER BY key LIMIT 1)
+                WITH RECURSIVE keys(run_id, key) AS (
+                    SELECT r.id, (SELECT m.key FROM retok.metrics m WHERE m.run_id = r.id ORDER BY m.key LIMIT 1) FROM unnest({ids}) AS r(id)
                     UNION ALL
-                    SELECT (SELECT m.key FROM retok.metrics m WHERE m.run_id = {runId} AND m.key > keys.key ORDER BY m.key LIMIT 1)
+                    SELECT keys.run_id, (SELECT m.key FROM retok.metrics m WHERE m.run_id = keys.run_id AND m.key > keys.key ORDER BY m.key LIMIT 1)
                     FROM keys WHERE keys.key IS NOT NULL)
                 SELECT l.run_id, l.key, l.step, l.value, l.time FROM keys CROSS JOIN LATERAL (
-                    SELECT * FROM retok.metrics m WHERE m.run_id = {runId} AND m.key = keys.key ORDER BY m.step DESC LIMIT 1) l
+                    SELECT * FROM retok.metrics m WHERE m.run_id = keys.run_id AND m.key = keys.key ORDER BY m.step DESC LIMIT 1) l
                 WHERE keys.key IS NOT NULL
+                ORDER BY l.run_id, l.key
                 """).AsNoTracking().ToListAsync(t);
         }, ct);
 

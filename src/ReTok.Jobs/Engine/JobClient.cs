@@ -4,8 +4,6 @@ using System.Text.Json;
 using Hangfire;
 using Hangfire.Common;
 using Hangfire.States;
-using Microsoft.EntityFrameworkCore;
-using Npgsql;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Engine;
@@ -68,37 +66,25 @@ public sealed class JobClient : IAsyncDisposable
         CheckDataPaths(plan);
         await CheckRunInputsExistAsync(plan, ct);
         long? experimentId = plan.Experiment is { } e ? await Tracker.EnsureExperimentAsync(e, ct) : null;
-        var created = await Tracker.InTransactionAsync(null, async (conn, tx, t) =>
+        var pipeline = plan.IsPipeline
+            ? new Pipeline { Name = SafeText.Clean(plan.PipelineName!), SpecYaml = plan.SpecYaml, Overrides = plan.Overrides.ToList(), ExperimentId = experimentId }
+            : null;
+        var runs = plan.Steps.Select(s =>
         {
-            await using var db = TrackingDb.Create(conn);
-            await db.Database.UseTransactionAsync(tx, t);
-            Guid? pipelineId = null;
-            if (plan.IsPipeline)
+            var ready = s.Needs.Count == 0;
+            return (Step: s, Run: new Run
             {
-                var p = new Pipeline { Name = SafeText.Clean(plan.PipelineName!), SpecYaml = plan.SpecYaml, Overrides = plan.Overrides.ToList(), ExperimentId = experimentId };
-                db.Pipelines.Add(p);
-                pipelineId = p.Id;
-            }
-            var runs = new List<(StepPlan Step, Run Run)>();
-            foreach (var s in plan.Steps)
-            {
-                var ready = s.Needs.Count == 0;
-                var run = new Run
-                {
-                    Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
-                    ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null,
-                    Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
-                    Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipelineId, PipelineStep = plan.IsPipeline ? s.Step : null,
-                    DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),
-                };
-                db.Runs.Add(run);
-                runs.Add((s, run));
-            }
-            await db.SaveChangesAsync(t);
-            return (pipelineId, runs.Select(x => new SubmittedRun(x.Step.Step, x.Run.Id, x.Run.Kind, x.Run.Queue, x.Run.Status)).ToList());
-        }, ct);
-        foreach (var r in created.Item2.Where(r => r.Status == RunStatus.Queued)) await EnqueueAsync(r.RunId, r.Queue, ct: ct);
-        return new SubmitResult(created.pipelineId, created.Item2);
+                Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
+                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null,
+                Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
+                Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipeline?.Id, PipelineStep = plan.IsPipeline ? s.Step : null,
+                DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),
+            });
+        }).ToList();
+        await Tracker.Runs.CreateAsync(pipeline, runs.Select(x => x.Run).ToList(), ct);
+        var created = runs.Select(x => new SubmittedRun(x.Step.Step, x.Run.Id, x.Run.Kind, x.Run.Queue, x.Run.Status)).ToList();
+        foreach (var r in created.Where(r => r.Status == RunStatus.Queued)) await EnqueueAsync(r.RunId, r.Queue, ct: ct);
+        return new SubmitResult(pipeline?.Id, created);
     }
 
     /// <summary>Path parameters must lie inside the data roots (the worker checks again: its roots are the ones that count).</summary>
@@ -125,18 +111,12 @@ public sealed class JobClient : IAsyncDisposable
         var client = new BackgroundJobClient(Storage);
         var jobId = await Tracker.RetryAsync(_ => Task.FromResult(
             client.Create(job, delay is { } d && d > TimeSpan.Zero ? new ScheduledState(d) : new EnqueuedState())), ct);
-        await Tracker.RetryAsync(async t =>
-        {
-            await using var cmd = Tracker.DataSource.CreateCommand("UPDATE retok.runs SET hangfire_job_id = @j WHERE id = @id AND status = 'Queued'");
-            cmd.Parameters.AddWithValue("j", jobId);
-            cmd.Parameters.AddWithValue("id", runId);
-            return await cmd.ExecuteNonQueryAsync(t);
-        }, ct);
+        await Tracker.Runs.SetHangfireJobAsync(runId, jobId, ct);
         return jobId;
     }
 
-    /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="Tracker.RequestCancelAsync"/>).</summary>
-    public Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default) => Tracker.RequestCancelAsync(runId, ct);
+    /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="RunStore.RequestCancelAsync"/>).</summary>
+    public Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default) => Tracker.Runs.RequestCancelAsync(runId, ct);
 
     /// <summary>
     /// Re-queues a Failed or Cancelled run (a failed shard is retried alone; its aggregator keeps waiting for it).
@@ -144,28 +124,9 @@ public sealed class JobClient : IAsyncDisposable
     /// </summary>
     public async Task<RunStatus?> RetryAsync(long runId, CancellationToken ct = default)
     {
-        var result = await Tracker.InTransactionAsync<(RunStatus, string)?>(null, async (c, tx, t) =>
-        {
-            await using var cmd = new NpgsqlCommand("""
-                WITH target AS (SELECT id, pipeline_id, depends_on, pending_children, queue FROM retok.runs WHERE id = @id AND status IN ('Failed', 'Cancelled') FOR UPDATE),
-                     done AS (SELECT array_agg(DISTINCT pipeline_step) AS steps FROM retok.runs r, target
-                              WHERE r.pipeline_id = target.pipeline_id AND r.status = 'Succeeded' AND r.fan_in_run_id IS NULL AND r.continued_by_run_id IS NULL)
-                UPDATE retok.runs r SET
-                    status = CASE WHEN target.pending_children = 0 AND (cardinality(target.depends_on) = 0 OR target.depends_on <@ coalesce(done.steps, '{}'))
-                                  THEN 'Queued' ELSE 'Waiting' END,
-                    queued_at = now(), cancel_requested = false, failure_reason = NULL, finished_at = NULL, attempt = 0,
-                    lease_owner = NULL, lease_expires_at = NULL, hangfire_job_id = NULL, progress_message = 'retry requested'
-                FROM target, done WHERE r.id = target.id
-                RETURNING r.status, r.queue
-                """, c, tx);
-            cmd.Parameters.AddWithValue("id", runId);
-            await using var rd = await cmd.ExecuteReaderAsync(t);
-            if (!await rd.ReadAsync(t)) return null;
-            return (Enum.Parse<RunStatus>(rd.GetString(0)), rd.GetString(1));
-        }, ct);
-        if (result is not { } r) return null;
-        if (r.Item1 == RunStatus.Queued) await EnqueueAsync(runId, r.Item2, ct: ct);
-        return r.Item1;
+        if (await Tracker.Runs.ResetForRetryAsync(runId, ct) is not { } r) return null;
+        if (r.Status == RunStatus.Queued) await EnqueueAsync(runId, r.Queue, ct: ct);
+        return r.Status;
     }
 
     /// <summary>RETOK_CODE_VERSION, else the git commit of the working copy, else the assembly version.</summary>

@@ -1,12 +1,9 @@
 using System.Formats.Tar;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using Microsoft.EntityFrameworkCore;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Engine;
-
-public sealed record FanOut(long AggregatorRunId, IReadOnlyList<long> ShardRunIds);
 
 /// <summary>
 /// What a handler gets: identity (RunId, Device), progress, batched metrics and logs, artifacts, verified inputs with
@@ -175,19 +172,13 @@ public sealed class JobContext
         if (!InputRef.TryParse(reference, out var r)) throw new JobFailedException($"input '{role}': bad reference '{reference}'");
         long producer;
         if (r.RunId is { } id) producer = id;
-        else
-        {
-            await using var db = _s.Tracker.CreateDb();
-            producer = await db.Runs.Where(x => x.PipelineId == Run.PipelineId && x.PipelineStep == r.Step && x.Status == RunStatus.Succeeded
-                                              && x.FanInRunId == null && x.ContinuedByRunId == null)
-                           .OrderByDescending(x => x.Id).Select(x => (long?)x.Id).FirstOrDefaultAsync()
-                       ?? throw new JobFailedException($"input '{role}' = '{reference}': step '{r.Step}' has no succeeded run");
-        }
+        else producer = await _s.Tracker.Runs.FindStepRunAsync(Run.PipelineId, r.Step!)
+                        ?? throw new JobFailedException($"input '{role}' = '{reference}': step '{r.Step}' has no succeeded run");
         // The step's final run may be an aggregator; the artifact may also come from the run that spawned it.
         for (long? next = producer; next is { } cur;)
         {
             if (await _s.Tracker.GetArtifactAsync(cur, r.Artifact) is { } a) return a;
-            next = (await _s.Tracker.GetRunAsync(cur))?.ParentRunId is { } parent && r.Step is not null ? parent : null;
+            next = (await _s.Tracker.Runs.GetAsync(cur))?.ParentRunId is { } parent && r.Step is not null ? parent : null;
         }
         throw new JobFailedException($"input '{role}' = '{reference}': run {producer} has no artifact '{r.Artifact}'");
     }
@@ -301,42 +292,9 @@ public sealed class JobContext
         var parentDefault = _s.Kinds.TryGet(Run.Kind, out var pk) ? pk.Queue : Run.Queue;
         string QueueOf(JobKindInfo k) => k.Queue == parentDefault ? Run.Queue : k.Queue;
         var aggJson = Json(ak, aggregatorParams, "aggregator params");
+        ChildRun Child(JobKindInfo k, string json) => new(k.Name, json, StepPlan.ConfigHashOf(k.Name, json), QueueOf(k));
 
-        var (fan, created) = await _s.Tracker.InTransactionAsync(_s.Lease.Fence, async (conn, tx, t) =>
-        {
-            await using var db = TrackingDb.Create(conn);
-            await db.Database.UseTransactionAsync(tx, t);
-            var parent = await db.Runs.FromSqlInterpolated($"SELECT * FROM retok.runs WHERE id = {RunId} FOR UPDATE").SingleAsync(t);
-            if (parent.ContinuedByRunId is { } existing)
-            {
-                var ids = await db.Runs.Where(r => r.FanInRunId == existing).OrderBy(r => r.ShardIndex).Select(r => r.Id).ToListAsync(t);
-                return (new FanOut(existing, ids), false);
-            }
-            Run Child(string kind, string json, string queue) => new()
-            {
-                Kind = kind, Parameters = json, ConfigHash = StepConfigHash(kind, json), Seed = parent.Seed, CodeVersion = parent.CodeVersion,
-                Queue = queue, Tags = parent.Tags.ToList(), ExperimentId = parent.ExperimentId, ParentRunId = parent.Id,
-                PipelineId = parent.PipelineId, PipelineStep = parent.PipelineStep,
-            };
-            var agg = Child(ak.Name, aggJson, QueueOf(ak));
-            agg.Name = $"{parent.Name ?? $"run {parent.Id}"}/aggregate";
-            agg.Status = shardJson.Count == 0 ? RunStatus.Queued : RunStatus.Waiting;
-            agg.QueuedAt = shardJson.Count == 0 ? DateTimeOffset.UtcNow : null;
-            agg.PendingChildren = shardJson.Count;
-            db.Runs.Add(agg);
-            await db.SaveChangesAsync(t);
-            var shards = shardJson.Select((json, i) =>
-            {
-                var s = Child(sk.Name, json, QueueOf(sk));
-                s.Name = $"{parent.Name ?? $"run {parent.Id}"}/shard-{i}";
-                s.Status = RunStatus.Queued; s.QueuedAt = DateTimeOffset.UtcNow; s.FanInRunId = agg.Id; s.ShardIndex = i;
-                return s;
-            }).ToList();
-            db.Runs.AddRange(shards);
-            parent.ContinuedByRunId = agg.Id;
-            await db.SaveChangesAsync(t);
-            return (new FanOut(agg.Id, shards.Select(s => s.Id).ToList()), true);
-        }, _s.WriteToken);
+        var (fan, created) = await _s.Tracker.Runs.SpawnShardsAsync(_s.Lease.Fence, Child(ak, aggJson), shardJson.Select(j => Child(sk, j)).ToList(), _s.WriteToken);
         if (created)
         {
             foreach (var id in fan.ShardRunIds) await _s.Client.EnqueueAsync(id, QueueOf(sk), ct: _s.WriteToken);
@@ -346,15 +304,8 @@ public sealed class JobContext
         return fan;
     }
 
-    static string StepConfigHash(string kind, string json) =>
-        Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(kind + "\n" + json)))[..16];
-
     /// <summary>For an aggregator: its shard runs in shard order.</summary>
-    public async Task<List<Run>> GetShardsAsync()
-    {
-        await using var db = _s.Tracker.CreateDb();
-        return await db.Runs.AsNoTracking().Where(r => r.FanInRunId == RunId).OrderBy(r => r.ShardIndex).ToListAsync();
-    }
+    public Task<List<Run>> GetShardsAsync() => _s.Tracker.Runs.GetShardsAsync(RunId);
 }
 
 static class ContentTypes

@@ -10,7 +10,10 @@ namespace ReTok.Jobs.Engine;
 public sealed record StepPlan(string Step, JobKindInfo Kind, object Params, string ParamsJson, string Queue,
     IReadOnlyList<string> Needs, IReadOnlyDictionary<string, string> Inputs, string? RunName)
 {
-    public string ConfigHash => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(Kind.Name + "\n" + ParamsJson)))[..16];
+    public string ConfigHash => ConfigHashOf(Kind.Name, ParamsJson);
+
+    /// <summary>The config hash of a run of <paramref name="kind"/> with these parameters (steps and spawned shards alike).</summary>
+    public static string ConfigHashOf(string kind, string paramsJson) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(kind + "\n" + paramsJson)))[..16];
 
     /// <summary>A top-level "seed" or "global_seed" (or one nested a level down, e.g. trainer.global_seed) in the parameters.</summary>
     public long? Seed

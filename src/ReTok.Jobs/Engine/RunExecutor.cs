@@ -98,7 +98,7 @@ sealed class ExecutionScope(ExecutorHost host, Lease lease, string cacheDir)
             try { await Task.Delay(o.Heartbeat, stop); } catch (OperationCanceledException) { return; }
             try
             {
-                var r = await Tracker.RenewLeaseAsync(lease, o.LeaseTtl, ctx.Snapshot(), stop);
+                var r = await Tracker.Runs.RenewLeaseAsync(lease, o.LeaseTtl, ctx.Snapshot(), stop);
                 if (!r.Held) { host.Log($"[run {lease.RunId}] lease generation {lease.Generation} lost: another executor took over; stopping without further writes"); Stop(StopReason.LeaseLost); return; }
                 lastRenew = DateTimeOffset.UtcNow;
                 if (r.CancelRequested && Reason == StopReason.None) { host.Log($"[run {lease.RunId}] cancel requested"); Stop(StopReason.CancelRequested); }
@@ -128,7 +128,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
     public async Task Execute(long runId, PerformContext? context, CancellationToken hangfireToken)
     {
         var t = host.Tracker;
-        var run = await t.GetRunAsync(runId);
+        var run = await t.Runs.GetAsync(runId);
         if (run is null) { host.Log($"[run {runId}] not found; skipping"); return; }
         if (run.Status.IsTerminal() || run.Status == RunStatus.Waiting)
         {
@@ -139,20 +139,20 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
         using var slot = await devices.AcquireAsync(runId, host.Stopping);
         var owner = $"{host.WorkerId}/{slot.Name}/{Guid.NewGuid().ToString("N")[..6]}";
         var request = new LeaseRequest(owner, host.Options.LeaseTtl, host.HostName, slot.Device, context?.BackgroundJob?.Id);
-        var lease = await t.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);
+        var lease = await t.Runs.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);
         if (lease is null) return;
 
         if (host.Kinds.TryGet(run.Kind, out var kindInfo) && lease.Attempt > kindInfo.MaxAttempts)
         {
             // Earlier executions died without recording an outcome (worker killed or crashed, or the outcome itself
             // could not be stored): without this cap the reconciler re-queues such a run forever.
-            var last = await t.GetRunAsync(runId);
+            var last = await t.Runs.GetAsync(runId);
             var why = $"gave up after {lease.Attempt - 1} attempts (max {kindInfo.MaxAttempts}): each execution ended without recording an outcome (worker killed or crashed?)"
                       + (last?.FailureReason is { Length: > 0 } f ? $"; last failure: {f}" : last?.ProgressMessage is { Length: > 0 } m ? $"; last progress: {m}" : "");
             try
             {
                 await t.LogAsync(runId, "error", why, lease.Fence);
-                await RunTransitions.FailAsync(t, lease, why);
+                await t.Runs.FailAsync(lease, why);
                 host.Log($"[run {runId}] failed: {why}");
             }
             catch (LeaseLostException ex) { host.Log($"[run {runId}] {ex.Message}"); }
@@ -211,14 +211,14 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             if (reason == StopReason.CancelRequested)
             {
                 await TryFlushAsync(ctx);
-                await RunTransitions.CancelledAsync(t, lease, "cancelled by request");
+                await t.Runs.CancelledAsync(lease, "cancelled by request");
                 host.Log($"[run {run.Id}] cancelled");
                 return;
             }
             if (reason == StopReason.Shutdown)
             {
                 await TryFlushAsync(ctx);
-                await t.ReleaseToQueueAsync(lease, $"re-queued: worker {host.WorkerId} shut down", refundAttempt: true); // a redeploy is no failed attempt
+                await t.Runs.ReleaseToQueueAsync(lease, $"re-queued: worker {host.WorkerId} shut down", refundAttempt: true); // a redeploy is no failed attempt
                 host.Log($"[run {run.Id}] re-queued for another worker (graceful shutdown)");
                 // Hangfire re-queues a job that ends with OperationCanceledException while its server stops.
                 await WaitQuietly(hangfireToken, TimeSpan.FromSeconds(5));
@@ -229,8 +229,8 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             if (error is null)
             {
                 await ctx.FlushAsync();
-                if (ctx.Snapshot() is { } last) await t.RenewLeaseAsync(lease, host.Options.LeaseTtl, last); // final progress message
-                var ready = await RunTransitions.SucceedAsync(t, lease);
+                if (ctx.Snapshot() is { } last) await t.Runs.RenewLeaseAsync(lease, host.Options.LeaseTtl, last); // final progress message
+                var ready = await t.Runs.SucceedAsync(lease);
                 host.Log($"[run {run.Id}] succeeded");
                 foreach (var r in ready) await host.Client.EnqueueAsync(r.RunId, r.Queue);
                 return;
@@ -243,13 +243,13 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 var delay = TimeSpan.FromTicks(Math.Min(TimeSpan.FromMinutes(10).Ticks, host.Options.RetryBaseDelay.Ticks << Math.Min(20, lease.Attempt - 1)));
                 var note = $"attempt {lease.Attempt}/{kind.MaxAttempts} failed ({message}); retrying in {delay.TotalSeconds:F1} s";
                 await t.LogAsync(run.Id, "warn", note, lease.Fence);
-                if (await t.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
+                if (await t.Runs.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
                 host.Log($"[run {run.Id}] {note}");
                 return;
             }
             var reasonText = FailureClassifier.IsTransient(error) ? $"gave up after {lease.Attempt} attempts: {message}" : message;
             await t.LogAsync(run.Id, "error", error.ToString(), lease.Fence);
-            await RunTransitions.FailAsync(t, lease, reasonText);
+            await t.Runs.FailAsync(lease, reasonText);
             host.Log($"[run {run.Id}] failed: {reasonText}");
         }
         catch (LeaseLostException ex) { host.Log($"[run {run.Id}] {ex.Message}"); }
@@ -280,15 +280,15 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
     async Task<Lease?> WaitForLeaseAsync(long runId, LeaseRequest request)
     {
         var t = host.Tracker;
-        var first = await t.GetRunAsync(runId);
+        var first = await t.Runs.GetAsync(runId);
         var deadline = DateTimeOffset.UtcNow + host.Options.LeaseTtl + 2 * host.Options.Heartbeat;
         host.Log($"[run {runId}] leased by {first?.LeaseOwner} until {first?.LeaseExpiresAt:HH:mm:ss.fff}; waiting to see whether it is alive");
         while (DateTimeOffset.UtcNow < deadline && !host.Stopping.IsCancellationRequested)
         {
             await Task.Delay(host.Options.Heartbeat, host.Stopping).ContinueWith(_ => { });
-            var now = await t.GetRunAsync(runId);
+            var now = await t.Runs.GetAsync(runId);
             if (now is null || now.Status.IsTerminal() || now.Status == RunStatus.Waiting) return null;
-            if (await t.TryAcquireLeaseAsync(runId, request) is { } lease) return lease;
+            if (await t.Runs.TryAcquireLeaseAsync(runId, request) is { } lease) return lease;
             if (now.LeaseOwner != first?.LeaseOwner || now.LeaseExpiresAt > first?.LeaseExpiresAt)
             {
                 host.Log($"[run {runId}] is alive under {now.LeaseOwner}; this delivery steps aside");

@@ -1,8 +1,6 @@
 using System.Text.Json;
 using Hangfire;
 using Hangfire.PostgreSql;
-using Npgsql;
-using NpgsqlTypes;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Engine;
@@ -120,16 +118,12 @@ public sealed class WorkerHost : IAsyncDisposable
         var all = _servers.SelectMany(s => s.Pool.Snapshot().Select(kv => (s.Queue, Slot: kv.Key, Run: kv.Value))).ToList();
         var shared = all.GroupBy(x => x.Slot).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
         var slots = all.ToDictionary(x => shared.Contains(x.Slot) ? $"{x.Slot} ({x.Queue})" : x.Slot, x => x.Run);
-        await using var cmd = Client.Tracker.DataSource.CreateCommand("""
-            INSERT INTO retok.workers (id, host, queues, devices, slots, started_at, last_heartbeat) VALUES (@id, @h, @q, @d, @s, now(), now())
-            ON CONFLICT (id) DO UPDATE SET slots = excluded.slots, last_heartbeat = now()
-            """);
-        cmd.Parameters.AddWithValue("id", WorkerId);
-        cmd.Parameters.AddWithValue("h", HostName);
-        cmd.Parameters.AddWithValue("q", string.Join(",", _servers.Select(s => s.Queue)));
-        cmd.Parameters.AddWithValue("d", string.Join(",", _servers.SelectMany(s => s.Pool.Devices).Distinct()));
-        cmd.Parameters.Add(new NpgsqlParameter("s", NpgsqlDbType.Jsonb) { Value = JsonSerializer.Serialize(slots) });
-        await cmd.ExecuteNonQueryAsync(ct);
+        var row = new WorkerInfo
+        {
+            Id = WorkerId, Host = HostName, Queues = string.Join(",", _servers.Select(s => s.Queue)),
+            Devices = string.Join(",", _servers.SelectMany(s => s.Pool.Devices).Distinct()), Slots = JsonSerializer.Serialize(slots),
+        };
+        await Client.Tracker.Runs.UpsertWorkerAsync(row, ct);
     }
 
     /// <summary>Graceful stop: stop fetching, cancel running handlers (they checkpoint; runs are re-queued), wait up to ShutdownTimeout.</summary>
@@ -145,12 +139,7 @@ public sealed class WorkerHost : IAsyncDisposable
         await Task.WhenAll(_background);
         if (_client is not null)
         {
-            try
-            {
-                await using var cmd = _client.Tracker.DataSource.CreateCommand("DELETE FROM retok.workers WHERE id = @id");
-                cmd.Parameters.AddWithValue("id", WorkerId);
-                await cmd.ExecuteNonQueryAsync();
-            }
+            try { await _client.Tracker.Runs.DeleteWorkerAsync(WorkerId); }
             catch (Exception ex) { _log($"could not remove worker row: {ex.Message}"); }
         }
         _log($"worker {WorkerId} stopped");
@@ -190,17 +179,8 @@ public sealed class Reconciler(JobClient client, Action<string> log)
         }
 
         var o = client.Options;
-        var t = client.Tracker;
-        var candidates = new List<(long Id, string Queue, string? Job)>();
-        await using (var cmd = t.DataSource.CreateCommand("""
-            SELECT id, queue, hangfire_job_id FROM retok.runs
-            WHERE status = 'Queued' AND coalesce(queued_at, created_at) < now() - make_interval(secs => @after) ORDER BY id LIMIT 200
-            """))
-        {
-            cmd.Parameters.AddWithValue("after", o.ReconcileQueuedAfter.TotalSeconds);
-            await using var rd = await cmd.ExecuteReaderAsync(ct);
-            while (await rd.ReadAsync(ct)) candidates.Add((rd.GetInt64(0), rd.GetString(1), rd.IsDBNull(2) ? null : rd.GetString(2)));
-        }
+        var runs = client.Tracker.Runs;
+        var candidates = await runs.ListQueuedLongerThanAsync(o.ReconcileQueuedAfter, ct);
         if (candidates.Count > 0)
         {
             using var conn = client.Storage.GetConnection();
@@ -208,37 +188,19 @@ public sealed class Reconciler(JobClient client, Action<string> log)
             {
                 var state = job is null ? null : conn.GetStateData(job)?.Name;
                 if (state is "Enqueued" or "Scheduled" or "Processing" or "Awaiting") continue;
-                await using var claim = t.DataSource.CreateCommand("""
-                    UPDATE retok.runs SET queued_at = now(), hangfire_job_id = NULL
-                    WHERE id = @id AND status = 'Queued' AND hangfire_job_id IS NOT DISTINCT FROM @job
-                    """);
-                claim.Parameters.AddWithValue("id", id);
-                claim.Parameters.AddWithValue("job", (object?)job ?? DBNull.Value);
-                if (await claim.ExecuteNonQueryAsync(ct) != 1) continue;
+                if (!await runs.ClaimForEnqueueAsync(id, job, ct)) continue;
                 log($"reconciler: run {id} was Queued without a live Hangfire job (job {job ?? "none"}, state {state ?? "none"}); enqueued again");
                 await client.EnqueueAsync(id, queue, ct: ct);
             }
         }
 
         var grace = o.InvisibilityTimeout + o.LeaseTtl + 2 * o.ReconcileInterval;
-        var expired = new List<(long, string)>();
-        await using (var cmd = t.DataSource.CreateCommand("""
-            UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL, hangfire_job_id = NULL,
-                   progress_message = 're-queued by reconciler: lease of ' || coalesce(lease_owner, '?') || ' expired'
-            WHERE status = 'Running' AND lease_expires_at < now() - make_interval(secs => @grace) RETURNING id, queue
-            """))
-        {
-            cmd.Parameters.AddWithValue("grace", grace.TotalSeconds);
-            await using var rd = await cmd.ExecuteReaderAsync(ct);
-            while (await rd.ReadAsync(ct)) expired.Add((rd.GetInt64(0), rd.GetString(1)));
-        }
-        foreach (var (id, queue) in expired)
+        foreach (var (id, queue) in await runs.RequeueExpiredLeasesAsync(grace, ct))
         {
             log($"reconciler: run {id} had an expired lease for over {grace.TotalSeconds:F0} s; re-queued");
             await client.EnqueueAsync(id, queue, ct: ct);
         }
 
-        await using (var cmd = t.DataSource.CreateCommand("DELETE FROM retok.workers WHERE last_heartbeat < now() - interval '1 day'"))
-            await cmd.ExecuteNonQueryAsync(ct);
+        await runs.DeleteSilentWorkersAsync(TimeSpan.FromDays(1), ct);
     }
 }

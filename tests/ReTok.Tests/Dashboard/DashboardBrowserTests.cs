@@ -83,7 +83,7 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Assert.Contains("2.66", await page.Locator("table.results").InnerTextAsync());
 
         Step("live status: the page polls /api/runs/live and updates in place, then reloads once the run is finished");
-        var live = (await f.Tracker.CreateRunAsync(new Run { Kind = "selftest", Name = "live", Status = RunStatus.Queued })).Id;
+        var live = (await f.Tracker.Runs.InsertAsync(new Run { Kind = "selftest", Name = "live", Status = RunStatus.Queued })).Id;
         await page.GotoAsync($"{f.BaseUrl}/runs/{live}");
         await using (var cmd = f.Tracker.DataSource.CreateCommand(
             "UPDATE retok.runs SET status = 'Running', progress = 0.5, eta_seconds = 125, progress_message = 'step 6/12', started_at = now() WHERE id = @id"))
@@ -121,7 +121,7 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         await page.ClickAsync("button:has-text('Cancel run')");
         await page.WaitForURLAsync(new System.Text.RegularExpressions.Regex($@"/runs/{id}\?msg=cancelled"));
         Assert.Equal("Cancelled", (await page.Locator("#run-live .st").InnerTextAsync()).Trim());
-        Assert.Equal(RunStatus.Cancelled, (await f.Tracker.GetRunAsync(id))!.Status);
+        Assert.Equal(RunStatus.Cancelled, (await f.Tracker.Runs.GetAsync(id))!.Status);
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "cancelled.png"), FullPage = true });
 
         Step("Hangfire's dashboard opens for the logged-in user");

@@ -62,23 +62,23 @@ public sealed class DashboardFixture : IAsyncLifetime
             Name = name, Kind = kind, Status = st, ExperimentId = exp, Parameters = parameters, Tags = tags.ToList(),
             StartedAt = DateTimeOffset.UtcNow.AddMinutes(-5), FinishedAt = st.IsTerminal() ? DateTimeOffset.UtcNow : null, Progress = 1,
         };
-        TokRun = (await Tracker.CreateRunAsync(New("tok-train", "selftest", RunStatus.Succeeded, """{"n": 40, "step_ms": 100, "optim": {"lr": 0.0001}}""", "tokenizer=ReTok-S-B"))).Id;
+        TokRun = (await Tracker.Runs.InsertAsync(New("tok-train", "selftest", RunStatus.Succeeded, """{"n": 40, "step_ms": 100, "optim": {"lr": 0.0001}}""", "tokenizer=ReTok-S-B"))).Id;
         await Tracker.LogMetricsAsync(TokRun, Enumerable.Range(0, 50).Select(i => new MetricValue("train/loss", i * 10, 2.0 / (1 + 0.2 * i))).ToList());
         Grid = await Tracker.SaveArtifactAsync(TokRun, "samples/grid.png", new MemoryStream(GridPng), new ArtifactSaveOptions { Kind = "image", ContentType = "image/png" });
         var result = await Tracker.SaveArtifactAsync(TokRun, "result.json", new MemoryStream("""{"total": 820}"""u8.ToArray()), new ArtifactSaveOptions { Kind = "json", ContentType = "application/json" });
         await Tracker.SaveArtifactAsync(TokRun, "notes.html", new MemoryStream("<script>alert(1)</script>"u8.ToArray()), new ArtifactSaveOptions { ContentType = "text/html" });
         await Tracker.LogAsync(TokRun, [new LogLine("info", "starting tokenizer training"), new LogLine("warn", "loss spike at step 120"), new LogLine("info", "done")]);
 
-        RecRun = (await Tracker.CreateRunAsync(New("rec-eval", "selftest", RunStatus.Succeeded, """{"n": 1}""", "eval"))).Id;
+        RecRun = (await Tracker.Runs.InsertAsync(New("rec-eval", "selftest", RunStatus.Succeeded, """{"n": 1}""", "eval"))).Id;
         await Tracker.RecordUseAsync(RecRun, result.Id, "tokenizer");
         await Tracker.LogMetricsAsync(RecRun, [new("rfid@k=32", 0, 2.5), new("rfid@k=256", 0, 1.2), new("rfid@k=256", 1, 1.01)]);
 
-        GenRun = (await Tracker.CreateRunAsync(New("gen-eval", "selftest", RunStatus.Succeeded, """{"n": 2}""", "generator=LlamaGen-L", "tokenizer=ReTok-S-B"))).Id;
+        GenRun = (await Tracker.Runs.InsertAsync(New("gen-eval", "selftest", RunStatus.Succeeded, """{"n": 2}""", "generator=LlamaGen-L", "tokenizer=ReTok-S-B"))).Id;
         await Tracker.LogMetricsAsync(GenRun, [
             new("gfid@k=256", 0, 3.1), new("is@k=256", 0, 200), new("precision@k=256", 0, 0.7), new("recall@k=256", 0, 0.6),
             new("gfid@k=256,cfg=1.5", 0, 2.66), new("is@k=256,cfg=1.5", 0, 231.7), new("precision@k=256,cfg=1.5", 0, 0.82), new("recall@k=256,cfg=1.5", 0, 0.57)]);
 
-        FailedRun = (await Tracker.CreateRunAsync(New("tok-train-small", "selftest", RunStatus.Failed, """{"n": 20, "step_ms": 100, "optim": {"lr": 0.0002}}"""))).Id;
+        FailedRun = (await Tracker.Runs.InsertAsync(New("tok-train-small", "selftest", RunStatus.Failed, """{"n": 20, "step_ms": 100, "optim": {"lr": 0.0002}}"""))).Id;
         await Tracker.LogMetricsAsync(FailedRun, Enumerable.Range(0, 30).Select(i => new MetricValue("train/loss", i * 10, 2.5 / (1 + 0.1 * i))).ToList());
         await using var db = Tracker.CreateDb();
         var f = await db.Runs.FindAsync(FailedRun);

@@ -240,12 +240,12 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
     [Fact]
     public async Task Failure_reasons_and_run_logs_are_stored_with_credentials_blanked()
     {
-        var run = await f.Tracker.CreateRunAsync(new Run { Name = "leaky", Kind = "selftest", Status = RunStatus.Queued, Parameters = "{}" });
-        var lease = await f.Tracker.TryAcquireLeaseAsync(run.Id, new LeaseRequest("test-owner", TimeSpan.FromMinutes(1)));
+        var run = await f.Tracker.Runs.InsertAsync(new Run { Name = "leaky", Kind = "selftest", Status = RunStatus.Queued, Parameters = "{}" });
+        var lease = await f.Tracker.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("test-owner", TimeSpan.FromMinutes(1)));
         Assert.NotNull(lease);
         var error = new FormatException($"No valid combination of account information found in '{AzureConn}'");
         await f.Tracker.LogAsync(run.Id, "error", error.ToString(), lease!.Fence);
-        await RunTransitions.FailAsync(f.Tracker, lease, $"{error.GetType().Name}: {error.Message}");
+        await f.Tracker.Runs.FailAsync(lease, $"{error.GetType().Name}: {error.Message}");
 
         using var c = f.Client(UserRole.Viewer);
         var dto = await c.GetStringAsync($"/api/runs/{run.Id}");
@@ -341,7 +341,7 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
     [Fact]
     public async Task A_run_with_1M_points_is_downsampled_for_pages_and_paginated_in_the_api()
     {
-        var run = await f.Tracker.CreateRunAsync(new Run { Name = "long-run", Kind = "selftest", Status = RunStatus.Succeeded, Parameters = "{}" });
+        var run = await f.Tracker.Runs.InsertAsync(new Run { Name = "long-run", Kind = "selftest", Status = RunStatus.Succeeded, Parameters = "{}" });
         var sw = Stopwatch.StartNew();
         await using (var cmd = f.Tracker.DataSource.CreateCommand("""
             INSERT INTO retok.metrics (run_id, key, step, value, time)
@@ -375,7 +375,7 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
         Assert.InRange(series["train/lr"].Count, 900, 1000);
 
         sw.Restart();
-        var latest = await f.Tracker.GetLatestMetricsAsync(run.Id);
+        var latest = await f.Tracker.GetLatestMetricsAsync([run.Id]);
         log.WriteLine($"latest values of 1M points: {sw.ElapsedMilliseconds} ms");
         Assert.Equal([("train/loss", 500000L), ("train/lr", 500000L)], latest.Select(m => (m.Key, m.Step)).Order().ToList());
 
@@ -426,8 +426,8 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
         var unit = Svg.Ticks(0, 1);
         Assert.Equal((6, 0.0, 1.0), (unit.Length, unit[0], unit[^1]));
 
-        var a = await f.Tracker.CreateRunAsync(new Run { Name = "diverged-a", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
-        var b = await f.Tracker.CreateRunAsync(new Run { Name = "diverged-b", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
+        var a = await f.Tracker.Runs.InsertAsync(new Run { Name = "diverged-a", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
+        var b = await f.Tracker.Runs.InsertAsync(new Run { Name = "diverged-b", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });
         await f.Tracker.LogMetricsAsync(a.Id, [new("train/loss", 0, 1.0), new("train/loss", 1, 1.5e308), new("train/loss", 2, double.NaN)]);
         await f.Tracker.LogMetricsAsync(b.Id, [new("train/loss", 0, 1.0), new("train/loss", 1, -1.5e308), new("train/loss", 2, 2.0)]);
         using var c = f.Client(UserRole.Viewer);

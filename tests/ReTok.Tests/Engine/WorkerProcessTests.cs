@@ -117,9 +117,9 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
         Assert.Equal(RunStatus.Succeeded, agg.Status);
         // Exactly once: one aggregator, acquired once, and its total is the sum over all shards.
         Assert.Equal((1, 1L), (agg.Attempt, agg.LeaseGeneration));
-        Assert.Single(await _env.Tracker.ListRunsAsync(new RunFilter(Kind: "selftest-aggregate", ParentRunId: parent)));
+        Assert.Single(await _env.Tracker.Runs.ListAsync(new RunFilter(Kind: "selftest-aggregate", ParentRunId: parent)));
         Assert.Equal(21.0 * Sum(10), JsonNode.Parse(await _env.ResultJsonAsync(agg.Id))!["total"]!.GetValue<double>()); // scales 1..6
-        var shards = (await _env.Tracker.ListRunsAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
+        var shards = (await _env.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
         Assert.Equal(6, shards.Count);
         Assert.All(shards, s => Assert.Equal(RunStatus.Succeeded, s.Status));
         Assert.Equal(2, shards[0].Attempt);                   // the transient fault was retried, alone
@@ -145,8 +145,8 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
         var ids = r.Runs.ToDictionary(x => x.Step, x => x.RunId);
         var report = await _env.WaitTerminalAsync(ids["report"]);
         Assert.Equal(RunStatus.Succeeded, report.Status);
-        var produce = (await _env.Tracker.GetRunAsync(ids["produce"]))!;
-        var transform = (await _env.Tracker.GetRunAsync(ids["transform"]))!;
+        var produce = (await _env.Tracker.Runs.GetAsync(ids["produce"]))!;
+        var transform = (await _env.Tracker.Runs.GetAsync(ids["transform"]))!;
         Assert.True(transform.StartedAt >= produce.FinishedAt && report.StartedAt >= transform.FinishedAt);
         Assert.Equal(55 + 2 * 15 + 6, JsonNode.Parse(await _env.ResultJsonAsync(report.Id))!["total"]!.GetValue<double>());
         var tIn = Assert.Single(await _env.Tracker.GetInputsAsync(transform.Id));
@@ -184,12 +184,12 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
     {
         var spec = Path.Combine(_env.Root, "bad.yaml");
         await File.WriteAllTextAsync(spec, "kind: selftest\nparams:\n  n: lots\n  stepms: 5\n");
-        var before = (await _env.Tracker.ListRunsAsync(new RunFilter(Limit: 100_000))).Count;
+        var before = (await _env.Tracker.Runs.ListAsync(new RunFilter(Limit: 100_000))).Count;
         var (code, output) = await _env.CliAsync($"submit {spec} --set checkpoint_every=0.5");
         Assert.Equal(2, code);
         Assert.Contains("params.n: expected an integer (int), got 'lots'", output);
         Assert.Contains("params.stepms: unknown key (did you mean 'step_ms'?)", output);
         Assert.Contains("params.checkpoint_every: expected an integer (int), got '0.5'", output);
-        Assert.Equal(before, (await _env.Tracker.ListRunsAsync(new RunFilter(Limit: 100_000))).Count); // nothing was created
+        Assert.Equal(before, (await _env.Tracker.Runs.ListAsync(new RunFilter(Limit: 100_000))).Count); // nothing was created
     }
 }

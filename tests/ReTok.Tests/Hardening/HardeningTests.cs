@@ -166,17 +166,17 @@ public sealed class PoisonTextTests(TestDatabase db) : IClassFixture<TestDatabas
     {
         await using var t = db.CreateTracker();
         var exp = await t.EnsureExperimentAsync("exp\0x");
-        var run = await t.CreateRunAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x", ExperimentId = exp });
-        var lease = (await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
+        var run = await t.Runs.InsertAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x", ExperimentId = exp });
+        var lease = (await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
         const string poison = "PATH=/usr/bin\0HOME=/root\u001b[2J\ud800";
         await t.LogAsync(run.Id, "error", poison, lease.Fence);
         await t.LogMetricsAsync(run.Id, [new MetricValue("loss\0x", 1, 1.0)], lease.Fence);
-        Assert.True((await t.RenewLeaseAsync(lease, TimeSpan.FromMinutes(1), new ProgressSnapshot(0.5, poison, null, DateTimeOffset.UtcNow))).Held);
-        Assert.True(await t.ReleaseToQueueAsync(lease, poison, poison));
-        lease = (await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
-        await RunTransitions.FailAsync(t, lease, poison);
+        Assert.True((await t.Runs.RenewLeaseAsync(lease, TimeSpan.FromMinutes(1), new ProgressSnapshot(0.5, poison, null, DateTimeOffset.UtcNow))).Held);
+        Assert.True(await t.Runs.ReleaseToQueueAsync(lease, poison, poison));
+        lease = (await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("w", TimeSpan.FromMinutes(1))))!;
+        await t.Runs.FailAsync(lease, poison);
 
-        var back = (await t.GetRunAsync(run.Id))!;
+        var back = (await t.Runs.GetAsync(run.Id))!;
         Assert.Equal(RunStatus.Failed, back.Status);
         const string clean = "PATH=/usr/bin\uFFFDHOME=/root\uFFFD[2J\uFFFD";
         Assert.Equal(clean, back.FailureReason);
@@ -255,7 +255,7 @@ public sealed class HardeningWorkerTests(EngineEnvironment env) : IClassFixture<
     {
         await WorkerAsync();
         var max = JobKindRegistry.Default.Get("selftest").MaxAttempts;
-        var run = await env.Tracker.CreateRunAsync(new Run
+        var run = await env.Tracker.Runs.InsertAsync(new Run
         {
             Kind = "selftest", Parameters = ParamBinder.ToJson(new SelftestParams { N = 1, StepMs = 0 }), ConfigHash = "x", Queue = "harden",
             Status = RunStatus.Queued, QueuedAt = DateTimeOffset.UtcNow, Attempt = max, ProgressMessage = "re-queued by reconciler: lease of w expired",
@@ -309,7 +309,7 @@ public sealed class ArtifactHygieneTests(TestDatabase db) : IClassFixture<TestDa
         var (t, cleanup) = await TrackerAsync(store);
         try
         {
-            var run = await t.CreateRunAsync(new Run { Kind = "extract-dataset", Parameters = "{}", ConfigHash = "x" });
+            var run = await t.Runs.InsertAsync(new Run { Kind = "extract-dataset", Parameters = "{}", ConfigHash = "x" });
             await t.SaveArtifactFileAsync(run.Id, "dataset.npz", File_("old"), new ArtifactSaveOptions());
             var json = new ArtifactSaveOptions { Kind = "json" };
             await Assert.ThrowsAsync<ArtifactConflictException>(() => t.SaveArtifactFilesAsync(run.Id,
@@ -333,7 +333,7 @@ public sealed class ArtifactHygieneTests(TestDatabase db) : IClassFixture<TestDa
         var (t, cleanup) = await TrackerAsync(store);
         try
         {
-            var run = await t.CreateRunAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x" });
+            var run = await t.Runs.InsertAsync(new Run { Kind = "selftest", Parameters = "{}", ConfigHash = "x" });
             var kept = await t.SaveArtifactFileAsync(run.Id, "result.json", File_("{}"), new ArtifactSaveOptions());
             var orphan = await t.Store.PutAsync($"runs/{run.Id}/deadbeef0000/dataset.npz", new MemoryStream([1, 2, 3])); // the kill came before the row
             Assert.Equal(0, await t.SweepOrphanObjectsAsync(TimeSpan.FromHours(1)));  // too young: its row may still be coming
@@ -381,7 +381,7 @@ public sealed class ConnectionPoolTests(TestDatabase db, Xunit.Abstractions.ITes
         while (true)
         {
             peak = Math.Max(peak, await Count());
-            var runs = await Task.WhenAll(ids.Select(id => observer.GetRunAsync(id)));
+            var runs = await Task.WhenAll(ids.Select(id => observer.Runs.GetAsync(id)));
             if (runs.All(r => r!.Status.IsTerminal())) { Assert.All(runs, r => Assert.Equal(RunStatus.Succeeded, r!.Status)); break; }
             await Task.Delay(50);
         }

@@ -77,7 +77,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         var single = submitted.Runs.Single(r => r.Step == "eval").RunId;
 
         // Sharded: the tokenizer and data as tracked artifacts of another run (train-tokenizer's outputs in the quickstart).
-        var producer = await _env.Tracker.CreateRunAsync(new Run { Kind = "test-producer", Status = RunStatus.Succeeded });
+        var producer = await _env.Tracker.Runs.InsertAsync(new Run { Kind = "test-producer", Status = RunStatus.Succeeded });
         foreach (var (name, path) in new[] { ("dataset.npz", data), ("tokenizer.safetensors", weights), ("tokenizer.yaml", yaml) })
             await _env.Tracker.SaveArtifactFileAsync(producer.Id, name, path);
         var inputs = new Dictionary<string, string>
@@ -91,14 +91,14 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         Assert.NotNull(pr.ContinuedByRunId);
         var agg = await SucceededAsync(_env, pr.ContinuedByRunId!.Value, 600);
         _log.WriteLine($"single + sharded evaluation: {sw.Elapsed.TotalSeconds:F1} s");
-        foreach (var id in new[] { extractRun, single, parent }.Concat((await _env.Tracker.ListRunsAsync(new RunFilter(ParentRunId: parent))).Select(r => r.Id)))
-            if (await _env.Tracker.GetRunAsync(id) is { } rr)
+        foreach (var id in new[] { extractRun, single, parent }.Concat((await _env.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: parent))).Select(r => r.Id)))
+            if (await _env.Tracker.Runs.GetAsync(id) is { } rr)
                 _log.WriteLine($"run {id} {rr.Kind}: queued {(rr.StartedAt - rr.CreatedAt)?.TotalSeconds:F1} s, ran {(rr.FinishedAt - rr.StartedAt)?.TotalSeconds:F1} s");
         // the job's chunked extraction gives the bytes of the one-chunk extraction above
         Assert.Equal(await ShaAsync(_env.Tracker, producer.Id, "dataset.npz"), await ShaAsync(_env.Tracker, extractRun, "dataset.npz"));
 
         // Sharded == single worker: the same bytes and the same metric values.
-        var shards = (await _env.Tracker.ListRunsAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
+        var shards = (await _env.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
         Assert.Equal(2, shards.Count);
         Assert.Equal(new[] { 0L, 2L }, shards.Select(s => JsonDocument.Parse(s.Parameters).RootElement.GetProperty("start").GetInt64()));
         foreach (var k in new[] { 8, 256 })

@@ -55,7 +55,7 @@ public sealed class ExtractDatasetJobTests : IClassFixture<EngineEnvironment>
         foreach (var id in new[] { skip1, skip2, subset }) await SucceededAsync(_env, id);
         _log.WriteLine($"worker ready and 4 runs done after {sw.Elapsed.TotalSeconds:F1} s");
         foreach (var id in new[] { skip1, skip2, fail, subset })
-            if (await _env.Tracker.GetRunAsync(id) is { } r)
+            if (await _env.Tracker.Runs.GetAsync(id) is { } r)
                 _log.WriteLine($"run {id}: queued {(r.StartedAt - r.CreatedAt)?.TotalSeconds:F1} s, ran {(r.FinishedAt - r.StartedAt)?.TotalSeconds:F1} s");
 
         // Rows are the ADM crops of the seeded selection without the two corrupt files; labels are the class folders.

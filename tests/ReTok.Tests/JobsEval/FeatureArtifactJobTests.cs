@@ -65,7 +65,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         await worker.WaitReadyAsync();
         _log.WriteLine($"worker ready at {sw.Elapsed.TotalSeconds:F1} s");
 
-        var producer = await _env.Tracker.CreateRunAsync(new Run { Kind = "test-producer", Status = RunStatus.Succeeded });
+        var producer = await _env.Tracker.Runs.InsertAsync(new Run { Kind = "test-producer", Status = RunStatus.Succeeded });
         foreach (var (name, path) in new[] { ("dataset.npz", data), ("tokenizer.safetensors", tok), ("tokenizer.yaml", yaml) })
             await _env.Tracker.SaveArtifactFileAsync(producer.Id, name, path);
         var inputs = new Dictionary<string, string>
@@ -77,7 +77,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         {
             var id = await _env.Client.SubmitAsync("eval-reconstruction", q, inputs: extra is null ? inputs : inputs.Concat(extra).ToDictionary());
             await SucceededAsync(_env, id, 600);
-            var rr = (await _env.Tracker.GetRunAsync(id))!;
+            var rr = (await _env.Tracker.Runs.GetAsync(id))!;
             _log.WriteLine($"run {id} done at {sw.Elapsed.TotalSeconds:F1} s (queued {(rr.StartedAt - rr.CreatedAt)?.TotalSeconds:F1} s, ran {(rr.FinishedAt - rr.StartedAt)?.TotalSeconds:F1} s)");
             return id;
         }

@@ -88,7 +88,7 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (DateTime.UtcNow < deadline)
         {
-            var r = await t.GetRunAsync(id);
+            var r = await t.Runs.GetAsync(id);
             if (r!.Status.IsTerminal())
             {
                 var logs = string.Join("\n", (await t.GetLogsAsync(id, limit: 1000)).Select(l => l.Message));
@@ -165,7 +165,7 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
 
         // the final run: the whole curve, best_cfg = argmin of the recorded gFIDs, cfg_curve.png
         var final = rounds[^1];
-        var curve = (await t.GetLatestMetricsAsync(final.Id)).Where(m => m.Key.StartsWith($"gfid@k={k},cfg="))
+        var curve = (await t.GetLatestMetricsAsync([final.Id])).Where(m => m.Key.StartsWith($"gfid@k={k},cfg="))
             .ToDictionary(m => double.Parse(m.Key[$"gfid@k={k},cfg=".Length..], CultureInfo.InvariantCulture), m => m.Value);
         Assert.Equal(gfid.OrderBy(x => x.Key), curve.OrderBy(x => x.Key));
         var best = (await t.GetMetricsAsync(final.Id, "best_cfg")).Single().Value;

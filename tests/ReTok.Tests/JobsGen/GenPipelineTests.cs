@@ -35,7 +35,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         var deadline = DateTime.UtcNow.AddSeconds(seconds);
         while (DateTime.UtcNow < deadline)
         {
-            var r = await t.GetRunAsync(id);
+            var r = await t.Runs.GetAsync(id);
             if (r!.Status.IsTerminal()) return r;
             await Task.Delay(200);
         }
@@ -80,7 +80,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         {
             ["arr_0"] = NpyArray.FromTensor(images), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 1, 3 })),
         });
-        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         foreach (var f in new[] { "tokenizer.yaml", "tokenizer.safetensors", "dataset.npz" })
             await t.SaveArtifactFileAsync(src.Id, f, Path.Combine(tokDir, f));
         string Ref(string name) => $"run:{src.Id}/{name}";
@@ -167,7 +167,7 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         {
             ["arr_0"] = NpyArray.FromTensor(image), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 2 })),
         });
-        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         await t.SaveArtifactFileAsync(src.Id, "tokenizer.yaml", Path.Combine(fx, "tiny.yaml"));
         await t.SaveArtifactFileAsync(src.Id, "tokenizer.safetensors", Path.Combine(fx, "tiny.safetensors"));
         await t.SaveArtifactFileAsync(src.Id, "dataset.npz", Path.Combine(root, "dataset.npz"));

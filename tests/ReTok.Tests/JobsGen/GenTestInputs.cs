@@ -58,7 +58,7 @@ public sealed class GenTestInputs
         if (inceptionWeights)
             using (var inc = ReTok.Tests.Evaluation.InceptionTests.FormulaInception()) // safetensors: faster to load than the .pth pickle
                 StateDictFile.WriteSafetensors(Path.Combine(weights, "pt_inception-2015-12-05-6726825d.safetensors"), inc.state_dict());
-        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         foreach (var f in new[] { "tokenizer.yaml", "tokenizer.safetensors", "dataset.npz", "generator.safetensors", "generator.yaml", "codes.npz" })
             await t.SaveArtifactFileAsync(src.Id, f, Path.Combine(dir, f));
         return new GenTestInputs { RunId = src.Id, WeightsDir = weights };

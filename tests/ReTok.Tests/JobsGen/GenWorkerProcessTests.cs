@@ -31,7 +31,7 @@ public sealed class GenWorkerProcessTests(EngineEnvironment env, ITestOutputHelp
         var deadline = DateTime.UtcNow.AddSeconds(240);
         while (DateTime.UtcNow < deadline)
         {
-            if (await victim() is { } id && await CheckpointStepAsync(id) >= 1 && (await env.Tracker.GetRunAsync(id))!.LeaseOwner is { } owner)
+            if (await victim() is { } id && await CheckpointStepAsync(id) >= 1 && (await env.Tracker.Runs.GetAsync(id))!.LeaseOwner is { } owner)
             {
                 var (killed, survivor) = owner.StartsWith(a.Name + "/") ? (a, b) : (b, a);
                 var step = await CheckpointStepAsync(id);
@@ -94,7 +94,7 @@ public sealed class GenWorkerProcessTests(EngineEnvironment env, ITestOutputHelp
         var codes = new Dictionary<string, string> { ["codes"] = inputs.Ref("codes.npz") };
         var killed = await env.Client.SubmitAsync("train-generator", P(1000), inputs: codes, queue: queue);
         var (_, survivor, step) = await KillAfterFirstCheckpointAsync(queue, async () =>
-            (await env.Tracker.GetRunAsync(killed))!.Status == RunStatus.Running ? killed : null, sw);
+            (await env.Tracker.Runs.GetAsync(killed))!.Status == RunStatus.Running ? killed : null, sw);
         Assert.InRange(step, 2, 6);
         var k = await env.WaitTerminalAsync(killed, 240);
         Assert.True(k.Status == RunStatus.Succeeded, $"{k.Status}: {k.FailureReason}\n{env.WorkerLogs()}");

@@ -31,7 +31,7 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
         var codes = torch.randint(0, 64, new long[] { 4, 8 }, torch.ScalarType.Int64, generator: new torch.Generator(1));
         var npz = Path.Combine(root, "codes.npz");
         Npz.Save(npz, new Dictionary<string, NpyArray> { ["codes"] = NpyArray.FromTensor(codes), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 0, 1, 2, 3 })) });
-        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         await t.SaveArtifactFileAsync(src.Id, "codes.npz", npz);
 
         await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "milestone-test" }, log: _ => { });
@@ -48,7 +48,7 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
             var rid = await client.SubmitAsync("train-generator", p, inputs: inputs);
             var deadline = DateTime.UtcNow.AddSeconds(240);
             Run x;
-            while (!(x = (await t.GetRunAsync(rid))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
+            while (!(x = (await t.Runs.GetAsync(rid))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
             return x;
         }
         var r = await Train(null);

@@ -37,7 +37,7 @@ public sealed class ValidationSplitTests(TestDatabase db) : IClassFixture<TestDa
         {
             ["codes"] = NpyArray.FromTensor(codes), ["labels"] = NpyArray.FromTensor(labels), ["image_index"] = NpyArray.FromTensor(image),
         });
-        var src = await t.CreateRunAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
+        var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         await t.SaveArtifactFileAsync(src.Id, "codes.npz", npz);
 
         await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "valsplit-test" }, log: _ => { });
@@ -52,7 +52,7 @@ public sealed class ValidationSplitTests(TestDatabase db) : IClassFixture<TestDa
             var rid = await client.SubmitAsync("train-generator", p, inputs: new Dictionary<string, string> { ["codes"] = $"run:{src.Id}/codes.npz" });
             var deadline = DateTime.UtcNow.AddSeconds(240);
             Run x;
-            while (!(x = (await t.GetRunAsync(rid))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
+            while (!(x = (await t.Runs.GetAsync(rid))!).Status.IsTerminal() && DateTime.UtcNow < deadline) await Task.Delay(200);
             return x;
         }
 

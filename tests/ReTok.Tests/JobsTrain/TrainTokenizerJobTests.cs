@@ -63,7 +63,7 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
         var deadline = DateTime.UtcNow.AddSeconds(240);
         while (await CheckpointStepAsync(killed) < 2 && DateTime.UtcNow < deadline) await Task.Delay(100);
         var ckAtKill = await CheckpointStepAsync(killed);
-        var progressAtKill = (await env.Tracker.GetRunAsync(killed))!.ProgressMessage;
+        var progressAtKill = (await env.Tracker.Runs.GetAsync(killed))!.ProgressMessage;
         a.Kill();
         log.WriteLine($"killed worker A at checkpoint step {ckAtKill} ({progressAtKill}) after {sw.Elapsed.TotalSeconds:F0} s");
         Assert.InRange(ckAtKill, 2, 5);

@@ -125,7 +125,7 @@ public sealed class TrainJobEnvironment : IAsyncLifetime
         Run? r = null;
         while (DateTime.UtcNow < deadline)
         {
-            r = await Tracker.GetRunAsync(id);
+            r = await Tracker.Runs.GetAsync(id);
             if (r is not null && until(r)) return r;
             await Task.Delay(200);
         }

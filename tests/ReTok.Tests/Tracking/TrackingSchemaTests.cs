@@ -13,7 +13,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
     public TrackingSchemaTests(TestDatabase db) => _db = db;
 
     async Task<Run> NewRunAsync(Tracker t, string kind = "selftest") =>
-        await t.CreateRunAsync(new Run { Kind = kind, Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""", ConfigHash = "abc", Seed = 0 });
+        await t.Runs.InsertAsync(new Run { Kind = kind, Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""", ConfigHash = "abc", Seed = 0 });
 
     [Fact]
     public async Task RunRoundTripsWithJsonbParametersAndTags()
@@ -21,14 +21,14 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         await using var t = _db.CreateTracker();
         var exp = await t.EnsureExperimentAsync("tracking-test");
         Assert.Equal(exp, await t.EnsureExperimentAsync("tracking-test"));
-        var run = await t.CreateRunAsync(new Run
+        var run = await t.Runs.InsertAsync(new Run
         {
             Kind = "selftest", ExperimentId = exp, Name = "r1", Parameters = """{"n": 40, "trainer": {"lr": 0.0001}}""",
             ConfigHash = "0123", Seed = 7, CodeVersion = "deadbeef", Tags = new() { "a", "b" }, DependsOn = new() { "extract" },
             Inputs = """{"data": "extract/dataset.npz"}""",
         });
         Assert.True(run.Id > 0);
-        var back = await t.GetRunAsync(run.Id);
+        var back = await t.Runs.GetAsync(run.Id);
         Assert.NotNull(back);
         Assert.Equal(RunStatus.Queued, back!.Status);
         Assert.Equal(new[] { "a", "b" }, back.Tags);
@@ -41,7 +41,7 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.True(await rd.ReadAsync());
         Assert.Equal(0.0001, double.Parse(rd.GetString(0), System.Globalization.CultureInfo.InvariantCulture));
         Assert.Equal("extract/dataset.npz", rd.GetString(1));
-        Assert.Contains(await t.ListRunsAsync(new RunFilter(ExperimentId: exp)), r => r.Id == run.Id);
+        Assert.Contains(await t.Runs.ListAsync(new RunFilter(ExperimentId: exp)), r => r.Id == run.Id);
     }
 
     [Fact]
@@ -59,8 +59,14 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         Assert.Equal(10 - 4.0, loss[4].Value);
         Assert.Equal(105.0, loss[5].Value);
         Assert.Equal(-1.0, loss[9].Value);
-        var latest = await t.GetLatestMetricsAsync(run.Id);
+        var latest = await t.GetLatestMetricsAsync([run.Id]);
         Assert.Equal(new[] { ("acc", 3L, 0.5), ("loss", 9L, -1.0) }, latest.Select(m => (m.Key, m.Step, m.Value)));
+        // several runs in one query (compare page, results table): by run, then key; a run without metrics adds nothing
+        var other = await NewRunAsync(t);
+        await t.LogMetricsAsync(other.Id, new[] { new MetricValue("loss", 1, 7), new MetricValue("loss", 2, 8) });
+        var empty = await NewRunAsync(t);
+        Assert.Equal(new[] { (run.Id, "acc", 3L), (run.Id, "loss", 9L), (other.Id, "loss", 2L) },
+            (await t.GetLatestMetricsAsync([other.Id, empty.Id, run.Id, run.Id])).Select(m => (m.RunId, m.Key, m.Step)));
     }
 
     [Fact]
@@ -132,18 +138,18 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
     {
         await using var t = _db.CreateTracker();
         var run = await NewRunAsync(t);
-        var a = await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-a", TimeSpan.FromMinutes(5), "host-a", "cpu"));
+        var a = await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-a", TimeSpan.FromMinutes(5), "host-a", "cpu"));
         Assert.NotNull(a);
         Assert.Equal(1, a!.Generation);
-        Assert.Null(await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5))));
+        Assert.Null(await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5))));
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 1, 1) }, a.Fence);
-        Assert.True((await t.RenewLeaseAsync(a, TimeSpan.FromMinutes(5), new ProgressSnapshot(0.25, "step 1", 30, DateTimeOffset.UtcNow))).Held);
-        Assert.Equal(0.25, (await t.GetRunAsync(run.Id))!.Progress);
+        Assert.True((await t.Runs.RenewLeaseAsync(a, TimeSpan.FromMinutes(5), new ProgressSnapshot(0.25, "step 1", 30, DateTimeOffset.UtcNow))).Held);
+        Assert.Equal(0.25, (await t.Runs.GetAsync(run.Id))!.Progress);
 
         // Worker A stops heartbeating: expire its lease, B takes over with the next generation.
         await using (var cmd = t.DataSource.CreateCommand("UPDATE retok.runs SET lease_expires_at = now() - interval '1 second' WHERE id = @id"))
         { cmd.Parameters.AddWithValue("id", run.Id); await cmd.ExecuteNonQueryAsync(); }
-        var b = await t.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5), "host-b", "cpu"));
+        var b = await t.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest("worker-b", TimeSpan.FromMinutes(5), "host-b", "cpu"));
         Assert.Equal(2, b!.Generation);
         Assert.Equal(2, b.Attempt);
 
@@ -151,13 +157,13 @@ public sealed class TrackingSchemaTests : IClassFixture<TestDatabase>
         await Assert.ThrowsAsync<LeaseLostException>(() => t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 2, 99) }, a.Fence));
         await Assert.ThrowsAsync<LeaseLostException>(() => t.SaveArtifactAsync(run.Id, "stale.bin", new MemoryStream(new byte[] { 1 }), fence: a.Fence));
         await Assert.ThrowsAsync<LeaseLostException>(() => t.LogAsync(run.Id, "info", "stale", a.Fence));
-        Assert.False((await t.RenewLeaseAsync(a, TimeSpan.FromMinutes(5))).Held);
-        Assert.False(await t.ReleaseToQueueAsync(a));
+        Assert.False((await t.Runs.RenewLeaseAsync(a, TimeSpan.FromMinutes(5))).Held);
+        Assert.False(await t.Runs.ReleaseToQueueAsync(a));
         Assert.Null(await t.GetArtifactAsync(run.Id, "stale.bin"));
         Assert.Empty(await ListObjects(t, run.Id)); // the stale bytes were removed again
         await t.LogMetricsAsync(run.Id, new[] { new MetricValue("x", 2, 2) }, b.Fence);
         Assert.Equal(new[] { 1.0, 2.0 }, (await t.GetMetricsAsync(run.Id, "x")).Select(m => m.Value));
-        Assert.Equal("host-b", (await t.GetRunAsync(run.Id))!.Host);
+        Assert.Equal("host-b", (await t.Runs.GetAsync(run.Id))!.Host);
     }
 
     [Fact]

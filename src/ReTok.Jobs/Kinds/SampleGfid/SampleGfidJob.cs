@@ -9,6 +9,7 @@ using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Tracking;
 using TorchSharp;
 using static TorchSharp.torch;
 

@@ -1,9 +1,8 @@
 using Npgsql;
-using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Tracking;
 
-/// <summary>A run that became Queued inside a transaction and must be handed to Hangfire after the commit.</summary>
+/// <summary>A run that became Queued inside a transaction and must be handed to the queue (Hangfire) after the commit.</summary>
 public sealed record ReadyRun(long RunId, string Queue);
 
 /// <summary>
@@ -17,16 +16,17 @@ public sealed record ReadyRun(long RunId, string Queue);
 /// lock makes two steps finishing together see each other's success.</item>
 /// </list>
 /// </summary>
-public static class RunTransitions
+public sealed partial class RunStore
 {
-    public static Task<List<ReadyRun>> SucceedAsync(Tracker tracker, Lease lease, CancellationToken ct = default) =>
-        tracker.InTransactionAsync(null, async (c, tx, t) =>
+    public Task<List<ReadyRun>> SucceedAsync(Lease lease, CancellationToken ct = default) =>
+        _t.InTransactionAsync(null, async (c, tx, t) =>
         {
             long? fanIn; Guid? pipeline; string? step; long? continuedBy;
-            await using (var cmd = new NpgsqlCommand("""
-                UPDATE retok.runs SET status = 'Succeeded', finished_at = now(), progress = 1, eta_seconds = 0,
+            var run = Change([RunStatus.Running], RunStatus.Succeeded);
+            await using (var cmd = new NpgsqlCommand($"""
+                UPDATE retok.runs SET status = {run.To}, finished_at = now(), progress = 1, eta_seconds = 0,
                        lease_owner = NULL, lease_expires_at = NULL, failure_reason = NULL
-                WHERE id = @id AND lease_generation = @gen AND status = 'Running'
+                WHERE id = @id AND lease_generation = @gen AND {run.Where}
                 RETURNING fan_in_run_id, pipeline_id, pipeline_step, continued_by_run_id
                 """, c, tx))
             {
@@ -43,10 +43,11 @@ public static class RunTransitions
             if (continuedBy is not null) return ready; // its aggregator finishes the work (and the step)
             if (fanIn is { } agg)
             {
-                await using var cmd = new NpgsqlCommand("""
+                var queue = Change([RunStatus.Waiting], RunStatus.Queued);
+                await using var cmd = new NpgsqlCommand($"""
                     UPDATE retok.runs SET pending_children = pending_children - 1,
-                           status = CASE WHEN pending_children = 1 AND status = 'Waiting' THEN 'Queued' ELSE status END,
-                           queued_at = CASE WHEN pending_children = 1 AND status = 'Waiting' THEN now() ELSE queued_at END,
+                           status = CASE WHEN pending_children = 1 AND {queue.Where} THEN {queue.To} ELSE status END,
+                           queued_at = CASE WHEN pending_children = 1 AND {queue.Where} THEN now() ELSE queued_at END,
                            failure_reason = CASE WHEN pending_children = 1 THEN NULL ELSE failure_reason END
                     WHERE id = @agg RETURNING pending_children, status, queue
                     """, c, tx);
@@ -67,11 +68,12 @@ public static class RunTransitions
             await lk.ExecuteNonQueryAsync(t);
         }
         // pending_children = 0 keeps aggregators (which wait on shards, not on steps) out.
-        await using var cmd = new NpgsqlCommand("""
+        var queue = Change([RunStatus.Waiting], RunStatus.Queued, "r.status");
+        await using var cmd = new NpgsqlCommand($$"""
             WITH done AS (SELECT coalesce(array_agg(DISTINCT pipeline_step), '{}') AS steps FROM retok.runs
                           WHERE pipeline_id = @p AND status = 'Succeeded' AND fan_in_run_id IS NULL AND continued_by_run_id IS NULL AND pipeline_step IS NOT NULL)
-            UPDATE retok.runs r SET status = 'Queued', queued_at = now()
-            FROM done WHERE r.pipeline_id = @p AND r.status = 'Waiting' AND r.pending_children = 0 AND r.fan_in_run_id IS NULL
+            UPDATE retok.runs r SET status = {{queue.To}}, queued_at = now()
+            FROM done WHERE r.pipeline_id = @p AND {{queue.Where}} AND r.pending_children = 0 AND r.fan_in_run_id IS NULL
                         AND r.depends_on <@ done.steps
             RETURNING r.id, r.queue
             """, c, tx);
@@ -82,13 +84,14 @@ public static class RunTransitions
         return ready;
     }
 
-    public static Task FailAsync(Tracker tracker, Lease lease, string reason, CancellationToken ct = default) =>
-        tracker.InTransactionAsync(null, async (c, tx, t) =>
+    public Task FailAsync(Lease lease, string reason, CancellationToken ct = default) =>
+        _t.InTransactionAsync(null, async (c, tx, t) =>
         {
             long? fanIn;
-            await using (var cmd = new NpgsqlCommand("""
-                UPDATE retok.runs SET status = 'Failed', finished_at = now(), failure_reason = @r, lease_owner = NULL, lease_expires_at = NULL, eta_seconds = NULL
-                WHERE id = @id AND lease_generation = @gen AND status = 'Running' RETURNING fan_in_run_id
+            var run = Change([RunStatus.Running], RunStatus.Failed);
+            await using (var cmd = new NpgsqlCommand($"""
+                UPDATE retok.runs SET status = {run.To}, finished_at = now(), failure_reason = @r, lease_owner = NULL, lease_expires_at = NULL, eta_seconds = NULL
+                WHERE id = @id AND lease_generation = @gen AND {run.Where} RETURNING fan_in_run_id
                 """, c, tx))
             {
                 cmd.Parameters.AddWithValue("id", lease.RunId);
@@ -108,12 +111,13 @@ public static class RunTransitions
             }
         }, ct);
 
-    public static Task CancelledAsync(Tracker tracker, Lease lease, string note, CancellationToken ct = default) =>
-        tracker.InTransactionAsync(null, async (c, tx, t) =>
+    public Task CancelledAsync(Lease lease, string note, CancellationToken ct = default) =>
+        _t.InTransactionAsync(null, async (c, tx, t) =>
         {
-            await using var cmd = new NpgsqlCommand("""
-                UPDATE retok.runs SET status = 'Cancelled', finished_at = now(), failure_reason = @r, lease_owner = NULL, lease_expires_at = NULL, eta_seconds = NULL
-                WHERE id = @id AND lease_generation = @gen AND status = 'Running'
+            var run = Change([RunStatus.Running], RunStatus.Cancelled);
+            await using var cmd = new NpgsqlCommand($"""
+                UPDATE retok.runs SET status = {run.To}, finished_at = now(), failure_reason = @r, lease_owner = NULL, lease_expires_at = NULL, eta_seconds = NULL
+                WHERE id = @id AND lease_generation = @gen AND {run.Where}
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);

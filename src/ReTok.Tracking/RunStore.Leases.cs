@@ -26,18 +26,19 @@ public sealed record CancelOutcome(long RunId, List<long> CancelledNow, List<lon
 /// an expiry renewed by heartbeats and a generation number. A second executor cannot acquire a live lease; after a
 /// takeover every fenced write of the old executor fails with <see cref="LeaseLostException"/>.
 /// </summary>
-public sealed partial class Tracker
+public sealed partial class RunStore
 {
     /// <summary>Acquires the lease if the run is Queued/Running and no live lease exists; null otherwise.</summary>
     public Task<Lease?> TryAcquireLeaseAsync(long runId, LeaseRequest req, CancellationToken ct = default) =>
-        RetryAsync(async t =>
+        _t.RetryAsync(async t =>
         {
-            await using var cmd = DataSource.CreateCommand("""
+            var run = Change([RunStatus.Queued, RunStatus.Running], RunStatus.Running);
+            await using var cmd = _t.DataSource.CreateCommand($"""
                 UPDATE retok.runs SET lease_owner = @owner, lease_generation = lease_generation + 1,
-                       lease_expires_at = now() + make_interval(secs => @ttl), status = 'Running', attempt = attempt + 1,
+                       lease_expires_at = now() + make_interval(secs => @ttl), status = {run.To}, attempt = attempt + 1,
                        started_at = coalesce(started_at, now()), host = coalesce(@host, host), device = coalesce(@device, device),
                        hangfire_job_id = coalesce(@job, hangfire_job_id), progress_at = now()
-                WHERE id = @id AND status IN ('Queued', 'Running')
+                WHERE id = @id AND {run.Where}
                   AND (lease_owner IS NULL OR lease_expires_at IS NULL OR lease_expires_at < now() OR lease_owner = @owner)
                 RETURNING lease_generation, attempt, cancel_requested
                 """);
@@ -54,9 +55,9 @@ public sealed partial class Tracker
 
     /// <summary>Heartbeat: extends the lease and publishes progress; tells whether the lease is still ours and whether a cancel was asked.</summary>
     public Task<LeaseRenewal> RenewLeaseAsync(Lease lease, TimeSpan ttl, ProgressSnapshot? progress = null, CancellationToken ct = default) =>
-        RetryAsync(async t =>
+        _t.RetryAsync(async t =>
         {
-            await using var cmd = DataSource.CreateCommand(progress is null
+            await using var cmd = _t.DataSource.CreateCommand(progress is null
                 ? """
                   UPDATE retok.runs SET lease_expires_at = now() + make_interval(secs => @ttl)
                   WHERE id = @id AND lease_generation = @gen AND lease_owner = @owner RETURNING cancel_requested
@@ -87,13 +88,14 @@ public sealed partial class Tracker
     /// up a run's MaxAttempts, which only crashes and transient faults should.
     /// </summary>
     public Task<bool> ReleaseToQueueAsync(Lease lease, string? note = null, string? failure = null, bool refundAttempt = false, CancellationToken ct = default) =>
-        InTransactionAsync<bool>(null, async (c, tx, t) =>
+        _t.InTransactionAsync<bool>(null, async (c, tx, t) =>
         {
-            await using var cmd = new NpgsqlCommand("""
-                UPDATE retok.runs SET status = 'Queued', queued_at = now(), lease_owner = NULL, lease_expires_at = NULL,
+            var run = Change([RunStatus.Running], RunStatus.Queued);
+            await using var cmd = new NpgsqlCommand($"""
+                UPDATE retok.runs SET status = {run.To}, queued_at = now(), lease_owner = NULL, lease_expires_at = NULL,
                        failure_reason = @failure, progress_message = coalesce(@note, progress_message),
                        attempt = CASE WHEN @refund THEN greatest(attempt - 1, 0) ELSE attempt END
-                WHERE id = @id AND lease_generation = @gen AND status = 'Running'
+                WHERE id = @id AND lease_generation = @gen AND {run.Where}
                 """, c, tx);
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
@@ -109,7 +111,7 @@ public sealed partial class Tracker
     /// CancelRequested, which their executor sees at its next heartbeat.
     /// </summary>
     public Task<CancelOutcome> RequestCancelAsync(long runId, CancellationToken ct = default) =>
-        InTransactionAsync(null, async (c, tx, t) =>
+        _t.InTransactionAsync(null, async (c, tx, t) =>
         {
             var ids = new List<long> { runId };
             await using (var cmd = new NpgsqlCommand("""
@@ -130,9 +132,10 @@ public sealed partial class Tracker
             var arr = ids.Distinct().ToArray();
             var now = new List<long>();
             var requested = new List<long>();
-            await using (var cmd = new NpgsqlCommand("""
-                UPDATE retok.runs SET status = 'Cancelled', finished_at = now(), cancel_requested = true,
-                       failure_reason = 'cancelled before it started' WHERE id = ANY(@ids) AND status IN ('Waiting', 'Queued') RETURNING id
+            var cancel = Change([RunStatus.Waiting, RunStatus.Queued], RunStatus.Cancelled);
+            await using (var cmd = new NpgsqlCommand($"""
+                UPDATE retok.runs SET status = {cancel.To}, finished_at = now(), cancel_requested = true,
+                       failure_reason = 'cancelled before it started' WHERE id = ANY(@ids) AND {cancel.Where} RETURNING id
                 """, c, tx))
             {
                 cmd.Parameters.AddWithValue("ids", arr);
