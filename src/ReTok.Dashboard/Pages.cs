@@ -321,7 +321,7 @@ public static class Pages
     {
         var results = await ResultsTable.BuildAsync(d.Tracker, name, ctx.RequestAborted);
         // metric-vs-K overlaid for the newest runs that have any (more than ~10 curves per chart are unreadable)
-        var runs = await d.ListRunsAsync(new RunQuery(Experiment: name, Limit: 200), ctx.RequestAborted);
+        var runs = await d.ListRunsAsync(name, null, null, null, null, 200, ctx.RequestAborted);
         var latest = await d.LatestAsync(runs.Select(r => r.Id).ToList(), ctx.RequestAborted);
         var kRuns = runs.Select(r => ($"#{r.Id} {r.Name}", KCurves.From(latest[r.Id].Values.Select(m => (m.Key, m.Value))))).Where(x => x.Item2.Count > 0).Take(10).ToList();
         var kCharts = kRuns.Count > 0 ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";

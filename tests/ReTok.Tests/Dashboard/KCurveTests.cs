@@ -39,7 +39,7 @@ public sealed class KCurveTests(DashboardFixture f) : IClassFixture<DashboardFix
         var exp = await f.Tracker.EnsureExperimentAsync("k-curves");
         async Task<long> Eval(string name, double offset)
         {
-            var id = (await f.Tracker.CreateRunAsync(new Run { Name = name, Kind = "eval-reconstruction", Status = RunStatus.Succeeded, ExperimentId = exp, Parameters = "{}" })).Id;
+            var id = (await f.Tracker.Runs.InsertAsync(new Run { Name = name, Kind = "eval-reconstruction", Status = RunStatus.Succeeded, ExperimentId = exp, Parameters = "{}" })).Id;
             await f.Tracker.LogMetricsAsync(id, new[] { 8, 16, 32, 64 }.Select(k => new MetricValue($"psnr@k={k}", 0, offset + Math.Log2(k))).Append(new MetricValue("rec", 0, 0.1)).ToList());
             return id;
         }
