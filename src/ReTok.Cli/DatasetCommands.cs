@@ -166,7 +166,7 @@ print(len(files) / (time.perf_counter() - t))
                 var decoded = jpgs.Select(f => Evaluation.Images.ImageIO.LoadRgb(f)).ToList();
                 double dec = n / t0.Elapsed.TotalSeconds;
                 t0.Restart();
-                foreach (var img in decoded) Evaluation.Images.AdmCrop.CenterCropArr(img, 256);
+                foreach (var img in decoded) Models.Images.AdmCrop.CenterCropArr(img, 256);
                 double crop = n / t0.Elapsed.TotalSeconds;
                 var sel = DatasetExtraction.Select(p with { Shuffle = false });
                 t0.Restart();

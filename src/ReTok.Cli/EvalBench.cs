@@ -2,6 +2,7 @@ using System.Diagnostics;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Weights;
+using ReTok.Models.Images;
 using SkiaSharp;
 using TorchSharp;
 

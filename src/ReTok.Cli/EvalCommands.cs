@@ -7,6 +7,7 @@ using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
 using ReTok.Models;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using TorchSharp;
 
 namespace ReTok.Cli;

@@ -1,4 +1,5 @@
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using TorchSharp;
 using static TorchSharp.torch;
 

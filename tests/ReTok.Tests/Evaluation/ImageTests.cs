@@ -1,5 +1,6 @@
 using ReTok.Evaluation.Images;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using TorchSharp;
 
 namespace ReTok.Tests.Evaluation;

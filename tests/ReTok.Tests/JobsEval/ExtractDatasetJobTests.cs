@@ -4,6 +4,7 @@ using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using Xunit.Abstractions;

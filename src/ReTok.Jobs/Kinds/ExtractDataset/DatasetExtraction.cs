@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using ReTok.Evaluation.Images;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 
@@ -35,7 +36,7 @@ public sealed record ChunkResult(byte[] Pixels, long[] Labels, long[] Positions,
 /// <summary>
 /// The extraction itself, without the engine (the job and `retok dataset extract` share it): listing an image folder in
 /// torchvision ImageFolder order or a flat ILSVRC2012 val folder with the devkit's labels, the seeded order, ADM
-/// centre crops (Pillow-exact, src/ReTok.Evaluation/Images) of a chunk in parallel, and the npz layout
+/// centre crops (Pillow-exact, src/ReTok.Models/Images) of a chunk in parallel, and the npz layout
 /// (arr_0 uint8 [N,S,S,3], labels int64 [N]).
 /// </summary>
 public static class DatasetExtraction
