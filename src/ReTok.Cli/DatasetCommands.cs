@@ -1,10 +1,11 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models.IO;
-using SkiaSharp;
+using ReTok.Models.Images;
 
 namespace ReTok.Cli;
 
@@ -131,7 +132,7 @@ print(len(files) / (time.perf_counter() - t))
             {
                 int n = pr.GetValue(count);
                 var src = Path.Combine(dir, "src");
-                MakeJpegs(src, n);
+                SyntheticImages.NoiseJpegs(src, n);
                 Console.WriteLine($"# retok dataset bench: {n} JPEGs (500x375, 375x500, 800x600) -> {n}x256x256x3 npz; {Environment.ProcessorCount} cores");
                 var p = new ExtractDatasetParams { Source = src, Shuffle = false };
                 Run(p with { Workers = 1 }, Path.Combine(dir, "warm.npz"), 64, ct, null); // JIT tier-up: time the steady state a 50k job runs in
@@ -163,10 +164,10 @@ print(len(files) / (time.perf_counter() - t))
                 // where the time goes (1 thread): decode only, ADM crop only
                 var jpgs = Directory.GetFiles(src).Order(StringComparer.Ordinal).ToArray();
                 var t0 = Stopwatch.StartNew();
-                var decoded = jpgs.Select(f => Evaluation.Images.ImageIO.LoadRgb(f)).ToList();
+                var decoded = jpgs.Select(f => ImageIO.LoadRgb(f)).ToList();
                 double dec = n / t0.Elapsed.TotalSeconds;
                 t0.Restart();
-                foreach (var img in decoded) Models.Images.AdmCrop.CenterCropArr(img, 256);
+                foreach (var img in decoded) AdmCrop.CenterCropArr(img, 256);
                 double crop = n / t0.Elapsed.TotalSeconds;
                 var sel = DatasetExtraction.Select(p with { Shuffle = false });
                 t0.Restart();
@@ -188,27 +189,5 @@ print(len(files) / (time.perf_counter() - t))
             finally { try { Directory.Delete(dir, true); } catch { } }
         });
         return c;
-    }
-
-    static void MakeJpegs(string dir, int n)
-    {
-        Directory.CreateDirectory(dir);
-        var rng = new Random(1);
-        for (int k = 0; k < n; k++)
-        {
-            var (w, h) = (k % 3, k % 5) switch { (1, _) => (375, 500), (_, 4) => (800, 600), _ => (500, 375) };
-            using var bmp = new SKBitmap(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Opaque));
-            var px = new byte[w * h * 4];
-            for (int y = 0; y < h; y++)
-                for (int x = 0; x < w; x++)
-                {
-                    int o = (y * w + x) * 4;
-                    px[o] = (byte)(128 + 100 * Math.Sin(x / 13.0 + k)); px[o + 1] = (byte)(128 + 100 * Math.Sin(y / 7.0));
-                    px[o + 2] = (byte)rng.Next(256); px[o + 3] = 255;
-                }
-            System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
-            using var data = bmp.Encode(SKEncodedImageFormat.Jpeg, 90);
-            File.WriteAllBytes(Path.Combine(dir, $"{k:0000}.jpg"), data.ToArray());
-        }
     }
 }
