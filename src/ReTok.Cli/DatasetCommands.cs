@@ -1,10 +1,11 @@
 using System.CommandLine;
 using System.Diagnostics;
 using System.Globalization;
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models.IO;
-using SkiaSharp;
+using ReTok.Models.Images;
 
 namespace ReTok.Cli;
 
@@ -49,44 +50,13 @@ public static class DatasetCommands
             };
             if (p.Validate().ToList() is { Count: > 0 } errs) throw new CliError(string.Join("\n", errs), 2);
             long n; int skipped; double rate;
-            try { (n, skipped, rate) = Run(p, pr.GetValue(output)!, 500, ct, Console.Error); }
+            try { (n, skipped, rate) = DatasetExtractor.ExtractToNpz(p, pr.GetValue(output)!, Console.Error, ct); }
+            catch (CorruptImageException e) { throw new CliError($"{e.Message} (--on-corrupt skip leaves such images out)", 1); }
             catch (Exception e) when (e is InvalidDataException or DirectoryNotFoundException or FileNotFoundException or ArgumentException) { throw new CliError(e.Message, 1); }
             Console.WriteLine($"Saved .npz file to {pr.GetValue(output)} [shape=({n}, {p.ImageSize}, {p.ImageSize}, 3)], {skipped} skipped, {rate:F1} img/s.");
             return Task.FromResult(0);
         }));
         return c;
-    }
-
-    /// <summary>Selection → chunks → parts in a temp folder → one npz. Returns (images, skipped, images/s).</summary>
-    public static (long Images, int Skipped, double Rate) Run(ExtractDatasetParams p, string npzPath, int chunk, CancellationToken ct, TextWriter? log)
-    {
-        var sel = DatasetExtraction.Select(p);
-        var tmp = Directory.CreateTempSubdirectory("retok-extract").FullName;
-        try
-        {
-            var sw = Stopwatch.StartNew();
-            var parts = new List<string>();
-            int skipped = 0, workers = p.Workers > 0 ? p.Workers : Environment.ProcessorCount;
-            for (int at = 0; at < sel.Images.Count; at += chunk)
-            {
-                var r = DatasetExtraction.ProcessChunk(sel.Images, at, Math.Min(chunk, sel.Images.Count - at), p.ImageSize, workers, ct);
-                foreach (var f in r.Failed)
-                {
-                    if (p.OnCorrupt == OnCorrupt.Fail) throw new CliError($"{f.File}: {f.Reason} (--on-corrupt skip leaves such images out)", 1);
-                    log?.WriteLine($"skipped {f.File}: {f.Reason}");
-                }
-                skipped += r.Failed.Count;
-                if (r.Count == 0) continue;
-                var part = Path.Combine(tmp, $"{at:D9}.npz");
-                DatasetExtraction.SavePart(part, r, p.ImageSize);
-                parts.Add(part);
-                log?.WriteLine($"{Math.Min(at + chunk, sel.Images.Count)}/{sel.Images.Count} images ({(at + chunk) / Math.Max(1e-3, sw.Elapsed.TotalSeconds):F1} img/s)");
-            }
-            if (parts.Count == 0) throw new CliError("no image could be decoded", 1);
-            long n = DatasetExtraction.Assemble(parts, npzPath, p.ImageSize);
-            return (n, skipped, n / Math.Max(1e-3, sw.Elapsed.TotalSeconds));
-        }
-        finally { try { Directory.Delete(tmp, true); } catch { } }
     }
 
     static Command Synthetic()
@@ -131,13 +101,13 @@ print(len(files) / (time.perf_counter() - t))
             {
                 int n = pr.GetValue(count);
                 var src = Path.Combine(dir, "src");
-                MakeJpegs(src, n);
+                SyntheticImages.NoiseJpegs(src, n);
                 Console.WriteLine($"# retok dataset bench: {n} JPEGs (500x375, 375x500, 800x600) -> {n}x256x256x3 npz; {Environment.ProcessorCount} cores");
-                var p = new ExtractDatasetParams { Source = src, Shuffle = false };
-                Run(p with { Workers = 1 }, Path.Combine(dir, "warm.npz"), 64, ct, null); // JIT tier-up: time the steady state a 50k job runs in
+                var p = new ExtractDatasetParams { Source = src, Shuffle = false, ChunkSize = 64 };
+                DatasetExtractor.ExtractToNpz(p with { Workers = 1 }, Path.Combine(dir, "warm.npz"), null, ct); // JIT tier-up: time the steady state a 50k job runs in
                 var ours1 = Path.Combine(dir, "ours1.npz");
-                var (_, _, one) = Run(p with { Workers = 1 }, ours1, 64, ct, null);
-                var (_, _, all) = Run(p, Path.Combine(dir, "ours.npz"), 64, ct, null);
+                var (_, _, one) = DatasetExtractor.ExtractToNpz(p with { Workers = 1 }, ours1, null, ct);
+                var (_, _, all) = DatasetExtractor.ExtractToNpz(p, Path.Combine(dir, "ours.npz"), null, ct);
                 double? py = null;
                 string same = "n/a";
                 if (Environment.GetEnvironmentVariable("RETOK_REF_RETOK") is not { } refDir || !Directory.Exists(refDir))
@@ -163,21 +133,21 @@ print(len(files) / (time.perf_counter() - t))
                 // where the time goes (1 thread): decode only, ADM crop only
                 var jpgs = Directory.GetFiles(src).Order(StringComparer.Ordinal).ToArray();
                 var t0 = Stopwatch.StartNew();
-                var decoded = jpgs.Select(f => Evaluation.Images.ImageIO.LoadRgb(f)).ToList();
+                var decoded = jpgs.Select(f => ImageIO.LoadRgb(f)).ToList();
                 double dec = n / t0.Elapsed.TotalSeconds;
                 t0.Restart();
-                foreach (var img in decoded) Evaluation.Images.AdmCrop.CenterCropArr(img, 256);
+                foreach (var img in decoded) AdmCrop.CenterCropArr(img, 256);
                 double crop = n / t0.Elapsed.TotalSeconds;
-                var sel = DatasetExtraction.Select(p with { Shuffle = false });
+                var sel = DatasetExtractor.Select(p with { Shuffle = false });
                 t0.Restart();
-                var chunkRes = DatasetExtraction.ProcessChunk(sel.Images, 0, n, 256, 1, ct);
+                var chunkRes = DatasetExtractor.ProcessChunk(sel.Images, 0, n, 256, 1, ct);
                 double chunkRate = n / t0.Elapsed.TotalSeconds;
                 t0.Restart();
                 var partFile = Path.Combine(dir, "part.npz");
-                DatasetExtraction.SavePart(partFile, chunkRes, 256);
+                DatasetExtractor.SavePart(partFile, chunkRes, 256);
                 double save = n / t0.Elapsed.TotalSeconds;
                 t0.Restart();
-                DatasetExtraction.Assemble([partFile], Path.Combine(dir, "assembled.npz"), 256);
+                DatasetExtractor.Assemble([partFile], Path.Combine(dir, "assembled.npz"), 256);
                 double asm = n / t0.Elapsed.TotalSeconds;
                 Console.WriteLine($"# ours, 1 thread: decode {dec:F1} img/s, ADM crop {crop:F1} img/s (PilResize parallelises rows internally), " +
                                   $"decode+crop chunk {chunkRate:F1} img/s, part npz {save:F1} img/s, assemble {asm:F1} img/s");
@@ -188,27 +158,5 @@ print(len(files) / (time.perf_counter() - t))
             finally { try { Directory.Delete(dir, true); } catch { } }
         });
         return c;
-    }
-
-    static void MakeJpegs(string dir, int n)
-    {
-        Directory.CreateDirectory(dir);
-        var rng = new Random(1);
-        for (int k = 0; k < n; k++)
-        {
-            var (w, h) = (k % 3, k % 5) switch { (1, _) => (375, 500), (_, 4) => (800, 600), _ => (500, 375) };
-            using var bmp = new SKBitmap(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Opaque));
-            var px = new byte[w * h * 4];
-            for (int y = 0; y < h; y++)
-                for (int x = 0; x < w; x++)
-                {
-                    int o = (y * w + x) * 4;
-                    px[o] = (byte)(128 + 100 * Math.Sin(x / 13.0 + k)); px[o + 1] = (byte)(128 + 100 * Math.Sin(y / 7.0));
-                    px[o + 2] = (byte)rng.Next(256); px[o + 3] = 255;
-                }
-            System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
-            using var data = bmp.Encode(SKEncodedImageFormat.Jpeg, 90);
-            File.WriteAllBytes(Path.Combine(dir, $"{k:0000}.jpg"), data.ToArray());
-        }
     }
 }

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Weights;
-using SkiaSharp;
+using ReTok.Models.Images;
 using TorchSharp;
 
 namespace ReTok.Cli;
@@ -56,7 +56,7 @@ print(n / (time.perf_counter() - s))
         var dir = Directory.CreateTempSubdirectory("retok-bench-eval").FullName;
         try
         {
-            var files = MakeJpegs(dir, count);
+            var files = SyntheticImages.NoiseJpegs(dir, count);
             // ours, parallel over images (what ImageFolder does) and on one thread (comparable to the python loop)
             ImageFolder.LoadRange(files, 0, Math.Min(2, files.Count)).Dispose();
             var sw = Stopwatch.StartNew();
@@ -115,32 +115,5 @@ print(n / (time.perf_counter() - s))
             return double.Parse(output.Trim().Split('\n').Last(), System.Globalization.CultureInfo.InvariantCulture);
         }
         catch (Exception e) { Console.WriteLine($"# reference run failed: {e.Message}"); return null; }
-    }
-
-    static List<string> MakeJpegs(string dir, int n)
-    {
-        var files = new List<string>();
-        var rng = new Random(1);
-        for (int k = 0; k < n; k++)
-        {
-            int w = 500, h = 375;
-            if (k % 3 == 1) (w, h) = (375, 500);
-            if (k % 5 == 4) (w, h) = (800, 600);
-            using var bmp = new SKBitmap(new SKImageInfo(w, h, SKColorType.Rgba8888, SKAlphaType.Opaque));
-            var px = new byte[w * h * 4];
-            for (int y = 0; y < h; y++)
-                for (int x = 0; x < w; x++)
-                {
-                    int o = (y * w + x) * 4;
-                    px[o] = (byte)(128 + 100 * Math.Sin(x / 13.0 + k)); px[o + 1] = (byte)(128 + 100 * Math.Sin(y / 7.0));
-                    px[o + 2] = (byte)rng.Next(256); px[o + 3] = 255;
-                }
-            System.Runtime.InteropServices.Marshal.Copy(px, 0, bmp.GetPixels(), px.Length);
-            var path = Path.Combine(dir, $"{k:0000}.jpg");
-            using var data = bmp.Encode(SKEncodedImageFormat.Jpeg, 90);
-            File.WriteAllBytes(path, data.ToArray());
-            files.Add(path);
-        }
-        return files;
     }
 }

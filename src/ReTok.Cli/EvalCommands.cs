@@ -5,6 +5,7 @@ using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
+using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models;
 using ReTok.Models.IO;
 using TorchSharp;
@@ -154,23 +155,32 @@ public static class EvalCommands
     static Command PrepareVal()
     {
         var data = new Option<string>("--data") { Description = "image folder (ImageNet class sub-folders, or flat)", Required = true };
-        var output = new Option<string>("--out") { Description = "npz to write (arr_0 uint8 [N,size,size,3], folder order)", Required = true };
+        var output = new Option<string>("--out") { Description = "npz to write (arr_0 uint8 [N,size,size,3], labels int64 [N]; folder order unless --shuffle-seed)", Required = true };
         var size = new Option<int>("--size") { DefaultValueFactory = _ => 256 };
-        var png = new Option<string?>("--png-dir") { Description = "also write the crops as {index:06d}.png (val_ddp layout)" };
-        var limit = new Option<int?>("--limit") { Description = "only the first N images" };
+        var png = new Option<string?>("--png-dir") { Description = "also write row k of the npz as {k:06d}.png (val_ddp layout)" };
+        var limit = new Option<int?>("--limit") { Description = "only the first N images (of the shuffled order with --shuffle-seed)" };
         var seed = new Option<int?>("--shuffle-seed") { Description = "shuffle the npz order (the reference shuffles unseeded)" };
-        var cmd = new Command("prepare-val", "ADM centre-crop an image folder into an npz (val_ddp.py)") { data, output, size, png, limit, seed };
-        cmd.SetAction((pr, ct) =>
+        var cmd = new Command("prepare-val", "ADM centre-crop an image folder into an npz (val_ddp.py; the extraction of `retok dataset extract`)") { data, output, size, png, limit, seed };
+        cmd.SetAction((pr, ct) => CliSupport.Guard(() =>
         {
-            var n = ImageFolder.WriteNpz(pr.GetValue(data)!, pr.GetValue(output)!, pr.GetValue(size), pr.GetValue(seed), pr.GetValue(limit), new StderrProgress("crop"));
+            var p = new ExtractDatasetParams
+            {
+                Source = pr.GetValue(data)!, ImageSize = pr.GetValue(size), Limit = pr.GetValue(limit),
+                Shuffle = pr.GetValue(seed) is not null, Seed = pr.GetValue(seed) ?? 0,
+            };
+            if (p.Validate().ToList() is { Count: > 0 } errs) throw new CliError(string.Join("\n", errs), 2);
+            var npz = pr.GetValue(output)!;
+            long n;
+            try { (n, _, _) = DatasetExtractor.ExtractToNpz(p, npz, Console.Error, ct); }
+            catch (Exception e) when (e is CorruptImageException or InvalidDataException or DirectoryNotFoundException or FileNotFoundException or ArgumentException) { throw new CliError(e.Message, 1); }
             if (pr.GetValue(png) is string dir)
             {
-                var l = ImageFolder.List(pr.GetValue(data)!);
-                Parallel.For(0, (int)n, i => ImageIO.SavePng(Path.Combine(dir, $"{i:000000}.png"), AdmCrop.CenterCropArr(ImageIO.LoadRgb(l.Files[i]), pr.GetValue(size))));
+                Directory.CreateDirectory(dir);
+                foreach (var (row, bytes) in DatasetExtractor.Pngs(npz, DatasetExtractor.Threads(p), ct)) File.WriteAllBytes(Path.Combine(dir, $"{row:000000}.png"), bytes);
             }
-            Console.WriteLine($"Saved .npz file to {pr.GetValue(output)} [shape=({n}, {pr.GetValue(size)}, {pr.GetValue(size)}, 3)].");
+            Console.WriteLine($"Saved .npz file to {npz} [shape=({n}, {p.ImageSize}, {p.ImageSize}, 3)].");
             return Task.FromResult(0);
-        });
+        }));
         return cmd;
     }
 

@@ -1,4 +1,4 @@
-using ReTok.Models.IO;
+using ReTok.Models.Images;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -47,58 +47,46 @@ public static class ImageFolder
             foreach (var f in Walk(d)) yield return f;
     }
 
+    /// <summary>
+    /// Decodes and ADM-centre-crops the files in parallel (-1: as many threads as the pool gives): per file its uint8
+    /// [size,size,3] pixels, or the exception that stopped it, so callers choose between failing and skipping.
+    /// </summary>
+    public static (byte[]?[] Crops, Exception?[] Errors) CenterCrops(IReadOnlyList<string> files, int size, int parallelism = -1, CancellationToken ct = default)
+    {
+        var crops = new byte[]?[files.Count];
+        var errors = new Exception?[files.Count];
+        Parallel.For(0, files.Count, new ParallelOptions { MaxDegreeOfParallelism = parallelism, CancellationToken = ct }, i =>
+        {
+            try { crops[i] = AdmCrop.CenterCropArr(ImageIO.LoadRgb(files[i]), size).Pixels; }
+            catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException) { errors[i] = ex; }
+        });
+        return (crops, errors);
+    }
+
     /// <summary>Decodes and ADM-centre-crops files [start, start+count) in parallel into uint8 [count,size,size,3].</summary>
     public static Tensor LoadRange(IReadOnlyList<string> files, int start, int count, int size = 256)
     {
-        var buf = new byte[(long)count * size * size * 3];
-        int per = size * size * 3;
-        try
+        var (crops, errors) = CenterCrops(files.Skip(start).Take(count).ToList(), size);
+        int bad = Array.FindIndex(errors, e => e is not null);
+        if (bad >= 0)
         {
-            Parallel.For(0, count, i =>
-            {
-                var f = files[start + i];
-                RgbImage img;
-                try { img = AdmCrop.CenterCropArr(ImageIO.LoadRgb(f), size); }
-                catch (Exception ex) when (ex is not InvalidDataException and not FileNotFoundException)
-                { throw new InvalidDataException($"{f}: {ex.Message}", ex); }
-                Buffer.BlockCopy(img.Pixels, 0, buf, i * per, per);
-            });
+            // the first bad file's own exception when it names the file
+            if (errors[bad] is InvalidDataException or FileNotFoundException) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(errors[bad]!).Throw();
+            throw new InvalidDataException($"{files[start + bad]}: {errors[bad]!.Message}", errors[bad]);
         }
-        // the first bad file's own exception (it names the file), not Parallel's AggregateException
-        catch (AggregateException ae) when (ae.InnerExceptions.Count > 0 && ae.InnerExceptions[0] is InvalidDataException or FileNotFoundException)
-        { System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ae.InnerExceptions[0]).Throw(); }
+        int per = size * size * 3;
+        var buf = new byte[(long)count * per];
+        for (int i = 0; i < count; i++) Buffer.BlockCopy(crops[i]!, 0, buf, i * per, per);
         var t = empty(new long[] { count, size, size, 3 }, ScalarType.Byte);
         if (buf.Length > 0) t.bytes = buf;
         return t;
     }
 
-    /// <summary>All images of a folder as uint8 [N,size,size,3] (small folders; use <see cref="Batches"/> or <see cref="WriteNpz"/> for 50k).</summary>
+    /// <summary>All images of a folder as uint8 [N,size,size,3] (small folders; use <see cref="Batches"/> for 50k, or the extract-dataset job).</summary>
     public static Tensor Load(string root, int size = 256) { var l = List(root); return LoadRange(l.Files, 0, l.Count, size); }
 
     public static IEnumerable<(int Start, Tensor Batch)> Batches(ImageFolderListing l, int size = 256, int batchSize = 64)
     {
         for (int s = 0; s < l.Count; s += batchSize) yield return (s, LoadRange(l.Files, s, Math.Min(batchSize, l.Count - s), size));
-    }
-
-    /// <summary>
-    /// Streams a folder into an npz with key arr_0 uint8 [N,size,size,3] (val_ddp's val_imagenet.npz). The reference
-    /// shuffles with an unseeded random.shuffle; we keep listing order unless <paramref name="shuffleSeed"/> is given.
-    /// </summary>
-    public static long WriteNpz(string root, string npzPath, int size = 256, int? shuffleSeed = null, int? limit = null, IProgress<(long Done, long Total)>? progress = null)
-    {
-        var l = List(root);
-        var files = l.Files.Take(limit ?? int.MaxValue).ToList();
-        if (shuffleSeed is int seed) { var rng = new Random(seed); for (int i = files.Count - 1; i > 0; i--) { int j = rng.Next(i + 1); (files[i], files[j]) = (files[j], files[i]); } }
-        using var w = new NpzStreamWriter(npzPath);
-        w.BeginArray("arr_0", "|u1", new long[] { files.Count, size, size, 3 });
-        for (int s = 0; s < files.Count; s += 64)
-        {
-            int n = Math.Min(64, files.Count - s);
-            using var b = LoadRange(files, s, n, size);
-            w.Append(b.bytes);
-            progress?.Report((s + n, files.Count));
-        }
-        w.Commit();
-        return files.Count;
     }
 }

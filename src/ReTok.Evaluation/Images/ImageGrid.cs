@@ -1,3 +1,4 @@
+using ReTok.Models.Images;
 using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;

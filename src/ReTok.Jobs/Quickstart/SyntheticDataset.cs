@@ -1,3 +1,4 @@
+using ReTok.Evaluation.Images;
 using SkiaSharp;
 
 namespace ReTok.Jobs.Quickstart;
@@ -30,9 +31,7 @@ public static class SyntheticDataset
                 using (var canvas = new SKCanvas(bmp)) Draw(canvas, c, w, h, rng);
                 var png = i % 2 == 0;
                 var path = Path.Combine(cdir, $"{ClassNames[c].Split('_')[0]}_{i:D4}.{(png ? "png" : "jpg")}");
-                using var data = bmp.Encode(png ? SKEncodedImageFormat.Png : SKEncodedImageFormat.Jpeg, 95);
-                using var f = File.Create(path);
-                data.SaveTo(f);
+                SyntheticImages.Write(bmp, path, png ? SKEncodedImageFormat.Png : SKEncodedImageFormat.Jpeg, 95);
                 n++;
             }
         }

@@ -1,5 +1,7 @@
 using ReTok.Evaluation.Images;
+using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using TorchSharp;
 
 namespace ReTok.Tests.Evaluation;
@@ -152,7 +154,7 @@ public class ImageTests
         var flat = Directory.CreateTempSubdirectory("flat").FullName;
         foreach (var n in new[] { "000002.png", "000000.png", "000001.png" }) File.WriteAllBytes(Path.Combine(flat, n), png);
         var npz = Path.Combine(flat, "out", "val.npz");
-        Assert.Equal(3, ImageFolder.WriteNpz(flat, npz));
+        Assert.Equal(3, DatasetExtractor.ExtractToNpz(new ExtractDatasetParams { Source = flat, Shuffle = false }, npz, null, default).Images);
         Assert.Equal(new long[] { 3, 256, 256, 3 }, Npz.Header(npz, "arr_0").Shape);
         Assert.Equal(new[] { "000000.png", "000001.png", "000002.png" }, ImageFolder.List(flat).Files.Select(Path.GetFileName).ToArray());
     }

@@ -30,14 +30,11 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
     readonly ITestOutputHelper _log;
     public EvalReconstructionJobTests(EngineEnvironment env, ITestOutputHelper log) => (_env, _log) = (env, log);
 
-    /// <summary>The 4 images jobs/eval-recon-tiny.yaml's extract step selects, extracted with the job's core in one chunk (no engine).</summary>
+    /// <summary>The 4 images jobs/eval-recon-tiny.yaml's extract step selects, extracted with the job's core (no engine).</summary>
     static string MakeData(string root, string src)
     {
-        var sel = DatasetExtraction.Select(new ExtractDatasetParams { Source = src, Seed = 0, Limit = 4 });
-        var part = Path.Combine(root, "part.npz");
-        DatasetExtraction.SavePart(part, DatasetExtraction.ProcessChunk(sel.Images, 0, sel.Images.Count, 256, 2, default), 256);
         var npz = Path.Combine(root, "dataset.npz");
-        DatasetExtraction.Assemble([part], npz, 256);
+        DatasetExtractor.ExtractToNpz(new ExtractDatasetParams { Source = src, Seed = 0, Limit = 4, Workers = 2 }, npz, null, default);
         return npz;
     }
 

@@ -4,6 +4,7 @@ using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using Xunit.Abstractions;
@@ -59,7 +60,7 @@ public sealed class ExtractDatasetJobTests : IClassFixture<EngineEnvironment>
                 _log.WriteLine($"run {id}: queued {(r.StartedAt - r.CreatedAt)?.TotalSeconds:F1} s, ran {(r.FinishedAt - r.StartedAt)?.TotalSeconds:F1} s");
 
         // Rows are the ADM crops of the seeded selection without the two corrupt files; labels are the class folders.
-        var sel = DatasetExtraction.Select(p);
+        var sel = DatasetExtractor.Select(p);
         Assert.Equal(18, sel.Images.Count);
         var kept = sel.Images.Where(i => !i.RelativePath.Contains("_corrupt")).ToList();
         var npz = await DownloadAsync(_env.Tracker, skip1, "dataset.npz", root);

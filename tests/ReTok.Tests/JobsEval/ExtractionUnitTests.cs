@@ -1,4 +1,7 @@
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
+using ReTok.Models.IO;
+using ReTok.Models.Images;
 using SkiaSharp;
 using static ReTok.Tests.JobsEval.JobsEvalSupport;
 
@@ -50,22 +53,22 @@ public class ExtractionUnitTests
         File.WriteAllText(gt, "3\n1\n2\n3\n");
         var p = new ExtractDatasetParams { Source = val, ValLabels = gt, Shuffle = false };
 
-        var noMeta = DatasetExtraction.Select(p);
+        var noMeta = DatasetExtractor.Select(p);
         Assert.Equal("IlsvrcVal", noMeta.Layout);
         Assert.Equal(new[] { 2, 0, 1, 2 }, noMeta.Images.Select(i => i.Label));   // ILSVRC2012_ID - 1
         // with meta.mat: sorted WNIDs n01440764 (ID 3), n02100735 (ID 2), n02119789 (ID 1) -> ImageFolder labels
-        var withMeta = DatasetExtraction.Select(p with { DevkitMeta = Fixture("jobs-eval", "meta_small_compressed.mat") });
+        var withMeta = DatasetExtractor.Select(p with { DevkitMeta = Fixture("jobs-eval", "meta_small_compressed.mat") });
         Assert.Equal(new[] { 0, 2, 1, 0 }, withMeta.Images.Select(i => i.Label));
         Assert.Equal(new[] { "n01440764", "n02100735", "n02119789" }, withMeta.ClassNames);
         // Kaggle's LOC_val_solution.csv gives WordNet ids directly (rows in any order)
         var csv = Path.Combine(root, "LOC_val_solution.csv");
         File.WriteAllText(csv, "ImageId,PredictionString\nILSVRC2012_val_00000002,n02119789 1 2 3 4\nILSVRC2012_val_00000001,n01440764 1 2 3 4 n01440764 5 6 7 8\n" +
                                "ILSVRC2012_val_00000004,n01440764 1 1 1 1\nILSVRC2012_val_00000003,n02100735 0 0 9 9\n");
-        Assert.Equal(new[] { 0, 2, 1, 0 }, DatasetExtraction.Select(p with { ValLabels = csv }).Images.Select(i => i.Label));
+        Assert.Equal(new[] { 0, 2, 1, 0 }, DatasetExtractor.Select(p with { ValLabels = csv }).Images.Select(i => i.Label));
 
         // a GT file that misses an image names it
         File.WriteAllText(gt, "3\n1\n");
-        var e = Assert.Throws<InvalidDataException>(() => DatasetExtraction.Select(p));
+        var e = Assert.Throws<InvalidDataException>(() => DatasetExtractor.Select(p));
         Assert.Contains("ILSVRC2012_val_00000003.JPEG: image 3 has no label", e.Message);
     }
 
@@ -76,17 +79,49 @@ public class ExtractionUnitTests
         var src = Path.Combine(root, "src");
         ReTok.Jobs.Quickstart.SyntheticDataset.Generate(src, classes: 3, perClass: 5, seed: 1);
         var p = new ExtractDatasetParams { Source = src, Seed = 4 };
-        var a = DatasetExtraction.Select(p);
-        Assert.Equal(a.Images.Select(i => i.Path), DatasetExtraction.Select(p).Images.Select(i => i.Path));
-        Assert.Equal(a.OrderSha256, DatasetExtraction.Select(p).OrderSha256);
-        Assert.NotEqual(a.OrderSha256, DatasetExtraction.Select(p with { Seed = 5 }).OrderSha256);
-        var listing = DatasetExtraction.Select(p with { Shuffle = false }).Images;
+        var a = DatasetExtractor.Select(p);
+        Assert.Equal(a.Images.Select(i => i.Path), DatasetExtractor.Select(p).Images.Select(i => i.Path));
+        Assert.Equal(a.OrderSha256, DatasetExtractor.Select(p).OrderSha256);
+        Assert.NotEqual(a.OrderSha256, DatasetExtractor.Select(p with { Seed = 5 }).OrderSha256);
+        var listing = DatasetExtractor.Select(p with { Shuffle = false }).Images;
         Assert.Equal(listing.Select(i => i.RelativePath).ToList(), listing.Select(i => i.RelativePath).Order(StringComparer.Ordinal).ToList());
         Assert.Equal(listing.Select(i => i.Path).Order(), a.Images.Select(i => i.Path).Order());
-        var sub = DatasetExtraction.Select(p with { PerClass = 2 }).Images;
+        var sub = DatasetExtractor.Select(p with { PerClass = 2 }).Images;
         Assert.Equal(6, sub.Count);
         Assert.Equal(listing.GroupBy(i => i.Label).SelectMany(g => g.Take(2)).Select(i => i.Path).Order(), sub.Select(i => i.Path).Order());
-        Assert.Equal(4, DatasetExtraction.Select(p with { PerClass = 2, Limit = 4 }).Images.Count);
+        Assert.Equal(4, DatasetExtractor.Select(p with { PerClass = 2, Limit = 4 }).Images.Count);
+    }
+
+    /// <summary>The one-go extraction the CLI commands run: the same rows as the chunks (crops of the selection), on_corrupt
+    /// applied, and PNG k = row k.</summary>
+    [Fact]
+    public void ExtractToNpzAppliesOnCorruptAndPngsFollowTheRows()
+    {
+        var root = Directory.CreateTempSubdirectory("extract-npz").FullName;
+        var src = Path.Combine(root, "src");
+        ReTok.Jobs.Quickstart.SyntheticDataset.Generate(src, classes: 2, perClass: 3, seed: 2);
+        File.WriteAllText(Path.Combine(src, ReTok.Jobs.Quickstart.SyntheticDataset.ClassNames[1], "zz_corrupt.png"), "this is not a PNG");
+        var p = new ExtractDatasetParams { Source = src, Seed = 3, ChunkSize = 4, Workers = 2 };
+        var npz = Path.Combine(root, "out.npz");
+
+        var e = Assert.Throws<CorruptImageException>(() => DatasetExtractor.ExtractToNpz(p, npz, null, default));
+        Assert.Contains("zz_corrupt.png", e.Message);
+        Assert.False(File.Exists(npz));
+
+        var (n, skipped, _) = DatasetExtractor.ExtractToNpz(p with { OnCorrupt = OnCorrupt.Skip }, npz, null, default);
+        Assert.Equal((6L, 1), (n, skipped));
+        var kept = DatasetExtractor.Select(p).Images.Where(i => !i.RelativePath.Contains("_corrupt")).ToList();
+        var arr = Npz.LoadKey(npz, "arr_0");
+        Assert.Equal(kept.Select(i => (long)i.Label), Npz.LoadKey(npz, "labels").As<long>());
+        int per = 256 * 256 * 3;
+        var pngs = DatasetExtractor.Pngs(npz, 2, default).ToList();
+        Assert.Equal(Enumerable.Range(0, 6).Select(i => (long)i), pngs.Select(x => x.Row));
+        for (int k = 0; k < kept.Count; k++)
+        {
+            var row = arr.Data.AsSpan(k * per, per);
+            Assert.True(row.SequenceEqual(AdmCrop.CenterCropArr(ImageIO.LoadRgb(kept[k].Path), 256).Pixels), $"row {k} ({kept[k].RelativePath})");
+            Assert.True(row.SequenceEqual(ImageIO.DecodeRgb(pngs[k].Png).Pixels), $"png {k}");
+        }
     }
 
     [Theory]

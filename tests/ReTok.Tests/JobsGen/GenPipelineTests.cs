@@ -185,8 +185,8 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
 
         // rows 1 (top-right crop) and 7 (bottom-left of the flipped image) against the crops encoded here: the job's rows
         // follow torchvision TenCrop order of ADM center_crop_arr(img, 281)
-        var img = new ReTok.Evaluation.Images.RgbImage(256, 256, image.data<byte>().ToArray());
-        var c = ReTok.Evaluation.Images.AdmCrop.CenterCropArr(img, 281);
+        var img = new ReTok.Models.Images.RgbImage(256, 256, image.data<byte>().ToArray());
+        var c = ReTok.Models.Images.AdmCrop.CenterCropArr(img, 281);
         using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(Path.Combine(fx, "tiny.yaml")), Path.Combine(fx, "tiny.safetensors"));
         tok.eval();
         using var views = CodeExtraction.TenCrop(torch.tensor(c.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte));

@@ -99,10 +99,10 @@ public class TokenizerCliTests : IDisposable
         int per = 256 * 256 * 3;
         for (int i = 0; i < 2; i++)
             ReTok.Evaluation.Images.ImageIO.SavePng(Path.Combine(folder, $"img{i}.png"), new(256, 256, u8.Data.AsSpan(i * per, per).ToArray()));
-        var odd = new ReTok.Evaluation.Images.RgbImage(300, 260);
+        var odd = new ReTok.Models.Images.RgbImage(300, 260);
         for (int j = 0; j < odd.Pixels.Length; j++) odd.Pixels[j] = (byte)((j * 7 + j / 900 * 13) % 251);
         ReTok.Evaluation.Images.ImageIO.SavePng(Path.Combine(folder, "img2.png"), odd);
-        var crop = ReTok.Evaluation.Images.AdmCrop.CenterCropArr(odd);
+        var crop = ReTok.Models.Images.AdmCrop.CenterCropArr(odd);
         var expectNpz = Path.Combine(dir, "expect.npz");
         Npz.Save(expectNpz, new Dictionary<string, NpyArray> { ["arr_0"] = new("|u1", [3, 256, 256, 3], [.. u8.Data.AsSpan(0, 2 * per), .. crop.Pixels]) });
 

@@ -1,3 +1,4 @@
+using ReTok.Models.Images;
 using ReTok.Models.Training;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -12,18 +13,18 @@ public class DataTests
     public void PilResizeIsBitExact()
     {
         var fx = TrainingFixtures.Load("data.npz");
-        var odd = fx["odd"];
+        var odd = RgbImage.FromTensor(fx["odd"]);
         foreach (var (w, h, tag) in new[] { (40, 31, "down"), (150, 120, "up"), (48, 41, "half") })
         {
-            Assert.Equal(0.0, TrainingFixtures.MaxDiff(PilResize.Resize(odd, w, h, PilFilter.Bicubic), fx[$"odd.bicubic.{tag}"]));
-            Assert.Equal(0.0, TrainingFixtures.MaxDiff(PilResize.Resize(odd, w, h, PilFilter.Box), fx[$"odd.box.{tag}"]));
+            Assert.Equal(0.0, TrainingFixtures.MaxDiff(PilResize.Resize(odd, w, h, PilFilter.Bicubic).ToTensor(), fx[$"odd.bicubic.{tag}"]));
+            Assert.Equal(0.0, TrainingFixtures.MaxDiff(PilResize.Resize(odd, w, h, PilFilter.Box).ToTensor(), fx[$"odd.box.{tag}"]));
         }
     }
 
     /// <summary>The 700x530 source of the crop fixtures, rebuilt exactly as training.py makes it.</summary>
     private static Tensor BigImage(Dictionary<string, Tensor> fx)
     {
-        var big = PilResize.Resize(fx["small"], 700, 530, PilFilter.Bicubic);
+        var big = PilResize.Resize(RgbImage.FromTensor(fx["small"]), 700, 530, PilFilter.Bicubic).ToTensor();
         big[TensorIndex.Slice(null, null, 37), TensorIndex.Slice(null, null, 11)] = tensor((byte)255);
         Assert.Equal(fx["image.sum"].item<long>(), big.to(int64).sum().item<long>());
         return big;
@@ -41,13 +42,13 @@ public class DataTests
             long s = draws.Peek();
             halvingSeen |= 530 >= 2 * s;
             var calls = new List<(long, long)>();
-            var crop = Crops.RandomCropArr(big, 256, (lo, hi) => { calls.Add((lo, hi)); return draws.Dequeue(); });
+            var crop = AdmCrop.RandomCropArr(RgbImage.FromTensor(big), 256, (lo, hi) => { calls.Add((lo, hi)); return draws.Dequeue(); }).ToTensor();
             Assert.Equal((256L, 321L), calls[0]);   // S = randrange(256, 321)
             Assert.Empty(draws);
             Assert.Equal(0.0, TrainingFixtures.MaxDiff(crop, fx[$"crop{i}"]));
         }
         Assert.True(halvingSeen, "fixture must cover the BOX-halving branch");
-        Assert.Equal(0.0, TrainingFixtures.MaxDiff(Crops.CenterCropArr(big, 256), fx["center"]));
+        Assert.Equal(0.0, TrainingFixtures.MaxDiff(AdmCrop.CenterCropArr(RgbImage.FromTensor(big), 256).ToTensor(), fx["center"]));
     }
 
     [Fact]

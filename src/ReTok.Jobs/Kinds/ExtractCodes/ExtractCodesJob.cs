@@ -3,6 +3,7 @@ using ReTok.Jobs.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using ReTok.Models.Tokenizer;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -120,13 +121,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
     {
         if (imgs.shape[1] == crop && imgs.shape[2] == crop) return imgs;
         var outs = new List<Tensor>();
-        for (long i = 0; i < imgs.shape[0]; i++)
-        {
-            var t = imgs[i].contiguous();
-            var img = new RgbImage((int)t.shape[1], (int)t.shape[0], t.data<byte>().ToArray());
-            var c = AdmCrop.CenterCropArr(img, crop);
-            outs.Add(tensor(c.Pixels, new long[] { crop, crop, 3 }, ScalarType.Byte));
-        }
+        for (long i = 0; i < imgs.shape[0]; i++) outs.Add(AdmCrop.CenterCropArr(RgbImage.FromTensor(imgs[i]), crop).ToTensor());
         return stack(outs, 0);
     }
 

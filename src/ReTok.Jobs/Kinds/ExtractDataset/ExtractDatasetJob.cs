@@ -83,9 +83,8 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
 {
     public async Task RunAsync(JobContext ctx, ExtractDatasetParams p)
     {
-        var sel = DatasetExtraction.Select(p);
+        var sel = DatasetExtractor.Select(p);
         int total = sel.Images.Count, size = p.ImageSize;
-        int workers = p.Workers > 0 ? p.Workers : Environment.ProcessorCount;
         var partsDir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
 
         var state = await CheckpointParts.LoadStateAsync<ExtractState>(ctx) ?? new ExtractState { OrderSha256 = sel.OrderSha256 };
@@ -103,33 +102,30 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         var local = new Dictionary<string, string>();
         var sw = Stopwatch.StartNew();
         int startedAt = state.Next;
-        while (state.Next < total)
+        try
         {
-            ctx.ThrowIfCancellationRequested();
-            int n = Math.Min(p.ChunkSize, total - state.Next);
-            var chunk = DatasetExtraction.ProcessChunk(sel.Images, state.Next, n, size, workers, ctx.CancellationToken);
-            if (chunk.Failed.Count > 0 && p.OnCorrupt == OnCorrupt.Fail)
+            foreach (var chunk in DatasetExtractor.ExtractChunks(sel, p, state.Next, partsDir, ctx.CancellationToken))
             {
-                var f = chunk.Failed[0];
-                throw new JobFailedException($"{f.File}: {f.Reason} (on_corrupt: fail; set on_corrupt: skip to leave such images out and count them)");
+                foreach (var f in chunk.Failed) ctx.Log($"skipped {f.File}: {f.Reason}", "warn");
+                var skipped = state.Skipped.Concat(chunk.Failed).ToList();
+                var parts = state.Parts.ToList();
+                if (chunk.Part is { } path)
+                {
+                    var name = Path.GetFileName(path);
+                    await CheckpointParts.SaveAsync(ctx, name, path);
+                    local[name] = path;
+                    parts.Add(name);
+                }
+                state = state with { Next = chunk.Next, Parts = parts, Skipped = skipped };
+                await CheckpointParts.SaveStateAsync(ctx, state.Next, state);
+                double rate = (state.Next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
+                ctx.ReportProgress(state.Next, total, $"{state.Next}/{total} images ({rate:F1} img/s){(skipped.Count > 0 ? $", {skipped.Count} skipped" : "")}");
+                if (p.ThrottleMs > 0 && state.Next < total) await Task.Delay(p.ThrottleMs, ctx.CancellationToken);
             }
-            foreach (var f in chunk.Failed) ctx.Log($"skipped {f.File}: {f.Reason}", "warn");
-            var skipped = state.Skipped.Concat(chunk.Failed).ToList();
-            var parts = state.Parts.ToList();
-            if (chunk.Count > 0)
-            {
-                var name = $"extract_{state.Next:D9}.npz";
-                var path = Path.Combine(partsDir, name);
-                DatasetExtraction.SavePart(path, chunk, size);
-                await CheckpointParts.SaveAsync(ctx, name, path);
-                local[name] = path;
-                parts.Add(name);
-            }
-            state = state with { Next = state.Next + n, Parts = parts, Skipped = skipped };
-            await CheckpointParts.SaveStateAsync(ctx, state.Next, state);
-            double rate = (state.Next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
-            ctx.ReportProgress(state.Next, total, $"{state.Next}/{total} images ({rate:F1} img/s){(skipped.Count > 0 ? $", {skipped.Count} skipped" : "")}");
-            if (p.ThrottleMs > 0 && state.Next < total) await Task.Delay(p.ThrottleMs, ctx.CancellationToken);
+        }
+        catch (CorruptImageException e)
+        {
+            throw new JobFailedException($"{e.Message} (on_corrupt: fail; set on_corrupt: skip to leave such images out and count them)", e);
         }
         double imagesPerS = (state.Next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
 
@@ -143,7 +139,7 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         var outDir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "out")).FullName;
         var npz = Path.Combine(outDir, "dataset.npz");
         ctx.ReportProgress(total, total, $"writing dataset.npz ({count} images)");
-        DatasetExtraction.Assemble(partFiles, npz, size);
+        DatasetExtractor.Assemble(partFiles, npz, size);
 
         var preview = Path.Combine(outDir, "preview.png");
         using (var first = Npz.ReadRows(npz, "arr_0", Math.Min(p.PreviewImages, (int)count)).First().Chunk.ToTensor())
@@ -164,7 +160,7 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         {
             pngTar = Path.Combine(outDir, "pngs.tar");
             ctx.ReportProgress(total, total, $"writing {count} PNGs");
-            DatasetExtraction.WritePngTar(partFiles, pngTar, size, workers, ctx.CancellationToken);
+            DatasetExtractor.WritePngTar(npz, pngTar, DatasetExtractor.Threads(p), ctx.CancellationToken);
         }
 
         ctx.LogMetrics(0, ("extract/images", count), ("extract/skipped", state.Skipped.Count), ("extract/images_per_s", imagesPerS));

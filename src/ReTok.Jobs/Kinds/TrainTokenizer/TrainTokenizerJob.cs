@@ -8,6 +8,7 @@ using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
 using TorchSharp;
@@ -178,11 +179,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
     sealed class FolderImageSource(IReadOnlyList<string> files) : IImageSource
     {
         public long Count => files.Count;
-        public Tensor Get(long index)
-        {
-            var img = ImageIO.LoadRgb(files[(int)index]);
-            return tensor(img.Pixels, new long[] { img.Height, img.Width, 3 }, ScalarType.Byte);
-        }
+        public Tensor Get(long index) => ImageIO.LoadRgb(files[(int)index]).ToTensor();
     }
 
     static Func<Tensor, Tensor, Tensor> Perceptual(JobContext ctx, TrainTokenizerParams p, Device device)
@@ -258,7 +255,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         for (long i = 0; i < Math.Min(n, source.Count); i++)
         {
             var img = source.Get(i);
-            imgs.Add(img.shape[0] == size && img.shape[1] == size ? img : Crops.CenterCropArr(img, size));
+            imgs.Add(img.shape[0] == size && img.shape[1] == size ? img : AdmCrop.CenterCropArr(RgbImage.FromTensor(img), size).ToTensor());
         }
         return ReTokTokenizer.ImagesFromUint8(stack(imgs)).DetachFromDisposeScope();
     }

@@ -1,9 +1,11 @@
+using System.Diagnostics;
 using System.Formats.Tar;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
 using ReTok.Evaluation.Images;
 using ReTok.Models.IO;
+using ReTok.Models.Images;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 
@@ -32,13 +34,20 @@ public sealed record ChunkResult(byte[] Pixels, long[] Labels, long[] Positions,
     public int Count => Labels.Length;
 }
 
+/// <summary>A chunk done by <see cref="DatasetExtractor.ExtractChunks"/>: selection positions [Start, Next), its npz part
+/// (null when none of its images decoded) and the images left out.</summary>
+public sealed record ExtractedChunk(int Start, int Next, string? Part, IReadOnlyList<SkippedImage> Failed);
+
+/// <summary>on_corrupt: fail met an image that does not decode; the message names the file and the decoder's reason.</summary>
+public sealed class CorruptImageException(SkippedImage image) : Exception($"{image.File}: {image.Reason}");
+
 /// <summary>
-/// The extraction itself, without the engine (the job and `retok dataset extract` share it): listing an image folder in
-/// torchvision ImageFolder order or a flat ILSVRC2012 val folder with the devkit's labels, the seeded order, ADM
-/// centre crops (Pillow-exact, src/ReTok.Evaluation/Images) of a chunk in parallel, and the npz layout
-/// (arr_0 uint8 [N,S,S,3], labels int64 [N]).
+/// The one folder -> npz extraction, without the engine (the extract-dataset job, `retok dataset extract` and
+/// `retok eval prepare-val` all run it): listing an image folder in torchvision ImageFolder order or a flat ILSVRC2012
+/// val folder with the devkit's labels, the seeded order, ADM centre crops (Pillow-exact, src/ReTok.Models/Images) of
+/// a chunk in parallel, on_corrupt, and the npz layout (arr_0 uint8 [N,S,S,3], labels int64 [N]).
 /// </summary>
-public static class DatasetExtraction
+public static class DatasetExtractor
 {
     /// <summary>Lists, labels, filters (per_class), orders (seeded shuffle) and truncates (limit) the source.</summary>
     public static DatasetSelection Select(ExtractDatasetParams p)
@@ -105,6 +114,9 @@ public static class DatasetExtraction
     static List<string> FlatFiles(string root) =>
         Directory.GetFiles(root).Where(ImageIO.IsImageFile).OrderBy(s => Path.GetFileName(s), StringComparer.Ordinal).ToList();
 
+    /// <summary>Decode threads: <c>workers</c>, or all cores when it is 0.</summary>
+    public static int Threads(ExtractDatasetParams p) => p.Workers > 0 ? p.Workers : Environment.ProcessorCount;
+
     /// <summary>
     /// Decodes (PIL convert('RGB') semantics: grey, palette, RGBA, CMYK are converted) and ADM-centre-crops images
     /// [offset, offset+count) of the selection in parallel. Images that fail to decode are returned in Failed; the caller
@@ -112,16 +124,8 @@ public static class DatasetExtraction
     /// </summary>
     public static ChunkResult ProcessChunk(IReadOnlyList<SourceImage> images, int offset, int count, int size, int parallelism, CancellationToken ct)
     {
-        var crops = new byte[count][];
-        var errors = new string?[count];
-        Parallel.For(0, count, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, parallelism), CancellationToken = ct }, i =>
-        {
-            try { crops[i] = AdmCrop.CenterCropArr(ImageIO.LoadRgb(images[offset + i].Path), size).Pixels; }
-            catch (Exception ex) when (ex is not OperationCanceledException and not OutOfMemoryException)
-            {
-                errors[i] = ex is InvalidDataException ? ex.Message : $"{ex.GetType().Name}: {ex.Message}";
-            }
-        });
+        var files = images.Skip(offset).Take(count).Select(i => i.Path).ToList();
+        var (crops, errors) = ImageFolder.CenterCrops(files, size, Math.Max(1, parallelism), ct);
         int ok = crops.Count(c => c is not null), per = size * size * 3;
         var pixels = new byte[(long)ok * per];
         var labels = new long[ok];
@@ -130,13 +134,67 @@ public static class DatasetExtraction
         for (int i = 0, k = 0; i < count; i++)
         {
             var img = images[offset + i];
-            if (crops[i] is null) { failed.Add(new SkippedImage { Position = offset + i, File = img.RelativePath, Reason = errors[i] ?? "unknown error" }); continue; }
-            Buffer.BlockCopy(crops[i], 0, pixels, k * per, per);
+            if (crops[i] is not { } crop)
+            {
+                var e = errors[i];
+                var reason = e is null ? "unknown error" : e is InvalidDataException ? e.Message : $"{e.GetType().Name}: {e.Message}";
+                failed.Add(new SkippedImage { Position = offset + i, File = img.RelativePath, Reason = reason });
+                continue;
+            }
+            Buffer.BlockCopy(crop, 0, pixels, k * per, per);
             labels[k] = img.Label;
             positions[k] = offset + i;
             k++;
         }
         return new ChunkResult(pixels, labels, positions, failed);
+    }
+
+    /// <summary>
+    /// Extracts the selection from position <paramref name="start"/> in chunks of chunk_size, one npz part per chunk
+    /// (partsDir/extract_{start:D9}.npz); yields after each chunk so the caller can checkpoint, log and report. Under
+    /// on_corrupt: fail the first undecodable image throws <see cref="CorruptImageException"/> before its chunk is saved.
+    /// </summary>
+    public static IEnumerable<ExtractedChunk> ExtractChunks(DatasetSelection sel, ExtractDatasetParams p, int start, string partsDir, CancellationToken ct)
+    {
+        int total = sel.Images.Count;
+        for (int at = start; at < total; at += p.ChunkSize)
+        {
+            ct.ThrowIfCancellationRequested();
+            int n = Math.Min(p.ChunkSize, total - at);
+            var chunk = ProcessChunk(sel.Images, at, n, p.ImageSize, Threads(p), ct);
+            if (chunk.Failed.Count > 0 && p.OnCorrupt == OnCorrupt.Fail) throw new CorruptImageException(chunk.Failed[0]);
+            string? part = null;
+            if (chunk.Count > 0) SavePart(part = Path.Combine(partsDir, $"extract_{at:D9}.npz"), chunk, p.ImageSize);
+            yield return new ExtractedChunk(at, at + n, part, chunk.Failed);
+        }
+    }
+
+    /// <summary>
+    /// The whole extraction in one go, without checkpoints (the CLI commands): parts in a temp folder, then one npz.
+    /// Logs skipped images and progress to <paramref name="log"/>. Returns (images, skipped, images/s).
+    /// </summary>
+    public static (long Images, int Skipped, double Rate) ExtractToNpz(ExtractDatasetParams p, string npzPath, TextWriter? log, CancellationToken ct)
+    {
+        var sel = Select(p);
+        var tmp = Directory.CreateTempSubdirectory("retok-extract").FullName;
+        try
+        {
+            var sw = Stopwatch.StartNew();
+            var parts = new List<string>();
+            int skipped = 0;
+            foreach (var c in ExtractChunks(sel, p, 0, tmp, ct))
+            {
+                foreach (var f in c.Failed) log?.WriteLine($"skipped {f.File}: {f.Reason}");
+                skipped += c.Failed.Count;
+                if (c.Part is null) continue;
+                parts.Add(c.Part);
+                log?.WriteLine($"{c.Next}/{sel.Images.Count} images ({c.Next / Math.Max(1e-3, sw.Elapsed.TotalSeconds):F1} img/s)");
+            }
+            if (parts.Count == 0) throw new InvalidDataException($"{p.Source}: no image could be decoded ({skipped} skipped)");
+            long n = Assemble(parts, npzPath, p.ImageSize);
+            return (n, skipped, n / Math.Max(1e-3, sw.Elapsed.TotalSeconds));
+        }
+        finally { try { Directory.Delete(tmp, true); } catch { } }
     }
 
     /// <summary>A chunk as an npz part: arr_0 uint8 [n,S,S,3], labels int64 [n], position int64 [n] (index in the selection).</summary>
@@ -165,34 +223,32 @@ public static class DatasetExtraction
         return n;
     }
 
+    /// <summary>Row k of the dataset npz as an 8-bit RGB PNG (Pillow reads it back bit-identically), in row order.</summary>
+    public static IEnumerable<(long Row, byte[] Png)> Pngs(string npzPath, int parallelism, CancellationToken ct)
+    {
+        foreach (var (start, a) in Npz.ReadRows(npzPath, "arr_0", 256))
+        {
+            int n = (int)a.Shape[0], h = (int)a.Shape[1], w = (int)a.Shape[2], per = h * w * 3;
+            var pngs = new byte[n][];
+            Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, parallelism), CancellationToken = ct }, i =>
+                pngs[i] = ImageIO.EncodePng(new RgbImage(w, h, a.Data.AsSpan(i * per, per).ToArray())));
+            for (int i = 0; i < n; i++) yield return (start + i, pngs[i]);
+        }
+    }
+
     /// <summary>
-    /// Writes row k of the parts as {k:06d}.png (8-bit RGB; Pillow reads them back bit-identically) into a tar with
-    /// sorted names, a fixed time and mode, so equal datasets give byte-identical tars.
+    /// The dataset's rows as {row:06d}.png in a tar with sorted names, a fixed time and mode, so equal datasets give
+    /// byte-identical tars.
     /// </summary>
-    public static void WritePngTar(IReadOnlyList<string> parts, string tarPath, int size, int parallelism, CancellationToken ct)
+    public static void WritePngTar(string npzPath, string tarPath, int parallelism, CancellationToken ct)
     {
         using var fs = new FileStream(tarPath, FileMode.Create, FileAccess.Write);
         using var tw = new TarWriter(fs, TarEntryFormat.Ustar, leaveOpen: false);
-        long row = 0;
-        int per = size * size * 3;
-        foreach (var p in parts)
-        {
-            var a = Npz.LoadKey(p, "arr_0");
-            int n = (int)a.Shape[0];
-            var pngs = new byte[n][];
-            Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, parallelism), CancellationToken = ct }, i =>
+        foreach (var (row, png) in Pngs(npzPath, parallelism, ct))
+            tw.WriteEntry(new UstarTarEntry(TarEntryType.RegularFile, $"{row:000000}.png")
             {
-                var px = new byte[per];
-                Buffer.BlockCopy(a.Data, i * per, px, 0, per);
-                pngs[i] = ImageIO.EncodePng(new RgbImage(size, size, px));
+                ModificationTime = DateTimeOffset.UnixEpoch, Mode = (UnixFileMode)0b110_100_100, DataStream = new MemoryStream(png),
             });
-            for (int i = 0; i < n; i++)
-                tw.WriteEntry(new UstarTarEntry(TarEntryType.RegularFile, $"{row + i:000000}.png")
-                {
-                    ModificationTime = DateTimeOffset.UnixEpoch, Mode = (UnixFileMode)0b110_100_100, DataStream = new MemoryStream(pngs[i]),
-                });
-            row += n;
-        }
     }
 }
 

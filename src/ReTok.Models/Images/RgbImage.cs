@@ -1,4 +1,7 @@
-namespace ReTok.Evaluation.Images;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace ReTok.Models.Images;
 
 /// <summary>An 8-bit RGB image, row-major HWC (what PIL's <c>np.asarray(img.convert('RGB'))</c> holds).</summary>
 public sealed record RgbImage(int Width, int Height, byte[] Pixels)
@@ -17,4 +20,15 @@ public sealed record RgbImage(int Width, int Height, byte[] Pixels)
             Buffer.BlockCopy(Pixels, ((y + row) * Width + x) * 3, r.Pixels, row * w * 3, w * 3);
         return r;
     }
+
+    /// <summary>Copy of a uint8 [H, W, 3] tensor (the training loader's and the jobs' image tensors).</summary>
+    public static RgbImage FromTensor(Tensor hwc)
+    {
+        if (hwc.dtype != ScalarType.Byte || hwc.dim() != 3 || hwc.shape[2] != 3)
+            throw new ArgumentException($"expected a uint8 [H,W,3] image, got {hwc.dtype} [{string.Join(",", hwc.shape)}]");
+        return new RgbImage((int)hwc.shape[1], (int)hwc.shape[0], hwc.contiguous().cpu().data<byte>().ToArray());
+    }
+
+    /// <summary>uint8 [H, W, 3] on the CPU.</summary>
+    public Tensor ToTensor() => tensor(Pixels, new long[] { Height, Width, 3 }, ScalarType.Byte);
 }

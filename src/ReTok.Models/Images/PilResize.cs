@@ -1,4 +1,4 @@
-namespace ReTok.Evaluation.Images;
+namespace ReTok.Models.Images;
 
 public enum PilFilter { Box, Bilinear, Bicubic }
 
@@ -6,6 +6,8 @@ public enum PilFilter { Box, Bilinear, Bicubic }
 /// Bit-exact port of Pillow's 8-bit resampler (src/libImaging/Resample.c, unchanged from 9.x to 10.4): separable,
 /// horizontal pass first into a uint8 image, then vertical; weights normalised in double and rounded to 22-bit fixed point;
 /// each output = clip8((2^21 + sum(pixel * w)) >> 22). Only the full-image box (Image.resize without box=) is supported.
+/// Same integer arithmetic as PIL, so results are bit-identical (ImageTests.PilResizeIsBitIdenticalForBoxBilinearBicubic,
+/// DataTests.PilResizeIsBitExact).
 /// </summary>
 public static class PilResize
 {
@@ -99,10 +101,7 @@ public static class PilResize
             });
             cur = tmp;
         }
-        else
-        {
-            // No horizontal pass: the vertical pass reads the source directly with unshifted bounds.
-        }
+        // else no horizontal pass: the vertical pass reads the source directly with unshifted bounds.
         if (!needV) return cur;
 
         var dst = new RgbImage(cur.Width, outH);
