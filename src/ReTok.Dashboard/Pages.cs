@@ -319,11 +319,15 @@ public static class Pages
 
     static async Task<IResult> ExperimentPageAsync(HttpContext ctx, DashboardData d, string name)
     {
-        var results = await ResultsTable.BuildAsync(d.Tracker, name, ctx.RequestAborted);
-        // metric-vs-K overlaid for the newest runs that have any (more than ~10 curves per chart are unreadable)
-        var runs = await d.ListRunsAsync(name, null, null, null, null, 200, ctx.RequestAborted);
-        var latest = await d.LatestAsync(runs.Select(r => r.Id).ToList(), ctx.RequestAborted);
-        var kRuns = runs.Select(r => ($"#{r.Id} {r.Name}", KCurves.From(latest[r.Id].Values.Select(m => (m.Key, m.Value))))).Where(x => x.Item2.Count > 0).Take(10).ToList();
+        // one read of the experiment's last metric values serves the results table and the K curves
+        var ids = await d.Tracker.Runs.ListIdsAsync(new RunFilter(Experiment: name, Limit: int.MaxValue), ctx.RequestAborted);
+        var latest = await d.Tracker.GetLatestMetricsAsync(ids, ctx.RequestAborted);
+        var results = await ResultsTable.FromLatestAsync(d.Tracker, latest, ctx.RequestAborted);
+        // metric-vs-K overlaid for the newest ten runs that have any (more curves per chart are unreadable)
+        var curves = latest.GroupBy(m => m.RunId).Select(g => (Id: g.Key, Curves: KCurves.From(g.Select(m => (m.Key, m.Value)))))
+            .Where(x => x.Curves.Count > 0).OrderByDescending(x => x.Id).Take(10).ToList();
+        var names = (await d.GetRunsAsync(curves.Select(x => x.Id).ToList(), ctx.RequestAborted)).ToDictionary(r => r.Id, r => r.Name);
+        var kRuns = curves.Select(x => ($"#{x.Id} {names.GetValueOrDefault(x.Id)}", x.Curves)).ToList();
         var kCharts = kRuns.Count > 0 ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";
         return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{ExportLinks($"/api/experiments/{U(name)}/results/export")}{kCharts}");
     }

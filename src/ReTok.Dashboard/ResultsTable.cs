@@ -29,7 +29,12 @@ public static class ResultsTable
     public static async Task<List<ResultRow>> BuildAsync(Tracker tracker, string? experiment, CancellationToken ct)
     {
         var ids = await tracker.Runs.ListIdsAsync(new RunFilter(Experiment: experiment, Limit: int.MaxValue), ct);
-        var latest = await tracker.GetLatestMetricsAsync(ids, ct);
+        return await FromLatestAsync(tracker, await tracker.GetLatestMetricsAsync(ids, ct), ct);
+    }
+
+    /// <summary>The table from the last point of each key of the runs in scope (a page that has them already passes them in).</summary>
+    public static async Task<List<ResultRow>> FromLatestAsync(Tracker tracker, IEnumerable<MetricPoint> latest, CancellationToken ct)
+    {
         var points = latest.Select(m => TryParseKey(m.Key, out var metric, out var k, out var v) ? new Point(m.RunId, metric, k, v, m.Key, m.Value) : null)
             .OfType<Point>().ToList();
         if (points.Count == 0) return new List<ResultRow>();

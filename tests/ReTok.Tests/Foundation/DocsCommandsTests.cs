@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Text.RegularExpressions;
 using ReTok.Cli;
 using ReTok.Jobs.Engine;
+using ReTok.Tests.Infra;
 
 namespace ReTok.Tests.Foundation;
 
@@ -12,13 +13,6 @@ namespace ReTok.Tests.Foundation;
 /// </summary>
 public sealed partial class DocsCommandsTests
 {
-    static string Root()
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        return d?.FullName ?? throw new InvalidOperationException("repository root not found");
-    }
-
     /// <summary>Spec names the docs use as placeholders, not files.</summary>
     static readonly HashSet<string> PlaceholderSpecs = ["spec.yaml", "SPEC", "<spec>", "my-spec.yaml"];
 
@@ -28,7 +22,7 @@ public sealed partial class DocsCommandsTests
     /// <summary>(file:line, argv after "retok") for each command line in a code fence; "a | b" and "a &amp;&amp; b" are two.</summary>
     public static List<(string Where, string[] Args)> DocCommands()
     {
-        var root = Root();
+        var root = Proc.Root;
         var files = new[] { Path.Combine(root, "README.md") }.Concat(Directory.GetFiles(Path.Combine(root, "docs"), "*.md")).Order(StringComparer.Ordinal);
         var result = new List<(string, string[])>();
         foreach (var file in files)
@@ -110,7 +104,7 @@ public sealed partial class DocsCommandsTests
     [Fact]
     public void Every_submit_in_the_docs_validates_with_its_overrides()
     {
-        var root = Root();
+        var root = Proc.Root;
         var errors = new List<string>();
         int checkedSpecs = 0;
         foreach (var (where, args) in DocCommands().Where(c => c.Args[0] == "submit" && c.Args.Length > 1))
