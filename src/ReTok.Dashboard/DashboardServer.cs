@@ -15,6 +15,8 @@ using ReTok.Dashboard.Auth;
 using ReTok.Jobs.Engine;
 using ReTok.Tracking;
 using HangfireDashboardOptions = Hangfire.DashboardOptions;
+using ReTok.Dashboard.Monitoring;
+using OpenTelemetry.Metrics;
 
 namespace ReTok.Dashboard;
 
@@ -113,6 +115,9 @@ public sealed class DashboardServer : IAsyncDisposable
         s.AddSingleton<LoginThrottle>();
         s.AddSingleton<DashboardData>();
         s.AddSingleton<SpecSubmitter>();
+        var fleet = new FleetMetrics(client.Tracker);
+        s.AddSingleton(_ => fleet);   // a factory registration: the container disposes the meter with the host
+        s.AddOpenTelemetry().WithMetrics(m => m.AddMeter(fleet.MeterName).AddPrometheusExporter());
         s.Configure<FormOptions>(f => { f.MultipartBodyLengthLimit = o.MaxUploadBytes; f.ValueLengthLimit = (int)o.MaxUploadBytes; });
         s.ConfigureHttpJsonOptions(j =>
         {
@@ -169,13 +174,23 @@ public sealed class DashboardServer : IAsyncDisposable
             AppPath = "/runs",
             DashboardTitle = "ReTok.Jobs · Hangfire",
             DisplayStorageConnectionString = false,
+            DisplayNameFunc = new HangfireRunNames(client.Tracker.Runs).DisplayName,
         }, storage);
+        HangfireRunNames.RegisterRunLink();
         app.UseAuthorization();
+        // after authorization: an anonymous scrape is refused before it can cost a database read
+        app.Use(async (ctx, next) =>
+        {
+            if (ctx.Request.Path == "/metrics") await ctx.RequestServices.GetRequiredService<FleetMetrics>().RefreshAsync(ctx.RequestAborted);
+            await next();
+        });
 
         app.MapGet("/healthz", async (DashboardData d, CancellationToken ct) =>
                 await d.DatabaseOkAsync(ct) ? Results.Text("ok") : Results.Text("database unreachable", statusCode: 503))
             .AllowAnonymous().WithSummary("liveness/readiness probe (no auth): 200 when PostgreSQL answers");
         app.MapOpenApi("/openapi/{documentName}.json").RequireAuthorization(AuthSetup.ViewerPolicy);
+        // Prometheus scrapes with an API token (viewer): `authorization: {credentials: rtk_…}` in the scrape config
+        app.MapPrometheusScrapingEndpoint("/metrics").RequireAuthorization(AuthSetup.ViewerPolicy);
         Api.Map(app);
         Pages.Map(app);
         return app;

@@ -63,6 +63,8 @@ public class Run
     public string? LeaseOwner { get; set; }
     public long LeaseGeneration { get; set; }
     public DateTimeOffset? LeaseExpiresAt { get; set; }
+    /// <summary>How often an expired lease of another executor was taken over or re-queued by the reconciler (a dead or stalled worker).</summary>
+    public int LeaseTakeovers { get; set; }
     /// <summary>Fan-in counter, on an aggregator run: shards still to succeed before it is queued.</summary>
     public int PendingChildren { get; set; }
     /// <summary>On a shard: the aggregator run whose <see cref="PendingChildren"/> it decrements when it succeeds.</summary>

@@ -35,6 +35,7 @@ public sealed partial class RunStore
             var run = Change([RunStatus.Queued, RunStatus.Running], RunStatus.Running);
             await using var cmd = _t.DataSource.CreateCommand($"""
                 UPDATE retok.runs SET lease_owner = @owner, lease_generation = lease_generation + 1,
+                       lease_takeovers = lease_takeovers + CASE WHEN lease_owner IS NOT NULL AND lease_owner <> @owner THEN 1 ELSE 0 END,
                        lease_expires_at = now() + make_interval(secs => @ttl), status = {run.To}, attempt = attempt + 1,
                        started_at = coalesce(started_at, now()), host = coalesce(@host, host), device = coalesce(@device, device),
                        hangfire_job_id = coalesce(@job, hangfire_job_id), progress_at = now()

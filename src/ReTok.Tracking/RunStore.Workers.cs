@@ -71,6 +71,7 @@ public sealed partial class RunStore
         var run = Change([RunStatus.Running], RunStatus.Queued);
         await using var cmd = _t.DataSource.CreateCommand($"""
             UPDATE retok.runs SET status = {run.To}, queued_at = now(), lease_owner = NULL, lease_expires_at = NULL, hangfire_job_id = NULL,
+                   lease_takeovers = lease_takeovers + 1,
                    progress_message = 're-queued by reconciler: lease of ' || coalesce(lease_owner, '?') || ' expired'
             WHERE {run.Where} AND lease_expires_at < now() - make_interval(secs => @grace) RETURNING id, queue
             """);

@@ -385,6 +385,10 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("text")
                         .HasColumnName("lease_owner");
 
+                    b.Property<int>("LeaseTakeovers")
+                        .HasColumnType("integer")
+                        .HasColumnName("lease_takeovers");
+
                     b.Property<string>("Name")
                         .HasColumnType("text")
                         .HasColumnName("name");

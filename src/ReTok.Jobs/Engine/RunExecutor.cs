@@ -124,7 +124,7 @@ sealed class ExecutionScope(ExecutorHost host, Lease lease, string cacheDir)
 public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
 {
     [AutomaticRetry(Attempts = 0)]
-    [DisplayName("run {0}")]
+    // no [DisplayName]: Hangfire prefers it to DashboardOptions.DisplayNameFunc, through which the dashboard names the run
     public async Task Execute(long runId, PerformContext? context, CancellationToken hangfireToken)
     {
         var t = host.Tracker;
