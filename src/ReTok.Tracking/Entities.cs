@@ -33,6 +33,8 @@ public class Run
     public long? Seed { get; set; }
     public string? CodeVersion { get; set; }
     public string Queue { get; set; } = "cpu";
+    /// <summary>Devices the run leases at once on one worker (spec key `gpus`); <see cref="Device"/> lists those it held.</summary>
+    public int Gpus { get; set; } = 1;
     public string? Host { get; set; }
     public string? Device { get; set; }
     public List<string> Tags { get; set; } = new();

@@ -354,6 +354,10 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("finished_at");
 
+                    b.Property<int>("Gpus")
+                        .HasColumnType("integer")
+                        .HasColumnName("gpus");
+
                     b.Property<string>("HangfireJobId")
                         .HasColumnType("text")
                         .HasColumnName("hangfire_job_id");

@@ -65,6 +65,7 @@ public sealed class JobClient : IAsyncDisposable
     {
         CheckDataPaths(plan);
         await CheckRunInputsExistAsync(plan, ct);
+        await CheckDeviceCountsAsync(plan, ct);
         long? experimentId = plan.Experiment is { } e ? await Tracker.EnsureExperimentAsync(e, ct) : null;
         var pipeline = plan.IsPipeline
             ? new Pipeline { Name = SafeText.Clean(plan.PipelineName!), SpecYaml = plan.SpecYaml, Overrides = plan.Overrides.ToList(), ExperimentId = experimentId }
@@ -75,7 +76,7 @@ public sealed class JobClient : IAsyncDisposable
             return (Step: s, Run: new Run
             {
                 Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
-                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null,
+                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null, Gpus = s.Gpus,
                 Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
                 Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipeline?.Id, PipelineStep = plan.IsPipeline ? s.Step : null,
                 DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),
@@ -101,6 +102,27 @@ public sealed class JobClient : IAsyncDisposable
         foreach (var (role, reference) in s.Inputs)
             if (InputRef.TryParse(reference, out var r) && r.RunId is { } id && await Tracker.GetArtifactAsync(id, r.Artifact, ct) is null)
                 errors.Add($"{(plan.IsPipeline ? $"steps.{s.Step}." : "")}inputs.{role}: run {id} has no artifact '{r.Artifact}'");
+        if (errors.Count > 0) throw new SpecValidationException(errors);
+    }
+
+    /// <summary>
+    /// A step asking for more devices than any live worker of its queue has would wait forever: refused, naming the
+    /// largest worker. With no live worker on the queue there is nothing to compare with (a fleet may be scaling up).
+    /// </summary>
+    async Task CheckDeviceCountsAsync(SubmitPlan plan, CancellationToken ct)
+    {
+        if (plan.Steps.All(s => s.Gpus == 1)) return;
+        var workers = (await Tracker.Runs.ListWorkersAsync(ct)).Where(w => w.LastHeartbeat > DateTimeOffset.UtcNow - TimeSpan.FromMinutes(2)).ToList();
+        var errors = new List<string>();
+        foreach (var s in plan.Steps.Where(s => s.Gpus > 1))
+        {
+            var serving = workers.Select(w => (w.Id, Slots: WorkerSlots.Of(w, s.Queue))).Where(x => x.Slots.Count > 0).ToList();
+            if (serving.Count == 0) continue;
+            var largest = serving.MaxBy(x => x.Slots.Count);
+            if (largest.Slots.Count < s.Gpus)
+                errors.Add($"{(plan.IsPipeline ? $"steps.{s.Step}." : "")}gpus: {s.Gpus} devices asked, but the largest live worker on queue '{s.Queue}' " +
+                           $"({largest.Id}) has {largest.Slots.Count} ({string.Join(", ", largest.Slots)})");
+        }
         if (errors.Count > 0) throw new SpecValidationException(errors);
     }
 

@@ -20,11 +20,11 @@ public sealed class JobContext
     (double Done, double Total, string? Message)? _progress;
     readonly Dictionary<string, string> _inputs;
 
-    internal JobContext(ExecutionScope scope, Run run, string device, string scratch)
+    internal JobContext(ExecutionScope scope, Run run, IReadOnlyList<string> devices, string scratch)
     {
         _s = scope;
         Run = run;
-        Device = device;
+        Devices = devices;
         ScratchDir = scratch;
         _inputs = JsonSerializer.Deserialize<Dictionary<string, string>>(run.Inputs) ?? new();
     }
@@ -32,8 +32,10 @@ public sealed class JobContext
     /// <summary>The run row as it was when this execution started.</summary>
     public Run Run { get; }
     public long RunId => Run.Id;
-    /// <summary>"cpu" or "cuda:N": the device slot this execution leased (GPU jobs own it for their lifetime).</summary>
-    public string Device { get; }
+    /// <summary>"cpu" or "cuda:N": the first device slot this execution leased (GPU jobs own it for their lifetime).</summary>
+    public string Device => Devices[0];
+    /// <summary>Every device slot leased for this execution: the spec's <c>gpus: N</c>, taken together on this worker.</summary>
+    public IReadOnlyList<string> Devices { get; }
     /// <summary>1 for the first execution; higher after a crash or a transient-failure retry (a graceful re-queue does not count).</summary>
     public int Attempt => _s.Lease.Attempt;
     /// <summary>A private working folder, deleted when the execution ends.</summary>

@@ -19,43 +19,92 @@ public sealed class ExecutorHost
     public JobKindRegistry Kinds => Client.Kinds;
 }
 
-/// <summary>Device slots of one Hangfire server: "cuda:0", "cuda:1" for the GPU queue, "cpu" slots otherwise.</summary>
-public sealed class DevicePool(IReadOnlyList<string> devices)
+/// <summary>
+/// Device slots of one Hangfire server: "cuda:0", "cuda:1" for the GPU queues, "cpu" slots otherwise. A run takes all
+/// the slots it asks for at once or none (two runs that each hold half of what they need would wait on each other
+/// forever), and waiters are served first come, first served so a large request is not starved by small ones.
+/// </summary>
+public sealed class DevicePool
 {
-    readonly SemaphoreSlim _free = new(devices.Count, devices.Count);
-    readonly Dictionary<string, long?> _slots = devices.Distinct().Count() == devices.Count
-        ? devices.ToDictionary(d => d, _ => (long?)null)
-        : devices.Select((d, i) => $"{d}#{i}").ToDictionary(d => d, _ => (long?)null);
+    readonly Dictionary<string, long?> _slots;
+    readonly LinkedList<Waiter> _waiters = new();
 
-    public IReadOnlyList<string> Devices { get; } = devices;
+    sealed record Waiter(long RunId, int Count, TaskCompletionSource<Slot> Done);
 
-    public async Task<Slot> AcquireAsync(long runId, CancellationToken ct)
+    public DevicePool(IReadOnlyList<string> devices)
     {
-        await _free.WaitAsync(ct);
+        Devices = devices;
+        _slots = devices.Distinct().Count() == devices.Count
+            ? devices.ToDictionary(d => d, _ => (long?)null)
+            : devices.Select((d, i) => $"{d}#{i}").ToDictionary(d => d, _ => (long?)null);
+    }
+
+    public IReadOnlyList<string> Devices { get; }
+
+    /// <summary>Waits until <paramref name="count"/> slots are free together, then holds them for <paramref name="runId"/>.</summary>
+    public async Task<Slot> AcquireAsync(long runId, CancellationToken ct, int count = 1)
+    {
+        if (count < 1 || count > _slots.Count)
+            throw new ArgumentOutOfRangeException(nameof(count), $"{count} device(s) asked, this server has {_slots.Count} ({string.Join(", ", Devices)})");
+        LinkedListNode<Waiter> node;
         lock (_slots)
         {
-            var name = _slots.First(kv => kv.Value is null).Key;
-            _slots[name] = runId;
-            return new Slot(this, name);
+            if (_waiters.Count == 0 && Free() >= count) return Take(runId, count);
+            node = _waiters.AddLast(new Waiter(runId, count, new TaskCompletionSource<Slot>(TaskCreationOptions.RunContinuationsAsynchronously)));
         }
+        await using var _ = ct.Register(() =>
+        {
+            lock (_slots)
+            {
+                if (node.List is null) return;   // already served
+                _waiters.Remove(node);
+                node.Value.Done.TrySetCanceled(ct);
+                ServeWaiters();   // a large request leaving the head may let smaller ones in
+            }
+        });
+        return await node.Value.Done.Task;
     }
 
     /// <summary>Slot -> run id (null when idle), for the WorkerInfo row.</summary>
     public Dictionary<string, long?> Snapshot() { lock (_slots) return new(_slots); }
 
-    void Release(string name)
+    int Free() => _slots.Count(kv => kv.Value is null);
+
+    Slot Take(long runId, int count)
     {
-        lock (_slots) _slots[name] = null;
-        _free.Release();
+        var names = _slots.Where(kv => kv.Value is null).Take(count).Select(kv => kv.Key).ToList();
+        foreach (var n in names) _slots[n] = runId;
+        return new Slot(this, names);
     }
 
-    public sealed class Slot(DevicePool pool, string name) : IDisposable
+    void ServeWaiters()
     {
-        public string Name { get; } = name;
-        /// <summary>The device string handlers see ("cpu#1" slots run on "cpu").</summary>
-        public string Device => Name.Split('#')[0];
+        while (_waiters.First is { } head && Free() >= head.Value.Count)
+        {
+            _waiters.RemoveFirst();
+            head.Value.Done.TrySetResult(Take(head.Value.RunId, head.Value.Count));
+        }
+    }
+
+    void Release(IReadOnlyList<string> names)
+    {
+        lock (_slots)
+        {
+            foreach (var n in names) _slots[n] = null;
+            ServeWaiters();
+        }
+    }
+
+    /// <summary>The slots one run holds.</summary>
+    public sealed class Slot(DevicePool pool, IReadOnlyList<string> names) : IDisposable
+    {
+        public IReadOnlyList<string> Names { get; } = names;
+        public string Name => string.Join("+", Names);
+        /// <summary>The devices handlers see ("cpu#1" slots run on "cpu"); the first is the run's primary device.</summary>
+        public IReadOnlyList<string> Devices { get; } = names.Select(n => n.Split('#')[0]).ToList();
+        public string Device => Devices[0];
         int _released;
-        public void Dispose() { if (Interlocked.Exchange(ref _released, 1) == 0) pool.Release(Name); }
+        public void Dispose() { if (Interlocked.Exchange(ref _released, 1) == 0) pool.Release(Names); }
     }
 }
 
@@ -136,9 +185,16 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             return;
         }
 
-        using var slot = await devices.AcquireAsync(runId, host.Stopping);
+        if (run.Gpus > devices.Devices.Count)
+        {
+            // waiting would be forever: fail with the reason (submit refuses this when it can see the workers)
+            await RefuseAsync(run, $"gpus: {run.Gpus} devices asked, but worker {host.WorkerId} serves queue '{run.Queue}' with {devices.Devices.Count} " +
+                                   $"({string.Join(", ", devices.Devices)}); submit to a queue whose workers have enough", context);
+            return;
+        }
+        using var slot = await devices.AcquireAsync(runId, host.Stopping, run.Gpus);
         var owner = $"{host.WorkerId}/{slot.Name}/{Guid.NewGuid().ToString("N")[..6]}";
-        var request = new LeaseRequest(owner, host.Options.LeaseTtl, host.HostName, slot.Device, context?.BackgroundJob?.Id);
+        var request = new LeaseRequest(owner, host.Options.LeaseTtl, host.HostName, string.Join(",", slot.Devices), context?.BackgroundJob?.Id);
         var lease = await t.Runs.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);
         if (lease is null) return;
 
@@ -162,7 +218,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
         var scratch = Path.Combine(host.Options.Scratch, "runs", $"{runId}-g{lease.Generation}");
         Directory.CreateDirectory(scratch);
         var scope = new ExecutionScope(host, lease, Path.Combine(host.Options.Scratch, "cache"));
-        var ctx = new JobContext(scope, run, slot.Device, scratch);
+        var ctx = new JobContext(scope, run, slot.Devices, scratch);
         using var onShutdown = host.Stopping.Register(() => scope.Stop(StopReason.Shutdown));
         using var heartbeatStop = new CancellationTokenSource();
         var heartbeat = scope.HeartbeatLoopAsync(ctx, heartbeatStop.Token);
@@ -194,6 +250,20 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             heartbeatStop.Cancel();
             try { Directory.Delete(scratch, true); } catch (Exception) { /* best effort */ }
         }
+    }
+
+    async Task RefuseAsync(Run run, string why, PerformContext? context)
+    {
+        var t = host.Tracker;
+        var request = new LeaseRequest($"{host.WorkerId}/refused/{Guid.NewGuid().ToString("N")[..6]}", host.Options.LeaseTtl, host.HostName, null, context?.BackgroundJob?.Id);
+        if (await t.Runs.TryAcquireLeaseAsync(run.Id, request) is not { } lease) return;   // another executor has it
+        try
+        {
+            await t.LogAsync(run.Id, "error", why, lease.Fence);
+            await t.Runs.FailAsync(lease, why);
+            host.Log($"[run {run.Id}] failed: {why}");
+        }
+        catch (LeaseLostException ex) { host.Log($"[run {run.Id}] {ex.Message}"); }
     }
 
     async Task FinishAsync(JobContext ctx, ExecutionScope scope, Run run, Exception? error, CancellationToken hangfireToken)

@@ -5,7 +5,8 @@ using ReTok.Tracking;
 
 namespace ReTok.Jobs.Engine;
 
-/// <summary>What a worker serves: queues, GPU indices (one worker and one leased device per GPU), CPU worker count.</summary>
+/// <summary>What a worker serves: queues, GPU indices (one device slot per GPU, shared by the GPU queues: "gpu" and
+/// "gpu-CLASS", e.g. gpu-h100), CPU worker count.</summary>
 public sealed record WorkerOptions
 {
     public IReadOnlyList<string> Queues { get; init; } = ["gpu", "cpu"];
@@ -63,16 +64,18 @@ public sealed class WorkerHost : IAsyncDisposable
             Options = _o, Client = _client, WorkerId = WorkerId, HostName = HostName, Stopping = _stopping.Token, Log = _log,
         };
 
-        if (queues.Remove("gpu"))
+        var gpuQueues = queues.Where(WorkerSlots.IsGpuQueue).ToList();
+        queues.RemoveAll(WorkerSlots.IsGpuQueue);
+        if (gpuQueues.Count > 0)
         {
             List<string> devices;
             if (_w.Gpus.Count == 0)
             {
                 devices = ["cpu"];
-                _log("no GPUs given (--gpus): serving queue 'gpu' on CPU with 1 worker (device cpu)");
+                _log($"no GPUs given (--gpus): serving queue(s) {string.Join(", ", gpuQueues)} on CPU with 1 worker (device cpu)");
             }
             else devices = _w.Gpus.Select(i => $"cuda:{i}").ToList();
-            AddServer("gpu", devices, host, storage);
+            AddServer(string.Join(",", gpuQueues), devices, host, storage);
         }
         if (queues.Count > 0)
             AddServer(string.Join(",", queues), Enumerable.Repeat("cpu", Math.Max(1, _w.CpuWorkers)).ToList(), host, storage);
@@ -114,10 +117,10 @@ public sealed class WorkerHost : IAsyncDisposable
 
     async Task WriteWorkerInfoAsync(CancellationToken ct)
     {
-        // Without --gpus the gpu and cpu servers both have "cpu" slots: name such slots with their queues.
-        var all = _servers.SelectMany(s => s.Pool.Snapshot().Select(kv => (s.Queue, Slot: kv.Key, Run: kv.Value))).ToList();
-        var shared = all.GroupBy(x => x.Slot).Where(g => g.Count() > 1).Select(g => g.Key).ToHashSet();
-        var slots = all.ToDictionary(x => shared.Contains(x.Slot) ? $"{x.Slot} ({x.Queue})" : x.Slot, x => x.Run);
+        // Slots are named with their server's queues: the gpu and cpu servers may both have "cpu" slots, and submit
+        // checks a multi-device request against the slots of the queue it names (WorkerSlots.Of).
+        var slots = _servers.SelectMany(s => s.Pool.Snapshot().Select(kv => (Key: WorkerSlots.Key(kv.Key, s.Queue), Run: kv.Value)))
+            .ToDictionary(x => x.Key, x => x.Run);
         var row = new WorkerInfo
         {
             Id = WorkerId, Host = HostName, Queues = string.Join(",", _servers.Select(s => s.Queue)),
@@ -202,5 +205,32 @@ public sealed class Reconciler(JobClient client, Action<string> log)
         }
 
         await runs.DeleteSilentWorkersAsync(TimeSpan.FromDays(1), ct);
+    }
+}
+
+/// <summary>How a worker row names its device slots ("cuda:0 (gpu,gpu-h100)") and which of them serve a queue.</summary>
+public static class WorkerSlots
+{
+    /// <summary>"gpu" and "gpu-CLASS" queues are served by the worker's GPU slots; every other queue by its CPU slots.</summary>
+    public static bool IsGpuQueue(string queue) => queue == "gpu" || queue.StartsWith("gpu-", StringComparison.Ordinal);
+
+    public static string Key(string slot, string queues) => $"{slot} ({queues})";
+
+    /// <summary>The slots of worker <paramref name="w"/> that serve <paramref name="queue"/> (a slot named without queues
+    /// serves all the worker's queues).</summary>
+    public static List<string> Of(WorkerInfo w, string queue)
+    {
+        var slots = JsonSerializer.Deserialize<Dictionary<string, long?>>(string.IsNullOrWhiteSpace(w.Slots) ? "{}" : w.Slots) ?? new();
+        var all = w.Queues.Split(',', StringSplitOptions.TrimEntries | StringSplitOptions.RemoveEmptyEntries);
+        var list = new List<string>();
+        foreach (var key in slots.Keys)
+        {
+            int open = key.LastIndexOf(" (", StringComparison.Ordinal);
+            var (slot, queues) = open > 0 && key.EndsWith(')')
+                ? (key[..open], key[(open + 2)..^1].Split(',', StringSplitOptions.TrimEntries))
+                : (key, all);
+            if (queues.Contains(queue)) list.Add(slot);
+        }
+        return list;
     }
 }

@@ -40,6 +40,7 @@ public sealed class SelftestJob : IJobHandler<SelftestParams>
 {
     public async Task RunAsync(JobContext ctx, SelftestParams p)
     {
+        ctx.Log($"devices: {string.Join(", ", ctx.Devices)}");
         if (p.Shards > 0 && ctx.ShardIndex is null)
         {
             var shards = Enumerable.Range(0, p.Shards).Select(i => (object)(p with
