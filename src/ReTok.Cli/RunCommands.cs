@@ -91,7 +91,7 @@ public static class RunCommands
             Row("progress", r.Status is RunStatus.Running or RunStatus.Queued && r.Progress > 0 ? $"{r.Progress:P1} {r.ProgressMessage} {Eta(r.EtaSeconds)}" : r.ProgressMessage);
             Row("failure", r.FailureReason);
             Row("attempt", $"{r.Attempt} (lease generation {r.LeaseGeneration}{(r.LeaseOwner is null ? "" : $", held by {r.LeaseOwner} until {r.LeaseExpiresAt:HH:mm:ss}")})");
-            Row("host", $"{r.Host} {r.Device}");
+            Row("host", $"{r.Host} {r.Device}{(r.Gpus > 1 ? $" ({r.Gpus} devices leased together)" : "")}");
             Row("created", r.CreatedAt.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"));
             Row("started", r.StartedAt?.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"));
             Row("finished", r.FinishedAt?.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"));

@@ -187,7 +187,7 @@ public static class Pages
         {
             Kv("kind", E(r.Kind)), Kv("experiment", r.Experiment is { } e ? $"<a href=\"/experiments/{U(e.Name)}\">{E(e.Name)}</a>" : ""),
             Kv("tags", string.Join(" ", r.Tags.Select(t => $"<a href=\"/runs?tag={U(t)}\">{E(t)}</a>"))),
-            Kv("queue / host / device", $"{E(r.Queue)} / {E(r.Host)} / {E(r.Device)}"), Kv("attempt", E(r.Attempt)),
+            Kv(r.Gpus > 1 ? $"queue / host / {r.Gpus} devices" : "queue / host / device", $"{E(r.Queue)} / {E(r.Host)} / {E(r.Device)}"), Kv("attempt", E(r.Attempt)),
             Kv("created / started / finished", $"{Time(r.CreatedAt)} / {Time(r.StartedAt)} / {Time(r.FinishedAt)}"),
             Kv("config hash / seed", $"<code>{E(r.ConfigHash)}</code> / {(r.Seed is { } seed ? E(seed) : "—")}"), Kv("code version", $"<code>{E(r.CodeVersion)}</code>"),
             Kv("pipeline", r.PipelineId is { } pid ? $"<a href=\"/runs?pipeline={pid}\">{pid}</a> step {E(r.PipelineStep)}" : ""),

@@ -124,6 +124,10 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
 
         var device = Devices.Resolve(ctx.Device);
         var cfg = p.ToConfig(block);
+        // first, so that any checkpoint of this run can be evaluated (val-loss, sample-gfid) while it still trains
+        var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
+        File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
+        await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml", overwrite: true);
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
         using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
         model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);
@@ -267,10 +271,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
 
         var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
         GptCheckpoint.SaveSafetensors(model, outModel);
-        var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
-        File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
         await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
-        await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml");
         if (trainer.Ema is { } e)
         {
             // the EMA weights as a complete generator file: pick it as sample-gfid's `generator` input to sample with them
