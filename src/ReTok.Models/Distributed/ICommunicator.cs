@@ -32,7 +32,7 @@ public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu"
     public IEnumerable<string> Validate(long globalBatch, int gradAccumSteps)
     {
         if (Replicas < 1) yield return $"data_parallel.replicas: must be >= 1, got {Replicas}";
-        else if (gradAccumSteps >= 1 && globalBatch % ((long)Replicas * gradAccumSteps) != 0)
+        else if (Replicas > 1 && gradAccumSteps >= 1 && globalBatch % ((long)Replicas * gradAccumSteps) != 0)
             yield return $"data_parallel.replicas: the global batch {globalBatch} does not split into {Replicas} replicas x {gradAccumSteps} micro-batches";
         if (!Backends.Contains(Backend)) yield return $"data_parallel.backend: '{Backend}' is not one of {string.Join(", ", Backends)}";
     }
