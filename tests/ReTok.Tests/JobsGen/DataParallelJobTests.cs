@@ -20,6 +20,9 @@ public sealed class DataParallelJobTests(TestDatabase db) : IClassFixture<TestDa
             e => e.StartsWith("data_parallel.replicas: the global batch 256 does not split into 3 replicas x 4"));
         Assert.Contains(new TrainGeneratorParams { DataParallel = new(2, "mpi") }.Validate(), e => e.StartsWith("data_parallel.backend:"));
         Assert.Contains(new TrainGeneratorParams { DataParallel = new(0) }.Validate(), e => e.StartsWith("data_parallel.replicas: must be >= 1"));
+        var tok = new ReTok.Jobs.Kinds.TrainTokenizer.TrainTokenizerParams { Iterations = 1, GradientAccumulationSteps = 2, DataParallel = new(3) };
+        Assert.Contains(tok.Validate(), e => e.StartsWith("data_parallel.replicas: the global batch 128 does not split into 3 replicas x 2"));
+        Assert.DoesNotContain((tok with { DataParallel = new(4) }).Validate(), e => e.StartsWith("data_parallel"));
     }
 
     [Fact]
