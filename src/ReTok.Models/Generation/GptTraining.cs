@@ -2,6 +2,7 @@
 // (tokenizer/tokenizer_image/scheduler.py wsd_lr), one optimisation step, and the ten-crop code extraction of
 // autoregressive/train/extract_codes_c2i.py as a pure function over images.
 using TorchSharp;
+using ReTok.Models.Distributed;
 using ReTok.Models.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -95,6 +96,9 @@ public static class GptTraining
 /// With <see cref="GptTrainOptions.GradAccumSteps"/> = n the batch runs as n equal micro-batches, each loss scaled by 1/n,
 /// so clip and update see the full-batch mean gradient (peak activation memory of one micro-batch); the reported loss
 /// is the mean of the micro-batch losses, i.e. the full-batch mean. Dropout draws then come per micro-batch.
+/// Data parallel (<see cref="Comm"/> with N ranks): each replica gets its slice of the global batch
+/// (<see cref="DataParallel.Slice"/>); after backward the gradients are averaged over ranks, so clipping sees the global
+/// norm and every rank takes the same AdamW step; the reported loss is the mean over ranks (the global-batch mean).
 /// </summary>
 public sealed class GptTrainer : IDisposable
 {
@@ -105,9 +109,13 @@ public sealed class GptTrainer : IDisposable
     public long Step { get; private set; }
     /// <summary>EMA of the parameters (utils/ema.py, updated after every optimizer step) when <see cref="GptTrainOptions.EmaDecay"/> is set.</summary>
     public Ema? Ema { get; }
+    /// <summary>This replica's communicator when training data parallel, else null.</summary>
+    public ICommunicator? Comm { get; }
 
-    public GptTrainer(Gpt model, GptTrainOptions options, long startStep = 0)
+    public GptTrainer(Gpt model, GptTrainOptions options, long startStep = 0, ICommunicator? comm = null)
     {
+        Comm = comm;
+        if (comm is not null) DataParallel.BroadcastState(model, comm); // every replica starts from rank 0's weights
         Model = model;
         Options = options;
         Schedule = options.Schedule;
@@ -118,7 +126,7 @@ public sealed class GptTrainer : IDisposable
         if (startStep > 0) GptTraining.SetLr(Optimizer, Schedule.LrAt(startStep - 1)); // what the reference set after step startStep-1
     }
 
-    /// <summary>codes (B,T) int64 in [0,V), T <= block_size; labels (B,) in [0, num_classes).</summary>
+    /// <summary>codes (B,T) int64 in [0,V), T <= block_size; labels (B,) in [0, num_classes). Data parallel: this rank's slice.</summary>
     public GptStepResult TrainStep(Tensor codes, Tensor labels)
     {
         var c = Model.Config;
@@ -145,7 +153,13 @@ public sealed class GptTrainer : IDisposable
             (acc.Steps == 1 ? l! : l! * acc.LossScale).backward();
             lossSum += l!.item<float>();
         }
-        float loss = (float)(lossSum / acc.Steps);
+        double meanLoss = lossSum / acc.Steps;
+        if (Comm is { WorldSize: > 1 } comm)
+        {
+            DataParallel.AverageGradients(Model.parameters().ToList(), comm);
+            meanLoss = DataParallel.Mean(comm, device, meanLoss)[0];
+        }
+        float loss = (float)meanLoss;
         double norm = Options.MaxGradNorm > 0 ? nn.utils.clip_grad_norm_(Model.parameters(), Options.MaxGradNorm) : double.NaN;
         Optimizer.step();
         Ema?.Update(Model.named_parameters());

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Models.Dinov2;
+using ReTok.Models.Distributed;
 using ReTok.Models.IO;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -83,6 +84,11 @@ public sealed class TrainingDivergedException(long step, string term, double val
 /// disc_start, one D step on the same batch and the detached reconstruction. Any non-finite term throws
 /// <see cref="TrainingDivergedException"/>. <see cref="Save"/>/<see cref="Load"/> cover everything a bit-identical
 /// resume needs (model, EMA, discriminator incl. BatchNorm stats, both optimizers, step, RNG states, data position).
+/// Data parallel (<see cref="Comm"/> with N ranks): the data position, K draws and step are global; rank r loads and
+/// trains on rows [r*B/N, (r+1)*B/N) of each global batch with those rows' K, G and D gradients are averaged over ranks
+/// before clipping, and the logged scalars are rank means. The discriminator's BatchNorm normalises over the rank's
+/// rows (as DDP without SyncBatchNorm, and as grad accumulation does per micro-batch); its running statistics, unused
+/// in train mode, are rank 0's in checkpoints.
 /// </summary>
 public sealed class TokenizerTrainer : IDisposable
 {
@@ -100,6 +106,8 @@ public sealed class TokenizerTrainer : IDisposable
     /// <summary>Completed iterations t (the reference's train_steps).</summary>
     public long Step { get; private set; }
     public bool FinetuneApplied { get; private set; }
+    /// <summary>This replica's communicator when training data parallel, else null.</summary>
+    public ICommunicator? Comm { get; }
 
     private readonly Device device;
     private readonly torch.Generator kGenerator;
@@ -110,7 +118,7 @@ public sealed class TokenizerTrainer : IDisposable
 
     public TokenizerTrainer(ITrainableTokenizer tokenizer, PatchGanDiscriminator discriminator,
         Func<Tensor, Tensor, Tensor> perceptual, ISemanticTeacher? teacher, TrainingDataLoader data, TrainerConfig config,
-        Device? device = null)
+        Device? device = null, ICommunicator? comm = null)
     {
         if (config.TotalSteps < 1) throw new ArgumentException($"TotalSteps must be >= 1, got {config.TotalSteps}");
         Config = config;
@@ -126,6 +134,14 @@ public sealed class TokenizerTrainer : IDisposable
         accumulation = new GradAccumulation(config.GradAccumulationSteps);
         OptimizerG = new NamedAdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
         OptimizerD = new NamedAdamW(NamedParams(discriminator), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
+        Comm = comm;
+        if (comm is not null)
+        {
+            if (data.Config.BatchSize % (comm.WorldSize * config.GradAccumulationSteps) != 0)
+                throw new ArgumentException($"data parallel: a batch of {data.Config.BatchSize} does not split into {comm.WorldSize} replicas x {config.GradAccumulationSteps} micro-batches");
+            DataParallel.BroadcastState(tokenizer.Module, comm); // every replica starts from rank 0's weights
+            DataParallel.BroadcastState(discriminator, comm);
+        }
         if (config.UseEma) Ema = new Ema(NamedParams(tokenizer.Module), config.EmaDecay); // exact copy at start
         tokenizer.Module.train();
         discriminator.train(); // BatchNorm batch statistics in both G and D passes, as the reference
@@ -156,9 +172,11 @@ public sealed class TokenizerTrainer : IDisposable
         if (FinetuneActive && !FinetuneApplied) ApplyFinetune();
         var ft = FinetuneActive ? cfg.Finetune : null;
 
-        var images = Data.Next().to(device);
-        int b = (int)images.shape[0];
-        var k = ft is { KeepNestedDropout: false } ? full(new long[] { b }, (long)(ft.FixedK ?? KSampler.Config.NumTokens), dtype: int64) : KSampler.Sample(b, kGenerator);
+        int rank = Comm?.Rank ?? 0, world = Comm?.WorldSize ?? 1;
+        var images = Data.Next(rank, world).to(device);
+        int b = Data.Config.BatchSize; // global; K is drawn for the whole batch and sliced, so it does not depend on N
+        var kAll = ft is { KeepNestedDropout: false } ? full(new long[] { b }, (long)(ft.FixedK ?? KSampler.Config.NumTokens), dtype: int64) : KSampler.Sample(b, kGenerator);
+        var k = DataParallel.Slice(kAll, rank, world);
         bool semantic = Teacher is not null && !(ft?.TeacherOff ?? false);
         var teacherFeat = semantic ? Teacher!.Features(images) : null;
         var lambdaCfg = cfg.SemanticWeightOrDefault;
@@ -191,6 +209,7 @@ public sealed class TokenizerTrainer : IDisposable
             recons.Add(output.Reconstruction.detach());
         }
         var gParams = OptimizerG.Parameters.Select(p => p.Param).ToList();
+        if (Comm is not null) DataParallel.AverageGradients(gParams, Comm);
         scalars["grad_norm_g"] = CheckFinite(s, "grad_norm_g", GradClip.ClipGradNorm(gParams, cfg.MaxGradNorm));
         scalars["lr"] = OptimizerG.LearningRate;
         OptimizerG.Step();
@@ -208,6 +227,7 @@ public sealed class TokenizerTrainer : IDisposable
                 foreach (var (name, v) in d.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
                 (accumulation.Steps == 1 ? d.Total : d.Total * accumulation.LossScale).backward();
             }
+            if (Comm is not null) DataParallel.AverageGradients(Discriminator.parameters().ToList(), Comm);
             scalars["grad_norm_d"] = CheckFinite(s, "grad_norm_d", GradClip.ClipGradNorm(Discriminator.parameters(), cfg.MaxGradNorm));
             scalars["lr_disc"] = OptimizerD.LearningRate;
             OptimizerD.Step();
@@ -215,7 +235,14 @@ public sealed class TokenizerTrainer : IDisposable
         }
 
         Step = t + 1;
-        var kf = k.to(float32);
+        if (Comm is { WorldSize: > 1 } comm)
+        {
+            // every rank has the same keys (they depend on the step and config only): average them in a fixed order
+            var keys = scalars.Keys.Order(StringComparer.Ordinal).ToArray();
+            var mean = DataParallel.Mean(comm, device, keys.Select(key => scalars[key]).ToArray());
+            for (int i = 0; i < keys.Length; i++) scalars[keys[i]] = mean[i];
+        }
+        var kf = kAll.to(float32);
         scalars["k_mean"] = kf.mean().item<float>();
         scalars["k_min"] = kf.min().item<float>();
         scalars["k_max"] = kf.max().item<float>();

@@ -81,18 +81,22 @@ public sealed class TrainingDataLoader
 
     public long BatchesPerEpoch => source.Count / Config.BatchSize;
 
-    /// <summary>Next batch as float32 [B, 3, S, S] in [-1, 1] on the CPU; advances <see cref="Position"/>.</summary>
-    public Tensor Next()
+    /// <summary>Next batch as float32 [B, 3, S, S] in [-1, 1] on the CPU; advances <see cref="Position"/>. Data parallel:
+    /// rank r of N loads only its rows [r*B/N, (r+1)*B/N) of the global batch (each image's augmentation is a function
+    /// of its dataset index, so the slice holds exactly those rows of the single-replica batch).</summary>
+    public Tensor Next(int rank = 0, int worldSize = 1)
     {
         var pos = Position;
         if (pos.Batch >= BatchesPerEpoch) pos = new DataPosition(pos.Epoch + 1, 0);
         if (orderEpoch != pos.Epoch) { order = EpochOrder.Permutation(source.Count, Config.Seed, pos.Epoch); orderEpoch = pos.Epoch; }
         int b = Config.BatchSize;
-        var items = new Tensor[b];
+        if (b % worldSize != 0) throw new ArgumentException($"data parallel: a batch of {b} does not split into {worldSize} replicas");
+        int local = b / worldSize;
+        var items = new Tensor[local];
         var opts = new ParallelOptions { MaxDegreeOfParallelism = Math.Max(1, Config.Workers) };
-        Parallel.For(0, b, opts, i =>
+        Parallel.For(0, local, opts, i =>
         {
-            long idx = order![pos.Batch * b + i];
+            long idx = order![pos.Batch * b + rank * local + i];
             items[i] = Sample(idx, pos.Epoch);
         });
         Position = new DataPosition(pos.Epoch, pos.Batch + 1);

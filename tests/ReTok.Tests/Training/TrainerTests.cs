@@ -80,7 +80,7 @@ internal sealed class DummyTeacher : ISemanticTeacher
 public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     /// <summary>Deterministic init from a private generator (the global RNG is shared with tests running in parallel).</summary>
-    private static void Reinit(nn.Module m, int seed, double? std = null)
+    internal static void Reinit(nn.Module m, int seed, double? std = null)
     {
         var g = new Generator((ulong)seed);
         using var _ = no_grad();
@@ -95,7 +95,7 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         }
     }
 
-    private static TensorImageSource SyntheticImages(int n = 16)
+    internal static TensorImageSource SyntheticImages(int n = 16)
     {
         // smooth colour ramps: each image = a + b * x + c * y, quantised to uint8
         var g = new Generator(12);
@@ -106,8 +106,8 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         return new TensorImageSource((img * 255).round().clamp(0, 255).to(ScalarType.Byte));
     }
 
-    private static TokenizerTrainer MakeTrainer(TrainerConfig cfg, DummyTokenizer? copyFromTok = null, PatchGanDiscriminator? copyFromDisc = null,
-        int batch = 4)
+    internal static TokenizerTrainer MakeTrainer(TrainerConfig cfg, DummyTokenizer? copyFromTok = null, PatchGanDiscriminator? copyFromDisc = null,
+        int batch = 4, ReTok.Models.Distributed.ICommunicator? comm = null)
     {
         var tok = new DummyTokenizer();
         var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
@@ -116,10 +116,10 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         if (copyFromTok is not null) StateDictFile.LoadInto(tok, copyFromTok.state_dict(), "copy");
         if (copyFromDisc is not null) StateDictFile.LoadInto(disc, copyFromDisc.state_dict(), "copy");
         var data = new TrainingDataLoader(SyntheticImages(), new DataConfig(batch, ImageSize: 32, Seed: 3));
-        return new TokenizerTrainer(tok, disc, DiscriminatorAndLossTests.FixedPerceptual, new DummyTeacher(), data, cfg);
+        return new TokenizerTrainer(tok, disc, DiscriminatorAndLossTests.FixedPerceptual, new DummyTeacher(), data, cfg, comm: comm);
     }
 
-    private static TrainerConfig Small(long steps) => new(steps, BaseLr: 2e-3, EndLr: 2e-4,
+    internal static TrainerConfig Small(long steps) => new(steps, BaseLr: 2e-3, EndLr: 2e-4,
         KSampler: new KSamplerConfig(NumTokens: 4, NumPadding: 2),
         SemanticWeight: new SemanticWeightConfig(KEnd: 4));
 

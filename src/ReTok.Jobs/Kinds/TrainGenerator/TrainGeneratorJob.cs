@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Jobs.Engine;
 using ReTok.Models;
+using ReTok.Models.Distributed;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Training;
@@ -38,6 +39,9 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int GlobalBatchSize { get; init; } = 256;
     /// <summary>Micro-batches per step: the global batch runs as this many equal pieces (activation memory of one).</summary>
     public int GradAccumSteps { get; init; } = 1;
+    /// <summary>Data-parallel replicas (`data_parallel: {replicas: N, backend: cpu|nccl}`): each takes 1/N of every global batch;
+    /// the result does not depend on N beyond float reduction order (docs/training.md, "Data-parallel training").</summary>
+    public DataParallelConfig DataParallel { get; init; } = new();
     /// <summary>Recompute each transformer block in backward (same gradients, a fraction of the activation memory, ~1/3 more compute).</summary>
     public bool ActivationCheckpointing { get; init; }
     /// <summary>EMA of the GPT weights (train_c2i.py --ema; off in the release): kept in checkpoints, exported as generator_ema.safetensors.</summary>
@@ -68,6 +72,7 @@ public sealed record TrainGeneratorParams : IValidatableParams
         if (GlobalBatchSize < 1) yield return $"global_batch_size: must be >= 1, got {GlobalBatchSize}";
         if (GradAccumSteps < 1) yield return $"grad_accum_steps: must be >= 1, got {GradAccumSteps}";
         else if (GlobalBatchSize % GradAccumSteps != 0) yield return $"grad_accum_steps: {GradAccumSteps} does not divide global_batch_size {GlobalBatchSize}";
+        foreach (var e in (DataParallel ?? new()).Validate(GlobalBatchSize, GradAccumSteps)) yield return e;
         if (EmaDecay is < 0 or > 1 || double.IsNaN(EmaDecay)) yield return $"ema_decay: must be in [0, 1], got {EmaDecay}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
         if (MilestoneEvery < 0) yield return $"milestone_every: must be >= 0, got {MilestoneEvery}";
@@ -123,15 +128,29 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         double unigram = UnigramEntropy(codes, p.VocabSize);
 
         var device = Devices.Resolve(ctx.Device);
+        var dp = p.DataParallel ?? new();
+        int n = dp.Replicas;
+        if (dp.Backend == "nccl" && device.type != DeviceType.CUDA) throw new JobFailedException($"data_parallel.backend nccl needs a CUDA device, the job runs on {device}");
+        if (dp.Backend == "nccl" && ctx.Devices.Count < n)
+            throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
+        // nccl: replica r on the run's r-th leased device; cpu: every replica on the job's device (threads of this process)
+        var devices = Enumerable.Range(0, n).Select(r => dp.Backend == "nccl" ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
+        var comms = n > 1 ? Models.Distributed.DataParallel.CreateGroup(dp) : null;
         var cfg = p.ToConfig(block);
         // first, so that any checkpoint of this run can be evaluated (val-loss, sample-gfid) while it still trains
         var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
         File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
         await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml", overwrite: true);
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
-        using var model = new Gpt(cfg, new Generator((ulong)p.Seed), device);
-        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1);
-        model.ActivationCheckpointing = p.ActivationCheckpointing;   // a CPU generator: SeededRandom moves the draw
+        var models = new Gpt[n];
+        for (int r = 0; r < n; r++)
+        {
+            // same init seed on every replica; the trainer still broadcasts rank 0's weights (and a resumed state) to all
+            models[r] = new Gpt(cfg, new Generator((ulong)p.Seed), devices[r]);
+            models[r].ActivationCheckpointing = p.ActivationCheckpointing;
+        }
+        var model = models[0];
+        model.ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1); // a CPU generator: SeededRandom moves the draw
         var opts = GptTrainOptions.ForDevice(device) with
         {
             Lr = p.Lr, WeightDecay = p.WeightDecay, Beta1 = p.Beta1, Beta2 = p.Beta2, MaxGradNorm = p.MaxGradNorm,
@@ -146,140 +165,158 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             start = c.Step;
             GptCheckpoint.LoadStrict(model, StateDictFile.Read(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
         }
-        using var trainer = new GptTrainer(model, opts, start);
-        if (ck is { } c2)
-        {
-            trainer.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
-            if (trainer.Ema is { } ema)
-            {
-                var emaPath = Path.Combine(c2.Dir, "ema.safetensors");
-                if (!File.Exists(emaPath)) throw new JobFailedException("ema: true, but the checkpoint being resumed has no ema.safetensors (it was written with ema off)");
-                ema.LoadStateDict(StateDictFile.Read(emaPath), "checkpoint ema.safetensors");
-            }
-            var rng = StateDictFile.Read(Path.Combine(c2.Dir, "rng.safetensors"));
-            set_rng_state(rng["torch_cpu"]);
-            model.ClassDropGenerator.set_state(rng["class_drop"]);
-        }
-
-        long m = codes.shape[0];
-        int bs = (int)Math.Min(p.GlobalBatchSize, m);
-        long perEpoch = m / bs; // drop_last
-        if (bs % p.GradAccumSteps != 0)
-            throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {p.GradAccumSteps} micro-batches");
-        Tensor? perm = null; long permEpoch = -1;
-        var sw = Stopwatch.StartNew();
-        long tokensSince = 0;
-
-        // Checkpoints are written in the background: the step's state is first copied to host memory (model, EMA, RNG;
-        // the TorchSharp AdamW state can only be serialised from the live optimizer, so optimizer.bin is written to
-        // local scratch here), then serialisation, tar, upload and retention run while training continues. One save
-        // in flight at a time; the next save, a cancellation and the end of the run wait for it (and surface its error).
-        Task pending = Task.CompletedTask;
-        async Task Save(long step)
-        {
-            await pending;
-            using var _ = no_grad();
-            var modelSd = model.state_dict().ToDictionary(kv => kv.Key,
-                kv => (kv.Value.device.type == DeviceType.CPU ? kv.Value.detach().clone() : kv.Value.detach().cpu()).DetachFromDisposeScope());
-            var emaSd = trainer.Ema?.StateDict();
-            var rng = new Dictionary<string, Tensor> { ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state() };
-            var optFile = Path.Combine(ctx.ScratchDir, $".optimizer-{step}.bin");
-            trainer.Optimizer.save_state_dict(optFile);
-            var state = JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch });
-            bool milestone = p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0;
-            pending = Task.Run(async () =>
-            {
-                try
-                {
-                    await ctx.SaveCheckpointAsync(step, dir =>
-                    {
-                        StateDictFile.WriteSafetensors(Path.Combine(dir, "model.safetensors"), modelSd);
-                        File.Move(optFile, Path.Combine(dir, "optimizer.bin"));
-                        if (emaSd is not null) StateDictFile.WriteSafetensors(Path.Combine(dir, "ema.safetensors"), emaSd);
-                        StateDictFile.WriteSafetensors(Path.Combine(dir, "rng.safetensors"), rng);
-                        File.WriteAllText(Path.Combine(dir, "state.json"), state);
-                        return Task.CompletedTask;
-                    }, milestone, p.KeepMilestones);
-                }
-                finally
-                {
-                    foreach (var t in modelSd.Values) t.Dispose();
-                    foreach (var t in emaSd?.Values ?? Enumerable.Empty<Tensor>()) t.Dispose();
-                    foreach (var t in rng.Values) t.Dispose();
-                    File.Delete(optFile);
-                }
-            });
-        }
-
-        void LogValidation(long step)
-        {
-            if (valCodes is null) return;
-            double sum = 0;
-            long rows = valCodes.shape[0];
-            for (long i = 0; i < rows; i += bs)   // batches of the training size: bounded memory on any split
-            {
-                long len = Math.Min(bs, rows - i);
-                sum += GptTrainer.EvalLoss(model, valCodes.narrow(0, i, len), valLabels!.narrow(0, i, len)) * len;
-            }
-            ctx.LogMetrics(step, ("val_loss", sum / rows), ("unigram_entropy", unigram));
-        }
-
+        // replicas r > 0 draw class dropout from their own stream, a function of (seed, rank, start step): rank 0 continues
+        // the checkpointed stream, so a resume with a different replica count only re-deals the other ranks' coins
+        for (int r = 1; r < n; r++) models[r].ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1 + r * 1_000_003L + start * 7919L);
+        var trainers = comms is null
+            ? new[] { new GptTrainer(model, opts, start) }
+            : Models.Distributed.DataParallel.Run(comms, r => new GptTrainer(models[r], opts, start, comms[r]));
+        var trainer = trainers[0];
         try
         {
-            for (long step = start; step < p.MaxSteps; step++)
+            if (ck is { } c2)
             {
-                if (ctx.CancellationToken.IsCancellationRequested)
+                foreach (var t in trainers) t.Optimizer.load_state_dict(Path.Combine(c2.Dir, "optimizer.bin"));
+                foreach (var t in trainers)
+                    if (t.Ema is { } ema)
+                    {
+                        var emaPath = Path.Combine(c2.Dir, "ema.safetensors");
+                        if (!File.Exists(emaPath)) throw new JobFailedException("ema: true, but the checkpoint being resumed has no ema.safetensors (it was written with ema off)");
+                        ema.LoadStateDict(StateDictFile.Read(emaPath), "checkpoint ema.safetensors");
+                    }
+                var rng = StateDictFile.Read(Path.Combine(c2.Dir, "rng.safetensors"));
+                set_rng_state(rng["torch_cpu"]);
+                model.ClassDropGenerator.set_state(rng["class_drop"]);
+            }
+
+            long m = codes.shape[0];
+            int bs = (int)Math.Min(p.GlobalBatchSize, m);
+            long perEpoch = m / bs; // drop_last
+            if (bs % ((long)n * p.GradAccumSteps) != 0)
+                throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {n} replica(s) x {p.GradAccumSteps} micro-batches");
+            Tensor? perm = null; long permEpoch = -1;
+            var sw = Stopwatch.StartNew();
+            long tokensSince = 0;
+
+            // Checkpoints are written in the background: the step's state is first copied to host memory (model, EMA, RNG;
+            // the TorchSharp AdamW state can only be serialised from the live optimizer, so optimizer.bin is written to
+            // local scratch here), then serialisation, tar, upload and retention run while training continues. One save
+            // in flight at a time; the next save, a cancellation and the end of the run wait for it (and surface its error).
+            Task pending = Task.CompletedTask;
+            async Task Save(long step)
+            {
+                await pending;
+                using var _ = no_grad();
+                var modelSd = model.state_dict().ToDictionary(kv => kv.Key,
+                    kv => (kv.Value.device.type == DeviceType.CPU ? kv.Value.detach().clone() : kv.Value.detach().cpu()).DetachFromDisposeScope());
+                var emaSd = trainer.Ema?.StateDict();
+                var rng = new Dictionary<string, Tensor> { ["torch_cpu"] = get_rng_state(), ["class_drop"] = model.ClassDropGenerator!.get_state() };
+                var optFile = Path.Combine(ctx.ScratchDir, $".optimizer-{step}.bin");
+                trainer.Optimizer.save_state_dict(optFile);
+                var state = JsonSerializer.Serialize(new { step, epoch = step / perEpoch, batch = step % perEpoch });
+                bool milestone = p.MilestoneEvery > 0 && step % p.MilestoneEvery == 0;
+                pending = Task.Run(async () =>
                 {
-                    await Save(step);
-                    await pending;
-                    ctx.ThrowIfCancellationRequested();
-                }
-                long epoch = step / perEpoch, b = step % perEpoch;
-                if (epoch != permEpoch)
+                    try
+                    {
+                        await ctx.SaveCheckpointAsync(step, dir =>
+                        {
+                            StateDictFile.WriteSafetensors(Path.Combine(dir, "model.safetensors"), modelSd);
+                            File.Move(optFile, Path.Combine(dir, "optimizer.bin"));
+                            if (emaSd is not null) StateDictFile.WriteSafetensors(Path.Combine(dir, "ema.safetensors"), emaSd);
+                            StateDictFile.WriteSafetensors(Path.Combine(dir, "rng.safetensors"), rng);
+                            File.WriteAllText(Path.Combine(dir, "state.json"), state);
+                            return Task.CompletedTask;
+                        }, milestone, p.KeepMilestones);
+                    }
+                    finally
+                    {
+                        foreach (var t in modelSd.Values) t.Dispose();
+                        foreach (var t in emaSd?.Values ?? Enumerable.Empty<Tensor>()) t.Dispose();
+                        foreach (var t in rng.Values) t.Dispose();
+                        File.Delete(optFile);
+                    }
+                });
+            }
+
+            void LogValidation(long step)
+            {
+                if (valCodes is null) return;
+                double sum = 0;
+                long rows = valCodes.shape[0];
+                for (long i = 0; i < rows; i += bs)   // batches of the training size: bounded memory on any split
                 {
-                    perm?.Dispose();
-                    perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
-                    permEpoch = epoch;
+                    long len = Math.Min(bs, rows - i);
+                    sum += GptTrainer.EvalLoss(model, valCodes.narrow(0, i, len), valLabels!.narrow(0, i, len)) * len;
                 }
-                GptStepResult r;
-                using (var scope = NewDisposeScope())
+                ctx.LogMetrics(step, ("val_loss", sum / rows), ("unigram_entropy", unigram));
+            }
+
+            try
+            {
+                for (long step = start; step < p.MaxSteps; step++)
                 {
-                    var idx = perm!.narrow(0, b * bs, bs);
-                    r = trainer.TrainStep(codes.index_select(0, idx), labels.index_select(0, idx));
+                    if (ctx.CancellationToken.IsCancellationRequested)
+                    {
+                        await Save(step);
+                        await pending;
+                        ctx.ThrowIfCancellationRequested();
+                    }
+                    long epoch = step / perEpoch, b = step % perEpoch;
+                    if (epoch != permEpoch)
+                    {
+                        perm?.Dispose();
+                        perm = randperm(m, generator: new Generator((ulong)(p.Seed * 1_000_003L + epoch)));
+                        permEpoch = epoch;
+                    }
+                    GptStepResult r;
+                    using (var scope = NewDisposeScope())
+                    {
+                        var idx = perm!.narrow(0, b * bs, bs);
+                        var (cs, ls) = (codes.index_select(0, idx), labels.index_select(0, idx));
+                        r = comms is null ? trainer.TrainStep(cs, ls) : Models.Distributed.DataParallel.Run(comms, k =>
+                            trainers[k].TrainStep(Models.Distributed.DataParallel.Slice(cs, k, n), Models.Distributed.DataParallel.Slice(ls, k, n)))[0];
+                    }
+                    tokensSince += (long)bs * block;
+                    if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
+                    {
+                        var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
+                        ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
+                        sw.Restart(); tokensSince = 0;
+                    }
+                    if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
+                    ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
+                    if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
+                    if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) { LogValidation(step + 1); await Save(step + 1); }
                 }
-                tokensSince += (long)bs * block;
-                if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
-                {
-                    var secs = Math.Max(1e-9, sw.Elapsed.TotalSeconds);
-                    ctx.LogMetrics(step + 1, ("loss", r.Loss), ("lr", r.Lr), ("grad_norm", r.GradNorm), ("tokens_per_s", tokensSince / secs));
-                    sw.Restart(); tokensSince = 0;
-                }
-                if (!float.IsFinite(r.Loss)) throw new JobFailedException($"loss is {r.Loss} at step {step + 1}");
-                ctx.ReportProgress(step + 1, p.MaxSteps, $"step {step + 1}/{p.MaxSteps} loss {r.Loss:F4}");
-                if (p.DebugStepDelayMs > 0) await Task.Delay(p.DebugStepDelayMs);
-                if ((step + 1) % p.CheckpointEvery == 0 && step + 1 < p.MaxSteps) { LogValidation(step + 1); await Save(step + 1); }
+            }
+            catch
+            {
+                try { await pending; } catch { /* the step's own failure is the one to report */ }
+                throw;
+            }
+            perm?.Dispose();
+            await pending;
+            LogValidation(p.MaxSteps);
+
+            var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
+            GptCheckpoint.SaveSafetensors(model, outModel);
+            await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
+            if (trainer.Ema is { } e)
+            {
+                // the EMA weights as a complete generator file: pick it as sample-gfid's `generator` input to sample with them
+                var outEma = Path.Combine(ctx.ScratchDir, "generator_ema.safetensors");
+                var sd = e.StateDict();
+                foreach (var (k, v) in model.state_dict()) sd.TryAdd(k, v); // buffers, if any, are not averaged (utils/ema.py)
+                StateDictFile.WriteSafetensors(outEma, sd);
+                await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
             }
         }
-        catch
+        finally
         {
-            try { await pending; } catch { /* the step's own failure is the one to report */ }
-            throw;
-        }
-        perm?.Dispose();
-        await pending;
-        LogValidation(p.MaxSteps);
-
-        var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
-        GptCheckpoint.SaveSafetensors(model, outModel);
-        await ctx.SaveArtifactFileAsync("generator.safetensors", outModel, "model", metadata: new { steps = p.MaxSteps });
-        if (trainer.Ema is { } e)
-        {
-            // the EMA weights as a complete generator file: pick it as sample-gfid's `generator` input to sample with them
-            var outEma = Path.Combine(ctx.ScratchDir, "generator_ema.safetensors");
-            var sd = e.StateDict();
-            foreach (var (k, v) in model.state_dict()) sd.TryAdd(k, v); // buffers, if any, are not averaged (utils/ema.py)
-            StateDictFile.WriteSafetensors(outEma, sd);
-            await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
+            foreach (var t in trainers) t.Dispose();
+            foreach (var md in models) md.Dispose();
+            foreach (var cm in comms ?? Array.Empty<ICommunicator>()) cm.Dispose();
         }
     }
     /// <summary>Entropy (nats) of the codes' empirical unigram distribution.</summary>

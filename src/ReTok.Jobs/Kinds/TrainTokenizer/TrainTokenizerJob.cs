@@ -30,6 +30,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
     public async Task RunAsync(JobContext ctx, TrainTokenizerParams p)
     {
         if (p.TorchThreads is int threads) torch.set_num_threads(threads);
+        if (p.DataParallel is { Replicas: > 1 } dp)
+            throw new JobFailedException($"data_parallel.replicas {dp.Replicas}: train-tokenizer does not run replicas yet (TokenizerTrainer supports a communicator; the job still builds one model, teacher and LPIPS); use replicas 1");
         var device = Devices.Resolve(ctx.Device);
         var cfg = p.TokenizerModel();
         var precision = Precision.Resolve(p.MixedPrecision, device);

@@ -1,6 +1,7 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
 using ReTok.Jobs.Engine;
+using ReTok.Models.Distributed;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
 
@@ -44,6 +45,9 @@ public sealed record TrainTokenizerParams : IValidatableParams
     public string MixedPrecision { get; init; } = "auto";
     /// <summary>Micro-batches per optimizer step (parsed but unused by the reference; 1 reproduces it).</summary>
     public int GradientAccumulationSteps { get; init; } = 1;
+    /// <summary>`data_parallel: {replicas: N, backend: cpu|nccl}` (docs/training.md, "Data-parallel training"). Validated here;
+    /// TokenizerTrainer supports it, the job does not build per-replica models yet and refuses replicas > 1.</summary>
+    public DataParallelConfig DataParallel { get; init; } = new();
 
     // ---- data
     /// <summary>Images when no input `data` is given: an .npz (arr_0 uint8 [N,H,W,3]) or an image folder (ImageFolder layout or flat).</summary>
@@ -93,6 +97,7 @@ public sealed record TrainTokenizerParams : IValidatableParams
         if (ReconEvery < 0) yield return $"recon_every: must be >= 0, got {ReconEvery}";
         if (EmaDecay is <= 0 or >= 1) yield return $"ema_decay: must be in (0, 1), got {EmaDecay}";
         if (GradientAccumulationSteps < 1) yield return $"gradient_accumulation_steps: must be >= 1, got {GradientAccumulationSteps}";
+        foreach (var e in (DataParallel ?? new()).Validate(Trainer.GlobalBatchSize, GradientAccumulationSteps)) yield return e;
         if (SyntheticImages is < 1) yield return $"synthetic_images: must be >= 1, got {SyntheticImages}";
         if (NumWorkers < 1) yield return $"num_workers: must be >= 1, got {NumWorkers}";
         if (ReconImages < 1) yield return $"recon_images: must be >= 1, got {ReconImages}";
