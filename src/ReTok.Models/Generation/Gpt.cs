@@ -1,6 +1,9 @@
 // Port of the class-conditional 1D GPT of ReTok (autoregressive/models/gpt_1d.py @ ffaa8a7, itself LlamaGen's gpt.py):
 // the released path only: learned absolute positions, no RoPE, no adaLN, no QK-norm, 1 class token.
 // Parameter names equal the reference state dict (generator.md 1.6), so GPT_XL256_e300_VQ_SB.pt loads 1:1.
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using ReTok.Config;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -20,10 +23,10 @@ public sealed record GptConfig(
     /// <summary>gpt_1d.py asserts cls_token_num == 1.</summary>
     public const int ClsTokenNum = 1;
 
-    public int HeadDim => Dim / NHead;
+    [JsonIgnore] public int HeadDim => Dim / NHead;
 
     /// <summary>SwiGLU width: find_multiple(int(2*4*dim/3) [* ffn_dim_multiplier], multiple_of) (gpt_1d.py:176-181).</summary>
-    public int FfnHidden
+    [JsonIgnore] public int FfnHidden
     {
         get
         {
@@ -34,10 +37,10 @@ public sealed record GptConfig(
     }
 
     /// <summary>The class table has a null row (index NumClasses) only when class dropout is on, as LabelEmbedder.</summary>
-    public int ClassTableRows => NumClasses + (ClassDropoutProb > 0 ? 1 : 0);
+    [JsonIgnore] public int ClassTableRows => NumClasses + (ClassDropoutProb > 0 ? 1 : 0);
 
     /// <summary>Parameter count (learned positional embedding, untied head), as the comments in gpt_1d.py.</summary>
-    public long ParameterCount =>
+    [JsonIgnore] public long ParameterCount =>
         (long)(ClsTokenNum + BlockSize) * Dim + (long)ClassTableRows * Dim + (long)VocabSize * Dim
         + NLayer * (4L * Dim * Dim + 3L * Dim * FfnHidden + 2L * Dim) + Dim + (long)VocabSize * Dim;
 
@@ -74,47 +77,56 @@ public sealed record GptConfig(
     /// <summary>
     /// Reads a JSON object with ModelArgs field names (dim, n_layer, n_head, vocab_size, block_size, num_classes,
     /// class_dropout_prob, token_dropout_p, resid_dropout_p, ffn_dropout_p, attn_dropout_p, multiple_of,
-    /// ffn_dim_multiplier, norm_eps), optionally starting from "gpt_model": "GPT-B" etc. Paths this port does not
-    /// implement (rope, adaLN, QK-norm, t2i) are refused by name.
+    /// ffn_dim_multiplier, norm_eps, initializer_range), optionally starting from "gpt_model": "GPT-B" etc. Paths this
+    /// port does not implement (rope, adaLN, QK-norm, t2i) are refused by name. Errors name <paramref name="source"/>.
     /// </summary>
     public static GptConfig FromJson(string json, string source)
     {
-        using var doc = System.Text.Json.JsonDocument.Parse(json);
-        var r = doc.RootElement;
-        GptConfig c = r.TryGetProperty("gpt_model", out var gm) ? Preset(gm.GetString()!) : new GptConfig(0, 0, 0);
-        foreach (var p in r.EnumerateObject())
-        {
-            var v = p.Value;
-            bool True() => v.ValueKind == System.Text.Json.JsonValueKind.True;
-            c = p.Name switch
-            {
-                "gpt_model" => c,
-                "dim" => c with { Dim = v.GetInt32() },
-                "n_layer" => c with { NLayer = v.GetInt32() },
-                "n_head" => c with { NHead = v.GetInt32() },
-                "n_kv_head" when v.ValueKind == System.Text.Json.JsonValueKind.Null || v.GetInt32() == c.NHead => c,
-                "vocab_size" => c with { VocabSize = v.GetInt32() },
-                "block_size" => c with { BlockSize = v.GetInt32() },
-                "num_classes" => c with { NumClasses = v.GetInt32() },
-                "class_dropout_prob" => c with { ClassDropoutProb = v.GetDouble() },
-                "token_dropout_p" => c with { TokenDropoutP = v.GetDouble() },
-                "resid_dropout_p" => c with { ResidDropoutP = v.GetDouble() },
-                "ffn_dropout_p" => c with { FfnDropoutP = v.GetDouble() },
-                "attn_dropout_p" => c with { AttnDropoutP = v.GetDouble() },
-                "multiple_of" => c with { MultipleOf = v.GetInt32() },
-                "ffn_dim_multiplier" => c with { FfnDimMultiplier = v.ValueKind == System.Text.Json.JsonValueKind.Null ? null : v.GetDouble() },
-                "norm_eps" => c with { NormEps = v.GetDouble() },
-                "initializer_range" => c with { InitializerRange = v.GetDouble() },
-                "cls_token_num" when v.GetInt32() == 1 => c,
-                "model_type" when v.GetString() == "c2i" => c,
-                "drop_path_rate" when v.GetDouble() == 0 => c,
-                "rope" or "use_qk_norm" or "use_adaLN" or "use_simple_adaLN" or "use_flash_attn" when !True() => c,
-                "use_flash_attn" => c, // only picks the SDPA backend
-                _ => throw new ArgumentException($"{source}: '{p.Name}' = {v} is not supported by this port (released path: c2i, learned positions, no RoPE/adaLN/QK-norm)"),
-            };
-        }
-        return c.Validate();
+        JsonNode? node;
+        try { node = JsonNode.Parse(json); }
+        catch (System.Text.Json.JsonException e) { throw new ArgumentException($"{source}: invalid JSON: {e.Message}", e); }
+        return FromJson(node, source);
     }
+
+    /// <summary>As <see cref="FromJson(string, string)"/>, from YAML text (generator.yaml).</summary>
+    public static GptConfig FromYaml(string yaml, string source) => FromJson(ConfigYaml.ToJson(ConfigYaml.Parse(yaml, source)), source);
+
+    public static GptConfig FromJson(JsonNode? node, string source)
+    {
+        try
+        {
+            if (node is not JsonObject given) throw new ArgumentException("expected a mapping of ModelArgs fields (dim, n_layer, n_head, ...)");
+            var o = (JsonObject)given.DeepClone();
+            // a preset fills the sizes; keys given next to it override them
+            if (o.TryGetPropertyValue("gpt_model", out var gm) && o.Remove("gpt_model"))
+            {
+                var p = Preset(ConfigBinder.Bind<string>(gm, "gpt_model"));
+                foreach (var (k, v) in new[] { ("dim", p.Dim), ("n_layer", p.NLayer), ("n_head", p.NHead) })
+                    if (!o.ContainsKey(k)) o[k] = v;
+            }
+            var reference = new List<(string Key, JsonNode? Value)>();
+            foreach (var k in ReferenceOnly.Keys)
+                if (o.TryGetPropertyValue(k, out var v) && o.Remove(k)) reference.Add((k, v));
+            var c = ConfigBinder.Bind<GptConfig>(o, "");
+            foreach (var (k, v) in reference)
+                if (!ReferenceOnly[k](v, c)) throw new ArgumentException($"'{k}' = {v?.ToJsonString() ?? "null"} is not supported by this port (released path: c2i, learned positions, no RoPE/adaLN/QK-norm)");
+            return c.Validate();
+        }
+        catch (ArgumentException e) { throw new ArgumentException($"{source}: {e.Message}", e); }
+    }
+
+    /// <summary>ModelArgs keys of paths this port leaves out, each accepted only at the value that keeps the released path.</summary>
+    static readonly Dictionary<string, Func<JsonNode?, GptConfig, bool>> ReferenceOnly = new()
+    {
+        ["n_kv_head"] = (v, c) => v is null || ConfigBinder.Bind<int>(v, "n_kv_head") == c.NHead,
+        ["cls_token_num"] = (v, _) => v is not null && ConfigBinder.Bind<int>(v, "cls_token_num") == ClsTokenNum,
+        ["model_type"] = (v, _) => v is not null && ConfigBinder.Bind<string>(v, "model_type") == "c2i",
+        ["drop_path_rate"] = (v, _) => v is not null && ConfigBinder.Bind<double>(v, "drop_path_rate") == 0,
+        ["rope"] = Off("rope"), ["use_qk_norm"] = Off("use_qk_norm"), ["use_adaLN"] = Off("use_adaLN"), ["use_simple_adaLN"] = Off("use_simple_adaLN"),
+        ["use_flash_attn"] = (_, _) => true,   // only picks the SDPA backend
+    };
+
+    static Func<JsonNode?, GptConfig, bool> Off(string key) => (v, _) => v is null || !ConfigBinder.Bind<bool>(v, key);
 
     /// <summary>Inference config: all dropouts off (as val_loss_cal.py); class table keeps its null row.</summary>
     public GptConfig WithoutDropout() => this with { TokenDropoutP = 0, ResidDropoutP = 0, FfnDropoutP = 0, AttnDropoutP = 0 };

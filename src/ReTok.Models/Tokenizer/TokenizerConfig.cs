@@ -1,6 +1,8 @@
-using System.Globalization;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using ReTok.Config;
 using TorchSharp;
-using YamlDotNet.Serialization;
+using YamlDotNet.RepresentationModel;
 
 namespace ReTok.Models.Tokenizer;
 
@@ -11,12 +13,14 @@ namespace ReTok.Models.Tokenizer;
 /// Extensions of ours (not reference keys), for tiny test configs: `ch`, `num_res_blocks`, explicit
 /// `encoder_width/layers/heads`, `decoder_width/layers/heads` overriding the named sizes, and `image_size` (the
 /// reference's fixed 256; smaller images, e.g. the quickstart's, need num_latent_tokens = (image_size / patch)²).
+/// init_args binds onto this record through <see cref="ConfigBinder"/>: the keys are the snake_case property names, and
+/// [JsonPropertyName] spells out the ones with digits, whose snake_case would not be the reference's.
 /// </summary>
 public sealed record TokenizerConfig
 {
     public int CodebookSize { get; init; } = 16384;
     public int CodebookEmbedDim { get; init; } = 8;
-    public bool CodebookL2Norm { get; init; } = true;
+    [JsonPropertyName("codebook_l2_norm")] public bool CodebookL2Norm { get; init; } = true;
     public bool CodebookShowUsage { get; init; } = true;
     public double CommitLossBeta { get; init; } = 0.25;
     public double EntropyLossRatio { get; init; } = 0.0;
@@ -29,10 +33,10 @@ public sealed record TokenizerConfig
     public int ZChannels { get; init; } = 256;
     public double DropoutP { get; init; } = 0.0;
     public bool MultiLevelQueryInit { get; init; }
-    public bool LastLevel2dQueryInit { get; init; }
-    public bool MultiLevel2dQueryInit { get; init; }
+    [JsonPropertyName("last_level_2d_query_init")] public bool LastLevel2dQueryInit { get; init; }
+    [JsonPropertyName("multi_level_2d_query_init")] public bool MultiLevel2dQueryInit { get; init; }
     public bool AdaptiveGn { get; init; }
-    public bool D2sUp { get; init; }
+    [JsonPropertyName("d2s_up")] public bool D2sUp { get; init; }
     public bool Rot { get; init; }
     public bool UseAttn { get; init; } = true;
     public string FeaRecLossType { get; init; } = "cosine";
@@ -53,10 +57,10 @@ public sealed record TokenizerConfig
     public int ImageSize { get; init; } = 256;
 
     /// <summary>Redundant Token Padding: the reference hard-codes M = N − 32 = 224 (blocks.py L1098, L1137).</summary>
-    public int NumPaddingTokens => NumLatentTokens - 32;
-    public int TotalTokens => NumLatentTokens + NumPaddingTokens;
-    public int PatchSize => 1 << (EncoderChMult.Length - 1);
-    public int GridSize => ImageSize / PatchSize;
+    [JsonIgnore] public int NumPaddingTokens => NumLatentTokens - 32;
+    [JsonIgnore] public int TotalTokens => NumLatentTokens + NumPaddingTokens;
+    [JsonIgnore] public int PatchSize => 1 << (EncoderChMult.Length - 1);
+    [JsonIgnore] public int GridSize => ImageSize / PatchSize;
 
     static readonly Dictionary<string, (int Width, int Layers, int Heads)> Sizes = new()
     {
@@ -74,9 +78,9 @@ public sealed record TokenizerConfig
         return (w ?? named.Item1, l ?? named.Item2, h ?? named.Item3);
     }
 
-    public (int Width, int Layers, int Heads) EncoderVit =>
+    [JsonIgnore] public (int Width, int Layers, int Heads) EncoderVit =>
         Vit("encoder", EncoderSize ?? ModelSize, EncoderWidth, EncoderLayers, EncoderHeads);
-    public (int Width, int Layers, int Heads) DecoderVit =>
+    [JsonIgnore] public (int Width, int Layers, int Heads) DecoderVit =>
         Vit("decoder", DecoderSize ?? ModelSize, DecoderWidth, DecoderLayers, DecoderHeads);
 
     /// <summary>configs/vq/VQ_SS256.yaml ("ReTok-S-S", 136M with distill_mlp).</summary>
@@ -136,7 +140,7 @@ public sealed record TokenizerConfig
         (DistillDepth == null || OutInnerDim == o.OutInnerDim);
 
     /// <summary>Name of the preset with this architecture, or null.</summary>
-    public string? PresetName => SameArchitecture(VQ_SS256) ? "VQ_SS256" : SameArchitecture(VQ_SB256) ? "VQ_SB256" : null;
+    [JsonIgnore] public string? PresetName => SameArchitecture(VQ_SS256) ? "VQ_SS256" : SameArchitecture(VQ_SB256) ? "VQ_SB256" : null;
 
     // ---------------------------------------------------------------- YAML
 
@@ -146,88 +150,44 @@ public sealed record TokenizerConfig
     public static TokenizerYaml LoadFile(string path)
     {
         if (!File.Exists(path)) throw new FileNotFoundException($"tokenizer config {path} does not exist", path);
-        object? root;
-        try { root = new DeserializerBuilder().Build().Deserialize<object>(File.ReadAllText(path)); }
-        catch (YamlDotNet.Core.YamlException e) { throw new InvalidDataException($"tokenizer config {path}: YAML error: {e.Message}", e); }
-        try { return Parse(root); }
+        try { return Parse(ConfigYaml.Parse(File.ReadAllText(path), "tokenizer config")); }
         catch (ArgumentException e) { throw new InvalidDataException($"{path}: {e.Message}", e); }
     }
 
-    public static TokenizerYaml Parse(object? root)
+    /// <summary>The file around init_args. init_args binds onto <see cref="TokenizerConfig"/> once its dead keys are checked;
+    /// trainer and loss stay raw for the training code (only trainer.distill_loss/distill_model matter here).</summary>
+    internal sealed record TokenizerFile(ModelSection Model, JsonObject? Trainer = null, JsonObject? Loss = null);
+    internal sealed record ModelSection(string? ModelCls = null, JsonObject? InitArgs = null, CausalSettings? CausalSettings = null);
+    /// <summary>dynamic_level_range and min_level are read only by the dead GigaTok length sampler.</summary>
+    internal sealed record CausalSettings(string? CausalType = null, bool DynamicLengthTrain = false, JsonNode? DynamicLevelRange = null, JsonNode? MinLevel = null);
+
+    /// <summary>A job's params section (bound JSON) read exactly as the same YAML file would be.</summary>
+    public static TokenizerYaml Parse(JsonNode root) => Parse(ConfigYaml.FromJson(root));
+
+    public static TokenizerYaml Parse(YamlNode? root)
     {
-        var top = Map(root, "top level");
-        foreach (var k in top.Keys)
-            if (k is not ("model" or "trainer" or "loss"))
-                throw new ArgumentException($"unknown top-level key '{k}' (expected model, trainer, loss)");
-        var model = Map(top.GetValueOrDefault("model") ?? throw new ArgumentException("missing 'model' section"), "model");
-        foreach (var k in model.Keys)
-            if (k is not ("model_cls" or "init_args" or "causal_settings"))
-                throw new ArgumentException($"unknown key 'model.{k}' (expected model_cls, init_args, causal_settings)");
-        var cls = model.GetValueOrDefault("model_cls") as string;
-        if (cls != "VQVitModelPlus") throw new ArgumentException($"model.model_cls is '{cls}', this port builds only VQVitModelPlus");
-        var trainer = Map(top.GetValueOrDefault("trainer") ?? new Dictionary<object, object?>(), "trainer");
-        var loss = Map(top.GetValueOrDefault("loss") ?? new Dictionary<object, object?>(), "loss");
-
-        if (model.GetValueOrDefault("causal_settings") is { } cs)
-            foreach (var (k, v) in Map(cs, "model.causal_settings"))
-                switch (k)
-                {
-                    case "causal_type": if (v != null && S(v) is not ("null" or "")) throw new ArgumentException($"model.causal_settings.causal_type must be null (the dead GigaTok length sampler), got '{v}'"); break;
-                    case "dynamic_length_train": if (B(v, k)) throw new ArgumentException("model.causal_settings.dynamic_length_train must be False"); break;
-                    case "dynamic_level_range": case "min_level": break;   // read only by the dead sampler
-                    default: throw new ArgumentException($"unknown key 'model.causal_settings.{k}'");
-                }
-
-        var cfg = new TokenizerConfig();
-        var args = Map(model.GetValueOrDefault("init_args") ?? new Dictionary<object, object?>(), "model.init_args");
-        bool outInnerGiven = false;
-        foreach (var (k, v) in args)
+        var file = ConfigBinder.Bind<TokenizerFile>(root, "");
+        if (file.Model.ModelCls != "VQVitModelPlus") throw new ArgumentException($"model.model_cls is '{file.Model.ModelCls}', this port builds only VQVitModelPlus");
+        if (file.Model.CausalSettings is { } cs)
         {
-            string key = "model.init_args." + k;
-            cfg = k switch
-            {
-                "codebook_size" => cfg with { CodebookSize = I(v, key) },
-                "codebook_embed_dim" => cfg with { CodebookEmbedDim = I(v, key) },
-                "codebook_l2_norm" => cfg with { CodebookL2Norm = B(v, key) },
-                "codebook_show_usage" => cfg with { CodebookShowUsage = B(v, key) },
-                "commit_loss_beta" => cfg with { CommitLossBeta = D(v, key) },
-                "entropy_loss_ratio" => cfg with { EntropyLossRatio = D(v, key) },
-                "encoder_ch_mult" => cfg with { EncoderChMult = IA(v, key) },
-                "decoder_ch_mult" => cfg with { DecoderChMult = IA(v, key) },
-                "model_size" => cfg with { ModelSize = NS(v) },
-                "encoder_size" => cfg with { EncoderSize = NS(v) },
-                "decoder_size" => cfg with { DecoderSize = NS(v) },
-                "num_latent_tokens" => cfg with { NumLatentTokens = I(v, key) },
-                "z_channels" => cfg with { ZChannels = I(v, key) },
-                "dropout_p" => cfg with { DropoutP = D(v, key) },
-                "multi_level_query_init" => cfg with { MultiLevelQueryInit = B(v, key) },
-                "last_level_2d_query_init" => cfg with { LastLevel2dQueryInit = B(v, key) },
-                "multi_level_2d_query_init" => cfg with { MultiLevel2dQueryInit = B(v, key) },
-                "adaptive_gn" => cfg with { AdaptiveGn = B(v, key) },
-                "d2s_up" => cfg with { D2sUp = B(v, key) },
-                "rot" => cfg with { Rot = B(v, key) },
-                "use_attn" => cfg with { UseAttn = B(v, key) },
-                "fea_rec_loss_type" => cfg with { FeaRecLossType = S(v) },
-                "fea_rec_loss_weight" => cfg with { FeaRecLossWeight = D(v, key) },
-                "distill_depth" => cfg with { DistillDepth = NS(v) == null ? null : I(v, key) },
-                "out_inner_dim" => Given(cfg with { OutInnerDim = I(v, key) }, ref outInnerGiven),
-                "ch" => cfg with { Ch = I(v, key) },
-                "num_res_blocks" => cfg with { NumResBlocks = I(v, key) },
-                "encoder_width" => cfg with { EncoderWidth = I(v, key) },
-                "encoder_layers" => cfg with { EncoderLayers = I(v, key) },
-                "encoder_heads" => cfg with { EncoderHeads = I(v, key) },
-                "decoder_width" => cfg with { DecoderWidth = I(v, key) },
-                "decoder_layers" => cfg with { DecoderLayers = I(v, key) },
-                "decoder_heads" => cfg with { DecoderHeads = I(v, key) },
-                "image_size" => cfg with { ImageSize = I(v, key) },
-                _ when DeadOffValues.TryGetValue(k, out var off) => Dead(cfg, key, v, off),
-                _ => throw new ArgumentException($"unknown key '{key}'"),
-            };
+            if (cs.CausalType is not (null or ""))
+                throw new ArgumentException($"model.causal_settings.causal_type must be null (the dead GigaTok length sampler), got '{cs.CausalType}'");
+            if (cs.DynamicLengthTrain) throw new ArgumentException("model.causal_settings.dynamic_length_train must be False");
         }
+        var args = (JsonObject?)file.Model.InitArgs?.DeepClone() ?? new JsonObject();
+        foreach (var (k, off) in DeadOffValues)
+            if (args.TryGetPropertyValue(k, out var v) && args.Remove(k))
+            {
+                var s = v is null ? "null" : v.ToString().ToLowerInvariant();
+                if (off != "*" && s != off && !(off == "null" && s is "~" or ""))
+                    throw new ArgumentException($"'model.init_args.{k}: {v}' selects a reference feature this port does not implement (only {off} is accepted)");
+            }
+        var cfg = ConfigBinder.Bind<TokenizerConfig>(args, "model.init_args");
+        var trainer = file.Trainer ?? new JsonObject();
         // utils/model_init.py L23-35: with distill_loss, out_inner_dim comes from the teacher's width
-        if (!outInnerGiven && trainer.TryGetValue("distill_loss", out var dl) && B(dl, "trainer.distill_loss"))
+        if (!args.ContainsKey("out_inner_dim") && trainer["distill_loss"] is { } dl && ConfigBinder.Bind<bool>(dl, "trainer.distill_loss"))
         {
-            var teacher = trainer.TryGetValue("distill_model", out var dm) && dm != null ? S(dm) : "dinov2-vit-b";
+            var teacher = trainer["distill_model"] is { } dm ? ConfigBinder.Bind<string>(dm, "trainer.distill_model") : "dinov2-vit-b";
             cfg = cfg with
             {
                 OutInnerDim = teacher switch
@@ -237,7 +197,7 @@ public sealed record TokenizerConfig
                 }
             };
         }
-        return new TokenizerYaml(cfg.Validate(), trainer, loss);
+        return new TokenizerYaml(cfg.Validate(), trainer, file.Loss ?? new JsonObject());
     }
 
     /// <summary>Reference keys for features this port leaves out; accepted only at the value that switches them off.</summary>
@@ -251,34 +211,6 @@ public sealed record TokenizerConfig
         ["rope_2d"] = "false", ["stochastic"] = "false", ["stochastic_temperature"] = "*", ["encoder_2d_distill"] = "false",
         ["with_prior_model"] = "false", ["prior_model_config"] = "null",
     };
-
-    static TokenizerConfig Dead(TokenizerConfig cfg, string key, object? v, string off)
-    {
-        var s = v == null ? "null" : S(v).ToLowerInvariant();
-        if (off != "*" && s != off && !(off == "null" && s is "~" or ""))
-            throw new ArgumentException($"'{key}: {v}' selects a reference feature this port does not implement (only {off} is accepted)");
-        return cfg;
-    }
-
-    static TokenizerConfig Given(TokenizerConfig c, ref bool flag) { flag = true; return c; }
-
-    static Dictionary<string, object?> Map(object? o, string where) => o switch
-    {
-        Dictionary<object, object?> d => d.ToDictionary(kv => kv.Key.ToString()!, kv => kv.Value),
-        null => new Dictionary<string, object?>(),
-        _ => throw new ArgumentException($"'{where}' must be a mapping, got {o.GetType().Name}"),
-    };
-
-    static string S(object v) => v.ToString() ?? "";
-    static string? NS(object? v) => v == null || S(v) is "null" or "~" or "" ? null : S(v);
-    static int I(object? v, string key) => v != null && int.TryParse(S(v), NumberStyles.Integer, CultureInfo.InvariantCulture, out var i)
-        ? i : throw new ArgumentException($"'{key}' must be an integer, got '{v}'");
-    static double D(object? v, string key) => v != null && double.TryParse(S(v), NumberStyles.Float, CultureInfo.InvariantCulture, out var d)
-        ? d : throw new ArgumentException($"'{key}' must be a number, got '{v}'");
-    static bool B(object? v, string key) => v != null && S(v).ToLowerInvariant() is var s && s is "true" or "false"
-        ? s == "true" : throw new ArgumentException($"'{key}' must be True or False, got '{v}'");
-    static int[] IA(object? v, string key) => v is List<object> l ? l.Select(x => I(x, key)).ToArray()
-        : throw new ArgumentException($"'{key}' must be a list of integers, got '{v}'");
 
     // ---------------------------------------------------------------- guess from a state dict
 
@@ -318,4 +250,4 @@ public sealed record TokenizerConfig
 }
 
 /// <summary>A whole tokenizer YAML: the model config plus the raw trainer/loss sections for the training code.</summary>
-public sealed record TokenizerYaml(TokenizerConfig Model, IReadOnlyDictionary<string, object?> Trainer, IReadOnlyDictionary<string, object?> Loss);
+public sealed record TokenizerYaml(TokenizerConfig Model, JsonObject Trainer, JsonObject Loss);

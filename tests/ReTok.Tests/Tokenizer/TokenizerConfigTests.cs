@@ -70,7 +70,7 @@ public class TokenizerConfigTests
             Assert.Equal((512, 6, 8), y.Model.EncoderVit);
             Assert.Equal(768, y.Model.OutInnerDim);
             Assert.Equal(3, y.Model.DistillDepth);
-            Assert.Equal("128", y.Trainer["global_batch_size"]);
+            Assert.Equal("128", y.Trainer["global_batch_size"]?.ToString());
             Assert.True(y.Loss.ContainsKey("params"));
         }
         finally { File.Delete(p); }

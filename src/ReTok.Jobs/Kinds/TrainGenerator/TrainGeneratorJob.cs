@@ -346,30 +346,3 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         return (dir, step);
     }
 }
-
-/// <summary>generator.yaml: the GptConfig under ModelArgs names (flat map, read back by <see cref="Read"/>).</summary>
-public static class GeneratorYaml
-{
-    public static string Write(GptConfig c) => string.Join("\n", new[]
-    {
-        "# GPT config (ModelArgs names of gpt_1d.py)",
-        $"dim: {c.Dim}", $"n_layer: {c.NLayer}", $"n_head: {c.NHead}", $"vocab_size: {c.VocabSize}", $"block_size: {c.BlockSize}",
-        $"num_classes: {c.NumClasses}", F("class_dropout_prob", c.ClassDropoutProb), F("token_dropout_p", c.TokenDropoutP),
-        F("resid_dropout_p", c.ResidDropoutP), F("ffn_dropout_p", c.FfnDropoutP), F("attn_dropout_p", c.AttnDropoutP),
-        $"multiple_of: {c.MultipleOf}", F("norm_eps", c.NormEps), F("initializer_range", c.InitializerRange),
-    }) + "\n";
-
-    static string F(string k, double v) => $"{k}: {v.ToString("R", System.Globalization.CultureInfo.InvariantCulture)}";
-
-    public static GptConfig Read(string path)
-    {
-        var map = new YamlDotNet.Serialization.DeserializerBuilder().Build().Deserialize<Dictionary<string, object?>>(File.ReadAllText(path))
-                  ?? throw new InvalidDataException($"{path}: empty generator config");
-        var json = new Dictionary<string, object?>();
-        foreach (var (k, v) in map)
-            json[k] = v is string s && double.TryParse(s, System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var d)
-                ? (s.Contains('.') || s.Contains('e') || s.Contains('E') ? d : (object)(long)d) : v;
-        try { return GptConfig.FromJson(JsonSerializer.Serialize(json), path); }
-        catch (Exception e) when (e is ArgumentException or FormatException or InvalidOperationException) { throw new InvalidDataException($"{path}: {e.Message}", e); }
-    }
-}

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
+using ReTok.Config;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
@@ -330,19 +331,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var args = model["init_args"] as JsonObject ?? new JsonObject();
         model["init_args"] = args;
         if (cfg.DistillDepth is not null) args["out_inner_dim"] = cfg.OutInnerDim;
-        var serializer = new YamlDotNet.Serialization.SerializerBuilder().Build();
         return $"# ReTok tokenizer config written by train-tokenizer run {runId} at step {step}; load with TokenizerConfig.Load\n"
-               + serializer.Serialize(new Dictionary<string, object?> { ["model"] = Plain(model) });
+               + ConfigYaml.Write(new JsonObject { ["model"] = model });
     }
-
-    static object? Plain(JsonNode? n) => n switch
-    {
-        null => null,
-        JsonObject o => o.ToDictionary(kv => kv.Key, kv => Plain(kv.Value)),
-        JsonArray a => a.Select(Plain).ToList(),
-        JsonValue v when v.TryGetValue<bool>(out var b) => b,
-        JsonValue v when v.TryGetValue<long>(out var l) => l,
-        JsonValue v when v.TryGetValue<double>(out var d) => d,
-        JsonValue v => v.ToString(),
-    };
 }

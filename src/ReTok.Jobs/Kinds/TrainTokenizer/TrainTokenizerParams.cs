@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json.Nodes;
 using ReTok.Jobs.Engine;
 using ReTok.Models.Distributed;
@@ -130,14 +129,10 @@ public sealed record TrainTokenizerParams : IValidatableParams
     public TokenizerConfig TokenizerModel()
     {
         if (Model is null) throw new ArgumentException("the `model:` section is required (model_cls, init_args, ...; see configs/vq/VQ_SB256.yaml)");
-        var root = new Dictionary<object, object?>
+        var root = new JsonObject
         {
-            ["model"] = ToYamlObject(Model),
-            ["trainer"] = new Dictionary<object, object?>
-            {
-                ["distill_loss"] = Trainer.DistillLoss ? "True" : "False",
-                ["distill_model"] = Trainer.DistillModel,
-            },
+            ["model"] = Model.DeepClone(),
+            ["trainer"] = new JsonObject { ["distill_loss"] = Trainer.DistillLoss, ["distill_model"] = Trainer.DistillModel },
         };
         return TokenizerConfig.Parse(root).Model;
     }
@@ -147,18 +142,6 @@ public sealed record TrainTokenizerParams : IValidatableParams
 
     /// <summary>lambda at the short end: retok.semantic_weight, else loss.params.proj_weight (the reference's constant 0.5).</summary>
     public double SemanticLambda0 => Retok.SemanticWeight ?? Loss.Params.ProjWeight;
-
-    /// <summary>JSON (as bound from YAML) to the objects YamlDotNet's untyped deserializer gives TokenizerConfig.Parse.</summary>
-    public static object? ToYamlObject(JsonNode? n) => n switch
-    {
-        null => null,
-        JsonObject o => o.ToDictionary(kv => (object)kv.Key, kv => ToYamlObject(kv.Value)),
-        JsonArray a => a.Select(x => ToYamlObject(x) ?? "null").ToList<object>(),
-        JsonValue v when v.TryGetValue<bool>(out var b) => b ? "True" : "False",
-        JsonValue v when v.TryGetValue<long>(out var l) => l.ToString(CultureInfo.InvariantCulture),
-        JsonValue v when v.TryGetValue<double>(out var d) => d.ToString("R", CultureInfo.InvariantCulture),
-        JsonValue v => v.ToString(),
-    };
 }
 
 /// <summary>The reference `trainer:` section (configs/vq/VQ_SB256.yaml) plus GigaTok's optional keys.</summary>
