@@ -1,6 +1,5 @@
 using System.Text.Json;
 using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
