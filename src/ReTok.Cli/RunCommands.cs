@@ -13,13 +13,14 @@ public static class RunCommands
 
     public static Command Build()
     {
-        var runs = new Command("runs", "tracked runs: list, inspect, follow, cancel, retry");
+        var runs = new Command("runs", "tracked runs: list, inspect, follow, cancel, retry, priority");
         runs.Subcommands.Add(List());
         runs.Subcommands.Add(Show());
         runs.Subcommands.Add(Checkpoints());
         runs.Subcommands.Add(Watch());
         runs.Subcommands.Add(Cancel());
         runs.Subcommands.Add(Retry());
+        runs.Subcommands.Add(Priority());
         return runs;
     }
 
@@ -38,7 +39,7 @@ public static class RunCommands
             var table = new Table().Border(TableBorder.Simple)
                 .AddColumns("id", "kind", "name", "status", "progress", "att.", "device", "started", "took", "note");
             foreach (var r in rows)
-                table.AddRow(r.Id.ToString(), Markup.Escape(r.Kind), Markup.Escape(r.Name ?? ""), StatusMarkup(r.Status),
+                table.AddRow(r.Id.ToString(), Markup.Escape(r.Kind), Markup.Escape(r.Name ?? ""), StatusMarkup(r.Status) + (r.Priority == RunPriority.Normal ? "" : $" [grey]({r.Priority})[/]"),
                     r.Status == RunStatus.Running || r.Progress > 0 ? $"{r.Progress:P0}" : "", r.Attempt.ToString(),
                     Markup.Escape($"{r.Host}{(r.Device is null ? "" : " " + r.Device)}"), r.StartedAt?.ToLocalTime().ToString("MM-dd HH:mm:ss") ?? "",
                     r.StartedAt is { } s ? CliSupport.Duration((r.FinishedAt ?? DateTimeOffset.UtcNow) - s) : "",
@@ -91,6 +92,7 @@ public static class RunCommands
             Row("progress", r.Status is RunStatus.Running or RunStatus.Queued && r.Progress > 0 ? $"{r.Progress:P1} {r.ProgressMessage} {Eta(r.EtaSeconds)}" : r.ProgressMessage);
             Row("failure", r.FailureReason);
             Row("attempt", $"{r.Attempt} (lease generation {r.LeaseGeneration}{(r.LeaseOwner is null ? "" : $", held by {r.LeaseOwner} until {r.LeaseExpiresAt:HH:mm:ss}")})");
+            Row("priority", r.Priority);
             Row("host", $"{r.Host} {r.Device}{(r.Gpus > 1 ? $" ({r.Gpus} devices leased together)" : "")}");
             Row("created", r.CreatedAt.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"));
             Row("started", r.StartedAt?.ToLocalTime().ToString("yyyy-MM-dd HH:mm:ss"));
@@ -202,6 +204,24 @@ public static class RunCommands
             if (!o.Any) { Console.WriteLine($"run {id} has already ended; nothing to cancel"); return 0; }
             if (o.CancelRequested.Count > 0) Console.WriteLine($"cancel requested for running run(s) {string.Join(", ", o.CancelRequested)} (they checkpoint and stop at the next heartbeat)");
             if (o.CancelledNow.Count > 0) Console.WriteLine($"cancelled run(s) {string.Join(", ", o.CancelledNow)} before they started");
+            return 0;
+        }));
+        return cmd;
+    }
+
+    static Command Priority()
+    {
+        var level = new Argument<string>("priority") { Description = "high, normal or low" };
+        level.AcceptOnlyFromAmong(RunPriority.All);
+        var cmd = new Command("priority", "change the priority of a waiting or queued run (a queued run moves to its queue's new variant)") { RunId, level };
+        cmd.WithStoreOptions();
+        cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
+        {
+            await using var c = await CliSupport.ClientAsync(pr, ct);
+            var id = pr.GetValue(RunId);
+            var r = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
+            if (await c.SetPriorityAsync(id, pr.GetValue(level)!, ct) is null) throw new CliError($"run {id} is {r.Status}: only a waiting or queued run can change priority");
+            Console.WriteLine($"run {id}: priority {pr.GetValue(level)}");
             return 0;
         }));
         return cmd;

@@ -121,6 +121,14 @@ public static class Api
                     : Results.Problem(statusCode: 409, title: $"run {id} is {r.Status}: only Failed or Cancelled runs can be retried");
             })
             .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies().WithSummary("re-queue a Failed or Cancelled run");
+        api.MapPost("/runs/{id:long}/priority", async (JobClient c, DashboardData d, long id, PriorityRequest req, CancellationToken ct) =>
+            {
+                if (!RunPriority.IsValid(req.Priority)) return Results.Problem(statusCode: 400, title: $"priority: expected high, normal or low, got '{req.Priority}'");
+                if (await d.GetRunAsync(id, ct) is not { } r) return NotFound($"run {id}");
+                return await c.SetPriorityAsync(id, req.Priority!, ct) is { } s ? Results.Ok(new PriorityDto(id, req.Priority!, s))
+                    : Results.Problem(statusCode: 409, title: $"run {id} is {r.Status}: only a Waiting or Queued run can change priority");
+            })
+            .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies().WithSummary("set the priority (high, normal, low) of a run that has not started");
     }
 
     public const int DefaultMetricPage = 10_000, MaxMetricPage = 100_000;
@@ -226,3 +234,6 @@ public static class Api
         return Results.Empty;
     }
 }
+
+public sealed record PriorityRequest(string? Priority);
+public sealed record PriorityDto(long RunId, string Priority, RunStatus Status);

@@ -146,7 +146,7 @@ public static class Pages
         // The first cell opens the row's data-run span used by the live updater (cells are matched by class).
         yield return $"<input type=\"checkbox\" name=\"ids\" value=\"{r.Id}\" aria-label=\"select run {r.Id}\">";
         yield return RunLink(r.Id, r.Name ?? r.PipelineStep);
-        yield return E(r.Kind);
+        yield return E(r.Kind) + (r.Priority == RunPriority.Normal ? "" : $" <span class=\"prio prio-{E(r.Priority)}\" title=\"priority\">{E(r.Priority)}</span>");
         yield return r.Experiment is { } e ? $"<a href=\"/experiments/{U(e.Name)}\">{E(e.Name)}</a>" : "";
         yield return $"<span data-run=\"{r.Id}\" data-active=\"{active}\"><span class=\"c-status\">{Status(r.Status)}</span></span>";
         yield return $"<span data-run=\"{r.Id}\" data-active=\"{active}\"><span class=\"c-progress\">{Progress(r)}</span></span>";
@@ -186,7 +186,7 @@ public static class Pages
         var details = Table(["", ""], new[]
         {
             Kv("kind", E(r.Kind)), Kv("experiment", r.Experiment is { } e ? $"<a href=\"/experiments/{U(e.Name)}\">{E(e.Name)}</a>" : ""),
-            Kv("tags", string.Join(" ", r.Tags.Select(t => $"<a href=\"/runs?tag={U(t)}\">{E(t)}</a>"))),
+            Kv("tags", string.Join(" ", r.Tags.Select(t => $"<a href=\"/runs?tag={U(t)}\">{E(t)}</a>"))), Kv("priority", E(r.Priority)),
             Kv(r.Gpus > 1 ? $"queue / host / {r.Gpus} devices" : "queue / host / device", $"{E(r.Queue)} / {E(r.Host)} / {E(r.Device)}"), Kv("attempt", E(r.Attempt)),
             Kv("created / started / finished", $"{Time(r.CreatedAt)} / {Time(r.StartedAt)} / {Time(r.FinishedAt)}"),
             Kv("config hash / seed", $"<code>{E(r.ConfigHash)}</code> / {(r.Seed is { } seed ? E(seed) : "—")}"), Kv("code version", $"<code>{E(r.CodeVersion)}</code>"),

@@ -4,6 +4,30 @@ namespace ReTok.Tracking;
 
 public enum RunStatus { Waiting, Queued, Running, Succeeded, Failed, Cancelled }
 
+/// <summary>
+/// Run priorities as Hangfire queue names. Hangfire.PostgreSql fetches the oldest unfetched job ordered by queue name
+/// (ORDER BY fetchedat NULLS FIRST, queue, jobid), so a digit prefix orders the variants of a queue: "0-gpu" (high)
+/// before "1-gpu" (normal) before "2-gpu" (low), and high before normal across the queues one server serves.
+/// </summary>
+public static class RunPriority
+{
+    public const string High = "high", Normal = "normal", Low = "low";
+    public static readonly string[] All = [High, Normal, Low];
+
+    public static bool IsValid(string? p) => p is High or Normal or Low;
+
+    public static string HangfireQueue(string queue, string priority) => priority switch
+    {
+        High => "0-" + queue,
+        Low => "2-" + queue,
+        _ => "1-" + queue,
+    };
+
+    /// <summary>The Hangfire queues a server of <paramref name="queue"/> listens to: the three variants, and the bare name
+    /// that runs enqueued before priorities existed still sit in.</summary>
+    public static IEnumerable<string> ServedQueues(string queue) => [HangfireQueue(queue, High), HangfireQueue(queue, Normal), HangfireQueue(queue, Low), queue];
+}
+
 public static class RunStatusExtensions
 {
     public static bool IsTerminal(this RunStatus s) => s is RunStatus.Succeeded or RunStatus.Failed or RunStatus.Cancelled;
@@ -35,6 +59,8 @@ public class Run
     public string Queue { get; set; } = "cpu";
     /// <summary>Devices the run leases at once on one worker (spec key `gpus`); <see cref="Device"/> lists those it held.</summary>
     public int Gpus { get; set; } = 1;
+    /// <summary>high, normal or low: which Hangfire queue variant carries the run (<see cref="RunPriority"/>).</summary>
+    public string Priority { get; set; } = RunPriority.Normal;
     public string? Host { get; set; }
     public string? Device { get; set; }
     public List<string> Tags { get; set; } = new();

@@ -99,7 +99,7 @@ public sealed partial class RunStore
             Run Child(ChildRun c) => new()
             {
                 Kind = c.Kind, Parameters = c.Parameters, ConfigHash = c.ConfigHash, Seed = parent.Seed, CodeVersion = parent.CodeVersion,
-                Queue = c.Queue, Tags = parent.Tags.ToList(), ExperimentId = parent.ExperimentId, ParentRunId = parent.Id,
+                Queue = c.Queue, Priority = parent.Priority, Tags = parent.Tags.ToList(), ExperimentId = parent.ExperimentId, ParentRunId = parent.Id,
                 PipelineId = parent.PipelineId, PipelineStep = parent.PipelineStep,
             };
             var agg = Child(aggregator);
@@ -132,6 +132,32 @@ public sealed partial class RunStore
             cmd.Parameters.AddWithValue("j", jobId);
             cmd.Parameters.AddWithValue("id", runId);
             return await cmd.ExecuteNonQueryAsync(t);
+        }, ct);
+
+    /// <summary>The run's priority (null when the run does not exist): the Hangfire queue variant it is enqueued on.</summary>
+    public Task<string?> GetPriorityAsync(long runId, CancellationToken ct = default) =>
+        _t.RetryAsync(async t =>
+        {
+            await using var cmd = _t.DataSource.CreateCommand("SELECT priority FROM retok.runs WHERE id = @id");
+            cmd.Parameters.AddWithValue("id", runId);
+            return await cmd.ExecuteScalarAsync(t) as string;
+        }, ct);
+
+    /// <summary>
+    /// Sets the priority of a run that has not started (Waiting or Queued; a started run keeps its device). Returns the
+    /// run's status, queue and Hangfire job after the change, or null when the run is missing or already started.
+    /// </summary>
+    public Task<(RunStatus Status, string Queue, string? HangfireJobId)?> SetPriorityAsync(long runId, string priority, CancellationToken ct = default) =>
+        _t.RetryAsync<(RunStatus, string, string?)?>(async t =>
+        {
+            if (!RunPriority.IsValid(priority)) throw new ArgumentException($"priority: expected high, normal or low, got '{priority}'");
+            await using var cmd = _t.DataSource.CreateCommand(
+                "UPDATE retok.runs SET priority = @p WHERE id = @id AND status IN ('Waiting', 'Queued') RETURNING status, queue, hangfire_job_id");
+            cmd.Parameters.AddWithValue("p", priority);
+            cmd.Parameters.AddWithValue("id", runId);
+            await using var rd = await cmd.ExecuteReaderAsync(t);
+            if (!await rd.ReadAsync(t)) return null;
+            return (Enum.Parse<RunStatus>(rd.GetString(0)), rd.GetString(1), rd.IsDBNull(2) ? null : rd.GetString(2));
         }, ct);
 
     /// <summary>

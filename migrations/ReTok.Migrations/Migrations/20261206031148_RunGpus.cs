@@ -16,7 +16,7 @@ namespace ReTok.Migrations.Migrations
                 table: "runs",
                 type: "integer",
                 nullable: false,
-                defaultValue: 0);
+                defaultValue: 1);
         }
 
         /// <inheritdoc />

@@ -418,6 +418,11 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("text")
                         .HasColumnName("pipeline_step");
 
+                    b.Property<string>("Priority")
+                        .IsRequired()
+                        .HasColumnType("text")
+                        .HasColumnName("priority");
+
                     b.Property<double>("Progress")
                         .HasColumnType("double precision")
                         .HasColumnName("progress");

@@ -76,7 +76,7 @@ public sealed class JobClient : IAsyncDisposable
             return (Step: s, Run: new Run
             {
                 Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
-                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null, Gpus = s.Gpus,
+                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null, Gpus = s.Gpus, Priority = s.Priority,
                 Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
                 Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipeline?.Id, PipelineStep = plan.IsPipeline ? s.Step : null,
                 DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),
@@ -84,7 +84,7 @@ public sealed class JobClient : IAsyncDisposable
         }).ToList();
         await Tracker.Runs.CreateAsync(pipeline, runs.Select(x => x.Run).ToList(), ct);
         var created = runs.Select(x => new SubmittedRun(x.Step.Step, x.Run.Id, x.Run.Kind, x.Run.Queue, x.Run.Status)).ToList();
-        foreach (var r in created.Where(r => r.Status == RunStatus.Queued)) await EnqueueAsync(r.RunId, r.Queue, ct: ct);
+        foreach (var (r, s) in created.Zip(runs).Where(x => x.First.Status == RunStatus.Queued)) await EnqueueAsync(r.RunId, r.Queue, priority: s.Run.Priority, ct: ct);
         return new SubmitResult(pipeline?.Id, created);
     }
 
@@ -126,15 +126,32 @@ public sealed class JobClient : IAsyncDisposable
         if (errors.Count > 0) throw new SpecValidationException(errors);
     }
 
-    /// <summary>Hands a Queued run to Hangfire (optionally delayed) and records the job id on the run.</summary>
-    public async Task<string> EnqueueAsync(long runId, string queue, TimeSpan? delay = null, CancellationToken ct = default)
+    /// <summary>Hands a Queued run to Hangfire (optionally delayed) on its queue's priority variant and records the job id on the run.</summary>
+    public async Task<string> EnqueueAsync(long runId, string queue, TimeSpan? delay = null, string? priority = null, CancellationToken ct = default)
     {
-        var job = Job.FromExpression<RunExecutor>(x => x.Execute(runId, null, CancellationToken.None), queue);
+        priority ??= await Tracker.Runs.GetPriorityAsync(runId, ct) ?? RunPriority.Normal;
+        var job = Job.FromExpression<RunExecutor>(x => x.Execute(runId, null, CancellationToken.None), RunPriority.HangfireQueue(queue, priority));
         var client = new BackgroundJobClient(Storage);
         var jobId = await Tracker.RetryAsync(_ => Task.FromResult(
             client.Create(job, delay is { } d && d > TimeSpan.Zero ? new ScheduledState(d) : new EnqueuedState())), ct);
         await Tracker.Runs.SetHangfireJobAsync(runId, jobId, ct);
         return jobId;
+    }
+
+    /// <summary>
+    /// Changes the priority of a run that has not started; a Queued run moves to its queue's new variant (the old
+    /// Hangfire job is deleted first: if a worker fetched it meanwhile, the run lease makes one of the two step aside).
+    /// Null when the run is missing or already started.
+    /// </summary>
+    public async Task<RunStatus?> SetPriorityAsync(long runId, string priority, CancellationToken ct = default)
+    {
+        if (await Tracker.Runs.SetPriorityAsync(runId, priority, ct) is not { } r) return null;
+        if (r.Status == RunStatus.Queued)
+        {
+            if (r.HangfireJobId is { } old) await Tracker.RetryAsync(_ => Task.FromResult(new BackgroundJobClient(Storage).Delete(old)), ct);
+            await EnqueueAsync(runId, r.Queue, priority: priority, ct: ct);
+        }
+        return r.Status;
     }
 
     /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="RunStore.RequestCancelAsync"/>).</summary>

@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json.Nodes;
+using ReTok.Tracking;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
@@ -8,7 +9,7 @@ namespace ReTok.Jobs.Engine;
 
 /// <summary>One run to create: a single job, or one step of a pipeline.</summary>
 public sealed record StepPlan(string Step, JobKindInfo Kind, object Params, string ParamsJson, string Queue,
-    IReadOnlyList<string> Needs, IReadOnlyDictionary<string, string> Inputs, string? RunName, int Gpus = 1)
+    IReadOnlyList<string> Needs, IReadOnlyDictionary<string, string> Inputs, string? RunName, int Gpus = 1, string Priority = RunPriority.Normal)
 {
     public string ConfigHash => ConfigHashOf(Kind.Name, ParamsJson);
 
@@ -44,6 +45,7 @@ public sealed record SubmitPlan(string? PipelineName, string? Experiment, IReadO
 /// experiment: engine-demo   # optional
 /// queue: cpu                # optional, default from the kind
 /// gpus: 2                   # optional, default 1: device slots leased together on one worker of the queue
+/// priority: high            # optional: high, normal (default) or low; changeable while queued
 /// inputs: {data: run:12/result.json}
 /// params_from: ../configs/x.yaml   # optional base parameters (reference-style config), merged under params
 /// params: {n: 40}
@@ -54,8 +56,8 @@ public sealed record SubmitPlan(string? PipelineName, string? Experiment, IReadO
 /// </summary>
 public static class JobSpecs
 {
-    static readonly string[] JobKeys = ["kind", "name", "experiment", "queue", "gpus", "tags", "inputs", "params", "params_from"];
-    static readonly string[] StepKeys = ["kind", "name", "queue", "gpus", "needs", "inputs", "params", "params_from"];
+    static readonly string[] JobKeys = ["kind", "name", "experiment", "queue", "gpus", "priority", "tags", "inputs", "params", "params_from"];
+    static readonly string[] StepKeys = ["kind", "name", "queue", "gpus", "priority", "needs", "inputs", "params", "params_from"];
     static readonly string[] PipelineKeys = ["pipeline", "experiment", "tags", "steps"];
 
     public static SubmitPlan Load(string path, IEnumerable<string>? overrides = null, JobKindRegistry? kinds = null)
@@ -145,6 +147,8 @@ public static class JobSpecs
             var queue = Str(node, "queue") ?? kind.Queue;
             if (!System.Text.RegularExpressions.Regex.IsMatch(queue, "^[a-z0-9_-]+$")) errors.Add($"{prefix}queue: '{queue}' must be lowercase letters, digits, '_' or '-'");
 
+            var priority = Str(node, "priority") ?? RunPriority.Normal;
+            if (!RunPriority.IsValid(priority)) errors.Add($"{prefix}priority: '{priority}' is not high, normal or low");
             int gpus = 1;
             if (Str(node, "gpus") is { } g && !(int.TryParse(g, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out gpus) && gpus is >= 1 and <= 64))
                 errors.Add($"{prefix}gpus: '{g}' is not a whole number from 1 to 64");
@@ -176,7 +180,7 @@ public static class JobSpecs
                 if (!stepNames.Contains(n)) errors.Add($"{prefix}needs: step '{n}' does not exist (steps: {string.Join(", ", stepNames)})");
                 else if (n == name) errors.Add($"{prefix}needs: a step cannot need itself");
             if (p is not null)
-                plans.Add(new StepPlan(name, kind, p, ParamBinder.ToJson(p), queue, needs.Distinct().ToList(), inputs, Str(node, "name"), gpus));
+                plans.Add(new StepPlan(name, kind, p, ParamBinder.ToJson(p), queue, needs.Distinct().ToList(), inputs, Str(node, "name"), gpus, priority));
         }
         if (errors.Count == 0 && isPipeline && FindCycle(plans) is { } cycle) errors.Add($"steps: the needs form a cycle: {cycle}");
         if (errors.Count > 0) throw new SpecValidationException(errors);

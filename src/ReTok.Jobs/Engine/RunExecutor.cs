@@ -192,7 +192,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                                    $"({string.Join(", ", devices.Devices)}); submit to a queue whose workers have enough", context);
             return;
         }
-        using var slot = await devices.AcquireAsync(runId, host.Stopping, run.Gpus);
+        using var slot = await devices.AcquireAsync(runId, host.Stopping, Math.Max(1, run.Gpus));
         var owner = $"{host.WorkerId}/{slot.Name}/{Guid.NewGuid().ToString("N")[..6]}";
         var request = new LeaseRequest(owner, host.Options.LeaseTtl, host.HostName, string.Join(",", slot.Devices), context?.BackgroundJob?.Id);
         var lease = await t.Runs.TryAcquireLeaseAsync(runId, request) ?? await WaitForLeaseAsync(runId, request);

@@ -94,7 +94,7 @@ public sealed class WorkerHost : IAsyncDisposable
         var server = new BackgroundJobServer(new BackgroundJobServerOptions
         {
             ServerName = $"{WorkerId}:{queues}",
-            Queues = queues.Split(','),
+            Queues = queues.Split(',').SelectMany(RunPriority.ServedQueues).ToArray(),
             WorkerCount = devices.Count,
             Activator = new ExecutorActivator(host, pool),
             SchedulePollingInterval = _o.SchedulePollInterval,
