@@ -45,7 +45,7 @@ public sealed record MetricPointDto(string Key, long Step, double Value, DateTim
 public sealed record ExperimentDto(long Id, string Name, string? Description, DateTimeOffset CreatedAt, int Runs, int Active);
 public sealed record SlotDto(string Device, RunRef? Run, double? Progress);
 public sealed record WorkerDto(string Id, string Host, string Queues, IReadOnlyList<SlotDto> Slots, DateTimeOffset StartedAt,
-    DateTimeOffset LastHeartbeat, double SecondsSinceHeartbeat, bool Stale);
+    DateTimeOffset LastHeartbeat, double SecondsSinceHeartbeat, bool Stale, IReadOnlyDictionary<string, double>? System = null);
 
 /// <summary>Read side of the dashboard: runs and workers through the <see cref="RunStore"/>, metrics, artifacts and logs through the <see cref="Tracker"/>.</summary>
 public sealed class DashboardData(Tracker tracker, DashboardOptions options)
@@ -135,7 +135,8 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
             var s = slots[w.Id].OrderBy(kv => kv.Key, StringComparer.Ordinal)
                 .Select(kv => kv.Value is { } id && runs.TryGetValue(id, out var r) ? new SlotDto(kv.Key, Ref(r), r.Progress)
                     : new SlotDto(kv.Key, kv.Value is { } id2 ? new RunRef(id2, null, "?", RunStatus.Running) : null, null)).ToList();
-            return new WorkerDto(w.Id, w.Host, w.Queues, s, w.StartedAt, w.LastHeartbeat, Math.Round(age, 1), age > options.WorkerStaleAfter.TotalSeconds);
+            var sys = JsonSerializer.Deserialize<Dictionary<string, double>>(string.IsNullOrWhiteSpace(w.System) ? "{}" : w.System) ?? new();
+            return new WorkerDto(w.Id, w.Host, w.Queues, s, w.StartedAt, w.LastHeartbeat, Math.Round(age, 1), age > options.WorkerStaleAfter.TotalSeconds, sys);
         }).ToList();
     }
 

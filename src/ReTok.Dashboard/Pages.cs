@@ -1,3 +1,4 @@
+using System.Globalization;
 using System.Security.Claims;
 using System.Text;
 using Microsoft.AspNetCore.Antiforgery;
@@ -198,9 +199,19 @@ public static class Pages
         var kCurves = KCurves.From(latest.Select(m => (m.Key, m.Value)));
         var charts = new StringBuilder(kCurves.Count == 0 ? "" : $"<div class=\"charts\" id=\"k-curves\">{KCurves.Charts([("", kCurves)])}</div>");
         charts.Append("<div class=\"charts\" id=\"charts\">");
-        foreach (var (key, pts) in series.Where(kv => !KCurves.TryParseKey(kv.Key, out _, out _, out _)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
+        static bool IsSystem(string key) => key.StartsWith("sys/", StringComparison.Ordinal);
+        foreach (var (key, pts) in series.Where(kv => !KCurves.TryParseKey(kv.Key, out _, out _, out _) && !IsSystem(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
             charts.Append($"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>");
         charts.Append("</div>");
+        // sys/* (the run's GPUs, process CPU/RSS, host memory) beside the training curves, against seconds since the start
+        var system = series.Where(kv => IsSystem(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(24).ToList();
+        if (system.Count > 0)
+        {
+            charts.Append("<h3>System (x: seconds since the execution started)</h3><div class=\"charts\" id=\"system\">");
+            foreach (var (key, pts) in system)
+                charts.Append($"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>");
+            charts.Append("</div>");
+        }
         var latestTable = Table(["metric", "last step", "value"], latest.Select(m => new[] { E(m.Key), E(m.Step), $"<span class=\"num\">{E(m.Value)}</span>" }), "metrics", "no metrics");
 
         var artRows = artifacts.Select(a =>
@@ -357,10 +368,22 @@ public static class Pages
         {
             E(w.Host), $"<code>{E(w.Id)}</code>", E(w.Queues),
             string.Join("<br>", w.Slots.Select(s => $"<code>{E(s.Device)}</code>: {(s.Run is { } r ? $"{RefHtml(r)}{(s.Progress is { } p ? $" {p * 100:F0}%" : "")}" : "<span class=\"muted\">idle</span>")}")),
-            Time(w.StartedAt), $"{Time(w.LastHeartbeat)} <span class=\"{(w.Stale ? "stale" : "muted")}\">({w.SecondsSinceHeartbeat:F0} s ago{(w.Stale ? ", stale" : "")})</span>",
+            SystemHtml(w.System), Time(w.StartedAt), $"{Time(w.LastHeartbeat)} <span class=\"{(w.Stale ? "stale" : "muted")}\">({w.SecondsSinceHeartbeat:F0} s ago{(w.Stale ? ", stale" : "")})</span>",
         });
-        return Page(ctx, "Workers", Table(["host", "worker", "queues", "devices (current run)", "started", "last heartbeat"], rows, "workers",
+        return Page(ctx, "Workers", Table(["host", "worker", "queues", "devices (current run)", "system", "started", "last heartbeat"], rows, "workers",
             "no workers have reported; start one with `retok worker`") + "<p class=\"muted\">One row per worker process; GPUs appear as cuda:N slots.</p>");
+    }
+
+    /// <summary>"gpu0 87% · 39.6/79.6 GiB · 61 °C · 312 W" per GPU, then the process and host lines, from a worker's sys/* readings.</summary>
+    static string SystemHtml(IReadOnlyDictionary<string, double>? s)
+    {
+        if (s is null || s.Count == 0) return "<span class=\"muted\">—</span>";
+        string V(string k, string fmt, string unit, double div = 1) => s.TryGetValue(k, out var v) ? (v / div).ToString(fmt, CultureInfo.InvariantCulture) + unit : "?";
+        var lines = s.Keys.Where(k => k.StartsWith("sys/gpu", StringComparison.Ordinal)).Select(k => k.Split('/')[1]).Distinct().Order()
+            .Select(g => $"<code>{E(g)}</code> {V($"sys/{g}/util_pct", "F0", "%")} · {V($"sys/{g}/mem_used_mib", "F1", "", 1024)}/{V($"sys/{g}/mem_total_mib", "F1", " GiB", 1024)}" +
+                         $" · {V($"sys/{g}/temp_c", "F0", " °C")} · {V($"sys/{g}/power_w", "F0", " W")}").ToList();
+        lines.Add($"CPU {V("sys/cpu_pct", "F0", "%")} · RSS {V("sys/rss_mib", "F1", " GiB", 1024)} · host {V("sys/host_mem_used_mib", "F1", "", 1024)}/{V("sys/host_mem_total_mib", "F1", " GiB", 1024)}");
+        return string.Join("<br>", lines.Select(l => $"<span class=\"sys\">{l}</span>"));
     }
 
     // ------------------------------------------------------------------ submit

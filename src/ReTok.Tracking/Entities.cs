@@ -172,6 +172,8 @@ public class WorkerInfo
     public string Queues { get; set; } = "";
     public string Devices { get; set; } = "";
     [Column(TypeName = "jsonb")] public string Slots { get; set; } = "{}";
+    /// <summary>The latest sys/* readings of the worker (its GPUs, process CPU/RSS, host memory): key -> value.</summary>
+    [Column(TypeName = "jsonb")] public string System { get; set; } = "{}";
     public DateTimeOffset StartedAt { get; set; } = DateTimeOffset.UtcNow;
     public DateTimeOffset LastHeartbeat { get; set; } = DateTimeOffset.UtcNow;
 }

@@ -13,14 +13,15 @@ public sealed partial class RunStore
     public async Task UpsertWorkerAsync(WorkerInfo w, CancellationToken ct = default)
     {
         await using var cmd = _t.DataSource.CreateCommand("""
-            INSERT INTO retok.workers (id, host, queues, devices, slots, started_at, last_heartbeat) VALUES (@id, @h, @q, @d, @s, now(), now())
-            ON CONFLICT (id) DO UPDATE SET slots = excluded.slots, last_heartbeat = now()
+            INSERT INTO retok.workers (id, host, queues, devices, slots, system, started_at, last_heartbeat) VALUES (@id, @h, @q, @d, @s, @sys, now(), now())
+            ON CONFLICT (id) DO UPDATE SET slots = excluded.slots, system = excluded.system, last_heartbeat = now()
             """);
         cmd.Parameters.AddWithValue("id", w.Id);
         cmd.Parameters.AddWithValue("h", w.Host);
         cmd.Parameters.AddWithValue("q", w.Queues);
         cmd.Parameters.AddWithValue("d", w.Devices);
         cmd.Parameters.Add(new NpgsqlParameter("s", NpgsqlDbType.Jsonb) { Value = w.Slots });
+        cmd.Parameters.Add(new NpgsqlParameter("sys", NpgsqlDbType.Jsonb) { Value = string.IsNullOrWhiteSpace(w.System) ? "{}" : w.System });
         await cmd.ExecuteNonQueryAsync(ct);
     }
 

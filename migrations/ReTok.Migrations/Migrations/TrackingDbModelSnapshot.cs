@@ -648,6 +648,11 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("started_at");
 
+                    b.Property<string>("System")
+                        .IsRequired()
+                        .HasColumnType("jsonb")
+                        .HasColumnName("system");
+
                     b.HasKey("Id")
                         .HasName("pk_workers");
 

@@ -33,6 +33,11 @@ public sealed record EngineOptions
     public TimeSpan LeaseTtl { get; init; } = TimeSpan.FromSeconds(60);
     /// <summary>Executor heartbeat: lease renewal, progress, metric/log flush and the cancel-request poll.</summary>
     public TimeSpan Heartbeat { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>How often a running execution records sys/* metrics (its GPUs, process CPU/RSS, host memory) at the next
+    /// heartbeat; zero disables them.</summary>
+    public TimeSpan SystemMetricsEvery { get; init; } = TimeSpan.FromSeconds(30);
+    /// <summary>GPU readings; null = detect (NVML, then nvidia-smi, else GPU metrics are skipped). Tests pass a fake.</summary>
+    public IGpuMetricsSource? GpuMetrics { get; init; }
     /// <summary>Hangfire's delayed-job poll (transient-failure retries are scheduled jobs).</summary>
     public TimeSpan SchedulePollInterval { get; init; } = TimeSpan.FromSeconds(1);
     /// <summary>Backoff of transient-failure retries: base * 2^(attempt-1), capped at 10 min.</summary>
@@ -67,7 +72,7 @@ public sealed record EngineOptions
         return o.WithOverrides(k => Environment.GetEnvironmentVariable("RETOK_ENGINE_" + k));
     }
 
-    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING, ORPHAN_SWEEP_S, ORPHAN_GRACE_S.</summary>
+    /// <summary>Applies POLL_MS, INVISIBILITY_S, LEASE_TTL_S, HEARTBEAT_MS, RETRY_BASE_MS, RECONCILE_MS, SHUTDOWN_S, LONG_POLLING, ORPHAN_SWEEP_S, ORPHAN_GRACE_S, SYSTEM_METRICS_S (0 = off).</summary>
     public EngineOptions WithOverrides(Func<string, string?> get)
     {
         TimeSpan? Ms(string k) => get(k) is { } v ? TimeSpan.FromMilliseconds(double.Parse(v, CultureInfo.InvariantCulture)) : null;
@@ -85,6 +90,7 @@ public sealed record EngineOptions
             ShutdownTimeout = S("SHUTDOWN_S") ?? ShutdownTimeout,
             OrphanSweepInterval = S("ORPHAN_SWEEP_S") ?? OrphanSweepInterval,
             OrphanGrace = S("ORPHAN_GRACE_S") ?? OrphanGrace,
+            SystemMetricsEvery = S("SYSTEM_METRICS_S") ?? SystemMetricsEvery,
             LongPolling = get("LONG_POLLING") is { } lp ? lp is "1" or "true" : LongPolling,
         };
     }
@@ -131,7 +137,8 @@ public sealed record EngineOptions
         $"InvisibilityTimeout={InvisibilityTimeout.TotalSeconds:F0} s, UseSlidingInvisibilityTimeout=true (keep-alive every {InvisibilityTimeout.TotalSeconds / 5:F1} s), " +
         $"SchedulePollingInterval={SchedulePollInterval.TotalMilliseconds:F0} ms, AutomaticRetry=0 (engine retries)\n" +
         $"run lease: TTL={LeaseTtl.TotalSeconds:F1} s, heartbeat={Heartbeat.TotalMilliseconds:F0} ms; transient retry base={RetryBaseDelay.TotalSeconds:F1} s; " +
-        $"reconcile every {ReconcileInterval.TotalSeconds:F1} s; shutdown timeout={ShutdownTimeout.TotalSeconds:F0} s";
+        $"reconcile every {ReconcileInterval.TotalSeconds:F1} s; shutdown timeout={ShutdownTimeout.TotalSeconds:F0} s; " +
+        $"sys/* metrics {(SystemMetricsEvery > TimeSpan.Zero ? $"every {SystemMetricsEvery.TotalSeconds:F0} s" : "off")}";
 }
 
 static class HangfireGlobal

@@ -15,6 +15,8 @@ public sealed class ExecutorHost
     /// <summary>Cancelled on graceful shutdown (SIGTERM): running handlers checkpoint and their runs are re-queued.</summary>
     public required CancellationToken Stopping { get; init; }
     public Action<string> Log { get; init; } = Console.WriteLine;
+    /// <summary>GPU readings for sys/* run metrics (detected once per worker); null = none on this machine.</summary>
+    public IGpuMetricsSource? GpuMetrics { get; init; }
     public Tracker Tracker => Client.Tracker;
     public JobKindRegistry Kinds => Client.Kinds;
 }
@@ -142,6 +144,9 @@ sealed class ExecutionScope(ExecutorHost host, Lease lease, string cacheDir)
     {
         var o = host.Options;
         var lastRenew = DateTimeOffset.UtcNow;
+        var started = DateTimeOffset.UtcNow;
+        var sampler = new SystemSampler(host.GpuMetrics);
+        var nextSample = started;
         while (!stop.IsCancellationRequested)
         {
             try { await Task.Delay(o.Heartbeat, stop); } catch (OperationCanceledException) { return; }
@@ -151,6 +156,12 @@ sealed class ExecutionScope(ExecutorHost host, Lease lease, string cacheDir)
                 if (!r.Held) { host.Log($"[run {lease.RunId}] lease generation {lease.Generation} lost: another executor took over; stopping without further writes"); Stop(StopReason.LeaseLost); return; }
                 lastRenew = DateTimeOffset.UtcNow;
                 if (r.CancelRequested && Reason == StopReason.None) { host.Log($"[run {lease.RunId}] cancel requested"); Stop(StopReason.CancelRequested); }
+                if (o.SystemMetricsEvery > TimeSpan.Zero && DateTimeOffset.UtcNow >= nextSample)
+                {
+                    // step = whole seconds since this execution started: sys/* curves share one time axis per run
+                    ctx.LogMetrics((long)(DateTimeOffset.UtcNow - started).TotalSeconds, sampler.Sample(ctx.Devices).ToArray());
+                    nextSample = DateTimeOffset.UtcNow + o.SystemMetricsEvery;
+                }
                 await ctx.FlushAsync();
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested) { return; }

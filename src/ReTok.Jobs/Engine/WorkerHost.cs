@@ -32,6 +32,10 @@ public sealed class WorkerHost : IAsyncDisposable
     readonly Action<string> _log;
     JobClient? _client;
     bool _stopped;
+    IGpuMetricsSource? _gpuMetrics;
+    SystemSampler? _sampler;
+    string _system = "{}";
+    DateTimeOffset _nextSystemSample = DateTimeOffset.MinValue;
 
     public WorkerHost(EngineOptions options, WorkerOptions worker, JobKindRegistry? kinds = null, Action<string>? log = null)
     {
@@ -62,6 +66,7 @@ public sealed class WorkerHost : IAsyncDisposable
         var host = new ExecutorHost
         {
             Options = _o, Client = _client, WorkerId = WorkerId, HostName = HostName, Stopping = _stopping.Token, Log = _log,
+            GpuMetrics = _gpuMetrics = _o.GpuMetrics ?? (_w.Gpus.Count > 0 ? SystemSampler.Detect() : null),
         };
 
         var gpuQueues = queues.Where(WorkerSlots.IsGpuQueue).ToList();
@@ -121,10 +126,16 @@ public sealed class WorkerHost : IAsyncDisposable
         // checks a multi-device request against the slots of the queue it names (WorkerSlots.Of).
         var slots = _servers.SelectMany(s => s.Pool.Snapshot().Select(kv => (Key: WorkerSlots.Key(kv.Key, s.Queue), Run: kv.Value)))
             .ToDictionary(x => x.Key, x => x.Run);
+        if (_o.SystemMetricsEvery > TimeSpan.Zero && DateTimeOffset.UtcNow >= _nextSystemSample)
+        {
+            _sampler ??= new SystemSampler(_gpuMetrics);
+            _system = JsonSerializer.Serialize(_sampler.Sample(_servers.SelectMany(s => s.Pool.Devices).Distinct().ToList()).ToDictionary(x => x.Key, x => Math.Round(x.Value, 2)));
+            _nextSystemSample = DateTimeOffset.UtcNow + _o.SystemMetricsEvery;
+        }
         var row = new WorkerInfo
         {
             Id = WorkerId, Host = HostName, Queues = string.Join(",", _servers.Select(s => s.Queue)),
-            Devices = string.Join(",", _servers.SelectMany(s => s.Pool.Devices).Distinct()), Slots = JsonSerializer.Serialize(slots),
+            Devices = string.Join(",", _servers.SelectMany(s => s.Pool.Devices).Distinct()), Slots = JsonSerializer.Serialize(slots), System = _system,
         };
         await Client.Tracker.Runs.UpsertWorkerAsync(row, ct);
     }

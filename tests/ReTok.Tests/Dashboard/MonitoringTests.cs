@@ -94,8 +94,31 @@ public sealed class MonitoringTests(DashboardFixture f) : IClassFixture<Dashboar
         var details = WebUtility.HtmlDecode(await c.GetStringAsync($"/hangfire/jobs/details/{run.HangfireJobId}"));
         Assert.Contains($"selftest · named-in-hangfire · run {id}", details);
         Assert.Contains($"href=\"/runs/{id}\"", details);
-        var queue = WebUtility.HtmlDecode(await c.GetStringAsync($"/hangfire/jobs/enqueued/{run.Queue}"));
+        var queue = WebUtility.HtmlDecode(await c.GetStringAsync($"/hangfire/jobs/enqueued/{RunPriority.HangfireQueue(run.Queue, run.Priority)}"));
         Assert.Contains($"selftest · named-in-hangfire · run {id}", queue);
+    }
+
+    [Fact]
+    public async Task System_metrics_are_drawn_apart_from_training_curves_and_on_the_workers_page()
+    {
+        var run = await f.Tracker.Runs.InsertAsync(new Run { Kind = "selftest", Name = "sys-run", Status = RunStatus.Succeeded });
+        await f.Tracker.LogMetricsAsync(run.Id, [new("loss", 1, 2.0), new("loss", 2, 1.5), new("sys/gpu0/util_pct", 5, 80), new("sys/gpu0/util_pct", 35, 90)]);
+        using var c = f.Client(UserRole.Viewer);
+        var page = await c.GetStringAsync($"/runs/{run.Id}");
+        var system = page[page.IndexOf("id=\"system\"", StringComparison.Ordinal)..];
+        Assert.Contains("data-key=\"sys/gpu0/util_pct\"", system);
+        var training = page[page.IndexOf("id=\"charts\"", StringComparison.Ordinal)..page.IndexOf("id=\"system\"", StringComparison.Ordinal)];
+        Assert.Contains("data-key=\"loss\"", training);
+        Assert.DoesNotContain("sys/gpu0", training);
+
+        await f.Tracker.Runs.UpsertWorkerAsync(new WorkerInfo
+        {
+            Id = "sys-box", Host = "sys-box", Queues = "gpu", Devices = "cuda:0", Slots = "{\"cuda:0 (gpu)\": null}",
+            System = "{\"sys/gpu0/util_pct\": 87, \"sys/gpu0/mem_used_mib\": 40960, \"sys/gpu0/mem_total_mib\": 81920, \"sys/gpu0/temp_c\": 61, \"sys/gpu0/power_w\": 312, \"sys/cpu_pct\": 150}",
+        });
+        var workers = WebUtility.HtmlDecode(await c.GetStringAsync("/workers"));
+        Assert.Contains("<code>gpu0</code> 87% · 40.0/80.0 GiB · 61 °C · 312 W", workers);
+        Assert.Contains("CPU 150%", workers);
     }
 
     static string Tag(ReadOnlySpan<KeyValuePair<string, object?>> tags, string key)
