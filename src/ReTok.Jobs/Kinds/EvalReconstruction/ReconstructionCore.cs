@@ -11,6 +11,7 @@ using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Tracking;
 using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;

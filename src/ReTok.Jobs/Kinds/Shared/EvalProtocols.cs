@@ -1,3 +1,4 @@
+using ReTok.Jobs.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Kinds.Shared;
