@@ -45,22 +45,22 @@ public sealed class ProvenanceTests(DashboardFixture f) : IClassFixture<Dashboar
         var rows = doc.RootElement.EnumerateArray().ToList();
         Assert.Equal(2, rows.Count);
         var t1 = rows.Single(r => r.GetProperty("tokenizer").GetString() == "T1");
-        Assert.Equal(1.0, t1.GetProperty("rFid").GetProperty("value").GetDouble());
-        Assert.Equal(r1, t1.GetProperty("rFid").GetProperty("runId").GetInt64());
-        Assert.Equal(p50, t1.GetProperty("rFid").GetProperty("protocol").GetString());
-        Assert.Equal(r3, t1.GetProperty("rFidOther").GetProperty("runId").GetInt64());
-        Assert.Equal(p10, t1.GetProperty("rFidOther").GetProperty("protocol").GetString());
+        Assert.Equal(1.0, t1.GetProperty("r_fid").GetProperty("value").GetDouble());
+        Assert.Equal(r1, t1.GetProperty("r_fid").GetProperty("run_id").GetInt64());
+        Assert.Equal(p50, t1.GetProperty("r_fid").GetProperty("protocol").GetString());
+        Assert.Equal(r3, t1.GetProperty("r_fid_other").GetProperty("run_id").GetInt64());
+        Assert.Equal(p10, t1.GetProperty("r_fid_other").GetProperty("protocol").GetString());
         // the column's protocol beats a lower number under another one; IS follows its own gFID
-        Assert.Equal(g1, t1.GetProperty("gFid").GetProperty("runId").GetInt64());
+        Assert.Equal(g1, t1.GetProperty("g_fid").GetProperty("run_id").GetInt64());
         Assert.Equal(100, t1.GetProperty("is").GetProperty("value").GetDouble());
-        Assert.Equal(g2, t1.GetProperty("gFidOther").GetProperty("runId").GetInt64());
-        var prov = t1.GetProperty("gFid").GetProperty("provenance");
+        Assert.Equal(g2, t1.GetProperty("g_fid_other").GetProperty("run_id").GetInt64());
+        var prov = t1.GetProperty("g_fid").GetProperty("provenance");
         Assert.Equal(50000, prov.GetProperty("samples").GetInt64());
-        Assert.Equal(new string('b', 64), prov.GetProperty("referenceSha256").GetString());
+        Assert.Equal(new string('b', 64), prov.GetProperty("reference_sha256").GetString());
         Assert.Equal("ADM centre crop 256, PIL bicubic", prov.GetProperty("preprocess").GetString());
         var t2 = rows.Single(r => r.GetProperty("tokenizer").GetString() == "T2");
-        Assert.Equal(p50, t2.GetProperty("gFid").GetProperty("protocol").GetString());
-        Assert.Equal(JsonValueKind.Null, t2.GetProperty("gFidOther").ValueKind);
+        Assert.Equal(p50, t2.GetProperty("g_fid").GetProperty("protocol").GetString());
+        Assert.Equal(JsonValueKind.Null, t2.GetProperty("g_fid_other").ValueKind);
 
         var page = await c.GetStringAsync("/experiments/protocols");
         Assert.Contains("gFID, other protocol", page);
