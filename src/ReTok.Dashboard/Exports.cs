@@ -34,35 +34,61 @@ public static class Exports
         _ => (Csv(rows), "text/csv; charset=utf-8", "csv"),
     };
 
-    /// <summary>Full precision ("R") and the run id behind each number, so a spreadsheet can trace it back.</summary>
+    /// <summary>Full precision ("R") and the run id behind each number, so a spreadsheet can trace it back; then each
+    /// rFID/gFID's protocol (8 hex digits) and the numbers measured under another protocol than their column's.</summary>
     public static string Csv(IReadOnlyList<ResultRow> rows)
     {
-        var sb = new StringBuilder("tokenizer,rfid,rfid_run,generator,tokens,gfid,gfid_run,is,precision,recall,variant\r\n");
+        var sb = new StringBuilder("tokenizer,rfid,rfid_run,generator,tokens,gfid,gfid_run,is,precision,recall,variant,");
+        sb.Append("rfid_protocol,gfid_protocol,rfid_other,rfid_other_run,rfid_other_protocol,gfid_other,gfid_other_run,gfid_other_protocol\r\n");
         foreach (var r in rows)
             sb.AppendJoin(',', CsvText(r.Tokenizer), Raw(r.RFid), r.RFid?.RunId.ToString(Inv) ?? "", CsvText(r.Generator), r.Tokens.ToString(Inv),
-                Raw(r.GFid), r.GFid?.RunId.ToString(Inv) ?? "", Raw(r.IS), Raw(r.Precision), Raw(r.Recall), CsvText(r.Variant)).Append("\r\n");
+                Raw(r.GFid), r.GFid?.RunId.ToString(Inv) ?? "", Raw(r.IS), Raw(r.Precision), Raw(r.Recall), CsvText(r.Variant),
+                r.RFid?.Protocol ?? "", r.GFid?.Protocol ?? "", Raw(r.RFidOther), r.RFidOther?.RunId.ToString(Inv) ?? "", r.RFidOther?.Protocol ?? "",
+                Raw(r.GFidOther), r.GFidOther?.RunId.ToString(Inv) ?? "", r.GFidOther?.Protocol ?? "").Append("\r\n");
         return sb.ToString();
     }
 
+    /// <summary>The "other protocol" columns appear only when a row has one; a footnote names each column's protocol.</summary>
     public static string Markdown(IReadOnlyList<ResultRow> rows)
     {
         static string Md(string? s) => (s ?? "").Replace("\\", "\\\\").Replace("|", "\\|").Replace("\r", " ").Replace("\n", " ");
-        var sb = new StringBuilder("| Tokenizer | rFID↓ | Generator | Tokens | gFID↓ | IS↑ | Prec.↑ | Rec.↑ | Variant |\n|---|--:|---|--:|--:|--:|--:|--:|---|\n");
+        var (ro, go) = (rows.Any(r => r.RFidOther is not null), rows.Any(r => r.GFidOther is not null));
+        var sb = new StringBuilder("| Tokenizer | rFID↓ | Generator | Tokens | gFID↓ | IS↑ | Prec.↑ | Rec.↑ | Variant |")
+            .Append(ro ? " rFID (other protocol) |" : "").Append(go ? " gFID (other protocol) |" : "")
+            .Append("\n|---|--:|---|--:|--:|--:|--:|--:|---|").Append(ro ? "--:|" : "").Append(go ? "--:|" : "").Append('\n');
         foreach (var r in rows)
             sb.Append(Inv, $"| {Md(r.Tokenizer)} | {Fmt(r.RFid, "0.00")} | {Md(r.Generator)} | {r.Tokens} | {Fmt(r.GFid, "0.00")} | {Fmt(r.IS, "0.0")} | ")
-              .Append(Inv, $"{Fmt(r.Precision, "0.00")} | {Fmt(r.Recall, "0.00")} | {Md(r.Variant)} |\n");
+              .Append(Inv, $"{Fmt(r.Precision, "0.00")} | {Fmt(r.Recall, "0.00")} | {Md(r.Variant)} |")
+              .Append(ro ? $" {Other(r.RFidOther)} |" : "").Append(go ? $" {Other(r.GFidOther)} |" : "").Append('\n');
+        if (ProtocolNote(rows) is { } note) sb.Append('\n').Append(note).Append('\n');
         return sb.ToString();
     }
 
-    /// <summary>A booktabs tabular in the paper's Table 1 shape; paste under \usepackage{booktabs}.</summary>
+    /// <summary>A booktabs tabular in the paper's Table 1 shape; paste under \usepackage{booktabs}. Protocols go in a comment.</summary>
     public static string Latex(IReadOnlyList<ResultRow> rows)
     {
-        var sb = new StringBuilder("\\begin{tabular}{lrlrrrrrl}\n\\toprule\n");
-        sb.Append("Tokenizer & rFID$\\downarrow$ & Generator & Tokens & gFID$\\downarrow$ & IS$\\uparrow$ & Prec.$\\uparrow$ & Rec.$\\uparrow$ & Variant \\\\\n\\midrule\n");
+        var (ro, go) = (rows.Any(r => r.RFidOther is not null), rows.Any(r => r.GFidOther is not null));
+        var sb = new StringBuilder($"\\begin{{tabular}}{{lrlrrrrrl{(ro ? "r" : "")}{(go ? "r" : "")}}}\n\\toprule\n");
+        sb.Append("Tokenizer & rFID$\\downarrow$ & Generator & Tokens & gFID$\\downarrow$ & IS$\\uparrow$ & Prec.$\\uparrow$ & Rec.$\\uparrow$ & Variant")
+          .Append(ro ? " & rFID (other protocol)" : "").Append(go ? " & gFID (other protocol)" : "").Append(" \\\\\n\\midrule\n");
         foreach (var r in rows)
             sb.Append(Inv, $"{Tex(r.Tokenizer)} & {Fmt(r.RFid, "0.00")} & {Tex(r.Generator)} & {r.Tokens} & {Fmt(r.GFid, "0.00")} & {Fmt(r.IS, "0.0")} & ")
-              .Append(Inv, $"{Fmt(r.Precision, "0.00")} & {Fmt(r.Recall, "0.00")} & {Tex(r.Variant)} \\\\\n");
-        return sb.Append("\\bottomrule\n\\end{tabular}\n").ToString();
+              .Append(Inv, $"{Fmt(r.Precision, "0.00")} & {Fmt(r.Recall, "0.00")} & {Tex(r.Variant)}")
+              .Append(ro ? $" & {Tex(Other(r.RFidOther))}" : "").Append(go ? $" & {Tex(Other(r.GFidOther))}" : "").Append(" \\\\\n");
+        sb.Append("\\bottomrule\n\\end{tabular}\n");
+        if (ProtocolNote(rows) is { } note) sb.Append("% ").Append(note.Replace("\n", " ")).Append('\n');
+        return sb.ToString();
+    }
+
+    static string Other(ResultCell? c) => c is null ? "" : $"{Fmt(c, "0.00")} [{c.Protocol ?? "unrecorded"}]";
+
+    /// <summary>"Protocols: rFID abc12345 (ADM evaluator ...); gFID ..." or null when no cell recorded provenance.</summary>
+    static string? ProtocolNote(IReadOnlyList<ResultRow> rows)
+    {
+        static string? One(string name, ResultCell? c) => c?.Protocol is { } p ? $"{name} {p} ({c.Provenance?.Describe()})" : null;
+        var parts = new[] { One("rFID", rows.Select(r => r.RFid).FirstOrDefault(c => c is not null)), One("gFID", rows.Select(r => r.GFid).FirstOrDefault(c => c is not null)) }
+            .OfType<string>().ToList();
+        return parts.Count == 0 ? null : "Protocols: " + string.Join("; ", parts);
     }
 
     /// <summary>Every point of a run: key, step, value (full precision), time (ISO 8601, UTC).</summary>

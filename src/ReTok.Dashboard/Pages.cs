@@ -350,13 +350,30 @@ public static class Pages
     static string ResultsHtml(List<ResultRow> rows)
     {
         static string Cell(ResultCell? c, string fmt) => c is null ? "" :
-            $"<a href=\"/runs/{c.RunId}\" title=\"{E(c.Key)} of run {c.RunId}\">{E(c.Value.ToString(fmt, System.Globalization.CultureInfo.InvariantCulture))}</a>";
-        var table = Table(["tokenizer", "rFID↓", "generator", "tokens", "gFID↓", "IS↑", "Prec.↑", "Rec.↑", "variant"], rows.Select(r => new[]
+            $"<a href=\"/runs/{c.RunId}\" title=\"{E(c.Key)} of run {c.RunId}\">{E(c.Value.ToString(fmt, System.Globalization.CultureInfo.InvariantCulture))}</a>" +
+            (c.Protocol is { } p ? $" <sup class=\"protocol\" title=\"protocol {E(p)}: {E(c.Provenance?.Describe())}\">{E(p)}</sup>" : "");
+        static string Head(string name, ResultCell? c) => c?.Protocol is { } p ? $"{name} <sup class=\"protocol\">{E(p)}</sup>" : name;
+        // the column's protocol is the one its cells share (ResultsTable.ColumnProtocol; the others are in "other protocol")
+        var rp = rows.Select(r => r.RFid).FirstOrDefault(c => c is not null);
+        var gp = rows.Select(r => r.GFid).FirstOrDefault(c => c is not null);
+        bool rOther = rows.Any(r => r.RFidOther is not null), gOther = rows.Any(r => r.GFidOther is not null);
+        var heads = new List<string> { "tokenizer", Head("rFID↓", rp), "generator", "tokens", Head("gFID↓", gp), "IS↑", "Prec.↑", "Rec.↑", "variant" };
+        if (rOther) heads.Add("rFID, other protocol");
+        if (gOther) heads.Add("gFID, other protocol");
+        var table = Table(heads.ToArray(), rows.Select(r =>
         {
-            E(r.Tokenizer), Cell(r.RFid, "0.00"), E(r.Generator), E(r.Tokens), Cell(r.GFid, "0.00"), Cell(r.IS, "0.0"), Cell(r.Precision, "0.00"), Cell(r.Recall, "0.00"), E(r.Variant),
+            var cells = new List<string>
+            {
+                E(r.Tokenizer), Cell(r.RFid, "0.00"), E(r.Generator), E(r.Tokens), Cell(r.GFid, "0.00"), Cell(r.IS, "0.0"), Cell(r.Precision, "0.00"), Cell(r.Recall, "0.00"), E(r.Variant),
+            };
+            if (rOther) cells.Add(Cell(r.RFidOther, "0.00"));
+            if (gOther) cells.Add(Cell(r.GFidOther, "0.00"));
+            return cells.ToArray();
         }), "results", "no metrics of the form rfid@k=K / gfid@k=K yet");
         return table + "<p class=\"muted\">From metric keys <code>rfid|gfid|is|precision|recall@k=K[,variant]</code> (last step); " +
-            "gFID is the best variant (e.g. with/without CFG), IS/Prec./Rec. from that same variant. Each number links to its run.</p>";
+            "gFID is the best variant (e.g. with/without CFG), IS/Prec./Rec. from that same variant. Each number links to its run; " +
+            "the superscript is its evaluation protocol (hover for evaluator, weights, reference, preprocessing, samples, precision, seed). " +
+            "A column holds one protocol: numbers measured otherwise are in the \"other protocol\" columns, never compared with it.</p>";
     }
 
     // ------------------------------------------------------------------ workers

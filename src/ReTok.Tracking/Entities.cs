@@ -177,3 +177,16 @@ public class WorkerInfo
     public DateTimeOffset StartedAt { get; set; } = DateTimeOffset.UtcNow;
     public DateTimeOffset LastHeartbeat { get; set; } = DateTimeOffset.UtcNow;
 }
+
+/// <summary>
+/// How an evaluation metric of a run was measured (issue 18.3): one row per (run, metric key). <see cref="ProtocolHash"/>
+/// is the sha256 of the fields that change the number (<see cref="EvalProvenance.ProtocolFields"/>); the full record is jsonb.
+/// </summary>
+public class MetricProvenance
+{
+    public long RunId { get; set; }
+    public required string Key { get; set; }
+    public required string ProtocolHash { get; set; }
+    [Column(TypeName = "jsonb")] public string Provenance { get; set; } = "{}";
+    public DateTimeOffset Time { get; set; } = DateTimeOffset.UtcNow;
+}

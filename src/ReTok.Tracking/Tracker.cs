@@ -250,6 +250,42 @@ public sealed class Tracker : IAsyncDisposable
                 """).AsNoTracking().ToListAsync(t);
         }, ct);
 
+    // ---------------------------------------------------------------- metric provenance
+
+    /// <summary>
+    /// Records how the metrics <paramref name="keys"/> of a run were evaluated (one row per run and key, upserted: a
+    /// resumed or re-aggregated run replaces its record). Fenced like metric writes.
+    /// </summary>
+    public Task RecordProvenanceAsync(long runId, IReadOnlyCollection<string> keys, EvalProvenance provenance, Fence? fence = null, CancellationToken ct = default)
+    {
+        var clean = keys.Where(k => !string.IsNullOrWhiteSpace(k)).Select(SafeText.Clean).Distinct().ToArray();
+        if (clean.Length == 0) return Task.CompletedTask;
+        var hash = provenance.ProtocolHash();
+        var json = SafeText.Clean(provenance.ToJson());
+        return InTransactionAsync(fence, async (c, tx, t) =>
+        {
+            await using var cmd = new NpgsqlCommand("""
+                INSERT INTO retok.metric_provenance (run_id, key, protocol_hash, provenance, time)
+                SELECT @run, k, @hash, @prov, now() FROM unnest(@keys) AS u(k)
+                ON CONFLICT (run_id, key) DO UPDATE SET protocol_hash = excluded.protocol_hash, provenance = excluded.provenance, time = excluded.time
+                """, c, tx);
+            cmd.Parameters.AddWithValue("run", runId);
+            cmd.Parameters.AddWithValue("hash", hash);
+            cmd.Parameters.Add(new NpgsqlParameter("prov", NpgsqlDbType.Jsonb) { Value = json });
+            cmd.Parameters.AddWithValue("keys", clean);
+            await cmd.ExecuteNonQueryAsync(t);
+        }, ct);
+    }
+
+    /// <summary>The provenance records of the given runs (all keys), ordered by run and key.</summary>
+    public Task<List<MetricProvenance>> GetProvenanceAsync(IReadOnlyCollection<long> runIds, CancellationToken ct = default) =>
+        RetryAsync(async t =>
+        {
+            var ids = runIds.Distinct().ToArray();
+            await using var db = CreateDb();
+            return await db.MetricProvenance.AsNoTracking().Where(m => ids.Contains(m.RunId)).OrderBy(m => m.RunId).ThenBy(m => m.Key).ToListAsync(t);
+        }, ct);
+
     // ---------------------------------------------------------------- logs
 
     public Task LogAsync(long runId, IReadOnlyCollection<LogLine> lines, Fence? fence = null, CancellationToken ct = default)

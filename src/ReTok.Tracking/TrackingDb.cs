@@ -12,6 +12,7 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
     public DbSet<Experiment> Experiments => Set<Experiment>();
     public DbSet<Run> Runs => Set<Run>();
     public DbSet<MetricPoint> Metrics => Set<MetricPoint>();
+    public DbSet<MetricProvenance> MetricProvenance => Set<MetricProvenance>();
     public DbSet<Artifact> Artifacts => Set<Artifact>();
     public DbSet<ArtifactUse> ArtifactUses => Set<ArtifactUse>();
     public DbSet<RunLog> Logs => Set<RunLog>();
@@ -44,6 +45,14 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
             // The key itself is the upsert target: INSERT .. ON CONFLICT (run_id, key, step) DO UPDATE.
             e.HasKey(m => new { m.RunId, m.Key, m.Step });
             e.HasOne<Run>().WithMany(r => r.Metrics).HasForeignKey(m => m.RunId).OnDelete(DeleteBehavior.Cascade);
+        });
+        b.Entity<MetricProvenance>(e =>
+        {
+            // one record per (run, key), upserted like metrics; the protocol hash is what the results table groups by
+            e.ToTable("metric_provenance");
+            e.HasKey(m => new { m.RunId, m.Key });
+            e.HasIndex(m => m.ProtocolHash);
+            e.HasOne<Run>().WithMany().HasForeignKey(m => m.RunId).OnDelete(DeleteBehavior.Cascade);
         });
         b.Entity<Artifact>(e =>
         {

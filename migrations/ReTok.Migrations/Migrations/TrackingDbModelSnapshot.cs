@@ -252,6 +252,39 @@ namespace ReTok.Migrations.Migrations
                     b.ToTable("metrics", "retok");
                 });
 
+            modelBuilder.Entity("ReTok.Tracking.MetricProvenance", b =>
+                {
+                    b.Property<long>("RunId")
+                        .HasColumnType("bigint")
+                        .HasColumnName("run_id");
+
+                    b.Property<string>("Key")
+                        .HasColumnType("text")
+                        .HasColumnName("key");
+
+                    b.Property<string>("ProtocolHash")
+                        .IsRequired()
+                        .HasColumnType("text")
+                        .HasColumnName("protocol_hash");
+
+                    b.Property<string>("Provenance")
+                        .IsRequired()
+                        .HasColumnType("jsonb")
+                        .HasColumnName("provenance");
+
+                    b.Property<DateTimeOffset>("Time")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("time");
+
+                    b.HasKey("RunId", "Key")
+                        .HasName("pk_metric_provenance");
+
+                    b.HasIndex("ProtocolHash")
+                        .HasDatabaseName("ix_metric_provenance_protocol_hash");
+
+                    b.ToTable("metric_provenance", "retok");
+                });
+
             modelBuilder.Entity("ReTok.Tracking.Pipeline", b =>
                 {
                     b.Property<Guid>("Id")
@@ -710,6 +743,16 @@ namespace ReTok.Migrations.Migrations
                         .OnDelete(DeleteBehavior.Cascade)
                         .IsRequired()
                         .HasConstraintName("fk_metrics_runs_run_id");
+                });
+
+            modelBuilder.Entity("ReTok.Tracking.MetricProvenance", b =>
+                {
+                    b.HasOne("ReTok.Tracking.Run", null)
+                        .WithMany()
+                        .HasForeignKey("RunId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired()
+                        .HasConstraintName("fk_metric_provenance_runs_run_id");
                 });
 
             modelBuilder.Entity("ReTok.Tracking.Run", b =>

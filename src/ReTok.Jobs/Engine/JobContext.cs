@@ -92,6 +92,14 @@ public sealed class JobContext
         lock (_lock) foreach (var (k, v) in values) _metrics.Add(new MetricValue(k, step, v, now));
     }
 
+    /// <summary>
+    /// Records how the metrics <paramref name="keys"/> were evaluated (docs/evaluation.md "Provenance"); written at once
+    /// and fenced. The run's code version and seed fill <see cref="EvalProvenance.CodeVersion"/>/<see cref="EvalProvenance.Seed"/> when not given.
+    /// </summary>
+    public Task RecordProvenanceAsync(IEnumerable<string> keys, EvalProvenance provenance) =>
+        _s.Tracker.RecordProvenanceAsync(RunId, keys.ToList(),
+            provenance with { CodeVersion = provenance.CodeVersion ?? Run.CodeVersion, Seed = provenance.Seed ?? Run.Seed }, _s.Lease.Fence, _s.WriteToken);
+
     /// <summary>A line in the run's log (tracked, shown by `retok runs show` and the dashboard) and on the worker's console.</summary>
     public void Log(string message, string level = "info")
     {

@@ -16,10 +16,11 @@ public sealed class ExportTests(DashboardFixture f) : IClassFixture<DashboardFix
         Assert.Equal("text/csv", csv.Content.Headers.ContentType!.MediaType);
         Assert.Contains("results-paper.csv", csv.Content.Headers.ContentDisposition!.ToString());
         var lines = (await csv.Content.ReadAsStringAsync()).Split("\r\n", StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal("tokenizer,rfid,rfid_run,generator,tokens,gfid,gfid_run,is,precision,recall,variant", lines[0]);
+        Assert.Equal("tokenizer,rfid,rfid_run,generator,tokens,gfid,gfid_run,is,precision,recall,variant,rfid_protocol,gfid_protocol," +
+            "rfid_other,rfid_other_run,rfid_other_protocol,gfid_other,gfid_other_run,gfid_other_protocol", lines[0]);
         // the same row as the JSON table: best gFID over variants, rFID from the eval run by lineage, full precision
-        Assert.Contains($"ReTok-S-B,1.01,{f.RecRun},LlamaGen-L,256,2.66,{f.GenRun},231.7,0.82,0.57,cfg=1.5", lines);
-        Assert.Contains($"ReTok-S-B,2.5,{f.RecRun},,32,,,,,,", lines);
+        Assert.Contains($"ReTok-S-B,1.01,{f.RecRun},LlamaGen-L,256,2.66,{f.GenRun},231.7,0.82,0.57,cfg=1.5,,,,,,,,", lines);   // no provenance recorded
+        Assert.Contains($"ReTok-S-B,2.5,{f.RecRun},,32,,,,,,,,,,,,,,", lines);
 
         var md = await c.GetStringAsync("/api/experiments/paper/results/export?format=markdown");
         Assert.StartsWith("| Tokenizer | rFID↓ |", md);

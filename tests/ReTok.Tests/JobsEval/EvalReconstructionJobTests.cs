@@ -141,6 +141,19 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         Assert.Equal(8, psnr8.Step);
         Assert.Equal(m1.GetProperty("metrics").GetProperty("8").GetProperty("psnr").GetDouble(), psnr8.Value);
         Assert.Single(await _env.Tracker.GetMetricsAsync(agg.Id, "rfid@k=256"));
+        // Provenance (issue 18.3): every logged metric of both evaluations, and one protocol for the same rFID protocol.
+        var prov = (await _env.Tracker.GetProvenanceAsync([single, agg.Id])).ToDictionary(m => (m.RunId, m.Key));
+        var rfidProv = EvalProvenance.FromJson(prov[(single, "rfid@k=8")].Provenance)!;
+        Assert.Equal("ADM evaluator (guided-diffusion evaluations/evaluator.py) port", rfidProv.Evaluator);
+        Assert.Equal("pt_inception-2015-12-05-6726825d.safetensors", rfidProv.Weights);
+        Assert.Equal(global::ReTok.Evaluation.Weights.WeightsRegistry.Sha256(Path.Combine(weightsDir, "pt_inception-2015-12-05-6726825d.safetensors")), rfidProv.WeightsSha256);
+        Assert.Equal(global::ReTok.Evaluation.Weights.WeightsRegistry.Sha256(data), rfidProv.ReferenceSha256);
+        Assert.Equal(4, rfidProv.Samples);
+        Assert.Equal(8, rfidProv.K);
+        Assert.Contains("ADM centre crop", rfidProv.Preprocess);
+        Assert.Equal(prov[(single, "rfid@k=256")].ProtocolHash, prov[(agg.Id, "rfid@k=256")].ProtocolHash);   // sharded or not: one protocol
+        Assert.NotEqual(prov[(single, "rfid@k=8")].ProtocolHash, prov[(single, "psnr@k=8")].ProtocolHash);
+        Assert.False(prov.ContainsKey((single, "lpips@k=8")));   // not measured, no provenance
 
         // The values are what the metric code gives on the artifacts: PSNR/SSIM per image.
         var recon8 = await DownloadAsync(_env.Tracker, single, "recon_k8.npz", root);

@@ -11,6 +11,7 @@ using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Tracking;
 using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -321,6 +322,7 @@ public static class ReconstructionCore
         var skipped = new Dictionary<string, string>();
         if (!hasLpips) skipped["lpips"] = s.Lpips ? "LPIPS weights (vgg16-397923af.pth, vgg.pth) not found on the reconstructing worker(s); import them with `retok weights import`" : "lpips: false";
         string referenceDesc = a.Reference is { } rr ? $"given reference batch {rr}" : $"the data itself ({a.Data}, first {a.Count} images)";
+        string? inceptionWeights = null, inceptionSha = null; // for the provenance records
         if (!s.Fid) skipped["rfid"] = skipped["sfid"] = skipped["is"] = "fid: false";
         else
         {
@@ -337,6 +339,7 @@ public static class ReconstructionCore
                 ex.BatchSize = s.InceptionBatchSize;
                 var cache = s.FeatureCache ? FeatureCache.Default() : null;
                 string weightsId = FeatureArtifacts.WeightsId(weights, cache);
+                (inceptionWeights, inceptionSha) = (weights, weightsId);
                 EvalBatch? reference = null;
                 try
                 {
@@ -397,6 +400,7 @@ public static class ReconstructionCore
         foreach (var k in ks)
             foreach (var name in new[] { "rfid", "sfid", "is", "psnr", "ssim", "lpips", "codebook_usage" })
                 if (perK[k].TryGetValue(name, out var v)) ctx.LogMetric($"{name}@k={k}", k, v);
+        await RecordProvenanceAsync(ctx, a, perK, inceptionWeights, inceptionSha, hasLpips);
 
         foreach (var k in ks)
             await ctx.SaveArtifactFileAsync($"recon_k{k}.npz", reconFiles[k], "npz", overwrite: true, metadata: new { tokens = k, images = a.Count });
@@ -409,6 +413,35 @@ public static class ReconstructionCore
         state = state with { Done = true };
         await CheckpointParts.SaveStateAsync(ctx, a.Count, state);
         return state;
+    }
+
+    /// <summary>Provenance of every logged metric (docs/evaluation.md "Provenance"): Inception metrics and pixel metrics apart.</summary>
+    static async Task RecordProvenanceAsync(JobContext ctx, AggregateInput a, Dictionary<int, Dictionary<string, double>> perK,
+        string? inceptionWeights, string? inceptionSha, bool hasLpips)
+    {
+        var refRef = a.Reference ?? a.Data;
+        var refSha = await EvalProtocols.ShaAsync(ctx, refRef.RunId, refRef.Name);
+        var refDesc = a.Reference is not null ? refRef.ToString() : $"{a.Data} (first {a.Count} images)";
+        foreach (var (k, m) in perK)
+        {
+            List<string> Keys(params string[] names) => names.Where(m.ContainsKey).Select(n => $"{n}@k={k}").ToList();
+            var inception = Keys("rfid", "sfid", "is");
+            if (inception.Count > 0 && inceptionWeights is not null)
+                await ctx.RecordProvenanceAsync(inception, new EvalProvenance
+                {
+                    Evaluator = EvalProtocols.Adm, EvaluatorVersion = EvalProtocols.AdmVersion, Weights = Path.GetFileName(inceptionWeights),
+                    WeightsSha256 = inceptionSha, Reference = refDesc, ReferenceSha256 = refSha, Preprocess = EvalProtocols.InceptionPreprocess,
+                    Samples = a.Count, Precision = "fp32", K = k,
+                });
+            var pixel = Keys("psnr", "ssim", "lpips");
+            if (pixel.Count > 0)
+                await ctx.RecordProvenanceAsync(pixel, new EvalProvenance
+                {
+                    Evaluator = EvalProtocols.Pixel, EvaluatorVersion = EvalProtocols.PixelVersion, Weights = hasLpips ? "vgg16-397923af.pth + vgg.pth" : null,
+                    Reference = $"{a.Data} (first {a.Count} images)", ReferenceSha256 = await EvalProtocols.ShaAsync(ctx, a.Data.RunId, a.Data.Name),
+                    Preprocess = EvalProtocols.PixelPreprocess, Samples = a.Count, Precision = "fp32", K = k,
+                });
+        }
     }
 
     static double Mean(double[] v) => v.Length == 0 ? double.NaN : v.Sum() / v.Length;

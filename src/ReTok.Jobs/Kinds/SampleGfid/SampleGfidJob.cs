@@ -288,6 +288,15 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
                 ($"sfid{k}", res.SFid), ($"is{k}", res.InceptionScore), ($"precision{k}", res.Precision), ($"recall{k}", res.Recall),
             };
             ctx.LogMetrics(p.Tokens, vals.Where(v => double.IsFinite(v.Item2)).ToArray());
+            InputRef.TryParse(p.InputRefs!["reference"], out var refIr);
+            await ctx.RecordProvenanceAsync(vals.Where(v => double.IsFinite(v.Item2)).Select(v => v.Item1), new EvalProvenance
+            {
+                Evaluator = Shared.EvalProtocols.Adm, EvaluatorVersion = Shared.EvalProtocols.AdmVersion, Weights = Path.GetFileName(weights),
+                WeightsSha256 = Shared.FeatureArtifacts.WeightsId(weights, p.FeatureCache ? ReTok.Evaluation.FeatureCache.Default() : null),
+                Reference = p.InputRefs!["reference"], ReferenceSha256 = refIr?.RunId is { } rid ? await Shared.EvalProtocols.ShaAsync(ctx, rid, refIr!.Artifact) : null,
+                Preprocess = "generated at 256 (tokenizer decoder, no resize); reference as given; Inception: TF1 bilinear resize to 299",
+                Samples = total, Precision = p.AutocastDtype(Devices.Resolve(ctx.Device).type) is { } dt ? dt.ToString() : "Float32", Seed = p.Seed, K = p.Tokens,
+            });
             foreach (var (key, v) in vals) metrics[key] = double.IsFinite(v) ? v : null;
             ctx.Log(res.ToText());
         }
