@@ -16,7 +16,7 @@ namespace ReTok.Tests.JobsTrain;
 /// </summary>
 public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, ITestOutputHelper log) : IClassFixture<TrainJobEnvironment>
 {
-    // Measured (CPU, fp32, 2 threads, 3 steps at lr 2e-3): every logged loss term, grad norm and K, and every saved weight
+    // Measured (CPU, fp32, 2 cores, 2 and 3 steps at lr 2e-3): every logged loss term, grad norm and K, and every saved weight
     // equal bitwise, for 2 replicas and for 2-then-1: each replica runs the same kernels on the same 1-row chunks as the
     // accumulation, and the 2-term all-reduce sum / 2 equals the 2-chunk accumulation of loss/2 (as in
     // TokenizerDataParallelTests). The tolerances leave room for another BLAS' reduction order and stay far below one
