@@ -8,6 +8,7 @@ using ReTok.Jobs.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;
+using ReTok.Models.Distributed;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 using ReTok.Models.Tokenizer;
@@ -31,13 +32,20 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
     public async Task RunAsync(JobContext ctx, TrainTokenizerParams p)
     {
         if (p.TorchThreads is int threads) torch.set_num_threads(threads);
-        if (p.DataParallel is { Replicas: > 1 } dp)
-            throw new JobFailedException($"data_parallel.replicas {dp.Replicas}: train-tokenizer does not run replicas yet (TokenizerTrainer supports a communicator; the job still builds one model, teacher and LPIPS); use replicas 1");
+        var dp = p.DataParallel ?? new();
+        int n = dp.Replicas;
         var device = Devices.Resolve(ctx.Device);
+        if (n > 1 && dp.Backend == "nccl" && device.type != DeviceType.CUDA)
+            throw new JobFailedException($"data_parallel.backend nccl needs a CUDA device, the job runs on {device}");
+        if (n > 1 && dp.Backend == "nccl" && ctx.Devices.Count < n)
+            throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
+        // nccl: replica r on the run's r-th leased device; cpu: every replica on the job's device (threads of this process)
+        var devices = Enumerable.Range(0, n).Select(r => n > 1 && dp.Backend == "nccl" ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
         var cfg = p.TokenizerModel();
         var precision = Precision.Resolve(p.MixedPrecision, device);
         ctx.Log($"mixed_precision {p.MixedPrecision}: {(precision.IsFloat32 ? "fp32" : $"{precision.Compute} compute (fp32 master weights, frozen teacher in {precision.Compute}, fp32 losses)")}");
-        ctx.Log($"train-tokenizer: {cfg} on {Devices.Describe(device)}, {p.Iterations} iterations, batch {p.Trainer.GlobalBatchSize}");
+        ctx.Log($"train-tokenizer: {cfg} on {Devices.Describe(device)}, {p.Iterations} iterations, batch {p.Trainer.GlobalBatchSize}"
+            + (n > 1 ? $", data parallel: {n} {dp.Backend} replicas of {p.Trainer.GlobalBatchSize / n} images ({string.Join(", ", devices.Select(d => d.ToString()))})" : ""));
 
         var source = await OpenDataAsync(ctx, p);
         manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
@@ -62,25 +70,79 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             finally { foreach (var t in sd.Values) t.Dispose(); }
             ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
         }
-        model.to(device);
+        model.to(devices[0]);
         var trainable = new ReTokTrainable(model);
         var lp = p.Loss.Params;
-        var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
-        disc.to(device);
-        var perceptual = Perceptual(ctx, p, device);
-        var teacher = Teacher(ctx, p, cfg, device, precision.Compute);
+        PatchGanDiscriminator NewDisc(Device d)
+        {
+            var x = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
+            x.to(d);
+            return x;
+        }
+        var disc = NewDisc(devices[0]);
+        var perceptual = Perceptual(ctx, p, devices[0]);
+        var teacher = Teacher(ctx, p, cfg, devices[0], precision.Compute);
 
-        var data = new TrainingDataLoader(source, new DataConfig(p.Trainer.GlobalBatchSize, ImageSize: cfg.ImageSize, Seed: p.Trainer.GlobalSeed,
-            Augmentation: p.Augmentation, Workers: p.NumWorkers));
-        using var trainer = new TokenizerTrainer(trainable, disc, perceptual, teacher, data, TrainerConfigOf(p, cfg), device);
-        ctx.Log($"{source.Count} images, {data.BatchesPerEpoch} batches per epoch; tokenizer {Params(model)} parameters, discriminator {Params(disc)}");
+        // replicas r > 0: their own tokenizer, discriminator, LPIPS and teacher on their device. Their initial weights are
+        // overwritten by rank 0's (the trainer broadcasts them), and the CPU generator is put back to where rank 0's setup
+        // left it, so rank 0 continues exactly as a single-replica run would.
+        var trainables = new ReTokTrainable[n];
+        var discs = new PatchGanDiscriminator[n];
+        var perceptuals = new Func<Tensor, Tensor, Tensor>[n];
+        var teachers = new ISemanticTeacher?[n];
+        (trainables[0], discs[0], perceptuals[0], teachers[0]) = (trainable, disc, perceptual, teacher);
+        if (n > 1)
+        {
+            using var rng = get_rng_state();
+            for (int r = 1; r < n; r++)
+            {
+                var m = new ReTokTokenizer(cfg);
+                m.to(devices[r]);
+                trainables[r] = new ReTokTrainable(m);
+                discs[r] = NewDisc(devices[r]);
+                perceptuals[r] = Perceptual(ctx, p, devices[r], log: false);
+                teachers[r] = Teacher(ctx, p, cfg, devices[r], Precision.Resolve(p.MixedPrecision, devices[r]).Compute, log: false);
+            }
+            set_rng_state(rng);
+        }
+
+        var dataConfig = new DataConfig(p.Trainer.GlobalBatchSize, ImageSize: cfg.ImageSize, Seed: p.Trainer.GlobalSeed,
+            Augmentation: p.Augmentation, Workers: p.NumWorkers);
+        var data = new TrainingDataLoader(source, dataConfig);
+        var trainerConfig = TrainerConfigOf(p, cfg);
+        var comms = n > 1 ? Models.Distributed.DataParallel.CreateGroup(dp) : null;
+        // every rank's loader follows the same global data position and takes its rows of each global batch
+        var trainers = comms is null
+            ? new[] { new TokenizerTrainer(trainable, disc, perceptual, teacher, data, trainerConfig, device) }
+            : Models.Distributed.DataParallel.Run(comms, r => new TokenizerTrainer(trainables[r], discs[r], perceptuals[r], teachers[r],
+                r == 0 ? data : new TrainingDataLoader(source, dataConfig), trainerConfig, devices[r], comms[r]));
+        try
+        {
+            await TrainAsync(ctx, p, cfg, source, data, model, trainables, trainers, comms);
+        }
+        finally
+        {
+            foreach (var t in trainers) t.Dispose();
+            foreach (var c in comms ?? Array.Empty<ICommunicator>()) c.Dispose();
+        }
+    }
+
+    /// <summary>The training loop over the replicas' trainers (one when not data parallel). Rank 0 holds the state written
+    /// to checkpoints and outputs (identical on every rank); its step scalars are the rank means.</summary>
+    static async Task TrainAsync(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, IImageSource source, TrainingDataLoader data,
+        ReTokTokenizer model, ReTokTrainable[] trainables, TokenizerTrainer[] trainers, IReadOnlyList<ICommunicator>? comms)
+    {
+        var trainer = trainers[0];
+        ctx.Log($"{source.Count} images, {data.BatchesPerEpoch} batches per epoch; tokenizer {Params(model)} parameters, discriminator {Params(trainer.Discriminator)}");
 
         long lastCheckpoint = 0;
         if (await ctx.LoadCheckpointAsync() is { } ck)
         {
-            trainer.Load(ck.Dir);
+            foreach (var t in trainers) t.Load(ck.Dir);
             lastCheckpoint = trainer.Step;
         }
+        else if (await FromResumeInputAsync(ctx) is { } rk)
+            foreach (var t in trainers) t.Load(rk);
         long stop = Math.Min(p.Iterations, p.EarlyStopIter ?? long.MaxValue);
         var recon = ReconImages(source, p.ReconImages, cfg.ImageSize);
 
@@ -99,9 +161,9 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
                 ctx.ThrowIfCancellationRequested();
             }
             long s = trainer.Step + 1;
-            if (p.DebugInjectNanAtStep == s) trainable.InjectNanOnce = true;
+            if (p.DebugInjectNanAtStep == s) foreach (var t in trainables) t.InjectNanOnce = true;
             StepResult r;
-            try { r = trainer.TrainStep(); }
+            try { r = comms is null ? trainer.TrainStep() : Models.Distributed.DataParallel.Run(comms, k => trainers[k].TrainStep())[0]; }
             catch (TrainingDivergedException e)
             {
                 throw new JobFailedException($"training diverged at step {e.Step}: loss term '{e.Term}' is not finite " +
@@ -121,6 +183,22 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         if (trainer.Step > lastCheckpoint) await SaveCheckpoint();   // a retry after a failed upload does not retrain
         await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, trainer.Step);
         await SaveTokenizerAsync(ctx, p, cfg, trainer, model);
+    }
+
+    /// <summary>
+    /// Optional input `resume` (a train-tokenizer checkpoint folder, e.g. run:ID/checkpoints/latest): a fresh run starts from
+    /// that state instead of step 0, with any replica count. Only when the run has no checkpoint of its own (a retried run
+    /// resumes from its latest). Batch, data seed and EMA must match (checked on load).
+    /// </summary>
+    static async Task<string?> FromResumeInputAsync(JobContext ctx)
+    {
+        if (!ctx.InputRoles.Contains("resume")) return null;
+        var a = await ctx.ResolveInputAsync("resume");
+        var dir = await ctx.GetInputDirAsync("resume");
+        if (!File.Exists(Path.Combine(dir, "trainer.json")))
+            throw new JobFailedException($"input 'resume' ({a.Name} of run {a.RunId}) is not a train-tokenizer checkpoint (no trainer.json)");
+        ctx.Log($"starting from input 'resume' ({a.Name} of run {a.RunId})");
+        return dir;
     }
 
     static long Params(nn.Module m) => m.parameters().Sum(x => x.numel());
@@ -185,11 +263,11 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         public Tensor Get(long index) => ImageIO.LoadRgb(files[(int)index]).ToTensor();
     }
 
-    static Func<Tensor, Tensor, Tensor> Perceptual(JobContext ctx, TrainTokenizerParams p, Device device)
+    static Func<Tensor, Tensor, Tensor> Perceptual(JobContext ctx, TrainTokenizerParams p, Device device, bool log = true)
     {
         if (p.Loss.Params.PerceptualWeight == 0)
         {
-            ctx.Log("loss.params.perceptual_weight is 0: LPIPS is off (no VGG weights needed); the objective differs from the reference's");
+            if (log) ctx.Log("loss.params.perceptual_weight is 0: LPIPS is off (no VGG weights needed); the objective differs from the reference's");
             return (x, _) => zeros(x.shape[0], dtype: x.dtype, device: x.device);
         }
         LpipsVgg lpips;
@@ -206,15 +284,15 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         foreach (var w in lpips.parameters()) w.requires_grad = false;
         lpips.to(device);
         lpips.train();   // the reference's vq_loss.train() leaves LPIPS' Dropout(0.5) active (tokenizer-training.md §2.3)
-        ctx.Log("LPIPS-VGG loaded (frozen; its dropout is active as in the reference's training)");
+        if (log) ctx.Log("LPIPS-VGG loaded (frozen; its dropout is active as in the reference's training)");
         return (x, y) => lpips.forward(x, y);
     }
 
-    static ISemanticTeacher? Teacher(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, Device device, ScalarType compute)
+    static ISemanticTeacher? Teacher(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, Device device, ScalarType compute, bool log = true)
     {
         if (!p.SemanticOn)
         {
-            ctx.Log(p.Trainer.DistillLoss
+            if (log) ctx.Log(p.Trainer.DistillLoss
                 ? "semantic weight is 0: the DINOv2 teacher is off"
                 : "trainer.distill_loss is False: no semantic loss, no teacher");
             return null;
@@ -242,7 +320,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
                 "Set retok.semantic_weight: 0 (or trainer.distill_loss: False) to train without it.", e);
         }
         var teacher = Dinov2Teacher.Load(path, device, dc, computeType: compute);   // frozen: its weights are cast once
-        ctx.Log($"semantic teacher: DINOv2 {dc.EmbedDim}-dim, {dc.Depth} layers from {Path.GetFileName(path)}; lambda(K) {p.Retok.SemanticSchedule} {p.SemanticLambda0} -> {p.Retok.SemanticWeightEnd}");
+        if (log) ctx.Log($"semantic teacher: DINOv2 {dc.EmbedDim}-dim, {dc.Depth} layers from {Path.GetFileName(path)}; lambda(K) {p.Retok.SemanticSchedule} {p.SemanticLambda0} -> {p.Retok.SemanticWeightEnd}");
         return teacher;
     }
 

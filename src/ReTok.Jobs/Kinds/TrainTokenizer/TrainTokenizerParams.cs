@@ -44,8 +44,9 @@ public sealed record TrainTokenizerParams : IValidatableParams
     public string MixedPrecision { get; init; } = "auto";
     /// <summary>Micro-batches per optimizer step (parsed but unused by the reference; 1 reproduces it).</summary>
     public int GradientAccumulationSteps { get; init; } = 1;
-    /// <summary>`data_parallel: {replicas: N, backend: cpu|nccl}` (docs/training.md, "Data-parallel training"). Validated here;
-    /// TokenizerTrainer supports it, the job does not build per-replica models yet and refuses replicas > 1.</summary>
+    /// <summary>`data_parallel: {replicas: N, backend: cpu|nccl}` (docs/training.md, "Data-parallel training"): one tokenizer,
+    /// discriminator, LPIPS, teacher and trainer per replica, each on 1/N of every global batch; nccl replica r runs on the
+    /// run's r-th leased device (gpus: N in the spec).</summary>
     public DataParallelConfig DataParallel { get; init; } = new();
 
     // ---- data
