@@ -82,7 +82,7 @@ public sealed class DataRootsTests
         {
             "ArtifactRef.Name", "TokenizerSource.Preset", "TokenizerSource.Prefer", "EvalReconstructionParams.Preset", "EvalReconstructionParams.Prefer",
             "EvalReconAggregateParams.Tokenizer", "SampleGfidParams.CfgSchedule", "TrainGeneratorParams.GptModel", "TrainGeneratorParams.DecayType",
-            "TrainTokenizerParams.MixedPrecision", "SampleGfidParams.Precision", "TrainerSection.LrScheduler", "TrainerSection.Optimizer", "TrainerSection.DistillModel",
+            "TrainTokenizerParams.MixedPrecision", "SampleGfidParams.Precision", "ValLossParams.Precision", "DataParallelConfig.Backend", "TrainerSection.LrScheduler", "TrainerSection.Optimizer", "TrainerSection.DistillModel",
             "LossSection.LossCls", "VqLossParams.DiscType", "VqLossParams.DiscLoss", "VqLossParams.Norm", "VqLossParams.GenAdvLoss", "VqLossParams.ReconstructionLoss",
         };
         var unclassified = new List<string>();
