@@ -200,16 +200,17 @@ public static class Pages
         var charts = new StringBuilder(kCurves.Count == 0 ? "" : $"<div class=\"charts\" id=\"k-curves\">{KCurves.Charts([("", kCurves)])}</div>");
         charts.Append("<div class=\"charts\" id=\"charts\">");
         static bool IsSystem(string key) => key.StartsWith("sys/", StringComparison.Ordinal);
+        string Figure(string key, IEnumerable<(long Step, double Value)> pts) =>
+            $"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>";
         foreach (var (key, pts) in series.Where(kv => !KCurves.TryParseKey(kv.Key, out _, out _, out _) && !IsSystem(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
-            charts.Append($"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>");
+            charts.Append(Figure(key, pts));
         charts.Append("</div>");
         // sys/* (the run's GPUs, process CPU/RSS, host memory) beside the training curves, against seconds since the start
         var system = series.Where(kv => IsSystem(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(24).ToList();
         if (system.Count > 0)
         {
             charts.Append("<h3>System (x: seconds since the execution started)</h3><div class=\"charts\" id=\"system\">");
-            foreach (var (key, pts) in system)
-                charts.Append($"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>");
+            foreach (var (key, pts) in system) charts.Append(Figure(key, pts));
             charts.Append("</div>");
         }
         var latestTable = Table(["metric", "last step", "value"], latest.Select(m => new[] { E(m.Key), E(m.Step), $"<span class=\"num\">{E(m.Value)}</span>" }), "metrics", "no metrics");

@@ -216,13 +216,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
             var last = await t.Runs.GetAsync(runId);
             var why = $"gave up after {lease.Attempt - 1} attempts (max {kindInfo.MaxAttempts}): each execution ended without recording an outcome (worker killed or crashed?)"
                       + (last?.FailureReason is { Length: > 0 } f ? $"; last failure: {f}" : last?.ProgressMessage is { Length: > 0 } m ? $"; last progress: {m}" : "");
-            try
-            {
-                await t.LogAsync(runId, "error", why, lease.Fence);
-                await t.Runs.FailAsync(lease, why);
-                host.Log($"[run {runId}] failed: {why}");
-            }
-            catch (LeaseLostException ex) { host.Log($"[run {runId}] {ex.Message}"); }
+            await FailUnstartedAsync(lease, why);
             return;
         }
 
@@ -267,14 +261,19 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
     {
         var t = host.Tracker;
         var request = new LeaseRequest($"{host.WorkerId}/refused/{Guid.NewGuid().ToString("N")[..6]}", host.Options.LeaseTtl, host.HostName, null, context?.BackgroundJob?.Id);
-        if (await t.Runs.TryAcquireLeaseAsync(run.Id, request) is not { } lease) return;   // another executor has it
+        if (await t.Runs.TryAcquireLeaseAsync(run.Id, request) is { } lease) await FailUnstartedAsync(lease, why);   // else another executor has it
+    }
+
+    /// <summary>Fails a leased run whose handler never started, logging the reason on the run.</summary>
+    async Task FailUnstartedAsync(Lease lease, string why)
+    {
         try
         {
-            await t.LogAsync(run.Id, "error", why, lease.Fence);
-            await t.Runs.FailAsync(lease, why);
-            host.Log($"[run {run.Id}] failed: {why}");
+            await host.Tracker.LogAsync(lease.RunId, "error", why, lease.Fence);
+            await host.Tracker.Runs.FailAsync(lease, why);
+            host.Log($"[run {lease.RunId}] failed: {why}");
         }
-        catch (LeaseLostException ex) { host.Log($"[run {run.Id}] {ex.Message}"); }
+        catch (LeaseLostException ex) { host.Log($"[run {lease.RunId}] {ex.Message}"); }
     }
 
     async Task FinishAsync(JobContext ctx, ExecutionScope scope, Run run, Exception? error, CancellationToken hangfireToken)
@@ -304,7 +303,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 // Hangfire re-queues a job that ends with OperationCanceledException while its server stops.
                 await WaitQuietly(hangfireToken, TimeSpan.FromSeconds(5));
                 if (hangfireToken.IsCancellationRequested) throw new OperationCanceledException(hangfireToken);
-                await host.Client.EnqueueAsync(run.Id, run.Queue);
+                await host.Client.EnqueueAsync(run.Id, run.Queue, priority: run.Priority);
                 return;
             }
             if (error is null)
@@ -324,7 +323,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 var delay = TimeSpan.FromTicks(Math.Min(TimeSpan.FromMinutes(10).Ticks, host.Options.RetryBaseDelay.Ticks << Math.Min(20, lease.Attempt - 1)));
                 var note = $"attempt {lease.Attempt}/{kind.MaxAttempts} failed ({message}); retrying in {delay.TotalSeconds:F1} s";
                 await t.LogAsync(run.Id, "warn", note, lease.Fence);
-                if (await t.Runs.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay);
+                if (await t.Runs.ReleaseToQueueAsync(lease, note, failure: note)) await host.Client.EnqueueAsync(run.Id, run.Queue, delay, run.Priority);
                 host.Log($"[run {run.Id}] {note}");
                 return;
             }

@@ -72,13 +72,7 @@ public sealed class MultiDeviceTests(TestDatabase db) : IClassFixture<TestDataba
     public async Task A_worker_leases_n_slots_for_one_run_and_submit_refuses_what_no_worker_has()
     {
         var queue = "multi-" + Guid.NewGuid().ToString("N")[..6];
-        var root = Directory.CreateTempSubdirectory("multi").FullName;
-        var o = new EngineOptions
-        {
-            Db = db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), Heartbeat = TimeSpan.FromMilliseconds(300), LeaseTtl = TimeSpan.FromSeconds(3),
-            ReconcileInterval = TimeSpan.FromSeconds(1), SchedulePollInterval = TimeSpan.FromMilliseconds(250), InvisibilityTimeout = TimeSpan.FromSeconds(5),
-        };
+        var o = TestEngine.Options(db.ConnectionString, "multi");
         var client = new JobClient(o, JobKindRegistry.Default, db.CreateTracker());
         await client.EnsureSchemaAsync();
         // accepted while no worker serves the queue (a fleet may be scaling up); the worker then refuses it with the reason

@@ -21,13 +21,7 @@ public sealed class PriorityTests(TestDatabase db) : IClassFixture<TestDatabase>
     public async Task A_worker_starts_high_before_normal_before_low_and_a_queued_run_can_be_promoted()
     {
         var queue = "prio-" + Guid.NewGuid().ToString("N")[..6];
-        var root = Directory.CreateTempSubdirectory("prio").FullName;
-        var o = new EngineOptions
-        {
-            Db = db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), Heartbeat = TimeSpan.FromMilliseconds(300), LeaseTtl = TimeSpan.FromSeconds(3),
-            ReconcileInterval = TimeSpan.FromSeconds(1), SchedulePollInterval = TimeSpan.FromMilliseconds(250), InvisibilityTimeout = TimeSpan.FromSeconds(30),
-        };
+        var o = TestEngine.Options(db.ConnectionString, "prio");
         var client = new JobClient(o, JobKindRegistry.Default, db.CreateTracker());
         await client.EnsureSchemaAsync();
         async Task<long> Submit(string name, string priority) =>

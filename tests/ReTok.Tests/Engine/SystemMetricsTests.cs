@@ -40,12 +40,9 @@ public sealed class SystemMetricsTests(TestDatabase db) : IClassFixture<TestData
     public async Task A_run_records_the_gpu_it_holds_and_the_worker_row_all_of_its_gpus()
     {
         var queue = "gpu-sys" + Guid.NewGuid().ToString("N")[..6];
-        var root = Directory.CreateTempSubdirectory("sysm").FullName;
-        var o = new EngineOptions
+        var o = TestEngine.Options(db.ConnectionString, "sysm") with
         {
-            Db = db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), Heartbeat = TimeSpan.FromMilliseconds(200), LeaseTtl = TimeSpan.FromSeconds(3),
-            SystemMetricsEvery = TimeSpan.FromMilliseconds(200), GpuMetrics = Fake,
+            Heartbeat = TimeSpan.FromMilliseconds(200), SystemMetricsEvery = TimeSpan.FromMilliseconds(200), GpuMetrics = Fake,
         };
         await using var worker = new WorkerHost(o, new WorkerOptions { Queues = [queue], Gpus = [0, 1], Name = queue }, log: _ => { });
         await worker.StartAsync();

@@ -3,6 +3,7 @@ using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Jobs.Kinds.ValLoss;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
+using ReTok.Tests.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using static TorchSharp.torch;
@@ -16,12 +17,7 @@ public sealed class ValLossJobTests(TestDatabase db) : IClassFixture<TestDatabas
     public async Task Val_loss_of_a_milestone_and_of_the_final_weights_matches_the_training_runs_own_validation()
     {
         var root = Directory.CreateTempSubdirectory("retok-valloss").FullName;
-        var o = new EngineOptions
-        {
-            Db = db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), InvisibilityTimeout = TimeSpan.FromSeconds(60),
-            LeaseTtl = TimeSpan.FromSeconds(30), Heartbeat = TimeSpan.FromMilliseconds(300),
-        };
+        var o = TestEngine.Options(db.ConnectionString, "retok-valloss") with { LeaseTtl = TimeSpan.FromSeconds(30), InvisibilityTimeout = TimeSpan.FromSeconds(60) };
         await using var client = new JobClient(o);
         await client.EnsureSchemaAsync();
         var t = client.Tracker;

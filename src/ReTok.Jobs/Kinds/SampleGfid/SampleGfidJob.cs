@@ -62,8 +62,7 @@ public sealed record SampleGfidParams : IValidatableParams
         if (Tokens < 1 || Tokens > 256) yield return $"tokens: must be in 1..256, got {Tokens}";
         if (BatchSize < 1) yield return $"batch_size: must be >= 1, got {BatchSize}";
         if (CheckpointEvery < 1) yield return $"checkpoint_every: must be >= 1, got {CheckpointEvery}";
-        if (Precision is not ("auto" or "none" or "fp32" or "bf16" or "fp16"))
-            yield return $"precision: expected auto, none, fp32, bf16 or fp16, got '{Precision}'";
+        if (GptPrecision.Validate(Precision) is { } bad) yield return bad;
         string? err = null;
         try { ToSamplingOptions().Validate(); } catch (ArgumentException e) { err = e.Message; }
         if (err is not null) yield return $"cfg_schedule/temperature/top_k/top_p: {err}";
@@ -71,13 +70,7 @@ public sealed record SampleGfidParams : IValidatableParams
     }
 
     /// <summary>The autocast dtype for the GPT on <paramref name="device"/>; null = float32 (no autocast).</summary>
-    public ScalarType? AutocastDtype(DeviceType device) => Precision switch
-    {
-        "bf16" => ScalarType.BFloat16,
-        "fp16" => ScalarType.Float16,
-        "auto" when device == DeviceType.CUDA => ScalarType.BFloat16,
-        _ => null,
-    };
+    public ScalarType? AutocastDtype(DeviceType device) => GptPrecision.Autocast(Precision, device);
 
     public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, Temperature: Temperature, TopK: TopK, TopP: TopP);
 

@@ -20,17 +20,10 @@ public sealed record ValLossParams : IValidatableParams
     public IEnumerable<string> Validate()
     {
         if (BatchSize < 1) yield return $"batch_size: must be >= 1, got {BatchSize}";
-        if (Precision is not ("auto" or "none" or "fp32" or "bf16" or "fp16"))
-            yield return $"precision: expected auto, none, fp32, bf16 or fp16, got '{Precision}'";
+        if (GptPrecision.Validate(Precision) is { } bad) yield return bad;
     }
 
-    public ScalarType? AutocastDtype(DeviceType device) => Precision switch
-    {
-        "bf16" => ScalarType.BFloat16,
-        "fp16" => ScalarType.Float16,
-        "auto" when device == DeviceType.CUDA => ScalarType.BFloat16,
-        _ => null,
-    };
+    public ScalarType? AutocastDtype(DeviceType device) => GptPrecision.Autocast(Precision, device);
 }
 
 /// <summary>
