@@ -70,6 +70,34 @@ public class ImageTests
     }
 
     [Fact]
+    public void TenCropOfA281ExtractionIsBitIdenticalToExtractCodesC2iOnTheSourceFiles()
+    {
+        // extract_codes_c2i.py --ten-crop: center_crop_arr(original file, 281) -> torchvision TenCrop(256), fixture from
+        // the authors' augmentation.py; ours: extract-dataset's row at image_size 281 -> extract-codes' TenCrop. Tolerance 0.
+        var fx = Fixture.Npz("tencrop_281.npz");
+        string Src(string key) => Fixture.PathOf(Path.Combine("images", key[(key.IndexOf('_') + 1)..key.LastIndexOf('_')] + "." + key[(key.LastIndexOf('_') + 1)..]));
+        var crops = fx.Where(kv => kv.Key.StartsWith("crop_")).ToList();
+        Assert.Equal(2, crops.Count);
+        foreach (var (key, want) in crops)
+        {
+            var row = AdmCrop.CenterCropArr(ImageIO.LoadRgb(Src(key)), 281);
+            Assert.True(CountDiff(want.As<byte>(), row.Pixels) == 0, $"{key}: {CountDiff(want.As<byte>(), row.Pixels)} values differ from center_crop_arr(img, 281)");
+        }
+        var (vkey, wantViews) = fx.Single(kv => kv.Key.StartsWith("views_"));
+        var crop = AdmCrop.CenterCropArr(ImageIO.LoadRgb(Src(vkey)), 281);
+        using var views = ReTok.Models.Generation.CodeExtraction.TenCrop(torch.tensor(crop.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte));
+        // back from Normalize(0.5, 0.5) to bytes: (x * 0.5 + 0.5) * 255 lands within float rounding of an integer
+        using var u8 = views[0].mul(0.5).add(0.5).mul(255).round().to(torch.ScalarType.Byte).permute(0, 2, 3, 1).contiguous();
+        Assert.Equal(wantViews.Shape, u8.shape);
+        var got = u8.data<byte>().ToArray();
+        Assert.True(CountDiff(wantViews.As<byte>(), got) == 0, $"{vkey}: {CountDiff(wantViews.As<byte>(), got)} values differ from torchvision TenCrop");
+
+        // the 256 px extraction cropped again to 281 (what extract-codes did before it refused it) is not the reference's crop
+        var twice = AdmCrop.CenterCropArr(AdmCrop.CenterCropArr(ImageIO.LoadRgb(Src(vkey)), 256), 281);
+        Assert.NotEqual(0, CountDiff(crop.Pixels, twice.Pixels));
+    }
+
+    [Fact]
     public void CorruptImageThrowsNamingTheFile()
     {
         var path = Fixture.PathOf("corrupt_truncated.jpg");

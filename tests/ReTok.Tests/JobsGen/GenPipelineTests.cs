@@ -162,21 +162,33 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         // the tokenizer fixture (reference init from a fixed seed: its codes depend on the image, unlike a fresh random
         // init whose first codes are the same for every crop) and the first fixture image with label 2
         var fx = Path.Combine(AppContext.BaseDirectory, "fixtures", "tokenizer");
+        // ten-crop reads an extraction at int(256 * 1.1) = 281 (extract-dataset image_size 281 of the source files)
         var image = Npz.LoadKey(Path.Combine(fx, "images.npz"), "arr_0").ToTensor().narrow(0, 0, 1).contiguous();
+        var c = ReTok.Models.Images.AdmCrop.CenterCropArr(new ReTok.Models.Images.RgbImage(256, 256, image.data<byte>().ToArray()), 281);
+        var labels = NpyArray.FromTensor(torch.tensor(new long[] { 2 }));
         Npz.Save(Path.Combine(root, "dataset.npz"), new Dictionary<string, NpyArray>
         {
-            ["arr_0"] = NpyArray.FromTensor(image), ["labels"] = NpyArray.FromTensor(torch.tensor(new long[] { 2 })),
+            ["arr_0"] = NpyArray.FromTensor(torch.tensor(c.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte)), ["labels"] = labels,
         });
+        Npz.Save(Path.Combine(root, "dataset256.npz"), new Dictionary<string, NpyArray> { ["arr_0"] = NpyArray.FromTensor(image), ["labels"] = labels });
         var src = await t.Runs.InsertAsync(new Run { Kind = "import", Status = RunStatus.Succeeded });
         await t.SaveArtifactFileAsync(src.Id, "tokenizer.yaml", Path.Combine(fx, "tiny.yaml"));
         await t.SaveArtifactFileAsync(src.Id, "tokenizer.safetensors", Path.Combine(fx, "tiny.safetensors"));
         await t.SaveArtifactFileAsync(src.Id, "dataset.npz", Path.Combine(root, "dataset.npz"));
+        await t.SaveArtifactFileAsync(src.Id, "dataset256.npz", Path.Combine(root, "dataset256.npz"));
         string Ref(string name) => $"run:{src.Id}/{name}";
         await using var worker = new WorkerHost(o, new WorkerOptions { Queues = ["gpu"], Name = "jobsgen-tencrop" }, log: s => { });
         await worker.StartAsync();
         var ex = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 16, BatchSize = 1 },
             inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["data"] = Ref("dataset.npz") });
+        // a 256 px extraction is refused (cropping 281 from it would upscale), naming the size to extract at
+        var bad = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 16, BatchSize = 1 },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml"), ["data"] = Ref("dataset256.npz") });
         await WaitFinalAsync(t, ex);
+        var refused = await WaitAsync(t, bad);
+        Assert.Equal(RunStatus.Failed, refused.Status);
+        Assert.Contains("256x256", refused.FailureReason);
+        Assert.Contains("image_size: 281", refused.FailureReason);
         var codes = Npz.Load(await Download(t, ex, "codes.npz", root));
         Assert.Equal(new long[] { 10, 16 }, codes["codes"].Shape);
         Assert.Equal(Enumerable.Repeat(2L, 10), codes["labels"].As<long>());   // the image's label on each of its 10 rows
@@ -185,8 +197,6 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
 
         // rows 1 (top-right crop) and 7 (bottom-left of the flipped image) against the crops encoded here: the job's rows
         // follow torchvision TenCrop order of ADM center_crop_arr(img, 281)
-        var img = new ReTok.Models.Images.RgbImage(256, 256, image.data<byte>().ToArray());
-        var c = ReTok.Models.Images.AdmCrop.CenterCropArr(img, 281);
         using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(Path.Combine(fx, "tiny.yaml")), Path.Combine(fx, "tiny.safetensors"));
         tok.eval();
         using var views = CodeExtraction.TenCrop(torch.tensor(c.Pixels, new long[] { 1, 281, 281, 3 }, torch.ScalarType.Byte));

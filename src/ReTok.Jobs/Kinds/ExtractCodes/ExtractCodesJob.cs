@@ -1,9 +1,7 @@
-using ReTok.Evaluation.Images;
 using ReTok.Jobs.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
-using ReTok.Models.Images;
 using ReTok.Models.Tokenizer;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -35,9 +33,12 @@ public sealed record ExtractCodesParams : IValidatableParams
 }
 
 /// <summary>
-/// extract_codes_c2i.py as a job: dataset.npz (arr_0 uint8 [N,256,256,3], labels) -> codes.npz with codes int64
+/// extract_codes_c2i.py as a job: dataset.npz (arr_0 uint8 [N,S,S,3], labels) -> codes.npz with codes int64
 /// [N*views, tokens] (views of image i are rows i*views..i*views+views-1, torchvision TenCrop order) and labels [N*views].
-/// Checkpoints the codes done so far every chunk_images images and resumes from there.
+/// The reference crops the original images: center_crop_arr(img, S) with S = int(image_size * crop_range) (281 at 256 px)
+/// for ten-crop, S = image_size otherwise. So the data must be an extraction of the source images at exactly S
+/// (`extract-dataset` with image_size S); any other size is refused, since re-cropping an extraction (e.g. 256 -> 281, an
+/// upscale) is not the reference's crop. Checkpoints the codes done so far every chunk_images images and resumes.
 /// </summary>
 [JobKind("extract-codes", Queue = "gpu", Description = "tokenizer codes of a dataset (ten-crop + flip) for generator training")]
 public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
@@ -56,8 +57,18 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
         if (allLabels.shape[0] < n) throw new JobFailedException($"input 'data': {allLabels.shape[0]} labels for {n} images");
         int views = p.TenCrop ? 10 : 1;
 
+        var tcfg = TokenizerConfig.Load(cfgPath);
+        int size = tcfg.ImageSize, crop = p.TenCrop ? (int)(size * p.CropRange) : size;
+        if (header.Shape[1] != crop || header.Shape[2] != crop)
+            throw new JobFailedException(p.TenCrop
+                ? $"input 'data' ({Path.GetFileName(data)}) holds {header.Shape[1]}x{header.Shape[2]} images, but ten-crop with crop_range {p.CropRange} " +
+                  $"needs the ADM center crop of the source images at {crop}x{crop} (int({size} * {p.CropRange})), as extract_codes_c2i.py crops the " +
+                  $"original files: extract the dataset with image_size: {crop}; re-cropping a {header.Shape[1]} px extraction would resample it"
+                : $"input 'data' ({Path.GetFileName(data)}) holds {header.Shape[1]}x{header.Shape[2]} images, but the tokenizer encodes {size}x{size}: " +
+                  $"extract the dataset with image_size: {size}");
+
         var device = Devices.Resolve(ctx.Device);
-        using var tok = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(cfgPath), tokPath);
+        using var tok = ReTokTokenizer.FromCheckpoint(tcfg, tokPath);
         tok.to(device).eval();
         if (p.Tokens > tok.TotalTokens) throw new JobFailedException($"tokens: {p.Tokens} is more than the tokenizer's {tok.TotalTokens} codes");
 
@@ -72,7 +83,6 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             start = ck.Step;
         }
 
-        int size = tok.Config.ImageSize, crop = p.TenCrop ? (int)(size * p.CropRange) : size;
         long sinceCkpt = 0;
         foreach (var (rowStart, chunk) in Npz.ReadRows(data, "arr_0", p.BatchSize))
         {
@@ -83,10 +93,9 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             imgs = imgs.narrow(0, from, to - from);
             using (var scope = NewDisposeScope())
             {
-                var x = Prepare(imgs, crop);
                 var codes = p.TenCrop
-                    ? CodeExtraction.ExtractCodes(x, v => tok.Encode(v), tenCrop: true, size: size, keep: p.Tokens)
-                    : tok.Encode(CenterView(x, size)).narrow(1, 0, p.Tokens).unsqueeze(1);
+                    ? CodeExtraction.ExtractCodes(imgs, v => tok.Encode(v), tenCrop: true, size: size, keep: p.Tokens)
+                    : tok.Encode(ToModelInput(imgs)).narrow(1, 0, p.Tokens).unsqueeze(1);
                 done.Add(codes.reshape(-1, p.Tokens).to(int64).cpu().MoveToOuterDisposeScope());
             }
             long now = rowStart + to;
@@ -116,20 +125,6 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
         ctx.Log($"codes.npz: {all.shape[0]} rows ({n} images x {views} views) of {p.Tokens} codes");
     }
 
-    /// <summary>uint8 (B,H,W,3) -> ADM center_crop_arr to crop x crop (uint8, NHWC).</summary>
-    static Tensor Prepare(Tensor imgs, int crop)
-    {
-        if (imgs.shape[1] == crop && imgs.shape[2] == crop) return imgs;
-        var outs = new List<Tensor>();
-        for (long i = 0; i < imgs.shape[0]; i++) outs.Add(AdmCrop.CenterCropArr(RgbImage.FromTensor(imgs[i]), crop).ToTensor());
-        return stack(outs, 0);
-    }
-
-    /// <summary>The size x size center of uint8 NHWC, as NCHW floats in [-1,1].</summary>
-    static Tensor CenterView(Tensor x, int size)
-    {
-        long h = x.shape[1], w = x.shape[2];
-        var c = x.narrow(1, (h - size) / 2, size).narrow(2, (w - size) / 2, size).permute(0, 3, 1, 2);
-        return (c.to_type(float32) / 255f - 0.5f) / 0.5f;
-    }
+    /// <summary>uint8 NHWC -> NCHW floats in [-1,1] (ToTensor then Normalize(0.5, 0.5)).</summary>
+    static Tensor ToModelInput(Tensor x) => (x.permute(0, 3, 1, 2).to_type(float32) / 255f - 0.5f) / 0.5f;
 }
