@@ -209,6 +209,28 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
                 wants.Add(want);
             }
         Assert.NotEqual(wants[0], wants[1]); // the two checked crops are told apart, so the row order is really checked
+
+        // params.source reads the files themselves (no stored extraction): the same image as a PNG in a class folder gives
+        // the same ten rows, labelled by its sorted class folder (ImageFolder order); a corrupt file fails naming it
+        var srcDir = Path.Combine(root, "source");
+        Directory.CreateDirectory(Path.Combine(srcDir, "n0_a"));
+        Directory.CreateDirectory(Path.Combine(srcDir, "n1_b"));
+        ReTok.Evaluation.Images.ImageIO.SavePng(Path.Combine(srcDir, "n1_b", "x.png"), new ReTok.Models.Images.RgbImage(256, 256, image.data<byte>().ToArray()));
+        File.WriteAllBytes(Path.Combine(srcDir, "n0_a", "z.png"), File.ReadAllBytes(Path.Combine(srcDir, "n1_b", "x.png")));
+        var fromSrc = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 16, BatchSize = 2, Source = srcDir },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml") });
+        await WaitFinalAsync(t, fromSrc);
+        var srcCodes = Npz.Load(await Download(t, fromSrc, "codes.npz", root));
+        Assert.Equal(new long[] { 20, 16 }, srcCodes["codes"].Shape);
+        Assert.Equal(Enumerable.Repeat(0L, 10).Concat(Enumerable.Repeat(1L, 10)), srcCodes["labels"].As<long>());
+        var srcRows = srcCodes["codes"].As<long>().Chunk(16).ToArray();
+        for (int j = 0; j < 10; j++) { Assert.Equal(rows[j], srcRows[j]); Assert.Equal(rows[j], srcRows[10 + j]); }
+        File.WriteAllBytes(Path.Combine(srcDir, "n1_b", "y_corrupt.png"), new byte[] { 0x89, 0x50, 0x4e, 0x47, 1, 2, 3 });
+        var corrupt = await client.SubmitAsync("extract-codes", new ExtractCodesParams { TenCrop = true, Tokens = 16, BatchSize = 2, Source = srcDir },
+            inputs: new Dictionary<string, string> { ["tokenizer"] = Ref("tokenizer.safetensors"), ["tokenizer_config"] = Ref("tokenizer.yaml") });
+        var failed = await WaitAsync(t, corrupt);
+        Assert.Equal(RunStatus.Failed, failed.Status);
+        Assert.Contains("y_corrupt.png", failed.FailureReason);
         await worker.StopAsync();
     }
 
