@@ -2,6 +2,7 @@ using System.Text.Json;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
+using ReTok.Evaluation.Plots;
 using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
@@ -313,7 +314,10 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             metrics["best_cfg"] = best.CfgScale;
             metrics["best_gfid"] = best.Gfid;
             var plot = Path.Combine(ctx.ScratchDir, "cfg_curve.png");
-            CfgCurvePlot.Save(plot, history, p.Tokens, $"{p.CfgSchedule}, {history.Count} scales");
+            var curve = history.OrderBy(h => h.CfgScale).Select(h => (h.CfgScale, h.Gfid)).ToList();
+            var bestLabel = $"best {best.CfgScale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+            new Chart($"gFID vs CFG scale (K={p.Tokens}), {bestLabel}: {p.CfgSchedule}, {history.Count} scales", "CFG scale", "gFID",
+                [new Series("gFID", curve), new Series(bestLabel, [(best.CfgScale, best.Gfid)])]).SavePng(plot);
             await ctx.SaveArtifactFileAsync("cfg_curve.png", plot, "plot", overwrite: true, metadata: new { scales = history.Select(h => h.CfgScale), best_cfg = best.CfgScale });
             ctx.Log($"cfg_search done: {string.Join(", ", history.Select(h => $"cfg {h.CfgScale}: {h.Gfid:G6}"))}; best cfg {best.CfgScale}");
         }
