@@ -5,7 +5,6 @@ using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Plots;
 using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
