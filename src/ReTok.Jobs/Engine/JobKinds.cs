@@ -11,6 +11,19 @@ public interface IJobHandler<in TParams> where TParams : class
     Task RunAsync(JobContext ctx, TParams p);
 }
 
+/// <summary>
+/// A kind that fans out, in the one shape every such kind has: <see cref="IJobHandler{TParams}.RunAsync"/> (the
+/// submitted run) plans the work and calls <see cref="JobContext.SpawnShardsAsync"/>; the engine then runs
+/// <see cref="RunShardAsync"/> once per shard (same kind, the parent's parameters and inputs, the shard's own state in
+/// <see cref="JobContext.GetFanOutState{T}"/>) and <see cref="AggregateAsync"/> once, when every shard has succeeded, as
+/// run kind <c>NAME-aggregate</c> (registered with the kind). An aggregator may fan out again (a search's next round).
+/// </summary>
+public interface IFanOutJob<in TParams> : IJobHandler<TParams> where TParams : class
+{
+    Task RunShardAsync(JobContext ctx, TParams p);
+    Task AggregateAsync(JobContext ctx, TParams p);
+}
+
 /// <summary>Parameters that check themselves beyond types (ranges, combinations); run at submit time and before execution.</summary>
 public interface IValidatableParams
 {
@@ -30,13 +43,24 @@ public sealed class JobKindAttribute(string name) : Attribute
     public string? Description { get; set; }
 }
 
-public sealed record JobKindInfo(string Name, string Queue, int MaxAttempts, string? Description, Type HandlerType, Type ParamsType)
+/// <param name="AggregateOf">On the <c>NAME-aggregate</c> kind of an <see cref="IFanOutJob{TParams}"/>: NAME.</param>
+public sealed record JobKindInfo(string Name, string Queue, int MaxAttempts, string? Description, Type HandlerType, Type ParamsType, string? AggregateOf = null)
 {
+    public const string AggregateSuffix = "-aggregate";
+
+    /// <summary>The kind a fan-out's shards run as: the kind itself, or for an aggregator the kind it aggregates.</summary>
+    public string ShardKind => AggregateOf ?? Name;
+
     internal Task InvokeAsync(JobContext ctx, object parameters)
     {
         var handler = Activator.CreateInstance(HandlerType)
             ?? throw new InvalidOperationException($"job kind '{Name}': cannot create {HandlerType.Name}");
-        var run = typeof(IJobHandler<>).MakeGenericType(ParamsType).GetMethod(nameof(IJobHandler<object>.RunAsync))!;
+        // the run's place in a fan-out picks the entry point, so a kind's shards and aggregator are the same class
+        var (iface, method) = AggregateOf is not null ? (typeof(IFanOutJob<>), nameof(IFanOutJob<object>.AggregateAsync))
+            : ctx.Run.FanInRunId is not null && typeof(IFanOutJob<>).MakeGenericType(ParamsType).IsAssignableFrom(HandlerType)
+                ? (typeof(IFanOutJob<>), nameof(IFanOutJob<object>.RunShardAsync))
+                : (typeof(IJobHandler<>), nameof(IJobHandler<object>.RunAsync));
+        var run = iface.MakeGenericType(ParamsType).GetMethod(method)!;
         try { return (Task)run.Invoke(handler, new[] { ctx, parameters })!; }
         catch (TargetInvocationException ex) when (ex.InnerException is not null) { throw ex.InnerException; }
     }
@@ -67,7 +91,15 @@ public sealed class JobKindRegistry
             throw new InvalidOperationException($"job kind '{attr.Name}': queue '{attr.Queue}' must be lowercase letters, digits, '_' or '-'");
         if (_kinds.TryGetValue(attr.Name, out var existing) && existing.HandlerType != handler)
             throw new InvalidOperationException($"job kind '{attr.Name}' is registered twice: {existing.HandlerType.FullName} and {handler.FullName}");
-        _kinds[attr.Name] = new JobKindInfo(attr.Name, attr.Queue, Math.Max(1, attr.MaxAttempts), attr.Description, handler, iface.GetGenericArguments()[0]);
+        var info = new JobKindInfo(attr.Name, attr.Queue, Math.Max(1, attr.MaxAttempts), attr.Description, handler, iface.GetGenericArguments()[0]);
+        _kinds[attr.Name] = info;
+        if (typeof(IFanOutJob<>).MakeGenericType(info.ParamsType).IsAssignableFrom(handler))
+        {
+            var agg = attr.Name + JobKindInfo.AggregateSuffix;
+            if (_kinds.TryGetValue(agg, out var other) && other.AggregateOf != attr.Name)
+                throw new InvalidOperationException($"job kind '{agg}' is registered twice: {other.HandlerType.FullName} and the fan-in of {handler.FullName}");
+            _kinds[agg] = info with { Name = agg, AggregateOf = attr.Name, Description = $"fan-in of {attr.Name}: runs once all its shards have succeeded" };
+        }
         return this;
     }
 

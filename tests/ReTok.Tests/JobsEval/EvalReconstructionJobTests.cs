@@ -97,7 +97,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         // Sharded == single worker: the same bytes and the same metric values.
         var shards = (await _env.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
         Assert.Equal(2, shards.Count);
-        Assert.Equal(new[] { 0L, 2L }, shards.Select(s => JsonDocument.Parse(s.Parameters).RootElement.GetProperty("start").GetInt64()));
+        Assert.Equal(new[] { 0L, 2L }, shards.Select(s => JsonDocument.Parse(s.FanOutState!).RootElement.GetProperty("start").GetInt64()));   // engine-owned, not a parameter
         foreach (var k in new[] { 8, 256 })
             Assert.Equal(await ShaAsync(_env.Tracker, single, $"recon_k{k}.npz"), await ShaAsync(_env.Tracker, agg.Id, $"recon_k{k}.npz"));
         var m1 = JsonDocument.Parse(File.ReadAllText(await DownloadAsync(_env.Tracker, single, "metrics.json", root))).RootElement;
