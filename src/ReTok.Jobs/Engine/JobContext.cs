@@ -1,6 +1,5 @@
 using System.Formats.Tar;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Engine;
@@ -27,6 +26,7 @@ public sealed class JobContext
         Devices = devices;
         ScratchDir = scratch;
         _inputs = JsonSerializer.Deserialize<Dictionary<string, string>>(run.Inputs) ?? new();
+        Checkpoints = new RunCheckpoints(scope.Tracker, scope.Lease.Fence, scratch, scope.WriteToken, FlushAsync, m => Log(m));
     }
 
     /// <summary>The run row as it was when this execution started.</summary>
@@ -44,6 +44,11 @@ public sealed class JobContext
     public CancellationToken CancellationToken => _s.Token;
     /// <summary>For reads (other runs' metrics, artifacts). Writes should go through the context so they are fenced.</summary>
     public Tracker Tracker => _s.Tracker;
+    /// <summary>
+    /// This run's checkpoints: latest + milestones with retention, JSON state, parts of large outputs; fenced by the
+    /// lease. Buffered metrics are flushed before each save, so a resume never finds metrics behind its checkpoint.
+    /// </summary>
+    public RunCheckpoints Checkpoints { get; }
     /// <summary>On a shard: its place in the fan-out (0-based, the order the aggregator sees); null on other runs.</summary>
     public int? ShardIndex => Run.ShardIndex;
     public IReadOnlyCollection<string> InputRoles => _inputs.Keys;
@@ -211,72 +216,6 @@ public sealed class JobContext
         if (!File.Exists(path)) await _s.Tracker.DownloadArtifactAsync(a, path, _s.WriteToken);
         await _s.Tracker.RecordUseAsync(RunId, a.Id, role, _s.Lease.Fence, _s.WriteToken);
         return path;
-    }
-
-    // ------------------------------------------------------------ checkpoints
-
-    public const string CheckpointName = "checkpoints/latest";
-
-    /// <summary>
-    /// Saves a checkpoint: <paramref name="write"/> fills a fresh folder, which is stored as one tar artifact
-    /// (checkpoints/latest, overwritten) tagged with <paramref name="step"/>. Buffered metrics are flushed first.
-    /// Atomic: until the artifact row is updated the previous checkpoint stays current.
-    /// </summary>
-    /// <param name="milestone">Also keep this checkpoint as <c>checkpoints/step-NNNNNNNNNN</c> (a resume or evaluation point
-    /// that later saves do not overwrite); then only the newest <paramref name="keepMilestones"/> milestones keep their
-    /// content (0 = all), older ones are released (replaced by an empty file, which frees their storage).</param>
-    public async Task SaveCheckpointAsync(long step, Func<string, Task> write, bool milestone = false, int keepMilestones = 0)
-    {
-        var dir = Path.Combine(ScratchDir, $"ckpt-save-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(dir);
-        try
-        {
-            await write(dir);
-            await FlushAsync();
-            await SaveArtifactDirAsync(CheckpointName, dir, "checkpoint", overwrite: true, metadata: new { step });
-            if (milestone)
-            {
-                await SaveArtifactDirAsync(MilestoneName(step), dir, "checkpoint", overwrite: true, metadata: new { step, milestone = true });
-                if (keepMilestones > 0) await ReleaseOldMilestonesAsync(keepMilestones);
-            }
-            Log($"checkpoint saved at step {step}{(milestone ? " (milestone)" : "")}");
-        }
-        finally { Directory.Delete(dir, true); }
-    }
-
-    public const string MilestonePrefix = "checkpoints/step-";
-
-    /// <summary>Zero-padded so that names sort by step.</summary>
-    public static string MilestoneName(long step) => $"{MilestonePrefix}{step:D10}";
-
-    private async Task ReleaseOldMilestonesAsync(int keep)
-    {
-        var old = (await _s.Tracker.ListArtifactsAsync(RunId))
-            .Where(a => a.Name.StartsWith(MilestonePrefix) && a.SizeBytes > 0)
-            .OrderByDescending(a => a.Name, StringComparer.Ordinal).Skip(keep).ToList();
-        foreach (var a in old)
-            await SaveArtifactAsync(a.Name, new MemoryStream(), "checkpoint", overwrite: true,
-                metadata: new { step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>(), milestone = true, released = true });
-    }
-
-    /// <summary>The latest checkpoint of this run (from an earlier execution), extracted, with its step; null if none.</summary>
-    public async Task<(string Dir, long Step)?> LoadCheckpointAsync()
-    {
-        var a = await _s.Tracker.GetArtifactAsync(RunId, CheckpointName);
-        if (a is null) return null;
-        var tar = Path.Combine(ScratchDir, $".ckpt-{Guid.NewGuid():N}.tar");
-        var dir = Path.Combine(ScratchDir, "checkpoint");
-        try
-        {
-            await _s.Tracker.DownloadArtifactAsync(a, tar, _s.WriteToken);
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            Directory.CreateDirectory(dir);
-            await TarFile.ExtractToDirectoryAsync(tar, dir, overwriteFiles: true, _s.WriteToken);
-        }
-        finally { File.Delete(tar); }
-        var step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>() ?? 0;
-        Log($"resuming from checkpoint at step {step}");
-        return (dir, step);
     }
 
     // ------------------------------------------------------------ fan-out

@@ -182,7 +182,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         Assert.Contains("shard-1", aggInputs);
         Assert.Contains("data", aggInputs);
         foreach (var id in shards.Select(s => s.Id).Append(single))
-            Assert.All((await _env.Tracker.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(CheckpointParts.Prefix)), a => Assert.Equal(0, a.SizeBytes));
+            Assert.All((await _env.Tracker.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(RunCheckpoints.PartPrefix)), a => Assert.Equal(0, a.SizeBytes));
         _log.WriteLine($"total {sw.Elapsed.TotalSeconds:F1} s");
     }
 }

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 
 namespace ReTok.Jobs.Kinds.EvalReconstruction;
@@ -35,7 +34,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
         }
 
         var device = Devices.Resolve(ctx.Device);
-        var state = await CheckpointParts.LoadStateAsync<EvalState>(ctx) ?? new EvalState();
+        var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState();
         if (!state.Done)
         {
             var local = new Dictionary<string, string>();
@@ -46,12 +45,12 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             }
             var dir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
             var parts = new List<string>();
-            foreach (var n in state.Parts) parts.Add(local.TryGetValue(n, out var lp) ? lp : await CheckpointParts.FetchAsync(ctx, ctx.RunId, n, dir));
+            foreach (var n in state.Parts) parts.Add(local.TryGetValue(n, out var lp) ? lp : await ctx.Checkpoints.FetchPartAsync(ctx.RunId, n, dir));
             var refPath = reference is { } r ? await ctx.GetRunArtifactFileAsync(r.RunId, r.Name, "reference") : null;
             state = await ReconstructionCore.AggregateAsync(ctx,
                 new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, count, cfg.CodebookSize, tok.Describe(), s, 1), parts, state, device);
         }
-        if (s.ReleaseParts) await CheckpointParts.ReleaseAsync(ctx, state.Parts);
+        if (s.ReleaseParts) await ctx.Checkpoints.ReleasePartsAsync(state.Parts);
     }
 
     /// <summary>One shard: reconstructs rows [start, end) into checkpoint parts and lists them in parts.json.</summary>
@@ -59,7 +58,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
     {
         var range = ctx.GetFanOutState<EvalReconShard>();
         var (s, data, _, tok) = await SourcesAsync(ctx, p);
-        var state = await CheckpointParts.LoadStateAsync<EvalState>(ctx) ?? new EvalState { Next = range.Start };
+        var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState { Next = range.Start };
         if (state.Next < range.End)
         {
             var device = Devices.Resolve(ctx.Device);
@@ -85,7 +84,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             listed.Add((sh.Id, names));
         }
         var (s, data, reference, _) = await SourcesAsync(ctx, p);
-        var state = await CheckpointParts.LoadStateAsync<EvalState>(ctx) ?? new EvalState();
+        var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState();
         if (!state.Done)
         {
             var device = Devices.Resolve(ctx.Device);
@@ -94,12 +93,12 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             var dir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
             var parts = new List<string>();
             foreach (var (run, names) in listed)
-                foreach (var n in names) parts.Add(await CheckpointParts.FetchAsync(ctx, run, n, dir));
+                foreach (var n in names) parts.Add(await ctx.Checkpoints.FetchPartAsync(run, n, dir));
             state = await ReconstructionCore.AggregateAsync(ctx,
                 new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, fan.Count, fan.CodebookSize, fan.Tokenizer, s, shards.Count), parts, state, device);
         }
         if (s.ReleaseParts)
-            foreach (var (run, names) in listed) await CheckpointParts.ReleaseOfRunAsync(ctx, run, names);
+            foreach (var (run, names) in listed) await ctx.Checkpoints.ReleasePartsAsync(names, run);
     }
 
     /// <summary>What every phase reads: settings, the data and reference artifacts and the tokenizer, from params and inputs.</summary>

@@ -155,11 +155,11 @@ public static class ReconstructionCore
             var name = $"recon_{next:D9}.npz";
             var path = Path.Combine(dir, name);
             part.Save(path, next);
-            await CheckpointParts.SaveAsync(ctx, name, path);
+            await ctx.Checkpoints.SavePartAsync(name, path);
             localParts[name] = path;
             next = partEnd;
             state = state with { Next = next, Parts = state.Parts.Append(name).ToList() };
-            await CheckpointParts.SaveStateAsync(ctx, next, state);
+            await ctx.Checkpoints.SaveStateAsync(next, state);
             double rate = (next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
             ctx.ReportProgress(next - start, end - start, $"reconstructed {next - start}/{end - start} images ({rate:F2} img/s)");
         }
@@ -360,7 +360,7 @@ public static class ReconstructionCore
                         foreach (var (n, v) in res) perK[k][n] = v;
                         var inc = new Dictionary<string, Dictionary<string, double>>(state.Inception) { [k.ToString(CultureInfo.InvariantCulture)] = res };
                         state = state with { Inception = inc };
-                        await CheckpointParts.SaveStateAsync(ctx, a.Count, state);
+                        await ctx.Checkpoints.SaveStateAsync(a.Count, state);
                     }
                 }
                 finally { reference?.Dispose(); }
@@ -415,7 +415,7 @@ public static class ReconstructionCore
             ctx.Log($"K={k}: " + string.Join(", ", perK[k].Select(kv => $"{kv.Key} {kv.Value:G6}")));
         ctx.Log($"aggregated {a.Count} images x {ks.Length} token counts in {sw.Elapsed.TotalSeconds:F1} s; rFID reference: {referenceDesc}");
         state = state with { Done = true };
-        await CheckpointParts.SaveStateAsync(ctx, a.Count, state);
+        await ctx.Checkpoints.SaveStateAsync(a.Count, state);
         return state;
     }
 

@@ -153,7 +153,7 @@ public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
         var codes = new List<Tensor>();
         var labels = new List<Tensor>();
         long doneBatches = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             codes.Add(Npy.Load(Path.Combine(ck.Dir, "codes.npy")).ToTensor());
             labels.Add(Npy.Load(Path.Combine(ck.Dir, "labels.npy")).ToTensor());
@@ -163,7 +163,7 @@ public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
         {
             var c = cat(codes, 0); var l = cat(labels, 0);
             codes = [c]; labels = [l];
-            return ctx.SaveCheckpointAsync(b, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), c); Npy.Save(Path.Combine(dir, "labels.npy"), l); return Task.CompletedTask; });
+            return ctx.Checkpoints.SaveAsync(b, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), c); Npy.Save(Path.Combine(dir, "labels.npy"), l); return Task.CompletedTask; });
         }
         var opts = p.ToSamplingOptions();
         for (long b = doneBatches; b < batches; b++)

@@ -74,14 +74,14 @@ public sealed class SelftestJob : IFanOutJob<SelftestParams>
 
         long step = 0;
         double sum = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             var state = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(ck.Dir, "state.json"))).RootElement;
             (step, sum) = (state.GetProperty("step").GetInt64(), state.GetProperty("sum").GetDouble());
         }
         var resumedFrom = step;
 
-        Task Save(long s, double total) => ctx.SaveCheckpointAsync(s, dir =>
+        Task Save(long s, double total) => ctx.Checkpoints.SaveAsync(s, dir =>
             File.WriteAllTextAsync(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step = s, sum = total })));
 
         for (var i = step + 1; i <= p.N; i++)
