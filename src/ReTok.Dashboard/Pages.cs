@@ -7,7 +7,7 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 using static ReTok.Dashboard.Html;
 

@@ -5,7 +5,7 @@ using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReTok.Dashboard;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;

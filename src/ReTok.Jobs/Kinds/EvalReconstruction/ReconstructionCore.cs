@@ -6,7 +6,7 @@ using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.IO;

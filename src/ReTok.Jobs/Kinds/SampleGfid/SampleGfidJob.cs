@@ -3,7 +3,7 @@ using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models;
 using ReTok.Models.Generation;

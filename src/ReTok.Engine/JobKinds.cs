@@ -1,6 +1,6 @@
 using System.Reflection;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// A job kind's handler. One instance per execution (parameterless constructor). <typeparamref name="TParams"/> is the
@@ -47,8 +47,17 @@ public sealed class JobKindRegistry
 {
     readonly Dictionary<string, JobKindInfo> _kinds = new(StringComparer.Ordinal);
 
-    /// <summary>All kinds in ReTok.Jobs (src/ReTok.Jobs/Kinds/*).</summary>
-    public static JobKindRegistry Default { get; } = new JobKindRegistry().Scan(typeof(JobKindRegistry).Assembly);
+    static JobKindRegistry? _default;
+
+    /// <summary>
+    /// The kinds this process serves when a caller passes none. The engine knows no kinds (they reference models), so
+    /// the host sets it once at startup: <c>JobKindRegistry.Default = JobKinds.All</c> (ReTok.Jobs, src/ReTok.Jobs/Kinds/*).
+    /// </summary>
+    public static JobKindRegistry Default
+    {
+        get => _default ?? throw new InvalidOperationException("no job kinds registered: the host sets JobKindRegistry.Default (ReTok.Jobs.JobKinds.All) at startup");
+        set => _default = value;
+    }
 
     public JobKindRegistry Scan(Assembly assembly)
     {

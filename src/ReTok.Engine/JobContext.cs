@@ -3,7 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// What a handler gets: identity (RunId, Device), progress, batched metrics and logs, artifacts, verified inputs with
