@@ -3,7 +3,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using Hangfire;
 using Npgsql;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.Noop;
 using ReTok.Tracking;
 

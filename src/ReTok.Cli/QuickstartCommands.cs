@@ -3,7 +3,7 @@ using System.Security.Cryptography;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Tracking;
 using Spectre.Console;

@@ -3,7 +3,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json.Nodes;
 using ReTok.Evaluation.Metrics;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
 using ReTok.Models.Dinov2;
 using ReTok.Models.Tokenizer;

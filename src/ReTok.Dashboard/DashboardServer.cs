@@ -12,7 +12,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 using HangfireDashboardOptions = Hangfire.DashboardOptions;
 using ReTok.Dashboard.Monitoring;

@@ -1,6 +1,6 @@
 using System.Text;
 using System.Text.RegularExpressions;
-using ReTok.Evaluation.Plots;
+using ReTok.Plots;
 
 namespace ReTok.Dashboard;
 

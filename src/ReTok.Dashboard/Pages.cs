@@ -7,8 +7,8 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using ReTok.Dashboard.Auth;
-using ReTok.Evaluation.Plots;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
+using ReTok.Plots;
 using ReTok.Tracking;
 using static ReTok.Dashboard.Html;
 

@@ -5,8 +5,8 @@ using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReTok.Dashboard;
-using ReTok.Evaluation.Plots;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
+using ReTok.Plots;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;

@@ -1,6 +1,6 @@
 using System.Text.RegularExpressions;
 using ReTok.Dashboard;
-using ReTok.Evaluation.Plots;
+using ReTok.Plots;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;

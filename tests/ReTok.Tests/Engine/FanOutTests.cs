@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 

@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 

@@ -1,5 +1,5 @@
 using System.Text.RegularExpressions;
-using ReTok.Evaluation.Plots;
+using ReTok.Plots;
 using SkiaSharp;
 
 namespace ReTok.Tests.Evaluation;

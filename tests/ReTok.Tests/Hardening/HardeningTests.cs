@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Selftest;
 using ReTok.Models.IO;

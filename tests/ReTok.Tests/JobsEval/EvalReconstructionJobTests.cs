@@ -3,7 +3,7 @@ using System.Text.Json;
 using ReTok.Evaluation;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Shared;

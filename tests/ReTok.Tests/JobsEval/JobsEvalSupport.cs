@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;

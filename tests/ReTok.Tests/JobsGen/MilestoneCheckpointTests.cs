@@ -1,5 +1,5 @@
 using System.Formats.Tar;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models.IO;
 using ReTok.Tests.Tracking;

@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;

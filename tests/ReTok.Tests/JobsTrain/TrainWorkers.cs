@@ -1,7 +1,7 @@
 using ReTok.Models.IO;
 using System.Diagnostics;
 using System.Text;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.Dinov2;
 using ReTok.Models.Training;
 using ReTok.Tests.Tracking;

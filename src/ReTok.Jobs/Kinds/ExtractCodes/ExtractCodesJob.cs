@@ -1,5 +1,5 @@
 using ReTok.Evaluation.Images;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;

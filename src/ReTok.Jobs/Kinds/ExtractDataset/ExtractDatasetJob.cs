@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Evaluation.Images;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.IO;
 using TorchSharp;
 

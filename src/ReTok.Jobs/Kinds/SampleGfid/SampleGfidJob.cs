@@ -1,14 +1,14 @@
 using System.Text.Json;
+using ReTok.Engine;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
-using ReTok.Evaluation.Plots;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Plots;
 using ReTok.Tracking;
 using TorchSharp;
 using static TorchSharp.torch;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Jobs.Kinds.Selftest;
 

@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Jobs.Kinds.Shared;

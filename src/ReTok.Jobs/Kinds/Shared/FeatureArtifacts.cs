@@ -2,7 +2,7 @@ using Microsoft.EntityFrameworkCore;
 using ReTok.Evaluation;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.IO;
 using ReTok.Tracking;
 

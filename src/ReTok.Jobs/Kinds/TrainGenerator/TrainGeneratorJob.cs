@@ -1,6 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models;
 using ReTok.Models.Distributed;
 using ReTok.Models.Generation;

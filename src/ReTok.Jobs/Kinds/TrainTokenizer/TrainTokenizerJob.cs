@@ -4,7 +4,7 @@ using ReTok.Config;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;

@@ -1,6 +1,8 @@
 using System.Reflection;
+using System.Reflection.Metadata;
+using System.Reflection.PortableExecutable;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// A job kind's handler. One instance per execution (parameterless constructor). <typeparamref name="TParams"/> is the
@@ -71,14 +73,57 @@ public sealed class JobKindRegistry
 {
     readonly Dictionary<string, JobKindInfo> _kinds = new(StringComparer.Ordinal);
 
-    /// <summary>All kinds in ReTok.Jobs (src/ReTok.Jobs/Kinds/*).</summary>
-    public static JobKindRegistry Default { get; } = new JobKindRegistry().Scan(typeof(JobKindRegistry).Assembly);
+    static JobKindRegistry? _default;
+
+    /// <summary>
+    /// The kinds this process serves when a caller passes none. The engine knows no kinds (they reference models), so
+    /// the host sets it once at startup: <c>JobKindRegistry.Default = JobKinds.All</c> (ReTok.Jobs, src/ReTok.Jobs/Kinds/*).
+    /// </summary>
+    public static JobKindRegistry Default
+    {
+        get => _default ?? throw new InvalidOperationException("no job kinds registered: the host sets JobKindRegistry.Default (ReTok.Jobs.JobKinds.All) at startup");
+        set => _default = value;
+    }
 
     public JobKindRegistry Scan(Assembly assembly)
     {
-        foreach (var t in assembly.GetTypes())
+        foreach (var t in HandlerCandidates(assembly))
             if (t.GetCustomAttribute<JobKindAttribute>() is { } attr) Register(t, attr);
         return this;
+    }
+
+    /// <summary>
+    /// The types of <paramref name="assembly"/> that carry an attribute named JobKindAttribute, found in its metadata so
+    /// that only they are loaded: <see cref="Assembly.GetTypes"/> would load every type of the kinds assembly, and
+    /// TorchSharp with them, into processes that only validate specs (the dashboard).
+    /// </summary>
+    static IEnumerable<Type> HandlerCandidates(Assembly assembly)
+    {
+        if (assembly.IsDynamic || assembly.Location.Length == 0) return assembly.GetTypes();
+        using var pe = new PEReader(File.OpenRead(assembly.Location));
+        var md = pe.GetMetadataReader();
+        string FullName(TypeDefinition t) => t.GetDeclaringType().IsNil
+            ? (t.Namespace.IsNil ? "" : md.GetString(t.Namespace) + ".") + md.GetString(t.Name)
+            : FullName(md.GetTypeDefinition(t.GetDeclaringType())) + "+" + md.GetString(t.Name);
+        return md.TypeDefinitions.Select(md.GetTypeDefinition)
+            .Where(t => t.GetCustomAttributes().Any(a => AttributeTypeName(md, md.GetCustomAttribute(a)) == nameof(JobKindAttribute)))
+            .Select(t => assembly.GetType(FullName(t), throwOnError: true)!).ToList();
+    }
+
+    static string? AttributeTypeName(MetadataReader md, CustomAttribute a)
+    {
+        EntityHandle ctorParent = a.Constructor.Kind switch
+        {
+            HandleKind.MemberReference => md.GetMemberReference((MemberReferenceHandle)a.Constructor).Parent,
+            HandleKind.MethodDefinition => md.GetMethodDefinition((MethodDefinitionHandle)a.Constructor).GetDeclaringType(),
+            _ => default,
+        };
+        return ctorParent.Kind switch
+        {
+            HandleKind.TypeReference => md.GetString(md.GetTypeReference((TypeReferenceHandle)ctorParent).Name),
+            HandleKind.TypeDefinition => md.GetString(md.GetTypeDefinition((TypeDefinitionHandle)ctorParent).Name),
+            _ => null,
+        };
     }
 
     public JobKindRegistry Register(Type handler, JobKindAttribute attr)

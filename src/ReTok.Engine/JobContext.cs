@@ -2,7 +2,7 @@ using System.Formats.Tar;
 using System.Text.Json;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// What a handler gets: identity (RunId, Device), progress, batched metrics and logs, artifacts, verified inputs with

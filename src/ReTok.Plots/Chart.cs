@@ -1,10 +1,9 @@
 using System.Globalization;
 using System.Net;
 using System.Text;
-using ReTok.Models.IO;
 using SkiaSharp;
 
-namespace ReTok.Evaluation.Plots;
+namespace ReTok.Plots;
 
 /// <summary>One curve of a chart: a name (run, metric, "best") and its (x, y) points in x order.</summary>
 public sealed record Series(string Name, IReadOnlyList<(double X, double Y)> Points);
@@ -187,7 +186,14 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
         }
         using var img = surface.Snapshot();
         using var data = img.Encode(SKEncodedImageFormat.Png, 100);
-        AtomicFile.Write(path, st => data.SaveTo(st));
+        // atomic: a reader (or a resumed run) never sees half a PNG
+        var tmp = $"{path}.{Guid.NewGuid():N}.tmp";
+        try
+        {
+            using (var st = File.Create(tmp)) data.SaveTo(st);
+            File.Move(tmp, path, overwrite: true);
+        }
+        finally { File.Delete(tmp); }
     }
 
     /// <summary>A number as the pages print it: short, invariant, exponent for very large or small magnitudes.</summary>

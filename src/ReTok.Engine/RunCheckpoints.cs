@@ -3,7 +3,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// The engine's checkpoint policy for one execution (<see cref="JobContext.Checkpoints"/>): the latest checkpoint,

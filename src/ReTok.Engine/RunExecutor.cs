@@ -3,7 +3,7 @@ using Hangfire;
 using Hangfire.Server;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>What a worker process shares with every execution it runs.</summary>
 public sealed class ExecutorHost
