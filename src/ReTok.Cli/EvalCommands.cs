@@ -1,5 +1,6 @@
 using System.CommandLine;
 using System.Diagnostics;
+using ReTok.Bench;
 using ReTok.Evaluation;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
