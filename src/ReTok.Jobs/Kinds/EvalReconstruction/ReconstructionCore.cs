@@ -1,12 +1,12 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
-using ReTok.Evaluation;
+using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Engine;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.IO;

@@ -1,10 +1,9 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Evaluation.Images;
 using ReTok.Engine;
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
-using TorchSharp;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 

@@ -1,5 +1,4 @@
 using System.Globalization;
-using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using SkiaSharp;
