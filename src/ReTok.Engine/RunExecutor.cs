@@ -1,4 +1,3 @@
-using System.ComponentModel;
 using Hangfire;
 using Hangfire.Server;
 using ReTok.Tracking;

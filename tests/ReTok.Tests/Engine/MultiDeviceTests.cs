@@ -1,5 +1,4 @@
 using ReTok.Engine;
-using ReTok.Jobs.Kinds.Selftest;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 

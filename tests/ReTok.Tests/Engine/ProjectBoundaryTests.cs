@@ -8,7 +8,6 @@ using ReTok.Dashboard.Auth;
 using ReTok.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
-using ReTok.Tracking;
 
 namespace ReTok.Tests.Engine;
 

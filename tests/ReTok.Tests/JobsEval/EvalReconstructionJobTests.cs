@@ -1,18 +1,15 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Evaluation;
-using ReTok.Evaluation.Inception;
-using ReTok.Evaluation.Metrics;
 using ReTok.Engine;
+using ReTok.Evaluation.Features;
+using ReTok.Evaluation.Metrics;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Jobs.Kinds.ExtractDataset;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
-using TorchSharp.PyBridge;
 using Xunit.Abstractions;
 using static ReTok.Tests.JobsEval.JobsEvalSupport;
 

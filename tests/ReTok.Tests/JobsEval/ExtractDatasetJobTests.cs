@@ -1,9 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Evaluation.Images;
 using ReTok.Engine;
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 using ReTok.Tests.Engine;

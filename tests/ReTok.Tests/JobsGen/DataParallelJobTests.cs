@@ -1,6 +1,5 @@
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
-using ReTok.Models.Distributed;
 using ReTok.Models.IO;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;

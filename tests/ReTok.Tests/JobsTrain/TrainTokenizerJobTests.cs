@@ -2,7 +2,6 @@ using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
-using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
 using ReTok.Tracking;

@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using ReTok.Engine;
-using ReTok.Evaluation;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;

@@ -1,4 +1,3 @@
-using ReTok.Evaluation.Images;
 using ReTok.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;

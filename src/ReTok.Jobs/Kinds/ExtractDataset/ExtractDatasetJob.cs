@@ -1,9 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Evaluation.Images;
 using ReTok.Engine;
+using ReTok.Evaluation.Images;
 using ReTok.Models.IO;
-using TorchSharp;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 

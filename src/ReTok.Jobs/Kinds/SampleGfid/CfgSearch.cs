@@ -1,7 +1,5 @@
 using System.Globalization;
-using ReTok.Models;
 using ReTok.Models.Generation;
-using ReTok.Models.IO;
 
 namespace ReTok.Jobs.Kinds.SampleGfid;
 

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
@@ -280,7 +281,7 @@ static class SampleGfidAggregate
             await ctx.RecordProvenanceAsync(vals.Where(v => double.IsFinite(v.Item2)).Select(v => v.Item1), new EvalProvenance
             {
                 Evaluator = Shared.EvalProtocols.Adm, EvaluatorVersion = Shared.EvalProtocols.AdmVersion, Weights = Path.GetFileName(weights),
-                WeightsSha256 = Shared.FeatureArtifacts.WeightsId(weights, p.FeatureCache ? ReTok.Evaluation.FeatureCache.Default() : null),
+                WeightsSha256 = Shared.FeatureArtifacts.WeightsId(weights, p.FeatureCache ? FeatureCache.Default() : null),
                 Reference = $"run:{refArtifact.RunId}/{refArtifact.Name}", ReferenceSha256 = await Shared.EvalProtocols.ShaAsync(ctx, refArtifact.RunId, refArtifact.Name),
                 Preprocess = "generated at 256 (tokenizer decoder, no resize); reference as given; Inception: TF1 bilinear resize to 299",
                 Samples = total, Precision = p.AutocastDtype(Devices.Resolve(ctx.Device).type) is { } dt ? dt.ToString() : "Float32", Seed = p.Seed, K = p.Tokens,

@@ -1,5 +1,4 @@
 using ReTok.Engine;
-using ReTok.Tracking;
 
 namespace ReTok.Jobs.Kinds.Shared;
 

@@ -5,7 +5,6 @@ using ReTok.Models;
 using ReTok.Models.Distributed;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
-using ReTok.Models.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 

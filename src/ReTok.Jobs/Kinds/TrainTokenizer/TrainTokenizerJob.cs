@@ -1,10 +1,10 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ReTok.Config;
+using ReTok.Engine;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;
