@@ -4,6 +4,7 @@ using System.Net.Http.Headers;
 using System.Net.Sockets;
 using System.Reflection;
 using System.Text;
+using System.Text.RegularExpressions;
 using ReTok.Dashboard.Auth;
 using ReTok.Engine;
 using ReTok.Tests.Tracking;
@@ -141,4 +142,39 @@ public sealed class ProjectBoundaryTests(TestDatabase db) : IClassFixture<TestDa
         while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
         return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
     }
+}
+
+/// <summary>Issue 16.6: ReTok.Models' namespaces import each other without a circle (Layers and IO below the models).</summary>
+public sealed class ModelNamespaceTests
+{
+    [Fact]
+    public void Model_namespaces_form_no_import_circle()
+    {
+        var root = new DirectoryInfo(AppContext.BaseDirectory);
+        while (root != null && !File.Exists(Path.Combine(root.FullName, "ReTok.Jobs.sln"))) root = root.Parent;
+        var src = Path.Combine(root!.FullName, "src", "ReTok.Models");
+        const string Ns = "ReTok.Models";
+        var edges = new Dictionary<string, HashSet<string>>();
+        foreach (var file in Directory.EnumerateFiles(src, "*.cs", SearchOption.AllDirectories).Where(f => !f.Contains("/obj/") && !f.Contains("/bin/")))
+        {
+            var text = File.ReadAllText(file);
+            var ns = Regex.Match(text, @"^namespace ([\w.]+);", RegexOptions.Multiline).Groups[1].Value;
+            var targets = edges.TryGetValue(ns, out var t) ? t : edges[ns] = [];
+            // `using ReTok.Models.X;`, `ReTok.Models.X.Type` and, inside ReTok.Models.*, the sibling-relative `X.Type`
+            foreach (Match m in Regex.Matches(text, @"\bReTok\.Models\.([A-Z]\w*)\b(?=;|\.[A-Z])"))
+                targets.Add($"{Ns}.{m.Groups[1].Value}");
+            foreach (var sibling in Directory.EnumerateDirectories(src).Select(Path.GetFileName).Where(d => d is not ("bin" or "obj")))
+                if (Regex.IsMatch(text, $@"(?<![\w.]){sibling}\.[A-Z]\w*")) targets.Add($"{Ns}.{sibling}");
+            targets.Remove(ns);
+            // a sub-namespace sees the root's types implicitly
+            if (ns != Ns) targets.Add(Ns);
+        }
+        Assert.True(edges.ContainsKey($"{Ns}.Layers"), "the walk found the Layers namespace");
+        foreach (var (a, bs) in edges)
+            foreach (var b in bs)
+                Assert.False(Reaches(b, a, edges, []), $"{a} -> {b} closes an import circle");
+    }
+
+    static bool Reaches(string from, string to, Dictionary<string, HashSet<string>> edges, HashSet<string> seen) =>
+        from == to || seen.Add(from) && edges.TryGetValue(from, out var next) && next.Any(n => Reaches(n, to, edges, seen));
 }
