@@ -6,7 +6,7 @@ RUN dotnet publish src/ReTok.Cli/ReTok.Cli.csproj -c Release -r linux-x64 --self
 
 FROM mcr.microsoft.com/dotnet/aspnet:10.0.0-bookworm-slim
 # jemalloc that keeps freed pages: glibc maps every tensor >= 32 MB afresh and the page faults dominate CPU training
-# (docs/jobs-train.md, "allocator")
+# (docs/jobs-train-tokenizer.md, "allocator")
 RUN apt-get update && apt-get install -y --no-install-recommends libjemalloc2 && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY --from=build /out .

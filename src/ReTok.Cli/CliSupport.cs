@@ -1,5 +1,5 @@
 using System.CommandLine;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Cli;

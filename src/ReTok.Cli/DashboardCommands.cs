@@ -1,7 +1,7 @@
 using System.CommandLine;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Cli;

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Cli;
 

@@ -1,6 +1,6 @@
 using System.CommandLine;
-using System.Diagnostics;
-using ReTok.Evaluation;
+using ReTok.Bench;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
@@ -8,7 +8,6 @@ using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models;
 using ReTok.Models.IO;
-using TorchSharp;
 
 namespace ReTok.Cli;
 

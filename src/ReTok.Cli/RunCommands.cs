@@ -61,7 +61,7 @@ public static class RunCommands
             var id = pr.GetValue(RunId);
             _ = await c.Tracker.Runs.GetAsync(id, ct) ?? throw new CliError($"run {id} does not exist");
             var rows = (await c.Tracker.ListArtifactsAsync(id, ct))
-                .Where(a => a.Name == ReTok.Jobs.Engine.JobContext.CheckpointName || a.Name.StartsWith(ReTok.Jobs.Engine.JobContext.MilestonePrefix))
+                .Where(a => a.Name == ReTok.Engine.RunCheckpoints.Latest || a.Name.StartsWith(ReTok.Engine.RunCheckpoints.MilestonePrefix))
                 .Select(a => (A: a, Step: System.Text.Json.Nodes.JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>()))
                 .OrderBy(r => r.Step ?? -1).ThenBy(r => r.A.Name, StringComparer.Ordinal).ToList();
             var table = new Table().AddColumns("step", "name", "size", "saved", "use as");

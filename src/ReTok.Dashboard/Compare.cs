@@ -1,5 +1,4 @@
 using System.Text.Json;
-using ReTok.Tracking;
 using YamlDotNet.Serialization;
 
 namespace ReTok.Dashboard;

@@ -1,5 +1,5 @@
 using System.Net;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Dashboard;
 

@@ -11,12 +11,11 @@ using Microsoft.AspNetCore.Http.Features;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
-using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
-using ReTok.Tracking;
-using HangfireDashboardOptions = Hangfire.DashboardOptions;
-using ReTok.Dashboard.Monitoring;
 using OpenTelemetry.Metrics;
+using ReTok.Dashboard.Auth;
+using ReTok.Dashboard.Monitoring;
+using HangfireDashboardOptions = Hangfire.DashboardOptions;
+using ReTok.Engine;
 
 namespace ReTok.Dashboard;
 

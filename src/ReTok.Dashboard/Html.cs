@@ -26,8 +26,7 @@ public static class Html
     /// <summary>A value for a URL query component.</summary>
     public static string U(object? v) => Uri.EscapeDataString(v?.ToString() ?? "");
 
-    public static string Num(double d) => double.IsNaN(d) ? "NaN" : Math.Abs(d) >= 1e5 || (Math.Abs(d) < 1e-3 && d != 0)
-        ? d.ToString("0.###e+0", CultureInfo.InvariantCulture) : d.ToString("0.####", CultureInfo.InvariantCulture);
+    public static string Num(double d) => ReTok.Plots.Chart.Num(d);
 
     public static string Size(long b) => b >= 1 << 30 ? $"{b / (double)(1 << 30):F2} GiB" : b >= 1 << 20 ? $"{b / (double)(1 << 20):F1} MiB"
         : b >= 1 << 10 ? $"{b / 1024.0:F1} KiB" : $"{b} B";

@@ -1,5 +1,6 @@
 using System.Text;
 using System.Text.RegularExpressions;
+using ReTok.Plots;
 
 namespace ReTok.Dashboard;
 
@@ -48,7 +49,7 @@ public static partial class KCurves
             var series = runs.Select(r => (r.Label, Curve: r.Curves.FirstOrDefault(c => c.Title == title)))
                 .Where(x => x.Curve is not null)
                 .Select(x => new Series(x.Label, x.Curve!.Points.Select(p => ((double)p.K, p.Value)).ToList())).ToList();
-            sb.Append($"<figure class=\"k-curve\" data-key=\"{Html.E(title)}\">").Append(Svg.LineChart(title, series, "tokens K", log2X: true)).Append("</figure>");
+            sb.Append($"<figure class=\"k-curve\" data-key=\"{Html.E(title)}\">").Append(new Chart(title, "tokens K", "", series, Log2X: true).ToSvg()).Append("</figure>");
         }
         return sb.ToString();
     }

@@ -7,7 +7,8 @@ using Microsoft.AspNetCore.Builder;
 using Microsoft.AspNetCore.Http;
 using Microsoft.Extensions.DependencyInjection;
 using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
+using ReTok.Plots;
 using ReTok.Tracking;
 using static ReTok.Dashboard.Html;
 
@@ -201,7 +202,7 @@ public static class Pages
         charts.Append("<div class=\"charts\" id=\"charts\">");
         static bool IsSystem(string key) => key.StartsWith("sys/", StringComparison.Ordinal);
         string Figure(string key, IEnumerable<(long Step, double Value)> pts) =>
-            $"<figure data-key=\"{E(key)}\">{Svg.LineChart(key, [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())])}</figure>";
+            $"<figure data-key=\"{E(key)}\">{new Chart(key, "step", "", [new Series("", pts.Select(p => ((double)p.Step, p.Value)).ToList())]).ToSvg()}</figure>";
         foreach (var (key, pts) in series.Where(kv => !KCurves.TryParseKey(kv.Key, out _, out _, out _) && !IsSystem(kv.Key)).OrderBy(kv => kv.Key, StringComparer.Ordinal).Take(40))
             charts.Append(Figure(key, pts));
         charts.Append("</div>");
@@ -308,8 +309,8 @@ public static class Pages
         var seriesByRun = new List<(RunDto Run, Dictionary<string, List<(long Step, double Value)>> S)>();
         foreach (var r in c.Runs) seriesByRun.Add((r, await d.SeriesAsync(r.Id, ctx.RequestAborted)));
         foreach (var key in seriesByRun.SelectMany(x => x.S.Where(kv => kv.Value.Count > 1).Select(kv => kv.Key)).Distinct().Order(StringComparer.Ordinal).Take(30))
-            charts.Append("<figure>").Append(Svg.LineChart(key, seriesByRun.Where(x => x.S.ContainsKey(key))
-                .Select(x => new Series($"#{x.Run.Id} {x.Run.Name}", x.S[key].Select(p => ((double)p.Step, p.Value)).ToList())).ToList())).Append("</figure>");
+            charts.Append("<figure>").Append(new Chart(key, "step", "", seriesByRun.Where(x => x.S.ContainsKey(key))
+                .Select(x => new Series($"#{x.Run.Id} {x.Run.Name}", x.S[key].Select(p => ((double)p.Step, p.Value)).ToList())).ToList()).ToSvg()).Append("</figure>");
         charts.Append("</div>");
         var kRuns = c.Runs.Select((r, i) => ($"#{r.Id} {r.Name}", KCurves.From(c.Metrics.Where(m => m.Values[i] is not null).Select(m => (m.Key, m.Values[i]!.Value))))).ToList();
         var kCharts = kRuns.Any(r => r.Item2.Count > 0) ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";

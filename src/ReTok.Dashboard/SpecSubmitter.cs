@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using YamlDotNet.RepresentationModel;
 
 namespace ReTok.Dashboard;

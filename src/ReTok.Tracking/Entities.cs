@@ -98,6 +98,11 @@ public class Run
     /// <summary>On a shard: the aggregator run whose <see cref="PendingChildren"/> it decrements when it succeeds.</summary>
     public long? FanInRunId { get; set; }
     public int? ShardIndex { get; set; }
+    /// <summary>
+    /// On a shard or aggregator: the engine-owned state its parent handed it at fan-out (a row range, a search's history),
+    /// jsonb. Kept out of <see cref="Parameters"/> so a spec cannot set it; null on every other run.
+    /// </summary>
+    [Column(TypeName = "jsonb")] public string? FanOutState { get; set; }
     /// <summary>On a run that spawned shards: the aggregator that finishes its work (and its pipeline step).</summary>
     public long? ContinuedByRunId { get; set; }
     public DateTimeOffset? QueuedAt { get; set; }

@@ -4,7 +4,8 @@ using Npgsql;
 namespace ReTok.Tracking;
 
 /// <summary>A run to spawn from a running one: its kind, validated parameters (JSON), their config hash and its queue.</summary>
-public sealed record ChildRun(string Kind, string Parameters, string ConfigHash, string Queue);
+/// <summary>A run to create at fan-out: its kind, parameters and queue, the parent's inputs (as run:ID/NAME) and its fan-out state.</summary>
+public sealed record ChildRun(string Kind, string Parameters, string ConfigHash, string Queue, string Inputs = "{}", string? FanOutState = null);
 
 public sealed record FanOut(long AggregatorRunId, IReadOnlyList<long> ShardRunIds);
 
@@ -100,7 +101,7 @@ public sealed partial class RunStore
             {
                 Kind = c.Kind, Parameters = c.Parameters, ConfigHash = c.ConfigHash, Seed = parent.Seed, CodeVersion = parent.CodeVersion,
                 Queue = c.Queue, Priority = parent.Priority, Tags = parent.Tags.ToList(), ExperimentId = parent.ExperimentId, ParentRunId = parent.Id,
-                PipelineId = parent.PipelineId, PipelineStep = parent.PipelineStep,
+                PipelineId = parent.PipelineId, PipelineStep = parent.PipelineStep, Inputs = c.Inputs, FanOutState = c.FanOutState,
             };
             var agg = Child(aggregator);
             agg.Name = $"{parent.Name ?? $"run {parent.Id}"}/aggregate";

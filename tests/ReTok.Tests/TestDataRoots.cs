@@ -14,5 +14,7 @@ static class TestDataRoots
     {
         if (Environment.GetEnvironmentVariable("RETOK_DATA_ROOTS") is null)
             Environment.SetEnvironmentVariable("RETOK_DATA_ROOTS", $"{Path.GetTempPath().TrimEnd('/')}:{AppContext.BaseDirectory.TrimEnd('/')}");
+        // what `retok` does at startup: the engine serves the kinds of ReTok.Jobs
+        ReTok.Engine.JobKindRegistry.Default = ReTok.Jobs.JobKinds.All;
     }
 }

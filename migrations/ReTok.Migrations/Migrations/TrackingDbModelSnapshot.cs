@@ -383,6 +383,10 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("bigint")
                         .HasColumnName("fan_in_run_id");
 
+                    b.Property<string>("FanOutState")
+                        .HasColumnType("jsonb")
+                        .HasColumnName("fan_out_state");
+
                     b.Property<DateTimeOffset?>("FinishedAt")
                         .HasColumnType("timestamp with time zone")
                         .HasColumnName("finished_at");

@@ -3,7 +3,7 @@ using System.Net;
 using Hangfire;
 using Hangfire.Common;
 using Hangfire.Dashboard;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 
 namespace ReTok.Dashboard.Monitoring;

@@ -1,6 +1,6 @@
 using System.Security.Cryptography;
 
-namespace ReTok.Evaluation;
+namespace ReTok.Evaluation.Features;
 
 /// <summary>
 /// Inception features keyed by sha256(input npz) + the Inception weights id, stored as <c>{dir}/{sha[..32]}-{weights[..16]}.npz</c>.

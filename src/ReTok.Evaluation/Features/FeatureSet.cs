@@ -1,8 +1,7 @@
 using ReTok.Models.IO;
-using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ReTok.Evaluation;
+namespace ReTok.Evaluation.Features;
 
 /// <summary>
 /// Inception features of an image batch, float32: pool [N,2048] (FID, IS via logits, precision/recall), spatial [N,2023]

@@ -1,5 +1,4 @@
 using ReTok.Models.Images;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Evaluation.Images;

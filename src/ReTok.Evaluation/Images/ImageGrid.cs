@@ -1,6 +1,5 @@
 using ReTok.Models.Images;
 using SkiaSharp;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Evaluation.Images;

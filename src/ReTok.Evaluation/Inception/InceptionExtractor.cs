@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Weights;
 using ReTok.Models.IO;
 using TorchSharp;

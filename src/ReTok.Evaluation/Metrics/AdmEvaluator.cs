@@ -1,10 +1,9 @@
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Inception;
 using ReTok.Models.IO;
-using TorchSharp;
-using static TorchSharp.torch;
 
 namespace ReTok.Evaluation.Metrics;
 

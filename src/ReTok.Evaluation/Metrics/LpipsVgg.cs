@@ -1,8 +1,6 @@
-using TorchSharp;
-using TorchSharp.Modules;
-using ReTok.Evaluation.Weights;
 using ReTok.Models;
 using ReTok.Models.IO;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;
 

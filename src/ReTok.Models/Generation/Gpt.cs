@@ -389,7 +389,7 @@ public sealed class Gpt : nn.Module
         var h = tok_dropout.forward(x);
         bool ckpt = ActivationCheckpointing && training && is_grad_enabled();
         foreach (var layer in layers)
-            h = ckpt ? ReTok.Models.Training.ActivationCheckpoint.Apply(x => layer.forward(x), h, layer.parameters().ToArray()) : layer.forward(h);
+            h = ckpt ? Layers.ActivationCheckpoint.Apply(x => layer.forward(x), h, layer.parameters().ToArray()) : layer.forward(h);
         var logits = Head(h);
         Tensor? loss = targets is null ? null : F.cross_entropy(logits.view(-1, logits.shape[^1]), targets.reshape(-1));
         return (logits, loss);

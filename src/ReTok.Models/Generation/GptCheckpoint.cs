@@ -1,7 +1,6 @@
 // GPT weights: files are read, written and strictly loaded by ReTok.Models.IO.StateDictFile; this file adds what is
 // GPT-specific: the sampler's key order, the reference's prefix stripping, the ignored KV caches and config inference.
 using ReTok.Models.IO;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Models.Generation;

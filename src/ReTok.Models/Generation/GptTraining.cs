@@ -1,12 +1,11 @@
 // Training pieces of ReTok's autoregressive/train/train_c2i.py: AdamW param groups, the WSD schedule
 // (tokenizer/tokenizer_image/scheduler.py wsd_lr), one optimisation step, and the ten-crop code extraction of
 // autoregressive/train/extract_codes_c2i.py as a pure function over images.
-using TorchSharp;
 using ReTok.Models.Distributed;
 using ReTok.Models.Training;
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Models.Generation;
 

@@ -1,7 +1,5 @@
 // Port of ReTok's autoregressive/models/generate.py (c2i path): CFG with the doubled batch [cond; null], the per-token
 // CFG schedules, temperature / top-k / top-p (HF v3.2 filtering) and multinomial sampling, with a KV cache.
-using ReTok.Models;
-using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 using Generator = TorchSharp.torch.Generator;

@@ -1,4 +1,4 @@
-using ReTok.Models.Training;
+using ReTok.Models.Layers;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;

@@ -348,7 +348,7 @@ public sealed class ReTokTokenizer : nn.Module
             {
                 case Linear l: TruncNormal(l.weight!, 0.02); l.bias?.zero_(); break;
                 case Conv2d c: TruncNormal(c.weight!, 0.02); c.bias?.zero_(); break;
-                case Training.SafeConv2d c: TruncNormal(c.Weight, 0.02); c.Bias?.zero_(); break;
+                case Layers.SafeConv2d c: TruncNormal(c.Weight, 0.02); c.Bias?.zero_(); break;
                 case LayerNorm n: n.weight!.fill_(1); n.bias!.zero_(); break;
             }
     }

@@ -1,4 +1,4 @@
-using TorchSharp;
+using ReTok.Models.Layers;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;

@@ -1,5 +1,4 @@
 using ReTok.Models.Tokenizer;
-using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 

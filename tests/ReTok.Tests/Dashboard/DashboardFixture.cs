@@ -5,7 +5,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 

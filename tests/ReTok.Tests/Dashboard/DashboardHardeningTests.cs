@@ -5,7 +5,8 @@ using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 using ReTok.Dashboard;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
+using ReTok.Plots;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;
@@ -418,12 +419,12 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
     {
         foreach (var (lo, hi) in new[] { (-1.5e308, 1.5e308), (1.5e308, 1.5e308), (double.NaN, 1.0), (0.0, double.PositiveInfinity), (double.NaN, double.NaN), (-double.MaxValue, double.MaxValue), (3.0, 3.0), (0.0, 1e-300) })
         {
-            var t = Svg.Ticks(lo, hi);
+            var t = Chart.Ticks(lo, hi);
             Assert.True(t.Length >= 2, $"{lo}..{hi}");
             Assert.All(t, v => Assert.True(double.IsFinite(v), $"{lo}..{hi}: {v}"));
             Assert.True(t.Zip(t.Skip(1)).All(p => p.First < p.Second), $"{lo}..{hi}: {string.Join(", ", t)}");
         }
-        var unit = Svg.Ticks(0, 1);
+        var unit = Chart.Ticks(0, 1);
         Assert.Equal((6, 0.0, 1.0), (unit.Length, unit[0], unit[^1]));
 
         var a = await f.Tracker.Runs.InsertAsync(new Run { Name = "diverged-a", Kind = "selftest", Status = RunStatus.Failed, Parameters = "{}" });

@@ -1,5 +1,6 @@
 using System.Text.RegularExpressions;
 using ReTok.Dashboard;
+using ReTok.Plots;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;
@@ -23,7 +24,7 @@ public sealed class KCurveTests(DashboardFixture f) : IClassFixture<DashboardFix
     [Fact]
     public void Log2_axis_ticks_are_the_powers_of_two_and_points_keep_their_K()
     {
-        var svg = Svg.LineChart("psnr vs K", [new Series("a", [(8, 12), (16, 15), (32, 18), (64, 20)])], "tokens K", log2X: true);
+        var svg = new Chart("psnr vs K", "tokens K", "", [new Series("a", [(8, 12), (16, 15), (32, 18), (64, 20)])], Log2X: true).ToSvg();
         var ticks = Regex.Matches(svg, "text-anchor=\"middle\">(\\d+)</text>").Select(x => x.Groups[1].Value).ToList();
         Assert.Equal(new[] { "8", "16", "32", "64" }, ticks);
         Assert.Equal(4, Regex.Matches(svg, "<circle class=\"pt\"").Count);

@@ -1,10 +1,10 @@
 using System.Net;
 using System.Net.Sockets;
 using System.Text.Json;
-using k8s.Models;
 using Npgsql;
 using ReTok.Tests.Infra;
 using ReTok.Tests.Tracking;
+using k8s.Models;
 
 namespace ReTok.Tests.Deploy;
 

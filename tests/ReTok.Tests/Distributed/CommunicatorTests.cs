@@ -1,7 +1,5 @@
 using ReTok.Models.Distributed;
-using TorchSharp;
 using static TorchSharp.torch;
-using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Distributed;
 

@@ -1,5 +1,4 @@
-using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.Selftest;
+using ReTok.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 

@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Tests.Engine;
 

@@ -1,7 +1,6 @@
 using System.Diagnostics;
-using System.Text.Json;
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 
@@ -23,7 +22,7 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
     static long Sum(long n) => n * (n + 1) / 2;
 
     async Task<long> CheckpointStepAsync(long runId) =>
-        await _env.Tracker.GetArtifactAsync(runId, JobContext.CheckpointName) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
+        await _env.Tracker.GetArtifactAsync(runId, RunCheckpoints.Latest) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
 
     /// <summary>Starts two workers on <paramref name="queue"/>; returns (the one that took run <paramref name="id"/>, the other).</summary>
     async Task<(WorkerProcess Holder, WorkerProcess Other, long RunId)> TwoWorkersAndAJobAsync(string prefix, string queue, string yaml)

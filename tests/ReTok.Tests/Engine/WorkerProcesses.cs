@@ -1,7 +1,7 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 

@@ -1,6 +1,6 @@
 using System.CommandLine;
 using System.Text.Json;
-using ReTok.Evaluation;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
 using ReTok.Models.IO;

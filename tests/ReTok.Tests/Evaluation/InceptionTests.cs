@@ -1,6 +1,5 @@
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Weights;
-using TorchSharp;
 
 namespace ReTok.Tests.Evaluation;
 

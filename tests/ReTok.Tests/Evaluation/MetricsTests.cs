@@ -1,4 +1,4 @@
-using ReTok.Evaluation;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
 using ReTok.Models.IO;

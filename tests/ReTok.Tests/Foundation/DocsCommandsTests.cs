@@ -1,7 +1,7 @@
 using System.CommandLine;
 using System.Text.RegularExpressions;
 using ReTok.Cli;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tests.Infra;
 
 namespace ReTok.Tests.Foundation;

@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Selftest;
 using ReTok.Models.IO;
@@ -61,8 +61,8 @@ public sealed class DataRootsTests
         Assert.DoesNotContain("s3cret", ex.Message);
         Assert.DoesNotContain("root:x:", ex.Message);
 
-        // Nested sections are walked: eval-reconstruction shards carry the checkpoint inside `tokenizer`.
-        var shard = new ReTok.Jobs.Kinds.EvalReconstruction.EvalReconShardParams
+        // Nested sections are walked: a record holding eval-reconstruction's tokenizer source and settings.
+        var shard = new NestedPaths
         {
             Tokenizer = new() { Checkpoint = "/etc/shadow", ConfigPath = "/etc/hosts" }, Settings = new() { WeightsDir = "/root" },
         };
@@ -81,7 +81,7 @@ public sealed class DataRootsTests
         var notPaths = new HashSet<string>
         {
             "ArtifactRef.Name", "TokenizerSource.Preset", "TokenizerSource.Prefer", "EvalReconstructionParams.Preset", "EvalReconstructionParams.Prefer",
-            "EvalReconAggregateParams.Tokenizer", "SampleGfidParams.CfgSchedule", "TrainGeneratorParams.GptModel", "TrainGeneratorParams.DecayType",
+            "SampleGfidParams.CfgSchedule", "TrainGeneratorParams.GptModel", "TrainGeneratorParams.DecayType",
             "TrainTokenizerParams.MixedPrecision", "SampleGfidParams.Precision", "ValLossParams.Precision", "DataParallelConfig.Backend", "TrainerSection.LrScheduler", "TrainerSection.Optimizer", "TrainerSection.DistillModel",
             "LossSection.LossCls", "VqLossParams.DiscType", "VqLossParams.DiscLoss", "VqLossParams.Norm", "VqLossParams.GenAdvLoss", "VqLossParams.ReconstructionLoss",
         };
@@ -389,4 +389,11 @@ public sealed class ConnectionPoolTests(TestDatabase db, Xunit.Abstractions.ITes
         log.WriteLine($"{slots} slot(s): peak {peak} connections");
         Assert.True(peak <= 2 * slots + 8, $"peak {peak} connections for {slots} slots (budget 2 x slots + 8)");
     }
+}
+
+/// <summary>Parameters with nested path-bearing sections (eval-reconstruction's tokenizer source and settings).</summary>
+public sealed record NestedPaths
+{
+    public ReTok.Jobs.Kinds.EvalReconstruction.TokenizerSource Tokenizer { get; init; } = new();
+    public ReTok.Jobs.Kinds.EvalReconstruction.ReconSettings Settings { get; init; } = new();
 }

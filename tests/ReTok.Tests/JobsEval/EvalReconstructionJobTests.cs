@@ -1,18 +1,15 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Evaluation;
-using ReTok.Evaluation.Inception;
+using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Metrics;
-using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Jobs.Kinds.ExtractDataset;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
-using TorchSharp.PyBridge;
 using Xunit.Abstractions;
 using static ReTok.Tests.JobsEval.JobsEvalSupport;
 
@@ -97,7 +94,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         // Sharded == single worker: the same bytes and the same metric values.
         var shards = (await _env.Tracker.Runs.ListAsync(new RunFilter(ParentRunId: parent))).Where(r => r.FanInRunId == agg.Id).OrderBy(r => r.ShardIndex).ToList();
         Assert.Equal(2, shards.Count);
-        Assert.Equal(new[] { 0L, 2L }, shards.Select(s => JsonDocument.Parse(s.Parameters).RootElement.GetProperty("start").GetInt64()));
+        Assert.Equal(new[] { 0L, 2L }, shards.Select(s => JsonDocument.Parse(s.FanOutState!).RootElement.GetProperty("start").GetInt64()));   // engine-owned, not a parameter
         foreach (var k in new[] { 8, 256 })
             Assert.Equal(await ShaAsync(_env.Tracker, single, $"recon_k{k}.npz"), await ShaAsync(_env.Tracker, agg.Id, $"recon_k{k}.npz"));
         var m1 = JsonDocument.Parse(File.ReadAllText(await DownloadAsync(_env.Tracker, single, "metrics.json", root))).RootElement;
@@ -182,7 +179,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         Assert.Contains("shard-1", aggInputs);
         Assert.Contains("data", aggInputs);
         foreach (var id in shards.Select(s => s.Id).Append(single))
-            Assert.All((await _env.Tracker.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(CheckpointParts.Prefix)), a => Assert.Equal(0, a.SizeBytes));
+            Assert.All((await _env.Tracker.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(RunCheckpoints.PartPrefix)), a => Assert.Equal(0, a.SizeBytes));
         _log.WriteLine($"total {sw.Elapsed.TotalSeconds:F1} s");
     }
 }

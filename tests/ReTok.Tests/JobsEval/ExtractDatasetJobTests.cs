@@ -1,8 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
+using ReTok.Engine;
 using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 using ReTok.Tests.Engine;
@@ -100,7 +100,7 @@ public sealed class ExtractDatasetJobTests : IClassFixture<EngineEnvironment>
         Assert.Subset(Rows(arr).ToHashSet(), Rows(Npz.LoadKey(subNpz, "arr_0")).ToHashSet());
 
         // Parts were released (storage freed) once the outputs were registered.
-        var parts = (await _env.Tracker.ListArtifactsAsync(skip1)).Where(a => a.Name.StartsWith(CheckpointParts.Prefix)).ToList();
+        var parts = (await _env.Tracker.ListArtifactsAsync(skip1)).Where(a => a.Name.StartsWith(RunCheckpoints.PartPrefix)).ToList();
         Assert.Equal(2, parts.Count); // 18 images in chunks of 9
         Assert.All(parts, a => Assert.Equal(0, a.SizeBytes));
         _log.WriteLine($"4 extraction runs in {sw.Elapsed.TotalSeconds:F1} s");

@@ -133,8 +133,8 @@ public class ExtractionUnitTests
     {
         var d = new DirectoryInfo(AppContext.BaseDirectory);
         while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        var plan = ReTok.Jobs.Engine.JobSpecs.Load(Path.Combine(d!.FullName, spec));
-        Assert.All(plan.Steps, s => Assert.Empty((s.Params as ReTok.Jobs.Engine.IValidatableParams)?.Validate() ?? []));
+        var plan = ReTok.Engine.JobSpecs.Load(Path.Combine(d!.FullName, spec));
+        Assert.All(plan.Steps, s => Assert.Empty((s.Params as ReTok.Engine.IValidatableParams)?.Validate() ?? []));
         if (spec.Contains("retok-s-b"))
         {
             var eval = Assert.IsType<ReTok.Jobs.Kinds.EvalReconstruction.EvalReconstructionParams>(plan.Steps.Single(s => s.Step == "eval").Params);

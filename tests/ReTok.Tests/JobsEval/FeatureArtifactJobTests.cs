@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Jobs.Kinds.Shared;
@@ -8,7 +9,6 @@ using ReTok.Models.Tokenizer;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
-using TorchSharp.PyBridge;
 using Xunit.Abstractions;
 using static ReTok.Tests.JobsEval.JobsEvalSupport;
 
@@ -112,7 +112,7 @@ public sealed class FeatureArtifactJobTests : IClassFixture<EngineEnvironment>
         var logs2 = await LogsAsync(_env.Tracker, r2);
         Assert.Contains($"features from artifact {nameA} of run {r1} (of dataset.npz; not recomputed)", logs2);
         Assert.DoesNotContain("features computed", logs2);
-        var localCopy = new ReTok.Evaluation.FeatureCache(Path.Combine(_env.Root, "cache", "features")).PathForHash(dataSha, WeightsRegistry.Sha256(wa));
+        var localCopy = new FeatureCache(Path.Combine(_env.Root, "cache", "features")).PathForHash(dataSha, WeightsRegistry.Sha256(wa));
         Assert.Equal(File.ReadAllBytes(f1), File.ReadAllBytes(localCopy)); // the machine's fast path is filled again
         // Same features, same reconstructions: the same metrics. PSNR/SSIM/usage are managed code (equal bits); rFID/sFID/IS
         // go through float64 eigh/matmul in multithreaded BLAS, whose reduction order may differ between calls (1e-9, as

@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
@@ -72,7 +72,7 @@ public static class JobsEvalSupport
         (await t.GetArtifactAsync(runId, name) ?? throw new Xunit.Sdk.XunitException($"run {runId} has no artifact '{name}'")).Sha256;
 
     public static async Task<long> CheckpointStepAsync(Tracker t, long runId) =>
-        await t.GetArtifactAsync(runId, JobContext.CheckpointName) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
+        await t.GetArtifactAsync(runId, RunCheckpoints.Latest) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
 
     public static async Task<string> LogsAsync(Tracker t, long runId) =>
         string.Join("\n", (await t.GetLogsAsync(runId, limit: 100_000)).Select(l => $"{l.Level}: {l.Message}"));

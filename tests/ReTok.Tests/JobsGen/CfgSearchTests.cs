@@ -1,6 +1,6 @@
 using System.Globalization;
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Models.IO;
 using ReTok.Tests.Tracking;

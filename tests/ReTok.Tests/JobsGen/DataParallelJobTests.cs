@@ -1,6 +1,5 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
-using ReTok.Models.Distributed;
 using ReTok.Models.IO;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
@@ -66,7 +65,7 @@ public sealed class DataParallelJobTests(TestDatabase db) : IClassFixture<TestDa
         }
         var one = await Train(1, null);
         var two = await Train(2, null);
-        var resumed = await Train(1, $"run:{two.Run.Id}/{JobContext.MilestoneName(2)}");
+        var resumed = await Train(1, $"run:{two.Run.Id}/{RunCheckpoints.MilestoneName(2)}");
         var l1 = (await t.GetMetricsAsync(one.Run.Id, "loss")).Select(m => m.Value).ToList();
         var l2 = (await t.GetMetricsAsync(two.Run.Id, "loss")).Select(m => m.Value).ToList();
         Assert.Equal(4, l2.Count);

@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.ExtractCodes;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Jobs.Kinds.TrainGenerator;

@@ -1,9 +1,7 @@
-using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Tracking;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Tests.JobsGen;

@@ -1,5 +1,4 @@
 using System.Diagnostics;
-using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Tests.Engine;

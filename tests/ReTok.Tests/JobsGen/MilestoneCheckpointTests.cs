@@ -1,5 +1,5 @@
 using System.Formats.Tar;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models.IO;
 using ReTok.Tests.Tracking;
@@ -56,12 +56,12 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
         Assert.True(r.Status == RunStatus.Succeeded, $"{r.Status}: {r.FailureReason}");
 
         // checkpoints at steps 2, 4, 6 (the final step writes outputs, not a checkpoint); keep 2 -> step 2 released
-        var arts = (await t.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(JobContext.MilestonePrefix)).ToDictionary(a => a.Name);
-        Assert.Equal(new[] { JobContext.MilestoneName(2), JobContext.MilestoneName(4), JobContext.MilestoneName(6) }, arts.Keys.Order(StringComparer.Ordinal));
-        Assert.Equal(0, arts[JobContext.MilestoneName(2)].SizeBytes);
-        Assert.Contains("\"released\": true", arts[JobContext.MilestoneName(2)].Metadata);
-        var latest = (await t.GetArtifactAsync(id, JobContext.CheckpointName))!;
-        Assert.Equal(latest.Sha256, arts[JobContext.MilestoneName(6)].Sha256); // the newest milestone is the latest checkpoint
+        var arts = (await t.ListArtifactsAsync(id)).Where(a => a.Name.StartsWith(RunCheckpoints.MilestonePrefix)).ToDictionary(a => a.Name);
+        Assert.Equal(new[] { RunCheckpoints.MilestoneName(2), RunCheckpoints.MilestoneName(4), RunCheckpoints.MilestoneName(6) }, arts.Keys.Order(StringComparer.Ordinal));
+        Assert.Equal(0, arts[RunCheckpoints.MilestoneName(2)].SizeBytes);
+        Assert.Contains("\"released\": true", arts[RunCheckpoints.MilestoneName(2)].Metadata);
+        var latest = (await t.GetArtifactAsync(id, RunCheckpoints.Latest))!;
+        Assert.Equal(latest.Sha256, arts[RunCheckpoints.MilestoneName(6)].Sha256); // the newest milestone is the latest checkpoint
 
         // a kept milestone is a complete checkpoint of its step, distinct from the later one
         async Task<Dictionary<string, torch.Tensor>> Model(string name)
@@ -73,19 +73,19 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
             Assert.Contains("\"step\":" + name[^1], File.ReadAllText(Path.Combine(dir, "state.json")));
             return ReTok.Models.IO.StateDictFile.Read(Path.Combine(dir, "model.safetensors"));
         }
-        var m4 = await Model(JobContext.MilestoneName(4));
-        var m6 = await Model(JobContext.MilestoneName(6));
+        var m4 = await Model(RunCheckpoints.MilestoneName(4));
+        var m6 = await Model(RunCheckpoints.MilestoneName(6));
         Assert.True((m4["output.weight"] - m6["output.weight"]).abs().max().item<float>() > 0, "step 4 and step 6 weights differ");
 
         // a milestone as a resume point: a new run from step 4 ends bit-identical to the uninterrupted run (CPU, same params)
-        var resumed = await Train($"run:{id}/{JobContext.MilestoneName(4)}");
+        var resumed = await Train($"run:{id}/{RunCheckpoints.MilestoneName(4)}");
         Assert.True(resumed.Status == RunStatus.Succeeded, $"{resumed.Status}: {resumed.FailureReason}");
         Assert.Equal((await t.GetArtifactAsync(id, "generator.safetensors"))!.Sha256, (await t.GetArtifactAsync(resumed.Id, "generator.safetensors"))!.Sha256);
         Assert.Equal(Enumerable.Range(5, 4).Select(i => (long)i), (await t.GetMetricsAsync(resumed.Id, "loss")).Select(m => m.Step));
         Assert.Equal((await t.GetMetricsAsync(id, "loss")).Skip(4).Select(m => m.Value), (await t.GetMetricsAsync(resumed.Id, "loss")).Select(m => m.Value));
 
         // a released milestone is refused with the reason
-        var gone = await Train($"run:{id}/{JobContext.MilestoneName(2)}");
+        var gone = await Train($"run:{id}/{RunCheckpoints.MilestoneName(2)}");
         Assert.Equal(RunStatus.Failed, gone.Status);
         Assert.Contains("released by the retention policy", gone.FailureReason);
     }

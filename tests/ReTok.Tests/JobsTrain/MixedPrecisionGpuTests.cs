@@ -1,7 +1,6 @@
 using ReTok.Models;
 using ReTok.Models.IO;
 using ReTok.Models.Training;
-using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 

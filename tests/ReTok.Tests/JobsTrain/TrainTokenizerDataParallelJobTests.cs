@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.IO;
 using ReTok.Tracking;
 using TorchSharp;
@@ -153,7 +153,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
         // step 1 with 2 replicas (early_stop_iter keeps the LR schedule of the 2-step run), then a fresh 1-replica run from its checkpoint
         var part = await TrainAsync("", "data_parallel: {replicas: 2, backend: cpu}\nearly_stop_iter: 1");
         Assert.Single(await env.Tracker.GetMetricsAsync(part.Run.Id, "total_g"));
-        var resumed = await TrainAsync($"inputs: {{resume: run:{part.Run.Id}/{JobContext.CheckpointName}}}", "gradient_accumulation_steps: 2");
+        var resumed = await TrainAsync($"inputs: {{resume: run:{part.Run.Id}/{RunCheckpoints.Latest}}}", "gradient_accumulation_steps: 2");
         AssertClose("1 vs 2-then-1 replicas", one.Metrics, resumed.Metrics, 1, one.Weights, resumed.Weights);
         log.WriteLine($"2-then-1: {sw.Elapsed.TotalSeconds:F1} s");
     }

@@ -1,8 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
-using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
 using ReTok.Tracking;
@@ -48,7 +47,7 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
     async Task<long> SubmitAsync(string yaml) => (await env.Client.SubmitAsync(JobSpecs.Parse(yaml))).Runs[0].RunId;
 
     async Task<long> CheckpointStepAsync(long runId) =>
-        await env.Tracker.GetArtifactAsync(runId, JobContext.CheckpointName) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
+        await env.Tracker.GetArtifactAsync(runId, RunCheckpoints.Latest) is { } a ? JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>() : -1;
 
     [Fact]
     public async Task KilledWorkerRunResumesToBitIdenticalWeights()
@@ -91,7 +90,7 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
 
         // the outputs a downstream job reads
         var names = (await env.Tracker.ListArtifactsAsync(whole)).Select(x => x.Name).ToHashSet();
-        foreach (var n in new[] { "tokenizer.safetensors", "tokenizer.yaml", JobContext.CheckpointName, "recon/step_3.png", "recon/step_6.png" })
+        foreach (var n in new[] { "tokenizer.safetensors", "tokenizer.yaml", RunCheckpoints.Latest, "recon/step_3.png", "recon/step_6.png" })
             Assert.Contains(n, names);
         var dir = Directory.CreateTempSubdirectory("jt-out").FullName;
         await env.Tracker.DownloadArtifactAsync(tw, Path.Combine(dir, "tokenizer.safetensors"));

@@ -1,9 +1,8 @@
-using ReTok.Models.IO;
 using System.Diagnostics;
 using System.Text;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.Dinov2;
-using ReTok.Models.Training;
+using ReTok.Models.IO;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using static TorchSharp.torch;

@@ -1,6 +1,5 @@
 using ReTok.Cli;
 using ReTok.Models.IO;
-using ReTok.Models.Tokenizer;
 using TorchSharp;
 using static TorchSharp.torch;
 using static ReTok.Tests.Tokenizer.TokenizerTestData;

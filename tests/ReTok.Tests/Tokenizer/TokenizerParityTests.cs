@@ -75,7 +75,7 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
     }
 
     // On libtorch 2.10 CPU the input-gradient of stride-1 convs with out-channels % 16 != 0 is wrong or NaN (see
-    // Training/SafeConv2d.cs and ConvBugTests); the pixel decoder's conv_out (-> 3 channels) is a SafeConv2d for that.
+    // Layers/SafeConv2d.cs and ConvBugTests); the pixel decoder's conv_out (-> 3 channels) is a SafeConv2d for that.
     [Fact]
     public void EncoderGradients_ReachConvInThroughTheRotationTrick()
     {

@@ -1,5 +1,4 @@
 using System.Security.Cryptography;
-using Azure.Storage.Blobs;
 using ReTok.Tracking.Artifacts;
 
 namespace ReTok.Tests.Tracking;

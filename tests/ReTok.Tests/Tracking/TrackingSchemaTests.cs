@@ -1,6 +1,5 @@
 using System.Security.Cryptography;
 using System.Text;
-using Npgsql;
 using ReTok.Tracking;
 using ReTok.Tracking.Artifacts;
 

@@ -1,4 +1,4 @@
-using ReTok.Models.Training;
+using ReTok.Models.Layers;
 using TorchSharp;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;

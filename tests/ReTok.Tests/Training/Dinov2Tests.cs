@@ -1,7 +1,5 @@
-using ReTok.Models.IO;
 using ReTok.Models.Dinov2;
-using ReTok.Models.Training;
-using TorchSharp;
+using ReTok.Models.IO;
 using static TorchSharp.torch;
 
 namespace ReTok.Tests.Training;

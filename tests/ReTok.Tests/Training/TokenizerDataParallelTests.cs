@@ -1,6 +1,5 @@
 using ReTok.Models.Distributed;
 using ReTok.Models.Training;
-using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 

@@ -1,7 +1,6 @@
-using ReTok.Models.IO;
 using ReTok.Models.Dinov2;
+using ReTok.Models.IO;
 using ReTok.Models.Training;
-using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 using static TorchSharp.torch.nn;

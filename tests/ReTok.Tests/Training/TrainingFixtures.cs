@@ -1,5 +1,4 @@
 using ReTok.Models.IO;
-using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Tests.Training;

@@ -1,8 +1,8 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Jobs.Kinds.EvalReconstruction;
 
-/// <summary>An artifact of a given run (how shards and the aggregator get the parent's inputs).</summary>
+/// <summary>An artifact of a given run (an input as it resolved).</summary>
 public sealed record ArtifactRef
 {
     public long RunId { get; init; }
@@ -28,7 +28,7 @@ public sealed record TokenizerSource
         (Config is not null ? $"{Config}" : ConfigPath ?? $"preset {Preset}") + $" (prefer {Prefer})";
 }
 
-/// <summary>What every phase needs to know (stored in the shard and aggregator parameters too).</summary>
+/// <summary>What every phase needs to know (from <see cref="EvalReconstructionParams.ToSettings"/>).</summary>
 public sealed record ReconSettings
 {
     /// <summary>Decode lengths K (the first K of the 1-D tokens).</summary>
@@ -106,24 +106,18 @@ public sealed record EvalReconstructionParams : IValidatableParams
     }
 }
 
-/// <summary>One shard: rows [start, end) of the data (start is a multiple of the batch size, so batches line up with a single-worker run).</summary>
-public sealed record EvalReconShardParams
+/// <summary>A shard's work (engine-owned fan-out state): rows [start, end) of the data; start is a multiple of the batch size, so batches line up with a single-worker run.</summary>
+public sealed record EvalReconShard
 {
-    public TokenizerSource Tokenizer { get; init; } = new();
-    public ArtifactRef Data { get; init; } = new();
     public long Start { get; init; }
     public long End { get; init; }
-    public ReconSettings Settings { get; init; } = new();
 }
 
-/// <summary>The fan-in: concatenates the shards' parts in order and computes the metrics.</summary>
-public sealed record EvalReconAggregateParams
+/// <summary>The aggregator's fan-out state: what the parent learned before fanning out (rows, shards, codebook, which tokenizer).</summary>
+public sealed record EvalReconFanIn
 {
-    public ArtifactRef Data { get; init; } = new();
-    public ArtifactRef? Reference { get; init; }
     public long Count { get; init; }
-    public int ExpectedShards { get; init; }
+    public int Shards { get; init; }
     public int CodebookSize { get; init; }
     public string Tokenizer { get; init; } = "";
-    public ReconSettings Settings { get; init; } = new();
 }

@@ -1,18 +1,18 @@
 using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
-using ReTok.Evaluation;
+using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
 using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Plots;
 using ReTok.Tracking;
-using SkiaSharp;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -155,11 +155,11 @@ public static class ReconstructionCore
             var name = $"recon_{next:D9}.npz";
             var path = Path.Combine(dir, name);
             part.Save(path, next);
-            await CheckpointParts.SaveAsync(ctx, name, path);
+            await ctx.Checkpoints.SavePartAsync(name, path);
             localParts[name] = path;
             next = partEnd;
             state = state with { Next = next, Parts = state.Parts.Append(name).ToList() };
-            await CheckpointParts.SaveStateAsync(ctx, next, state);
+            await ctx.Checkpoints.SaveStateAsync(next, state);
             double rate = (next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
             ctx.ReportProgress(next - start, end - start, $"reconstructed {next - start}/{end - start} images ({rate:F2} img/s)");
         }
@@ -360,7 +360,7 @@ public static class ReconstructionCore
                         foreach (var (n, v) in res) perK[k][n] = v;
                         var inc = new Dictionary<string, Dictionary<string, double>>(state.Inception) { [k.ToString(CultureInfo.InvariantCulture)] = res };
                         state = state with { Inception = inc };
-                        await CheckpointParts.SaveStateAsync(ctx, a.Count, state);
+                        await ctx.Checkpoints.SaveStateAsync(a.Count, state);
                     }
                 }
                 finally { reference?.Dispose(); }
@@ -376,7 +376,11 @@ public static class ReconstructionCore
         foreach (var t in rowsForGrid) t.Dispose();
 
         var plot = Path.Combine(outDir, "metrics_vs_k.png");
-        MetricsPlot.Save(plot, ks, perK, a.Tokenizer);
+        // one panel per metric against K (log2 axis); a metric some K lacks (or has non-finite) is left out
+        var panels = new[] { ("rfid", "rFID"), ("sfid", "sFID"), ("is", "Inception Score"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("codebook_usage", "codebook usage") }
+            .Where(n => ks.All(k => perK[k].ContainsKey(n.Item1) && double.IsFinite(perK[k][n.Item1])))
+            .Select(n => new Chart(n.Item2, "tokens K", "", [new Series("", ks.Order().Select(k => ((double)k, perK[k][n.Item1])).ToList())], Log2X: true)).ToList();
+        Chart.SavePng(plot, $"reconstruction vs tokens K: {a.Tokenizer}", panels, cols: 3, w: 420, h: 320);
 
         var json = Path.Combine(outDir, "metrics.json");
         var doc = new Dictionary<string, object?>
@@ -411,7 +415,7 @@ public static class ReconstructionCore
             ctx.Log($"K={k}: " + string.Join(", ", perK[k].Select(kv => $"{kv.Key} {kv.Value:G6}")));
         ctx.Log($"aggregated {a.Count} images x {ks.Length} token counts in {sw.Elapsed.TotalSeconds:F1} s; rFID reference: {referenceDesc}");
         state = state with { Done = true };
-        await CheckpointParts.SaveStateAsync(ctx, a.Count, state);
+        await ctx.Checkpoints.SaveStateAsync(a.Count, state);
         return state;
     }
 
@@ -471,42 +475,5 @@ public static class ReconstructionCore
             ? await FeatureArtifacts.GetOrComputeAsync(ctx, a.DataPath, await ShaOf(a.Data), weightsId, Compute, cache, rows == a.Count ? null : a.Count, "reference_features")
             : Compute();
         return EvalBatch.FromFeatures(feats, a.DataPath);
-    }
-}
-
-/// <summary>metrics_vs_k.png: one ScottPlot panel per metric against K (log2 axis), composed on one canvas.</summary>
-public static class MetricsPlot
-{
-    public static void Save(string path, int[] ks, IReadOnlyDictionary<int, Dictionary<string, double>> perK, string title)
-    {
-        var names = new[] { ("rfid", "rFID"), ("sfid", "sFID"), ("is", "Inception Score"), ("psnr", "PSNR (dB)"), ("ssim", "SSIM"), ("lpips", "LPIPS"), ("codebook_usage", "codebook usage") }
-            .Where(n => ks.All(k => perK[k].ContainsKey(n.Item1) && double.IsFinite(perK[k][n.Item1]))).ToList();
-        const int w = 420, h = 320, cols = 3;
-        int rows = Math.Max(1, (names.Count + cols - 1) / cols);
-        var order = ks.Order().ToArray();
-        var xs = order.Select(k => Math.Log2(k)).ToArray();
-        using var surface = SKSurface.Create(new SKImageInfo(cols * w, rows * h + 30));
-        var canvas = surface.Canvas;
-        canvas.Clear(SKColors.White);
-        using (var font = new SKFont(SKTypeface.Default, 16))
-        using (var paint = new SKPaint { Color = SKColors.Black, IsAntialias = true })
-            canvas.DrawText($"reconstruction vs tokens K: {title}", 10, 21, font, paint);
-        for (int i = 0; i < names.Count; i++)
-        {
-            var (key, label) = names[i];
-            var plt = new ScottPlot.Plot();
-            var sc = plt.Add.Scatter(xs, order.Select(k => perK[k][key]).ToArray());
-            sc.MarkerSize = 8;
-            plt.Title(label);
-            plt.XLabel("tokens K");
-            plt.Axes.Bottom.SetTicks(xs, order.Select(k => k.ToString(CultureInfo.InvariantCulture)).ToArray());
-            canvas.Save();
-            canvas.Translate((i % cols) * w, 30 + (i / cols) * h);
-            plt.Render(canvas, w, h);
-            canvas.Restore();
-        }
-        using var img = surface.Snapshot();
-        using var data = img.Encode(SKEncodedImageFormat.Png, 100);
-        AtomicFile.Write(path, st => data.SaveTo(st));
     }
 }

@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models;
 using ReTok.Models.Generation;
@@ -115,7 +115,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
 
         var done = new List<Tensor>();
         long start = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             var part = Npy.Load(Path.Combine(ck.Dir, "codes.npy")).ToTensor();
             if (part.shape[1] != p.Tokens || part.shape[0] != ck.Step * views)
@@ -142,7 +142,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             {
                 var sofar = cat(done, 0);
                 done = new List<Tensor> { sofar };
-                await ctx.SaveCheckpointAsync(now, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), sofar); return Task.CompletedTask; });
+                await ctx.Checkpoints.SaveAsync(now, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), sofar); return Task.CompletedTask; });
                 sinceCkpt = 0;
                 ctx.ThrowIfCancellationRequested();
             }

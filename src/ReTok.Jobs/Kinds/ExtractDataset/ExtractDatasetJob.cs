@@ -1,10 +1,8 @@
 using System.Diagnostics;
 using System.Text.Json;
+using ReTok.Engine;
 using ReTok.Evaluation.Images;
-using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models.IO;
-using TorchSharp;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 
@@ -87,12 +85,12 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         int total = sel.Images.Count, size = p.ImageSize;
         var partsDir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
 
-        var state = await CheckpointParts.LoadStateAsync<ExtractState>(ctx) ?? new ExtractState { OrderSha256 = sel.OrderSha256 };
+        var state = await ctx.Checkpoints.LoadStateAsync<ExtractState>() ?? new ExtractState { OrderSha256 = sel.OrderSha256 };
         if (state.OrderSha256 != sel.OrderSha256)
             throw new JobFailedException($"source {p.Source} lists different images than when this run started (selection hash {sel.OrderSha256[..12]} vs {state.OrderSha256[..12]}); submit a new run");
         if (state.Done)
         {
-            await CheckpointParts.ReleaseAsync(ctx, state.Parts);
+            await ctx.Checkpoints.ReleasePartsAsync(state.Parts);
             return;
         }
         ctx.Log(state.Next == 0
@@ -112,12 +110,12 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
                 if (chunk.Part is { } path)
                 {
                     var name = Path.GetFileName(path);
-                    await CheckpointParts.SaveAsync(ctx, name, path);
+                    await ctx.Checkpoints.SavePartAsync(name, path);
                     local[name] = path;
                     parts.Add(name);
                 }
                 state = state with { Next = chunk.Next, Parts = parts, Skipped = skipped };
-                await CheckpointParts.SaveStateAsync(ctx, state.Next, state);
+                await ctx.Checkpoints.SaveStateAsync(state.Next, state);
                 double rate = (state.Next - startedAt) / Math.Max(1e-3, sw.Elapsed.TotalSeconds);
                 ctx.ReportProgress(state.Next, total, $"{state.Next}/{total} images ({rate:F1} img/s){(skipped.Count > 0 ? $", {skipped.Count} skipped" : "")}");
                 if (p.ThrottleMs > 0 && state.Next < total) await Task.Delay(p.ThrottleMs, ctx.CancellationToken);
@@ -132,7 +130,7 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         // Everything below only assembles what the chunks produced; outputs are registered together at the end.
         var partFiles = new List<string>();
         foreach (var name in state.Parts)
-            partFiles.Add(local.TryGetValue(name, out var lp) ? lp : await CheckpointParts.FetchAsync(ctx, ctx.RunId, name, partsDir));
+            partFiles.Add(local.TryGetValue(name, out var lp) ? lp : await ctx.Checkpoints.FetchPartAsync(ctx.RunId, name, partsDir));
         long count = partFiles.Sum(f => Npz.Header(f, "labels").Shape[0]);
         if (count == 0) throw new JobFailedException($"no image of {p.Source} could be decoded ({state.Skipped.Count} skipped); nothing to write");
 
@@ -176,7 +174,7 @@ public sealed class ExtractDatasetJob : IJobHandler<ExtractDatasetParams>
         if (pngTar is not null) outputs.Add(("pngs.tar", pngTar, "tar", true, "application/x-tar", new { images = count, names = "{row:06d}.png" }));
         await ctx.SaveArtifactFilesAsync(outputs.ToArray());
         ctx.Log($"dataset.npz: {count} images of {size}x{size}, {sel.ClassNames.Count} classes, {state.Skipped.Count} skipped; {imagesPerS:F1} img/s");
-        await CheckpointParts.SaveStateAsync(ctx, total, state with { Done = true });
-        await CheckpointParts.ReleaseAsync(ctx, state.Parts);
+        await ctx.Checkpoints.SaveStateAsync(total, state with { Done = true });
+        await ctx.Checkpoints.ReleasePartsAsync(state.Parts);
     }
 }

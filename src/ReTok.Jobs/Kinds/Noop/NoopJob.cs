@@ -1,4 +1,4 @@
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Jobs.Kinds.Noop;
 

@@ -1,8 +1,5 @@
 using System.Globalization;
-using ReTok.Models;
 using ReTok.Models.Generation;
-using ReTok.Models.IO;
-using SkiaSharp;
 
 namespace ReTok.Jobs.Kinds.SampleGfid;
 
@@ -92,30 +89,4 @@ public static class CfgSearchPlan
     }
 
     public static string Key(int tokens, double scale) => $"gfid@k={tokens},cfg={scale.ToString(CultureInfo.InvariantCulture)}";
-}
-
-/// <summary>cfg_curve.png: gFID against the CFG scale (ScottPlot on a Skia canvas, as metrics_vs_k.png), best scale marked.</summary>
-public static class CfgCurvePlot
-{
-    public static void Save(string path, IReadOnlyList<CfgPoint> history, int tokens, string title)
-    {
-        var pts = history.OrderBy(p => p.CfgScale).ToArray();
-        var best = CfgSearchPlan.Best(history);
-        const int w = 640, h = 420;
-        var plt = new ScottPlot.Plot();
-        var line = plt.Add.Scatter(pts.Select(p => p.CfgScale).ToArray(), pts.Select(p => p.Gfid).ToArray());
-        line.MarkerSize = 8;
-        var mark = plt.Add.Scatter(new[] { best.CfgScale }, new[] { best.Gfid });
-        mark.MarkerSize = 16;
-        mark.LineWidth = 0;
-        plt.Title($"gFID vs CFG scale (K={tokens}), best {best.CfgScale.ToString(CultureInfo.InvariantCulture)}: {title}");
-        plt.XLabel("CFG scale");
-        plt.YLabel("gFID");
-        using var surface = SKSurface.Create(new SKImageInfo(w, h));
-        surface.Canvas.Clear(SKColors.White);
-        plt.Render(surface.Canvas, w, h);
-        using var img = surface.Snapshot();
-        using var data = img.Encode(SKEncodedImageFormat.Png, 100);
-        AtomicFile.Write(path, st => data.SaveTo(st));
-    }
 }

@@ -1,14 +1,15 @@
 using System.Text.Json;
+using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
-using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Plots;
 using ReTok.Tracking;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -44,16 +45,8 @@ public sealed record SampleGfidParams : IValidatableParams
     /// <summary>Test hook: sleep this long after each generated batch (kill-and-resume tests need a shard that lasts).</summary>
     public int DebugBatchDelayMs { get; init; }
 
-    // set by the parent for its shards: the index range and where the inputs are (run:ID/NAME)
-    public long ShardStart { get; init; }
-    public long ShardCount { get; init; }
-    public Dictionary<string, string>? InputRefs { get; init; }
-
     /// <summary>CFG scale search (cfg_scale is then ignored, as --search in the reference); null = one evaluation.</summary>
     public CfgSearchParams? CfgSearch { get; init; }
-    // set by the search for its rounds: the first scale and the scales evaluated so far (with their gFID)
-    public double? CfgStart { get; init; }
-    public List<CfgPoint>? CfgHistory { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -77,14 +70,29 @@ public sealed record SampleGfidParams : IValidatableParams
     public static readonly string[] ModelRoles = ["generator", "generator_config", "tokenizer", "tokenizer_config"];
 }
 
+/// <summary>A shard's work (engine-owned fan-out state): sample indices [Start, Start + Count).</summary>
+public sealed record GfidShard
+{
+    public long Start { get; init; }
+    public long Count { get; init; }
+}
+
+/// <summary>A round's fan-in state: with a CFG search, its first scale and the scales evaluated so far (with their gFID).</summary>
+public sealed record GfidRound
+{
+    public double? CfgStart { get; init; }
+    public List<CfgPoint>? CfgHistory { get; init; }
+}
+
 /// <summary>
 /// gFID sampling (sample_c2i_cfg_search.py) as a fan-out: the parent spawns num_shards shards; shard k owns sample
 /// indices [k*N/S, (k+1)*N/S), batch j of it draws uniform labels then codes from a generator seeded
 /// ShardSeed(seed,k,S)*1_000_003 + j, decodes the first K codes and writes samples_shard.npz; sample-gfid-aggregate
 /// concatenates in shard order into samples.npz, grid.png and (with Inception weights and a reference) the metrics.
+/// A CFG search is a chain of such rounds, each aggregator spawning the next.
 /// </summary>
 [JobKind("sample-gfid", Queue = "gpu", Description = "generate samples with the GPT + tokenizer decoder (sharded) and compute gFID")]
-public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
+public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
 {
     /// <summary>reference: real images for gFID; class_names: extract-dataset's class_names.json, to caption grid.png.</summary>
     static readonly string[] OptionalRoles = ["reference", "class_names"];
@@ -93,72 +101,60 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
 
     public async Task RunAsync(JobContext ctx, SampleGfidParams p)
     {
-        if (ctx.ShardIndex is null)
+        // the shards get this run's inputs; a missing model fails here, once, rather than in every shard
+        foreach (var role in SampleGfidParams.ModelRoles) await ctx.ResolveInputAsync(role);
+        if (p.CfgSearch is { } search)
         {
-            var refs = new Dictionary<string, string>();
-            foreach (var role in SampleGfidParams.ModelRoles.Concat(OptionalRoles))
-            {
-                if (OptionalRoles.Contains(role) && !ctx.InputRoles.Contains(role)) continue;
-                var a = await ctx.ResolveInputAsync(role);
-                refs[role] = $"run:{a.RunId}/{a.Name}";
-            }
-            if (p.CfgSearch is { } search)
-            {
-                // the search decides by gFID: fail now rather than after sampling the first scale
-                if (!refs.ContainsKey("reference")) throw new JobFailedException("cfg_search: needs a 'reference' input (real images npz or a reference batch) for gFID");
-                try { WeightsRegistry.Resolve("inception", p.WeightsDir); }
-                catch (MissingWeightsException e) { throw new JobFailedException($"cfg_search: needs gFID, but {e.Message}"); }
-                double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
-                    : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
-                ctx.Log($"cfg_search ({search.Mode}): first scale {start}");
-                await SpawnRoundAsync(ctx, p with { InputRefs = refs, CfgStart = start, CfgHistory = [] }, start);
-                return;
-            }
-            await SpawnRoundAsync(ctx, p with { InputRefs = refs }, p.CfgScale);
+            // the search decides by gFID: fail now rather than after sampling the first scale
+            if (!ctx.InputRoles.Contains("reference")) throw new JobFailedException("cfg_search: needs a 'reference' input (real images npz or a reference batch) for gFID");
+            try { WeightsRegistry.Resolve("inception", p.WeightsDir); }
+            catch (MissingWeightsException e) { throw new JobFailedException($"cfg_search: needs gFID, but {e.Message}"); }
+            double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
+                : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
+            ctx.Log($"cfg_search ({search.Mode}): first scale {start}");
+            await SpawnRoundAsync(ctx, p, start, new GfidRound { CfgStart = start, CfgHistory = [] });
             return;
         }
-        await RunShardAsync(ctx, p, ctx.ShardIndex.Value);
+        await SpawnRoundAsync(ctx, p, p.CfgScale, new GfidRound());
     }
 
     /// <summary>One evaluation at <paramref name="scale"/>: num_shards shards and an aggregator (which continues a cfg_search).</summary>
-    public static Task<FanOut> SpawnRoundAsync(JobContext ctx, SampleGfidParams p, double scale)
+    internal static Task<FanOut> SpawnRoundAsync(JobContext ctx, SampleGfidParams p, double scale, GfidRound round)
     {
         var shards = Enumerable.Range(0, p.NumShards).Select(k =>
         {
             long s = (long)k * p.NumSamples / p.NumShards, e = (long)(k + 1) * p.NumSamples / p.NumShards;
-            return (object)(p with { ShardStart = s, ShardCount = e - s, CfgScale = scale, CfgSearch = null, CfgStart = null, CfgHistory = null });
+            return (object)new GfidShard { Start = s, Count = e - s };
         }).ToList();
-        return ctx.SpawnShardsAsync("sample-gfid", shards, "sample-gfid-aggregate", p with { CfgScale = scale });
+        // the round's scale is a parameter of its runs (what they sample at); the search's bookkeeping is not
+        return ctx.SpawnShardsAsync(shards, round, p with { CfgScale = scale });
     }
 
-    public static async Task<string> InputAsync(JobContext ctx, SampleGfidParams p, string role)
-    {
-        if (p.InputRefs is null || !p.InputRefs.TryGetValue(role, out var r) || !InputRef.TryParse(r, out var ir) || ir.RunId is null)
-            throw new JobFailedException($"sample-gfid: no input '{role}' passed to this run");
-        return await ctx.GetRunArtifactFileAsync(ir.RunId.Value, ir.Artifact, role);
-    }
+    public Task AggregateAsync(JobContext ctx, SampleGfidParams p) => SampleGfidAggregate.RunAsync(ctx, p);
 
-    static async Task RunShardAsync(JobContext ctx, SampleGfidParams p, int shard)
+    public async Task RunShardAsync(JobContext ctx, SampleGfidParams p)
     {
+        var range = ctx.GetFanOutState<GfidShard>();
+        int shard = ctx.ShardIndex!.Value;
         var device = Devices.Resolve(ctx.Device);
-        var cfg = GeneratorYaml.Read(await InputAsync(ctx, p, "generator_config"));
-        using var gpt = GptCheckpoint.Load(cfg, await InputAsync(ctx, p, "generator"), device);
+        var cfg = GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config"));
+        using var gpt = GptCheckpoint.Load(cfg, await ctx.GetInputFileAsync("generator"), device);
         if (p.AutocastDtype(device.type) is { } dt) gpt.AutocastDtype = dt;
         ctx.Log($"precision {p.Precision}: GPT in {(gpt.AutocastDtype is { } a ? a.ToString() : "float32")}");
-        var tokCfg = TokenizerConfig.Load(await InputAsync(ctx, p, "tokenizer_config"));
+        var tokCfg = TokenizerConfig.Load(await ctx.GetInputFileAsync("tokenizer_config"));
         // a generator trained with a larger vocabulary could sample codes the tokenizer has no entry for
         if (cfg.VocabSize > tokCfg.CodebookSize)
             throw new JobFailedException($"generator vocab_size {cfg.VocabSize} > the tokenizer's codebook_size {tokCfg.CodebookSize}: train the generator with vocab_size: {tokCfg.CodebookSize}");
-        using var tok = ReTokTokenizer.FromCheckpoint(tokCfg, await InputAsync(ctx, p, "tokenizer"));
+        using var tok = ReTokTokenizer.FromCheckpoint(tokCfg, await ctx.GetInputFileAsync("tokenizer"));
         tok.to(device).eval();
         if (p.Tokens > cfg.BlockSize) throw new JobFailedException($"tokens: {p.Tokens} > the generator's block_size {cfg.BlockSize}");
 
-        long n = p.ShardCount;
+        long n = range.Count;
         long batches = (n + p.BatchSize - 1) / p.BatchSize;
         var codes = new List<Tensor>();
         var labels = new List<Tensor>();
         long doneBatches = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             codes.Add(Npy.Load(Path.Combine(ck.Dir, "codes.npy")).ToTensor());
             labels.Add(Npy.Load(Path.Combine(ck.Dir, "labels.npy")).ToTensor());
@@ -168,7 +164,7 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
         {
             var c = cat(codes, 0); var l = cat(labels, 0);
             codes = [c]; labels = [l];
-            return ctx.SaveCheckpointAsync(b, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), c); Npy.Save(Path.Combine(dir, "labels.npy"), l); return Task.CompletedTask; });
+            return ctx.Checkpoints.SaveAsync(b, dir => { Npy.Save(Path.Combine(dir, "codes.npy"), c); Npy.Save(Path.Combine(dir, "labels.npy"), l); return Task.CompletedTask; });
         }
         var opts = p.ToSamplingOptions();
         for (long b = doneBatches; b < batches; b++)
@@ -208,16 +204,16 @@ public sealed class SampleGfidJob : IJobHandler<SampleGfidParams>
             w.Commit();
         }
         ctx.ReportProgress(1, 1, $"shard {shard}: {n} samples");
-        await ctx.SaveArtifactFileAsync("samples_shard.npz", outPath, "npz", metadata: new { shard, start = p.ShardStart, count = n });
+        await ctx.SaveArtifactFileAsync("samples_shard.npz", outPath, "npz", metadata: new { shard, start = range.Start, count = n });
     }
 }
 
-/// <summary>Fan-in of sample-gfid: samples.npz (arr_0, labels, codes in shard order), grid.png, metrics.json and metrics.</summary>
-[JobKind("sample-gfid-aggregate", Queue = "gpu", Description = "gFID aggregator: concatenates shard samples, computes FID/sFID/IS/precision/recall")]
-public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
+/// <summary>Fan-in of sample-gfid (run kind sample-gfid-aggregate): samples.npz (arr_0, labels, codes in shard order), grid.png, metrics.json and metrics.</summary>
+static class SampleGfidAggregate
 {
-    public async Task RunAsync(JobContext ctx, SampleGfidParams p)
+    public static async Task RunAsync(JobContext ctx, SampleGfidParams p)
     {
+        var round = ctx.GetFanOutState<GfidRound>();
         var shards = await ctx.GetShardsAsync();
         if (shards.Count != p.NumShards) throw new JobFailedException($"expected {p.NumShards} shards, found {shards.Count}");
         var files = new List<string>();
@@ -239,9 +235,9 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         await ctx.SaveArtifactFileAsync("samples.npz", outPath, "npz", metadata: new { samples = total, tokens = p.Tokens, cfg_scale = p.CfgScale });
         var first = Npz.ReadRows(outPath, "arr_0", 64).First().Chunk.ToTensor();
         var grid = Path.Combine(ctx.ScratchDir, "grid.png");
-        if (p.InputRefs?.ContainsKey("class_names") == true)
+        if (ctx.InputRoles.Contains("class_names"))
         {
-            var names = ReadClassNames(await SampleGfidJob.InputAsync(ctx, p, "class_names"));
+            var names = ReadClassNames(await ctx.GetInputFileAsync("class_names"));
             var ys = Npz.LoadKey(outPath, "labels").As<long>().Take((int)first.shape[0]);
             // "n00000000_disc" -> "disc": the WordNet id says nothing to a reader
             var captions = ys.Select(y => y < names.Length ? names[y].Split('_', 2)[^1] : $"class {y}").ToList();
@@ -256,14 +252,15 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         string? weights = null;
         try { weights = WeightsRegistry.Resolve("inception", p.WeightsDir); }
         catch (MissingWeightsException e) { ctx.Log($"gFID skipped: {e.Message}", "warn"); metrics["skipped"] = e.Message; }
-        if (weights is not null && p.InputRefs?.ContainsKey("reference") != true)
+        if (weights is not null && !ctx.InputRoles.Contains("reference"))
         {
             ctx.Log("gFID skipped: no 'reference' input (an npz of real images or a reference batch with mu/sigma)", "warn");
             metrics["skipped"] = "no reference input";
         }
         else if (weights is not null)
         {
-            var reference = await SampleGfidJob.InputAsync(ctx, p, "reference");
+            var refArtifact = await ctx.ResolveInputAsync("reference");
+            var reference = await ctx.GetInputFileAsync("reference");
             ctx.ReportProgress(0, 1, "Inception features");
             InceptionExtractor? ex = null;
             InceptionExtractor Ex() => ex ??= InceptionExtractor.Load(weights, Devices.Resolve(ctx.Device));
@@ -281,12 +278,11 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
                 ($"sfid{k}", res.SFid), ($"is{k}", res.InceptionScore), ($"precision{k}", res.Precision), ($"recall{k}", res.Recall),
             };
             ctx.LogMetrics(p.Tokens, vals.Where(v => double.IsFinite(v.Item2)).ToArray());
-            InputRef.TryParse(p.InputRefs!["reference"], out var refIr);
             await ctx.RecordProvenanceAsync(vals.Where(v => double.IsFinite(v.Item2)).Select(v => v.Item1), new EvalProvenance
             {
                 Evaluator = Shared.EvalProtocols.Adm, EvaluatorVersion = Shared.EvalProtocols.AdmVersion, Weights = Path.GetFileName(weights),
-                WeightsSha256 = Shared.FeatureArtifacts.WeightsId(weights, p.FeatureCache ? ReTok.Evaluation.FeatureCache.Default() : null),
-                Reference = p.InputRefs!["reference"], ReferenceSha256 = refIr?.RunId is { } rid ? await Shared.EvalProtocols.ShaAsync(ctx, rid, refIr!.Artifact) : null,
+                WeightsSha256 = Shared.FeatureArtifacts.WeightsId(weights, p.FeatureCache ? FeatureCache.Default() : null),
+                Reference = $"run:{refArtifact.RunId}/{refArtifact.Name}", ReferenceSha256 = await Shared.EvalProtocols.ShaAsync(ctx, refArtifact.RunId, refArtifact.Name),
                 Preprocess = "generated at 256 (tokenizer decoder, no resize); reference as given; Inception: TF1 bilinear resize to 299",
                 Samples = total, Precision = p.AutocastDtype(Devices.Resolve(ctx.Device).type) is { } dt ? dt.ToString() : "Float32", Seed = p.Seed, K = p.Tokens,
             });
@@ -297,14 +293,14 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
         {
             if (gfid is not { } g || !double.IsFinite(g))
                 throw new JobFailedException($"cfg_search: no finite gFID at cfg {p.CfgScale} ({metrics.GetValueOrDefault("skipped") ?? gfid})");
-            var history = (p.CfgHistory ?? []).Append(new CfgPoint { CfgScale = p.CfgScale, Gfid = g, RunId = ctx.RunId }).ToList();
+            var history = (round.CfgHistory ?? []).Append(new CfgPoint { CfgScale = p.CfgScale, Gfid = g, RunId = ctx.RunId }).ToList();
             metrics["cfg_search"] = history.Select(h => new { cfg_scale = h.CfgScale, gfid = h.Gfid, run_id = h.RunId }).ToList();
-            var next = CfgSearchPlan.Next(search, history, p.CfgStart ?? p.CfgScale);
+            var next = CfgSearchPlan.Next(search, history, round.CfgStart ?? p.CfgScale);
             if (next is { } ns)
             {
                 await WriteMetricsJsonAsync(ctx, metrics);
                 ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {ns}");
-                await SampleGfidJob.SpawnRoundAsync(ctx, p with { CfgHistory = history }, ns);
+                await SampleGfidJob.SpawnRoundAsync(ctx, p, ns, round with { CfgHistory = history });
                 return;
             }
             // final round: the whole curve, the best scale (argmin gFID; the reference returns the last tried) and the plot
@@ -313,7 +309,10 @@ public sealed class SampleGfidAggregateJob : IJobHandler<SampleGfidParams>
             metrics["best_cfg"] = best.CfgScale;
             metrics["best_gfid"] = best.Gfid;
             var plot = Path.Combine(ctx.ScratchDir, "cfg_curve.png");
-            CfgCurvePlot.Save(plot, history, p.Tokens, $"{p.CfgSchedule}, {history.Count} scales");
+            var curve = history.OrderBy(h => h.CfgScale).Select(h => (h.CfgScale, h.Gfid)).ToList();
+            var bestLabel = $"best {best.CfgScale.ToString(System.Globalization.CultureInfo.InvariantCulture)}";
+            new Chart($"gFID vs CFG scale (K={p.Tokens}), {bestLabel}: {p.CfgSchedule}, {history.Count} scales", "CFG scale", "gFID",
+                [new Series("gFID", curve), new Series(bestLabel, [(best.CfgScale, best.Gfid)])]).SavePng(plot);
             await ctx.SaveArtifactFileAsync("cfg_curve.png", plot, "plot", overwrite: true, metadata: new { scales = history.Select(h => h.CfgScale), best_cfg = best.CfgScale });
             ctx.Log($"cfg_search done: {string.Join(", ", history.Select(h => $"cfg {h.CfgScale}: {h.Gfid:G6}"))}; best cfg {best.CfgScale}");
         }

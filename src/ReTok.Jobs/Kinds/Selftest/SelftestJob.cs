@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 
 namespace ReTok.Jobs.Kinds.Selftest;
 
@@ -30,41 +30,58 @@ public sealed record SelftestParams : IValidatableParams
     }
 }
 
+/// <summary>A selftest shard's work (engine-owned fan-out state): its scale and the transient failures it simulates.</summary>
+public sealed record SelftestShard
+{
+    public double Scale { get; init; }
+    public int TransientFailures { get; init; }
+}
+
 /// <summary>
 /// Counts 1..n: sum += scale*i, metric selftest/sum per step, checkpoint every k steps, result.json at the end
 /// ({"total", "n", "resumed_from"}). An input "data" (a result.json) adds its total. Honours cancellation by
-/// checkpointing first. With shards > 0 it fans out instead. The engine is testable with it and no models.
+/// checkpointing first. With shards > 0 it fans out instead (shard i counts with scale i+1; selftest-aggregate sums the
+/// totals). The engine is testable with it and no models.
 /// </summary>
 [JobKind("selftest", Queue = "cpu", MaxAttempts = 3, Description = "engine self-test: counts with checkpoints, metrics and an artifact")]
-public sealed class SelftestJob : IJobHandler<SelftestParams>
+public sealed class SelftestJob : IFanOutJob<SelftestParams>
 {
     public async Task RunAsync(JobContext ctx, SelftestParams p)
     {
         ctx.Log($"devices: {string.Join(", ", ctx.Devices)}");
-        if (p.Shards > 0 && ctx.ShardIndex is null)
+        if (p.Shards > 0)
         {
-            var shards = Enumerable.Range(0, p.Shards).Select(i => (object)(p with
-            {
-                Shards = 0, FirstShardTransientFailures = 0, Scale = i + 1, TransientFailures = i == 0 ? p.FirstShardTransientFailures : 0,
-            })).ToList();
-            await ctx.SpawnShardsAsync("selftest", shards, "selftest-aggregate", new SelftestAggregateParams { ExpectedShards = p.Shards });
+            var shards = Enumerable.Range(0, p.Shards)
+                .Select(i => (object)new SelftestShard { Scale = i + 1, TransientFailures = i == 0 ? p.FirstShardTransientFailures : 0 }).ToList();
+            await ctx.SpawnShardsAsync(shards);
             return;
         }
+        await CountAsync(ctx, p);
+    }
 
+    public Task RunShardAsync(JobContext ctx, SelftestParams p)
+    {
+        ctx.Log($"devices: {string.Join(", ", ctx.Devices)}");
+        var shard = ctx.GetFanOutState<SelftestShard>();
+        return CountAsync(ctx, p with { Scale = shard.Scale, TransientFailures = shard.TransientFailures });
+    }
+
+    static async Task CountAsync(JobContext ctx, SelftestParams p)
+    {
         double baseTotal = 0;
         if (ctx.InputRoles.Contains("data"))
             baseTotal = JsonDocument.Parse(await File.ReadAllTextAsync(await ctx.GetInputFileAsync("data"))).RootElement.GetProperty("total").GetDouble();
 
         long step = 0;
         double sum = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             var state = JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(ck.Dir, "state.json"))).RootElement;
             (step, sum) = (state.GetProperty("step").GetInt64(), state.GetProperty("sum").GetDouble());
         }
         var resumedFrom = step;
 
-        Task Save(long s, double total) => ctx.SaveCheckpointAsync(s, dir =>
+        Task Save(long s, double total) => ctx.Checkpoints.SaveAsync(s, dir =>
             File.WriteAllTextAsync(Path.Combine(dir, "state.json"), JsonSerializer.Serialize(new { step = s, sum = total })));
 
         for (var i = step + 1; i <= p.N; i++)
@@ -89,21 +106,11 @@ public sealed class SelftestJob : IJobHandler<SelftestParams>
         var result = JsonSerializer.Serialize(new { total = baseTotal + sum, n = p.N, resumed_from = resumedFrom });
         await ctx.SaveArtifactAsync("result.json", new MemoryStream(System.Text.Encoding.UTF8.GetBytes(result)), "json");
     }
-}
-
-public sealed record SelftestAggregateParams
-{
-    public int ExpectedShards { get; init; }
-}
-
-/// <summary>Fan-in side of the self-test: sums the shards' result.json totals into its own result.json.</summary>
-[JobKind("selftest-aggregate", Queue = "cpu", Description = "engine self-test aggregator")]
-public sealed class SelftestAggregateJob : IJobHandler<SelftestAggregateParams>
-{
-    public async Task RunAsync(JobContext ctx, SelftestAggregateParams p)
+    /// <summary>Fan-in: sums the shards' result.json totals into its own result.json.</summary>
+    public async Task AggregateAsync(JobContext ctx, SelftestParams p)
     {
         var shards = await ctx.GetShardsAsync();
-        if (shards.Count != p.ExpectedShards) throw new JobFailedException($"expected {p.ExpectedShards} shards, found {shards.Count}");
+        if (shards.Count != p.Shards) throw new JobFailedException($"expected {p.Shards} shards, found {shards.Count}");
         double total = 0;
         foreach (var s in shards)
         {

@@ -1,5 +1,4 @@
-using ReTok.Jobs.Engine;
-using ReTok.Tracking;
+using ReTok.Engine;
 
 namespace ReTok.Jobs.Kinds.Shared;
 

@@ -1,8 +1,8 @@
 using Microsoft.EntityFrameworkCore;
-using ReTok.Evaluation;
+using ReTok.Engine;
+using ReTok.Evaluation.Features;
 using ReTok.Evaluation.Inception;
 using ReTok.Evaluation.Metrics;
-using ReTok.Jobs.Engine;
 using ReTok.Models.IO;
 using ReTok.Tracking;
 

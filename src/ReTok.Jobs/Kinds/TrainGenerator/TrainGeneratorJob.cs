@@ -1,11 +1,10 @@
 using System.Diagnostics;
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models;
 using ReTok.Models.Distributed;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
-using ReTok.Models.Training;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -159,7 +158,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         };
 
         long start = 0;
-        (string Dir, long Step)? ck = await ctx.LoadCheckpointAsync() ?? await FromResumeInputAsync(ctx);
+        (string Dir, long Step)? ck = await ctx.Checkpoints.LoadAsync() ?? await FromResumeInputAsync(ctx);
         if (ck is { } c)
         {
             start = c.Step;
@@ -219,7 +218,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 {
                     try
                     {
-                        await ctx.SaveCheckpointAsync(step, dir =>
+                        await ctx.Checkpoints.SaveAsync(step, dir =>
                         {
                             StateDictFile.WriteSafetensors(Path.Combine(dir, "model.safetensors"), modelSd);
                             File.Move(optFile, Path.Combine(dir, "optimizer.bin"));

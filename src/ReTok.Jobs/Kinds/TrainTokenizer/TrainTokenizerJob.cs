@@ -1,10 +1,10 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using ReTok.Config;
+using ReTok.Engine;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
-using ReTok.Jobs.Engine;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;
@@ -136,7 +136,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         ctx.Log($"{source.Count} images, {data.BatchesPerEpoch} batches per epoch; tokenizer {Params(model)} parameters, discriminator {Params(trainer.Discriminator)}");
 
         long lastCheckpoint = 0;
-        if (await ctx.LoadCheckpointAsync() is { } ck)
+        if (await ctx.Checkpoints.LoadAsync() is { } ck)
         {
             foreach (var t in trainers) t.Load(ck.Dir);
             lastCheckpoint = trainer.Step;
@@ -148,7 +148,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
 
         async Task SaveCheckpoint()
         {
-            await ctx.SaveCheckpointAsync(trainer.Step, dir => { trainer.Save(dir); return Task.CompletedTask; });
+            await ctx.Checkpoints.SaveAsync(trainer.Step, dir => { trainer.Save(dir); return Task.CompletedTask; });
             lastCheckpoint = trainer.Step;
         }
 

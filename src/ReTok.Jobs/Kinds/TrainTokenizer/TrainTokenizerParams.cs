@@ -1,5 +1,5 @@
 using System.Text.Json.Nodes;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models.Distributed;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
@@ -11,7 +11,7 @@ namespace ReTok.Jobs.Kinds.TrainTokenizer;
 /// (configs/vq/VQ_SB256.yaml, VQ_SS256.yaml) key for key, so `params_from: VQ_SB256.yaml` works; the top-level keys
 /// are vq_train.py's command-line arguments (iterations, ckpt_every, ema, ...); <c>retok</c> holds the ReTok method
 /// choices the released code lacks (nested dropout over the padded sequence, lambda(K), decoder fine-tuning; see
-/// docs/jobs-train.md), the rest is ours (data, outputs, weights, debugging).
+/// docs/jobs-train-tokenizer.md), the rest is ours (data, outputs, weights, debugging).
 /// </summary>
 public enum InitMode { Strict, Gigatok }
 
@@ -209,7 +209,7 @@ public sealed record VqLossParams
     public double PerceptualWeight { get; init; } = 1.0;
     public double ReconstructionWeight { get; init; } = 1.0;
     public string ReconstructionLoss { get; init; } = "l2";
-    /// <summary>Stored but never applied by the reference (tokenizer-training.md §10.5); any value is accepted.</summary>
+    /// <summary>Stored but never applied by the reference (tokenizer-training.md §10, item 5); any value is accepted.</summary>
     public double CodebookWeight { get; init; } = 1.0;
     public long AuxLossEnd { get; init; } = 15000;
     public long? EntropyLossEnd { get; init; }

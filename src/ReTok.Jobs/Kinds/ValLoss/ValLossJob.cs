@@ -1,5 +1,5 @@
 using System.Text.Json;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;

@@ -1,6 +1,5 @@
 using System.Text.Json;
 using ReTok.Models.Generation;
-using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 using Generator = TorchSharp.torch.Generator;

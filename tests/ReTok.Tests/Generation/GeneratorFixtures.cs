@@ -1,9 +1,7 @@
 using System.Text.Json;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
-using TorchSharp;
 using static TorchSharp.torch;
-using Generator = TorchSharp.torch.Generator;
 
 namespace ReTok.Tests.Generation;
 

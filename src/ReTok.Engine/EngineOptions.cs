@@ -4,7 +4,7 @@ using Hangfire.PostgreSql;
 using Hangfire.PostgreSql.Factories;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// Engine settings. Defaults suit multi-hour GPU jobs; tests shrink the intervals. Bound on the recovery delay after a
@@ -152,6 +152,11 @@ static class HangfireGlobal
         GlobalConfiguration.Configuration
             .SetDataCompatibilityLevel(CompatibilityLevel.Version_180)
             .UseSimpleAssemblyNameTypeSerializer()
-            .UseRecommendedSerializerSettings();
+            .UseRecommendedSerializerSettings()
+            .UseTypeResolver(ResolveType);
     }
+
+    /// <summary>Jobs enqueued before the engine left ReTok.Jobs (issue #16) name the executor by its old type.</summary>
+    static Type ResolveType(string name) =>
+        name == "ReTok.Jobs.Engine.RunExecutor, ReTok.Jobs" ? typeof(RunExecutor) : Hangfire.Common.TypeHelper.DefaultTypeResolver(name);
 }

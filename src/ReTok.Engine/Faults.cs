@@ -1,4 +1,4 @@
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// A deterministic failure: bad config, NaN loss, architecture/checkpoint mismatch. The run fails at once with

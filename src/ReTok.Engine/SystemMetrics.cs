@@ -2,7 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Runtime.InteropServices;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>One GPU's readings; null where the source cannot tell.</summary>
 public sealed record GpuReading(int Index, double? UtilPct, double? MemUsedMiB, double? MemTotalMiB, double? TempC, double? PowerW);

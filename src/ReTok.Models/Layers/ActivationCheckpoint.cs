@@ -1,7 +1,7 @@
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ReTok.Models.Training;
+namespace ReTok.Models.Layers;
 
 /// <summary>
 /// torch.utils.checkpoint for one function y = f(x) of a module (TorchSharp 0.107 has none): the forward runs f without

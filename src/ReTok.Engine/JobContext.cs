@@ -1,9 +1,8 @@
 using System.Formats.Tar;
 using System.Text.Json;
-using System.Text.Json.Nodes;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// What a handler gets: identity (RunId, Device), progress, batched metrics and logs, artifacts, verified inputs with
@@ -27,6 +26,7 @@ public sealed class JobContext
         Devices = devices;
         ScratchDir = scratch;
         _inputs = JsonSerializer.Deserialize<Dictionary<string, string>>(run.Inputs) ?? new();
+        Checkpoints = new RunCheckpoints(scope.Tracker, scope.Lease.Fence, scratch, scope.WriteToken, FlushAsync, m => Log(m));
     }
 
     /// <summary>The run row as it was when this execution started.</summary>
@@ -44,6 +44,12 @@ public sealed class JobContext
     public CancellationToken CancellationToken => _s.Token;
     /// <summary>For reads (other runs' metrics, artifacts). Writes should go through the context so they are fenced.</summary>
     public Tracker Tracker => _s.Tracker;
+    /// <summary>
+    /// This run's checkpoints: latest + milestones with retention, JSON state, parts of large outputs; fenced by the
+    /// lease. Buffered metrics are flushed before each save, so a resume never finds metrics behind its checkpoint.
+    /// </summary>
+    public RunCheckpoints Checkpoints { get; }
+    /// <summary>On a shard: its place in the fan-out (0-based, the order the aggregator sees); null on other runs.</summary>
     public int? ShardIndex => Run.ShardIndex;
     public IReadOnlyCollection<string> InputRoles => _inputs.Keys;
 
@@ -212,107 +218,58 @@ public sealed class JobContext
         return path;
     }
 
-    // ------------------------------------------------------------ checkpoints
-
-    public const string CheckpointName = "checkpoints/latest";
-
-    /// <summary>
-    /// Saves a checkpoint: <paramref name="write"/> fills a fresh folder, which is stored as one tar artifact
-    /// (checkpoints/latest, overwritten) tagged with <paramref name="step"/>. Buffered metrics are flushed first.
-    /// Atomic: until the artifact row is updated the previous checkpoint stays current.
-    /// </summary>
-    /// <param name="milestone">Also keep this checkpoint as <c>checkpoints/step-NNNNNNNNNN</c> (a resume or evaluation point
-    /// that later saves do not overwrite); then only the newest <paramref name="keepMilestones"/> milestones keep their
-    /// content (0 = all), older ones are released (replaced by an empty file, which frees their storage).</param>
-    public async Task SaveCheckpointAsync(long step, Func<string, Task> write, bool milestone = false, int keepMilestones = 0)
-    {
-        var dir = Path.Combine(ScratchDir, $"ckpt-save-{Guid.NewGuid():N}");
-        Directory.CreateDirectory(dir);
-        try
-        {
-            await write(dir);
-            await FlushAsync();
-            await SaveArtifactDirAsync(CheckpointName, dir, "checkpoint", overwrite: true, metadata: new { step });
-            if (milestone)
-            {
-                await SaveArtifactDirAsync(MilestoneName(step), dir, "checkpoint", overwrite: true, metadata: new { step, milestone = true });
-                if (keepMilestones > 0) await ReleaseOldMilestonesAsync(keepMilestones);
-            }
-            Log($"checkpoint saved at step {step}{(milestone ? " (milestone)" : "")}");
-        }
-        finally { Directory.Delete(dir, true); }
-    }
-
-    public const string MilestonePrefix = "checkpoints/step-";
-
-    /// <summary>Zero-padded so that names sort by step.</summary>
-    public static string MilestoneName(long step) => $"{MilestonePrefix}{step:D10}";
-
-    private async Task ReleaseOldMilestonesAsync(int keep)
-    {
-        var old = (await _s.Tracker.ListArtifactsAsync(RunId))
-            .Where(a => a.Name.StartsWith(MilestonePrefix) && a.SizeBytes > 0)
-            .OrderByDescending(a => a.Name, StringComparer.Ordinal).Skip(keep).ToList();
-        foreach (var a in old)
-            await SaveArtifactAsync(a.Name, new MemoryStream(), "checkpoint", overwrite: true,
-                metadata: new { step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>(), milestone = true, released = true });
-    }
-
-    /// <summary>The latest checkpoint of this run (from an earlier execution), extracted, with its step; null if none.</summary>
-    public async Task<(string Dir, long Step)?> LoadCheckpointAsync()
-    {
-        var a = await _s.Tracker.GetArtifactAsync(RunId, CheckpointName);
-        if (a is null) return null;
-        var tar = Path.Combine(ScratchDir, $".ckpt-{Guid.NewGuid():N}.tar");
-        var dir = Path.Combine(ScratchDir, "checkpoint");
-        try
-        {
-            await _s.Tracker.DownloadArtifactAsync(a, tar, _s.WriteToken);
-            if (Directory.Exists(dir)) Directory.Delete(dir, true);
-            Directory.CreateDirectory(dir);
-            await TarFile.ExtractToDirectoryAsync(tar, dir, overwriteFiles: true, _s.WriteToken);
-        }
-        finally { File.Delete(tar); }
-        var step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>() ?? 0;
-        Log($"resuming from checkpoint at step {step}");
-        return (dir, step);
-    }
-
     // ------------------------------------------------------------ fan-out
 
     /// <summary>
-    /// Spawns one run of <paramref name="shardKind"/> per element of <paramref name="shardParams"/> and one
-    /// <paramref name="aggregatorKind"/> run that starts exactly once, when every shard has succeeded (a failed shard is
-    /// retried alone; the aggregator waits). The aggregator takes over this run's pipeline step. Idempotent: a re-executed
-    /// parent gets the fan-out it created before. Shards must not spawn shards themselves.
+    /// Fans this run out, the one shape every fanning kind has (<see cref="IFanOutJob{TParams}"/>): one shard run of this
+    /// kind per element of <paramref name="shardStates"/> and one <c>KIND-aggregate</c> run that starts exactly once, when
+    /// every shard has succeeded (a failed shard is retried alone; the aggregator waits). Every child runs with
+    /// <paramref name="parameters"/> (default: this run's) and this run's inputs, pinned to the artifacts they name now;
+    /// each gets its element of <paramref name="shardStates"/> (the aggregator <paramref name="aggregateState"/>) through
+    /// <see cref="GetFanOutState{T}"/>, which the engine stores beside the parameters so a spec can never set it. The
+    /// aggregator takes over this run's pipeline step and may fan out again (a search's next round). Idempotent: a
+    /// re-executed parent gets the fan-out it created before. Shards must not spawn shards themselves.
     /// </summary>
-    public async Task<FanOut> SpawnShardsAsync(string shardKind, IReadOnlyList<object> shardParams, string aggregatorKind, object aggregatorParams)
+    public async Task<FanOut> SpawnShardsAsync(IReadOnlyList<object> shardStates, object? aggregateState = null, object? parameters = null)
     {
         if (Run.FanInRunId is not null) throw new JobFailedException($"run {RunId} is a shard; nested fan-out is not supported");
-        var sk = _s.Kinds.Get(shardKind);
-        var ak = _s.Kinds.Get(aggregatorKind);
-        string Json(JobKindInfo k, object p, string what)
+        var kind = _s.Kinds.Get(Run.Kind);
+        var sk = _s.Kinds.Get(kind.ShardKind);
+        if (!_s.Kinds.TryGet(sk.Name + JobKindInfo.AggregateSuffix, out var ak) || ak.AggregateOf != sk.Name)
+            throw new InvalidOperationException($"job kind '{sk.Name}' fans out but does not implement IFanOutJob<{sk.ParamsType.Name}>");
+        var json = Run.Parameters;
+        if (parameters is not null)
         {
-            if (p.GetType() != k.ParamsType) throw new ArgumentException($"{what}: job kind '{k.Name}' takes {k.ParamsType.Name}, got {p.GetType().Name}");
-            ParamBinder.Validate(p, what);
-            return ParamBinder.ToJson(p);
+            if (parameters.GetType() != sk.ParamsType) throw new ArgumentException($"fan-out params: job kind '{sk.Name}' takes {sk.ParamsType.Name}, got {parameters.GetType().Name}");
+            ParamBinder.Validate(parameters, "fan-out params");
+            json = ParamBinder.ToJson(parameters);
         }
-        var shardJson = shardParams.Select((p, i) => Json(sk, p, $"shard {i} params")).ToList();
-        // Children follow the parent's queue (a spec may have overridden it) unless their kind needs another kind of queue.
-        var parentDefault = _s.Kinds.TryGet(Run.Kind, out var pk) ? pk.Queue : Run.Queue;
-        string QueueOf(JobKindInfo k) => k.Queue == parentDefault ? Run.Queue : k.Queue;
-        var aggJson = Json(ak, aggregatorParams, "aggregator params");
-        ChildRun Child(JobKindInfo k, string json) => new(k.Name, json, StepPlan.ConfigHashOf(k.Name, json), QueueOf(k));
+        // Pinned as run:ID/NAME: a child resolves exactly what the parent saw, wherever it runs and whatever its pipeline does next.
+        var inputs = new Dictionary<string, string>();
+        foreach (var role in _inputs.Keys.Order(StringComparer.Ordinal))
+        {
+            var a = await ResolveInputAsync(role);
+            inputs[role] = $"run:{a.RunId}/{a.Name}";
+        }
+        var inputsJson = JsonSerializer.Serialize(inputs);
+        // Children follow the parent's queue (a spec may have overridden it); shards and aggregator are the same kind.
+        ChildRun Child(JobKindInfo k, object? state) => new(k.Name, json, StepPlan.ConfigHashOf(k.Name, json), Run.Queue, inputsJson,
+            state is null ? null : JsonSerializer.Serialize(state, ParamBinder.Json));
 
-        var (fan, created) = await _s.Tracker.Runs.SpawnShardsAsync(_s.Lease.Fence, Child(ak, aggJson), shardJson.Select(j => Child(sk, j)).ToList(), _s.WriteToken);
+        var (fan, created) = await _s.Tracker.Runs.SpawnShardsAsync(_s.Lease.Fence, Child(ak, aggregateState), shardStates.Select(st => Child(sk, st)).ToList(), _s.WriteToken);
         if (created)
         {
-            foreach (var id in fan.ShardRunIds) await _s.Client.EnqueueAsync(id, QueueOf(sk), ct: _s.WriteToken);
-            if (fan.ShardRunIds.Count == 0) await _s.Client.EnqueueAsync(fan.AggregatorRunId, QueueOf(ak), ct: _s.WriteToken);
-            Log($"spawned {fan.ShardRunIds.Count} '{shardKind}' shards (runs {string.Join(", ", fan.ShardRunIds)}); aggregator '{aggregatorKind}' is run {fan.AggregatorRunId}");
+            foreach (var id in fan.ShardRunIds) await _s.Client.EnqueueAsync(id, Run.Queue, ct: _s.WriteToken);
+            if (fan.ShardRunIds.Count == 0) await _s.Client.EnqueueAsync(fan.AggregatorRunId, Run.Queue, ct: _s.WriteToken);
+            Log($"spawned {fan.ShardRunIds.Count} '{sk.Name}' shards (runs {string.Join(", ", fan.ShardRunIds)}); aggregator '{ak.Name}' is run {fan.AggregatorRunId}");
         }
         return fan;
     }
+
+    /// <summary>The state this shard or aggregator was given at fan-out (<see cref="SpawnShardsAsync"/>).</summary>
+    public T GetFanOutState<T>() where T : class =>
+        (Run.FanOutState is { } json ? JsonSerializer.Deserialize<T>(json, ParamBinder.Json) : null)
+        ?? throw new JobFailedException($"run {RunId} ({Run.Kind}) has no fan-out state: only a fan-out creates shards and aggregators");
 
     /// <summary>For an aggregator: its shard runs in shard order.</summary>
     public Task<List<Run>> GetShardsAsync() => _s.Tracker.Runs.GetShardsAsync(RunId);

@@ -1,6 +1,5 @@
 using ReTok.Models.Distributed;
 using ReTok.Models.Generation;
-using TorchSharp;
 using Xunit.Abstractions;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;

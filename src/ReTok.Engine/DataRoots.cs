@@ -1,7 +1,7 @@
 using System.Reflection;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// Marks a job parameter that names a file or folder on the worker. The engine confines every such parameter to the

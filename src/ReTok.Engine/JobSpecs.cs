@@ -5,7 +5,7 @@ using ReTok.Tracking;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>One run to create: a single job, or one step of a pipeline.</summary>
 public sealed record StepPlan(string Step, JobKindInfo Kind, object Params, string ParamsJson, string Queue,

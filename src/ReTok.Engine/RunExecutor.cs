@@ -1,9 +1,8 @@
-using System.ComponentModel;
 using Hangfire;
 using Hangfire.Server;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>What a worker process shares with every execution it runs.</summary>
 public sealed class ExecutorHost

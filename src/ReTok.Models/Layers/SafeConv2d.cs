@@ -3,7 +3,7 @@ using TorchSharp.Modules;
 using static TorchSharp.torch;
 using F = TorchSharp.torch.nn.functional;
 
-namespace ReTok.Models.Training;
+namespace ReTok.Models.Layers;
 
 /// <summary>
 /// Conv2d (same parameters, names and default init as nn.Conv2d) that works around a libtorch 2.10 CPU bug seen on

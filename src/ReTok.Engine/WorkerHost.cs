@@ -3,7 +3,7 @@ using Hangfire;
 using Hangfire.PostgreSql;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>What a worker serves: queues, GPU indices (one device slot per GPU, shared by the GPU queues: "gpu" and
 /// "gpu-CLASS", e.g. gpu-h100), CPU worker count.</summary>

@@ -5,7 +5,7 @@ using ReTok.Evaluation.Weights;
 using ReTok.Models.Images;
 using TorchSharp;
 
-namespace ReTok.Cli;
+namespace ReTok.Bench;
 
 /// <summary>
 /// `retok eval bench`: images/s of decode + ADM centre crop (ours vs Pillow via ReTok's center_crop_arr) on synthetic

@@ -1,5 +1,4 @@
 using ReTok.Models.Generation;
-using TorchSharp;
 using static ReTok.Tests.Generation.GeneratorFixtures;
 using static TorchSharp.torch;
 using Generator = TorchSharp.torch.Generator;

@@ -6,7 +6,7 @@ using Hangfire.Common;
 using Hangfire.States;
 using ReTok.Tracking;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 public sealed record SubmittedRun(string Step, long RunId, string Kind, string Queue, RunStatus Status);
 

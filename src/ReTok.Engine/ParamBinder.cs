@@ -3,7 +3,7 @@ using System.Text.Json;
 using ReTok.Config;
 using YamlDotNet.RepresentationModel;
 
-namespace ReTok.Jobs.Engine;
+namespace ReTok.Engine;
 
 /// <summary>
 /// Job parameters binding: <see cref="ConfigBinder"/> (the one strict binder, shared with the models' configs) plus the
