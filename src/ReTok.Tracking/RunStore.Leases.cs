@@ -149,6 +149,8 @@ public sealed partial class RunStore
                 await using var rd = await cmd.ExecuteReaderAsync(t);
                 while (await rd.ReadAsync(t)) requested.Add(rd.GetInt64(0));
             }
+            // webhooks: the run asked to cancel reports, not what the cascade took with it (RunStore.Webhooks.cs)
+            await OutboxAsync(c, tx, now.Contains(runId) ? [runId] : [], true, t, pipelineRuns: now.ToArray());
             return new CancelOutcome(runId, now, requested);
         }, ct);
 
