@@ -100,6 +100,14 @@ public sealed class WebhookDispatcher : IDisposable
         }
     }
 
+    /// <summary>A dispatcher that polls until <paramref name="ct"/> fires, then disposes itself (a host's background loop).</summary>
+    public static async Task RunInBackgroundAsync(Tracker tracker, WebhookOptions options, Action<string>? log, CancellationToken ct)
+    {
+        using var d = new WebhookDispatcher(tracker, options, log);
+        await Task.Yield();
+        await d.RunAsync(ct);
+    }
+
     /// <summary>Claims and sends one delivery now (the CLI's `webhooks test`); null when it is not due or another dispatcher holds it.</summary>
     public async Task<DeliveryAttempt?> SendNowAsync(long deliveryId, CancellationToken ct = default)
     {
