@@ -99,8 +99,8 @@ public static class WebhookCommands
         {
             await using var c = await CliSupport.ClientAsync(pr, ct);
             var (exp, id) = (pr.GetValue(Experiment)!, pr.GetValue(Id));
-            var delivery = await c.Tracker.Webhooks.EnqueueTestAsync(exp, id, ct) ?? throw new CliError($"experiment '{exp}' has no webhook {id}");
             using var d = new WebhookDispatcher(c.Tracker, c.Options.Webhooks);
+            var delivery = await c.Tracker.Webhooks.EnqueueTestAsync(exp, id, d.Owner, ct) ?? throw new CliError($"experiment '{exp}' has no webhook {id}");
             var a = await d.SendNowAsync(delivery, ct);
             var target = (await c.Tracker.Webhooks.DeliveriesAsync(deliveryId: delivery, ct: ct)).Single().UrlMasked;
             if (a is null) { Console.WriteLine($"test delivery {delivery} to {target} queued; a dispatcher took it first"); return 0; }

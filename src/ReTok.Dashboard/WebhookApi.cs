@@ -40,7 +40,7 @@ public static class WebhookApi
                 await t.Webhooks.RemoveAsync(name, id, ct) ? Results.NoContent() : Api.NotFound($"webhook {id} of experiment '{name}'"))
             .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies().WithSummary("remove a webhook (and its delivery history)");
         api.MapPost("/experiments/{name}/webhooks/{id:long}/test", async (Tracker t, string name, long id, CancellationToken ct) =>
-                await t.Webhooks.EnqueueTestAsync(name, id, ct) is { } d ? Results.Accepted(value: new WebhookTestDto(id, d)) : Api.NotFound($"webhook {id} of experiment '{name}'"))
+                await t.Webhooks.EnqueueTestAsync(name, id, ct: ct) is { } d ? Results.Accepted(value: new WebhookTestDto(id, d)) : Api.NotFound($"webhook {id} of experiment '{name}'"))
             .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies()
             .WithSummary("queue a test message (event webhook.test); its outcome is in the deliveries list");
     }

@@ -15,9 +15,11 @@ public static partial class WebhookUrl
         if (string.IsNullOrWhiteSpace(url)) return $"{field}: required (an absolute http:// or https:// URL)";
         if (url.Length > MaxLength) return $"{field}: longer than {MaxLength} characters";
         if (url.Any(ch => char.IsControl(ch) || char.IsWhiteSpace(ch))) return $"{field}: must not contain spaces or control characters";
-        if (!Uri.TryCreate(url, UriKind.Absolute, out var u) || string.IsNullOrEmpty(u.Host))
+        // "/x" parses as file:///x on Unix: a path, not a URL someone meant
+        if (!Uri.TryCreate(url, UriKind.Absolute, out var u) || (u.IsFile && !url.StartsWith("file:", StringComparison.OrdinalIgnoreCase)))
             return $"{field}: expected an absolute http:// or https:// URL";
-        if (u.Scheme is not ("http" or "https")) return $"{field}: scheme '{u.Scheme}' is not allowed (http or https only)";
+        if (u.Scheme is not ("http" or "https")) return $"{field}: scheme '{SafeText.Clean(u.Scheme)}' is not allowed (http or https only)";
+        if (string.IsNullOrEmpty(u.Host)) return $"{field}: expected an absolute http:// or https:// URL with a host";
         if (u.UserInfo.Length > 0) return $"{field}: must not carry user:password@ (put the token in the path or query, as Slack and Teams do)";
         return null;
     }
@@ -62,7 +64,7 @@ public sealed partial class WebhookStore(Tracker t)
 {
     public const string TestEvent = "webhook.test";
 
-    [GeneratedRegex("^[A-Za-z0-9 ._/@:+-]{1,200}$")]
+    [GeneratedRegex(@"^[^\p{C}<>]{1,200}$")]
     private static partial Regex NameRx();
 
     public async Task<WebhookInfo> AddAsync(string experiment, string url, IReadOnlyCollection<string>? events, string? name, string? createdBy, CancellationToken ct = default)
@@ -72,7 +74,7 @@ public sealed partial class WebhookStore(Tracker t)
         var evs = (events is null || events.Count == 0 ? WebhookEvents.All : events.Select(e => e.Trim().ToLowerInvariant())).Distinct().ToList();
         if (evs.FirstOrDefault(e => !WebhookEvents.All.Contains(e)) is { } unknown)
             throw new WebhookValidationException($"events: unknown event '{SafeText.Clean(unknown)}'; expected some of {string.Join(", ", WebhookEvents.All)}");
-        if (name is not null && !NameRx().IsMatch(name)) throw new WebhookValidationException("name: 1..200 letters, digits, spaces or ._/@:+-");
+        if (name is not null && !NameRx().IsMatch(name)) throw new WebhookValidationException("name: 1..200 characters, no control characters or < >");
         var expId = await t.EnsureExperimentAsync(experiment, ct);
         return await t.RetryAsync(async k =>
         {
@@ -107,17 +109,22 @@ public sealed partial class WebhookStore(Tracker t)
             return await cmd.ExecuteNonQueryAsync(k) == 1;
         }, ct);
 
-    /// <summary>Queues a test message to webhook <paramref name="id"/> of the experiment; returns the delivery id, null when there is no such webhook.</summary>
-    public Task<long?> EnqueueTestAsync(string experiment, long id, CancellationToken ct = default) =>
+    /// <summary>
+    /// Queues a test message to webhook <paramref name="id"/> of the experiment; returns the delivery id, null when there
+    /// is no such webhook. With <paramref name="sender"/> the row starts leased to that dispatcher (the CLI sends it at
+    /// once and reports the answer), else any dispatcher sends it.
+    /// </summary>
+    public Task<long?> EnqueueTestAsync(string experiment, long id, string? sender = null, CancellationToken ct = default) =>
         t.RetryAsync(async k =>
         {
             await using var cmd = t.DataSource.CreateCommand("""
-                INSERT INTO retok.webhook_deliveries (subscription_id, event, facts)
-                SELECT w.id, @ev, jsonb_build_object('experiment', e.name, 'webhook', w.name)
+                INSERT INTO retok.webhook_deliveries (subscription_id, event, facts, lease_owner, lease_until)
+                SELECT w.id, @ev, jsonb_build_object('experiment', e.name, 'webhook', w.name), @o, CASE WHEN @o::text IS NOT NULL THEN now() + interval '1 minute' END
                 FROM retok.webhooks w JOIN retok.experiments e ON e.id = w.experiment_id WHERE w.id = @id AND e.name = @e
                 RETURNING id
                 """);
             cmd.Parameters.AddWithValue("ev", TestEvent);
+            cmd.Parameters.AddWithValue("o", NpgsqlTypes.NpgsqlDbType.Text, (object?)sender ?? DBNull.Value);
             cmd.Parameters.AddWithValue("id", id);
             cmd.Parameters.AddWithValue("e", experiment);
             return await cmd.ExecuteScalarAsync(k) is long d ? d : (long?)null;
@@ -160,7 +167,7 @@ public sealed partial class WebhookStore(Tracker t)
         {
             await using var cmd = t.DataSource.CreateCommand("""
                 WITH due AS (SELECT id FROM retok.webhook_deliveries
-                             WHERE status = 'Pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now())
+                             WHERE status = 'Pending' AND next_attempt_at <= now() AND (lease_until IS NULL OR lease_until < now() OR lease_owner = @o)
                                AND (@only::bigint IS NULL OR id = @only)
                              ORDER BY next_attempt_at, id LIMIT @n FOR UPDATE SKIP LOCKED)
                 UPDATE retok.webhook_deliveries d SET lease_owner = @o, lease_until = now() + make_interval(secs => @ttl)
