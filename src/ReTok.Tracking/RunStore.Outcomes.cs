@@ -52,8 +52,8 @@ public sealed partial class RunStore
                     WHERE id = @agg RETURNING pending_children, status, queue
                     """, c, tx);
                 cmd.Parameters.AddWithValue("agg", agg);
-                await using var rd = await cmd.ExecuteReaderAsync(t);
-                if (await rd.ReadAsync(t) && rd.GetInt32(0) == 0 && rd.GetString(1) == "Queued") ready.Add(new ReadyRun(agg, rd.GetString(2)));
+                await using (var rd = await cmd.ExecuteReaderAsync(t))
+                    if (await rd.ReadAsync(t) && rd.GetInt32(0) == 0 && rd.GetString(1) == "Queued") ready.Add(new ReadyRun(agg, rd.GetString(2)));
                 return await OutboxAsync(c, tx, [lease.RunId], ready, t);
             }
             if (pipeline is { } p && step is not null) ready.AddRange(await AdvancePipelineAsync(c, tx, p, t));

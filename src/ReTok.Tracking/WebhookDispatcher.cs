@@ -20,7 +20,9 @@ public sealed record WebhookOptions
     /// <summary>Per request; the claim lease is this plus a margin, so no other dispatcher sends the row meanwhile.</summary>
     public TimeSpan Timeout { get; init; } = TimeSpan.FromSeconds(10);
     /// <summary>How often an idle dispatcher looks for due deliveries.</summary>
-    public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(2);
+    public TimeSpan PollInterval { get; init; } = TimeSpan.FromSeconds(5);
+    /// <summary>Delivered and dead rows older than this are deleted (hourly, by any dispatcher); pending ones are kept.</summary>
+    public TimeSpan Retention { get; init; } = TimeSpan.FromDays(30);
     public int BatchSize { get; init; } = 20;
     /// <summary>RETOK_WEBHOOKS=0 turns the dispatcher off in this process (deliveries wait for another one).</summary>
     public bool Enabled { get; init; } = true;
@@ -91,9 +93,18 @@ public sealed class WebhookDispatcher : IDisposable
     /// <summary>Polls until <paramref name="ct"/> fires (the background loop of a worker or the dashboard).</summary>
     public async Task RunAsync(CancellationToken ct)
     {
+        var nextPrune = DateTimeOffset.UtcNow;
         while (!ct.IsCancellationRequested)
         {
-            try { await RunOnceAsync(ct); }
+            try
+            {
+                await RunOnceAsync(ct);
+                if (DateTimeOffset.UtcNow >= nextPrune)
+                {
+                    nextPrune = DateTimeOffset.UtcNow.AddHours(1);
+                    await _t.Webhooks.PruneAsync(Options.Retention, ct);
+                }
+            }
             catch (OperationCanceledException) when (ct.IsCancellationRequested) { return; }
             catch (Exception ex) { _log($"webhooks: dispatcher pass failed: {ex.GetType().Name}: {Redact.Secrets(ex.Message)}"); }
             try { await Task.Delay(Options.PollInterval, ct); } catch (OperationCanceledException) { return; }

@@ -209,6 +209,16 @@ public sealed partial class WebhookStore(Tracker t)
             return await cmd.ExecuteNonQueryAsync(k) == 1;
         }, ct);
 
+    /// <summary>Deletes Delivered and Dead rows created more than <paramref name="olderThan"/> ago; returns how many.</summary>
+    public Task<int> PruneAsync(TimeSpan olderThan, CancellationToken ct = default) =>
+        t.RetryAsync(async k =>
+        {
+            await using var cmd = t.DataSource.CreateCommand(
+                "DELETE FROM retok.webhook_deliveries WHERE status <> 'Pending' AND created_at < now() - make_interval(secs => @s)");
+            cmd.Parameters.AddWithValue("s", olderThan.TotalSeconds);
+            return await cmd.ExecuteNonQueryAsync(k);
+        }, ct);
+
     static string Short(string s, int max)
     {
         s = SafeText.Clean(Redact.Secrets(s));

@@ -180,6 +180,9 @@ public sealed class WebhookTests(TestDatabase db) : IClassFixture<TestDatabase>
         Assert.All(rows, x => Assert.DoesNotContain("token", x.LastError));
         Assert.Contains(logs, x => x.Contains("dead after attempt 3") && x.Contains("http://127.0.0.1:" + port + "/…/oken"));
         Assert.All(logs, x => { Assert.DoesNotContain("gone-token", x); Assert.DoesNotContain(rx.Url("down"), x); Assert.DoesNotContain(WebhookReceiver.SecretBody, x); });
+        Assert.Equal(0, await t.Webhooks.PruneAsync(TimeSpan.FromDays(1)));   // retention keeps recent history
+        Assert.True(await t.Webhooks.PruneAsync(TimeSpan.Zero) >= 2);
+        Assert.Empty(await t.Webhooks.DeliveriesAsync(exp));
     }
 
     [Fact]
@@ -265,6 +268,29 @@ public sealed class WebhookTests(TestDatabase db) : IClassFixture<TestDatabase>
         var rows = await t.Webhooks.DeliveriesAsync(exp);
         Assert.Equal(new (string, long?)[] { (WebhookEvents.PipelineFinished, null), (WebhookEvents.RunCancelled, runs[0].Id) },
             rows.Select(r => (r.Event, r.RunId)).OrderBy(x => x.Item1, StringComparer.Ordinal));
+    }
+
+    [Fact]
+    public async Task Shards_report_only_failures_and_the_aggregator_reports_the_fan_out()
+    {
+        await using var t = db.CreateTracker();
+        var exp = Exp("shards");
+        var expId = await t.EnsureExperimentAsync(exp);
+        await t.Webhooks.AddAsync(exp, "https://hooks.example.com/s/h/ards", null, null, "test");
+        var parent = await t.Runs.InsertAsync(new Run { Kind = "selftest", ExperimentId = expId, Status = RunStatus.Queued });
+        var pl = (await t.Runs.TryAcquireLeaseAsync(parent.Id, new LeaseRequest("p", TimeSpan.FromMinutes(1))))!;
+        var child = new ChildRun("selftest", "{}", "", "cpu");
+        var (fan, _) = await t.Runs.SpawnShardsAsync(pl.Fence, child, [child, child]);
+        await t.Runs.SucceedAsync(pl);   // continued by its aggregator: no message
+        async Task<Lease> L(long id) => (await t.Runs.TryAcquireLeaseAsync(id, new LeaseRequest("w" + id, TimeSpan.FromMinutes(1))))!;
+        await t.Runs.SucceedAsync(await L(fan.ShardRunIds[0]));   // a shard's success: no message
+        await t.Runs.FailAsync(await L(fan.ShardRunIds[1]), "shard broke");
+        Assert.NotNull(await t.Runs.ResetForRetryAsync(fan.ShardRunIds[1]));
+        Assert.Single(await t.Runs.SucceedAsync(await L(fan.ShardRunIds[1])));
+        await t.Runs.SucceedAsync(await L(fan.AggregatorRunId));
+        var rows = await t.Webhooks.DeliveriesAsync(exp);
+        Assert.Equal(new (string, long?)[] { (WebhookEvents.RunFailed, fan.ShardRunIds[1]), (WebhookEvents.RunSucceeded, fan.AggregatorRunId) },
+            rows.OrderBy(r => r.Id).Select(r => (r.Event, r.RunId)));
     }
 
     [Fact]
