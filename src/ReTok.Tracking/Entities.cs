@@ -162,8 +162,6 @@ public class Pipeline
     public List<string> Overrides { get; set; } = new();
     public long? ExperimentId { get; set; }
     public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
-    /// <summary>When the pipeline last came to rest (no run queued or running) and its pipeline.finished webhooks were queued.</summary>
-    public DateTimeOffset? FinishedNotifiedAt { get; set; }
 }
 
 /// <summary>A worker process (one per machine) and what its device slots are doing.</summary>

@@ -11,11 +11,22 @@ namespace ReTok.Tracking;
 /// <item>run.failed: every run, shards included (a failed shard leaves its aggregator waiting: someone must look);</item>
 /// <item>a cancel cascade reports the run that was asked to cancel, not each shard or downstream step it took with it;</item>
 /// <item>pipeline.finished: when the last queued or running run of a pipeline ends (status succeeded, failed or
-/// cancelled), once per coming to rest: a retry that re-queues a run makes it fire again at the next rest.</item>
+/// cancelled), once per coming to rest: a retried step that ends again makes it fire again.</item>
 /// </list>
 /// </summary>
 public sealed partial class RunStore
 {
+    /// <summary>Those of <paramref name="ids"/> that are Queued now (before a cancel: which of them were active).</summary>
+    static async Task<HashSet<long>> QueuedAmongAsync(NpgsqlConnection c, NpgsqlTransaction tx, long[] ids, CancellationToken t)
+    {
+        await using var cmd = new NpgsqlCommand("SELECT id FROM retok.runs WHERE id = ANY(@ids) AND status = 'Queued'", c, tx);
+        cmd.Parameters.AddWithValue("ids", ids);
+        await using var rd = await cmd.ExecuteReaderAsync(t);
+        var set = new HashSet<long>();
+        while (await rd.ReadAsync(t)) set.Add(rd.GetInt64(0));
+        return set;
+    }
+
     /// <summary>Queues the run.* deliveries of runs that have just reached their terminal status in this transaction.</summary>
     static async Task OutboxRunsAsync(NpgsqlConnection c, NpgsqlTransaction tx, long[] runIds, CancellationToken t)
     {
@@ -39,48 +50,46 @@ public sealed partial class RunStore
     }
 
     /// <summary>
-    /// After a run of <paramref name="pipeline"/> ended: if nothing of the pipeline is queued or running any more and
-    /// something was (re)queued since the last time, queue its pipeline.finished deliveries. The pipeline row lock
-    /// serialises two last runs ending together (taken after the runs' rows, in the order <see cref="SucceedAsync"/> uses).
+    /// After a queued or running run of <paramref name="pipeline"/> ended in this transaction: if nothing of the pipeline
+    /// is queued or running any more, it has come to rest, so queue its pipeline.finished deliveries. Only a transition
+    /// out of Queued/Running calls this, so a pipeline comes to rest once per run that was active (cancelling a step left
+    /// waiting behind a failure is no new finish, a retried step that ends again is). The pipeline row lock serialises two
+    /// last runs ending together (taken after the runs' rows, in the order <see cref="SucceedAsync"/> uses): the second
+    /// sees the first's outcome, the first saw the second still running, so exactly one queues the message.
     /// </summary>
-    static async Task OutboxPipelineAsync(NpgsqlConnection c, NpgsqlTransaction tx, Guid? pipeline, CancellationToken t)
+    static async Task OutboxPipelineAsync(NpgsqlConnection c, NpgsqlTransaction tx, Guid pipeline, CancellationToken t)
     {
-        if (pipeline is not { } p) return;
         // A statement of its own: READ COMMITTED takes the next statement's snapshot after the lock is ours, so it sees
         // the run another transaction ended just before (one statement would count runs in its pre-lock snapshot).
         await using (var lk = new NpgsqlCommand("SELECT id FROM retok.pipelines WHERE id = @p FOR UPDATE", c, tx))
         {
-            lk.Parameters.AddWithValue("p", p);
+            lk.Parameters.AddWithValue("p", pipeline);
             await lk.ExecuteNonQueryAsync(t);
         }
         await using var cmd = new NpgsqlCommand("""
-            WITH pl AS (SELECT id, name, experiment_id, finished_notified_at FROM retok.pipelines WHERE id = @p),
-                 st AS (SELECT count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS active,
+            WITH st AS (SELECT count(*) FILTER (WHERE status IN ('Queued', 'Running')) AS active,
                                count(*) FILTER (WHERE status = 'Failed') AS failed,
-                               count(*) FILTER (WHERE status <> 'Succeeded') AS unfinished,
                                count(*) FILTER (WHERE status = 'Succeeded') AS succeeded,
-                               count(*) AS runs, max(queued_at) AS last_queued,
-                               min(coalesce(started_at, queued_at, created_at)) AS started, max(finished_at) AS finished,
+                               count(*) AS runs, min(coalesce(started_at, queued_at, created_at)) AS started, max(finished_at) AS finished,
                                min(experiment_id) AS run_experiment_id
                         FROM retok.runs WHERE pipeline_id = @p),
-                 rest AS (SELECT pl.*, st.*, CASE WHEN st.failed > 0 THEN 'Failed' WHEN st.unfinished > 0 THEN 'Cancelled' ELSE 'Succeeded' END AS outcome
-                          FROM pl, st WHERE st.active = 0 AND (pl.finished_notified_at IS NULL OR st.last_queued > pl.finished_notified_at)),
-                 mark AS (UPDATE retok.pipelines SET finished_notified_at = clock_timestamp() WHERE id IN (SELECT id FROM rest) RETURNING id)
+                 rest AS (SELECT pl.id, pl.name, coalesce(pl.experiment_id, st.run_experiment_id) AS experiment_id, st.*,
+                                 CASE WHEN st.failed > 0 THEN 'Failed' WHEN st.succeeded < st.runs THEN 'Cancelled' ELSE 'Succeeded' END AS outcome
+                          FROM retok.pipelines pl, st WHERE pl.id = @p AND st.active = 0)
             INSERT INTO retok.webhook_deliveries (subscription_id, event, pipeline_id, facts)
             SELECT w.id, 'pipeline.finished', rest.id, jsonb_build_object(
                        'pipeline_id', rest.id, 'pipeline', rest.name, 'experiment', e.name, 'status', rest.outcome,
                        'runs', rest.runs, 'succeeded', rest.succeeded, 'failed', rest.failed, 'started_at', rest.started, 'finished_at', rest.finished)
-            FROM rest JOIN mark ON mark.id = rest.id
-            JOIN retok.webhooks w ON w.experiment_id = coalesce(rest.experiment_id, rest.run_experiment_id)
-            JOIN retok.experiments e ON e.id = w.experiment_id
+            FROM rest JOIN retok.webhooks w ON w.experiment_id = rest.experiment_id JOIN retok.experiments e ON e.id = w.experiment_id
             WHERE 'pipeline.finished' = ANY(w.events)
             """, c, tx);
-        cmd.Parameters.AddWithValue("p", p);
+        cmd.Parameters.AddWithValue("p", pipeline);
         await cmd.ExecuteNonQueryAsync(t);
     }
 
     /// <summary>The outbox rows of a transition: run.* for <paramref name="ended"/>, pipeline.finished for the pipelines of
-    /// <paramref name="pipelineRuns"/> (default: the same runs) that came to rest. Returns <paramref name="result"/>.</summary>
+    /// <paramref name="pipelineRuns"/> (default: the same runs; only runs that were Queued or Running) that came to rest.
+    /// Returns <paramref name="result"/>.</summary>
     static async Task<T> OutboxAsync<T>(NpgsqlConnection c, NpgsqlTransaction tx, long[] ended, T result, CancellationToken t, long[]? pipelineRuns = null)
     {
         await OutboxRunsAsync(c, tx, ended, t);

@@ -156,6 +156,12 @@ public sealed class WebhookDispatcher : IDisposable
             error = WebhookUrl.Scrub($"{ex.HttpRequestError}: {ex.Message}", d.Url);
             retryable = true;
         }
+        catch (Exception ex) when (ex is not OperationCanceledException)
+        {
+            // anything else still counts as an attempt, so a row can never be retried forever without one
+            error = WebhookUrl.Scrub($"{ex.GetType().Name}: {ex.Message}", d.Url);
+            retryable = true;
+        }
         var attempts = d.Attempts + 1;
         DeliveryStatus outcome;
         DateTimeOffset? retryAt = null;

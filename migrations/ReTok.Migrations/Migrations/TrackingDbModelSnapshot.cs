@@ -300,10 +300,6 @@ namespace ReTok.Migrations.Migrations
                         .HasColumnType("bigint")
                         .HasColumnName("experiment_id");
 
-                    b.Property<DateTimeOffset?>("FinishedNotifiedAt")
-                        .HasColumnType("timestamp with time zone")
-                        .HasColumnName("finished_notified_at");
-
                     b.Property<string>("Name")
                         .IsRequired()
                         .HasColumnType("text")

@@ -211,7 +211,7 @@ public sealed class WebhookTests(TestDatabase db) : IClassFixture<TestDatabase>
     }
 
     [Fact]
-    public async Task Pipeline_finished_fires_once_when_two_last_steps_end_together_and_again_only_after_a_retry()
+    public async Task Pipeline_finished_fires_once_when_two_last_steps_end_together_not_for_a_cancelled_leftover_and_again_after_a_retry()
     {
         await using var rx = await WebhookReceiver.StartAsync();
         await using var t = db.CreateTracker();
@@ -224,7 +224,7 @@ public sealed class WebhookTests(TestDatabase db) : IClassFixture<TestDatabase>
             Kind = "selftest", Name = step, ExperimentId = expId, Status = s, PipelineStep = step, DependsOn = needs.ToList(),
             QueuedAt = s == RunStatus.Queued ? DateTimeOffset.UtcNow : null,
         };
-        var runs = new List<Run> { Step("a", RunStatus.Queued), Step("b", RunStatus.Waiting, "a"), Step("c", RunStatus.Waiting, "a") };
+        var runs = new List<Run> { Step("a", RunStatus.Queued), Step("b", RunStatus.Waiting, "a"), Step("c", RunStatus.Waiting, "a"), Step("d", RunStatus.Waiting, "c") };
         foreach (var r in runs) r.PipelineId = p.Id;
         await t.Runs.CreateAsync(p, runs);
         async Task<Lease> L(long id) => (await t.Runs.TryAcquireLeaseAsync(id, new LeaseRequest("w" + id, TimeSpan.FromMinutes(1))))!;
@@ -233,20 +233,24 @@ public sealed class WebhookTests(TestDatabase db) : IClassFixture<TestDatabase>
         var (lb, lc) = (await L(runs[1].Id), await L(runs[2].Id));
         await Task.WhenAll(t.Runs.SucceedAsync(lb), t.Runs.FailAsync(lc, "c broke"));   // the two last steps end at the same moment
         Assert.Single(await t.Webhooks.DeliveriesAsync(exp));
-        // a retry that runs again brings the pipeline to rest again: a second message
+        // d waits behind the failure: cancelling it is no new finish
+        Assert.Equal([runs[3].Id], (await t.Runs.RequestCancelAsync(runs[3].Id)).CancelledNow);
+        Assert.Single(await t.Webhooks.DeliveriesAsync(exp));
+        // a retried step that ends again brings the pipeline to rest again: a second message
         Assert.NotNull(await t.Runs.ResetForRetryAsync(runs[2].Id));
         await t.Runs.SucceedAsync(await L(runs[2].Id));
         using var d = new WebhookDispatcher(t, Fast());
         await Until(async () => { await d.RunOnceAsync(); return rx.For("pipe").Count == 2; }, "two pipeline messages");
         var msgs = rx.For("pipe").Select(h => h.Json).OrderBy(j => j.GetProperty("delivery_id").GetInt64()).ToList();
-        Assert.Equal(["Failed", "Succeeded"], msgs.Select(m => m.GetProperty("status").GetString()));
+        Assert.Equal(["Failed", "Cancelled"], msgs.Select(m => m.GetProperty("status").GetString()));
         Assert.All(msgs, m =>
         {
             Assert.Equal("pipeline.finished", m.GetProperty("event").GetString());
             Assert.Equal("chain", m.GetProperty("name").GetString());
             Assert.Equal($"{Dash}/runs?pipeline={p.Id}", m.GetProperty("link").GetString());
         });
-        Assert.Contains("pipeline chain succeeded (3/3 runs succeeded)", msgs[1].GetProperty("text").GetString());
+        Assert.Contains("pipeline chain failed (2/4 runs succeeded)", msgs[0].GetProperty("text").GetString());
+        Assert.Contains("pipeline chain cancelled (3/4 runs succeeded)", msgs[1].GetProperty("text").GetString());
     }
 
     [Fact]

@@ -13,7 +13,7 @@ using ReTok.Tracking;
 namespace ReTok.Migrations.Migrations
 {
     [DbContext(typeof(TrackingDb))]
-    [Migration("20261206045716_Webhooks")]
+    [Migration("20261206053248_Webhooks")]
     partial class Webhooks
     {
         /// <inheritdoc />
@@ -302,10 +302,6 @@ namespace ReTok.Migrations.Migrations
                     b.Property<long?>("ExperimentId")
                         .HasColumnType("bigint")
                         .HasColumnName("experiment_id");
-
-                    b.Property<DateTimeOffset?>("FinishedNotifiedAt")
-                        .HasColumnType("timestamp with time zone")
-                        .HasColumnName("finished_notified_at");
 
                     b.Property<string>("Name")
                         .IsRequired()

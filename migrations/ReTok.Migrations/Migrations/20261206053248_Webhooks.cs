@@ -13,13 +13,6 @@ namespace ReTok.Migrations.Migrations
         /// <inheritdoc />
         protected override void Up(MigrationBuilder migrationBuilder)
         {
-            migrationBuilder.AddColumn<DateTimeOffset>(
-                name: "finished_notified_at",
-                schema: "retok",
-                table: "pipelines",
-                type: "timestamp with time zone",
-                nullable: true);
-
             migrationBuilder.CreateTable(
                 name: "webhooks",
                 schema: "retok",
@@ -117,11 +110,6 @@ namespace ReTok.Migrations.Migrations
             migrationBuilder.DropTable(
                 name: "webhooks",
                 schema: "retok");
-
-            migrationBuilder.DropColumn(
-                name: "finished_notified_at",
-                schema: "retok",
-                table: "pipelines");
         }
     }
 }
