@@ -219,7 +219,8 @@ public sealed class DashboardServer : IAsyncDisposable
     /// links are only useful on this machine: set RETOK_DASHBOARD_URL to the public address behind the proxy).</summary>
     static WebhookOptions WebhookLinks(DashboardOptions o) =>
         o.Engine.Webhooks.DashboardUrl is not null ? o.Engine.Webhooks
-            : o.Engine.Webhooks with { DashboardUrl = o.Urls.FirstOrDefault(u => !u.Contains(":0", StringComparison.Ordinal) && !u.Contains('*') && !u.Contains('+')) };
+            : o.Engine.Webhooks with { DashboardUrl = o.Urls.FirstOrDefault(u => Uri.TryCreate(u.Replace("*", "0.0.0.0").Replace("+", "0.0.0.0"), UriKind.Absolute, out var x)
+                && x.Port != 0 && x.Host is not ("0.0.0.0" or "[::]"))?.TrimEnd('/') };
 
     /// <summary>The dashboard's webhook dispatcher (workers run one each too; the outbox claim keeps them from sending a row twice).</summary>
     sealed class WebhookService(Tracker tracker, WebhookOptions options, ILogger log) : BackgroundService

@@ -59,6 +59,15 @@ public sealed partial class RunStore
     /// </summary>
     static async Task OutboxPipelineAsync(NpgsqlConnection c, NpgsqlTransaction tx, Guid pipeline, CancellationToken t)
     {
+        // nobody listens: no lock, no count (the common case)
+        await using (var any = new NpgsqlCommand("""
+            SELECT EXISTS (SELECT 1 FROM retok.webhooks w WHERE 'pipeline.finished' = ANY(w.events) AND w.experiment_id IN (
+                SELECT experiment_id FROM retok.pipelines WHERE id = @p UNION SELECT experiment_id FROM retok.runs WHERE pipeline_id = @p))
+            """, c, tx))
+        {
+            any.Parameters.AddWithValue("p", pipeline);
+            if (await any.ExecuteScalarAsync(t) is not true) return;
+        }
         // A statement of its own: READ COMMITTED takes the next statement's snapshot after the lock is ours, so it sees
         // the run another transaction ended just before (one statement would count runs in its pre-lock snapshot).
         await using (var lk = new NpgsqlCommand("SELECT id FROM retok.pipelines WHERE id = @p FOR UPDATE", c, tx))
