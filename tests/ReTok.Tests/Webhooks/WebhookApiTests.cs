@@ -61,6 +61,28 @@ public sealed class WebhookApiTests(DashboardFixture f) : IClassFixture<Dashboar
     }
 
     [Fact]
+    public async Task The_dashboards_own_dispatcher_sends_a_test_message_queued_through_the_api()
+    {
+        await using var rx = await WebhookReceiver.StartAsync();
+        using var op = f.Client(UserRole.Operator);
+        var created = await op.PostAsJsonAsync("/api/experiments/dash-hooks/webhooks", new { url = rx.Url("dash-token") });
+        var id = JsonDocument.Parse(await created.Content.ReadAsStringAsync()).RootElement.GetProperty("id").GetInt64();
+        Assert.Equal(HttpStatusCode.Accepted, (await op.PostAsync($"/api/experiments/dash-hooks/webhooks/{id}/test", null)).StatusCode);
+        var end = DateTime.UtcNow.AddSeconds(30);   // the dashboard polls every RETOK_WEBHOOK_POLL_MS (5 s)
+        while (rx.For("dash-token").Count == 0 && DateTime.UtcNow < end) await Task.Delay(100);
+        var hit = Assert.Single(rx.For("dash-token"));
+        Assert.Equal("webhook.test", hit.Event);
+        var rows = JsonDocument.Parse(await op.GetStringAsync("/api/experiments/dash-hooks/webhooks/deliveries")).RootElement;
+        var end2 = DateTime.UtcNow.AddSeconds(10);
+        while (rows[0].GetProperty("status").GetString() != "Delivered" && DateTime.UtcNow < end2)
+        {
+            await Task.Delay(100);
+            rows = JsonDocument.Parse(await op.GetStringAsync("/api/experiments/dash-hooks/webhooks/deliveries")).RootElement;
+        }
+        Assert.Equal(("Delivered", 1, 200), (rows[0].GetProperty("status").GetString(), rows[0].GetProperty("attempts").GetInt32(), rows[0].GetProperty("last_status").GetInt32()));
+    }
+
+    [Fact]
     public async Task The_cli_adds_lists_tests_and_removes_with_the_url_masked_and_refuses_bad_urls_naming_the_field()
     {
         await using var rx = await WebhookReceiver.StartAsync();
