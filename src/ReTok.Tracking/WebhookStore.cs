@@ -209,6 +209,24 @@ public sealed partial class WebhookStore(Tracker t)
             return await cmd.ExecuteNonQueryAsync(k) == 1;
         }, ct);
 
+    /// <summary>Deliveries per status (pending, delivered, dead) and the age in seconds of the oldest pending one (0: none), for /metrics.</summary>
+    public Task<(IReadOnlyDictionary<string, long> ByStatus, double OldestPendingSeconds)> StatsAsync(CancellationToken ct = default) =>
+        t.RetryAsync<(IReadOnlyDictionary<string, long>, double)>(async k =>
+        {
+            await using var cmd = t.DataSource.CreateCommand("""
+                SELECT status, count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM retok.webhook_deliveries GROUP BY status
+                """);
+            await using var rd = await cmd.ExecuteReaderAsync(k);
+            var by = Enum.GetNames<DeliveryStatus>().ToDictionary(n => n.ToLowerInvariant(), _ => 0L);
+            double oldest = 0;
+            while (await rd.ReadAsync(k))
+            {
+                by[rd.GetString(0).ToLowerInvariant()] = rd.GetInt64(1);
+                if (rd.GetString(0) == nameof(DeliveryStatus.Pending)) oldest = rd.GetDouble(2);
+            }
+            return (by, oldest);
+        }, ct);
+
     /// <summary>Deletes Delivered and Dead rows created more than <paramref name="olderThan"/> ago; returns how many.</summary>
     public Task<int> PruneAsync(TimeSpan olderThan, CancellationToken ct = default) =>
         t.RetryAsync(async k =>

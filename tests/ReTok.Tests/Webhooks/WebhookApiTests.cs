@@ -80,6 +80,10 @@ public sealed class WebhookApiTests(DashboardFixture f) : IClassFixture<Dashboar
             rows = JsonDocument.Parse(await op.GetStringAsync("/api/experiments/dash-hooks/webhooks/deliveries")).RootElement;
         }
         Assert.Equal(("Delivered", 1, 200), (rows[0].GetProperty("status").GetString(), rows[0].GetProperty("attempts").GetInt32(), rows[0].GetProperty("last_status").GetInt32()));
+        var metrics = await f.Client(UserRole.Viewer).GetStringAsync("/metrics");
+        var delivered = metrics.Split('\n').Single(l => l.StartsWith("retok_webhook_deliveries{") && l.Contains("status=\"delivered\""));
+        Assert.True(double.Parse(delivered[(delivered.LastIndexOf('}') + 1)..].Trim().Split(' ')[0], System.Globalization.CultureInfo.InvariantCulture) >= 1, delivered);
+        Assert.Contains("# HELP retok_webhook_oldest_pending_seconds", metrics);
     }
 
     [Fact]
