@@ -11,6 +11,7 @@ public static partial class Commands
         yield return QuickstartCommands.Build();
         foreach (var c in EngineCommands.Build()) yield return c;
         yield return RunCommands.Build();
+        yield return WebhookCommands.Build();
         yield return ArtifactCommands.Build();
         yield return BenchCommands.Build();
         yield return TokenizerCommands.Build();

@@ -129,6 +129,7 @@ public static class Api
                     : Results.Problem(statusCode: 409, title: $"run {id} is {r.Status}: only a Waiting or Queued run can change priority");
             })
             .RequireAuthorization(AuthSetup.OperatorPolicy).RequireCsrfForCookies().WithSummary("set the priority (high, normal, low) of a run that has not started");
+        WebhookApi.Map(api);
     }
 
     public const int DefaultMetricPage = 10_000, MaxMetricPage = 100_000;

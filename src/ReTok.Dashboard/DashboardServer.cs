@@ -114,6 +114,7 @@ public sealed class DashboardServer : IAsyncDisposable
         s.AddSingleton<LoginThrottle>();
         s.AddSingleton<DashboardData>();
         s.AddSingleton<SpecSubmitter>();
+        if (o.Engine.Webhooks.Enabled) s.AddHostedService(sp => new WebhookService(client.Tracker, WebhookLinks(o), sp.GetRequiredService<ILoggerFactory>().CreateLogger("ReTok.Webhooks")));
         var fleet = new FleetMetrics(client.Tracker);
         s.AddSingleton(_ => fleet);   // a factory registration: the container disposes the meter with the host
         s.AddOpenTelemetry().WithMetrics(m => m.AddMeter(fleet.MeterName).AddPrometheusExporter());
@@ -211,6 +212,20 @@ public sealed class DashboardServer : IAsyncDisposable
             else throw new DashboardConfigException($"known proxy '{p}': expected an IP address or a CIDR network (10.0.0.0/8)");
         }
         return f;
+    }
+
+    /// <summary>Webhook options of this host: links go to RETOK_DASHBOARD_URL, else to the first URL it listens on (loopback
+    /// links are only useful on this machine: set RETOK_DASHBOARD_URL to the public address behind the proxy).</summary>
+    static WebhookOptions WebhookLinks(DashboardOptions o) =>
+        o.Engine.Webhooks.DashboardUrl is not null ? o.Engine.Webhooks
+            : o.Engine.Webhooks with { DashboardUrl = o.Urls.FirstOrDefault(u => Uri.TryCreate(u.Replace("*", "0.0.0.0").Replace("+", "0.0.0.0"), UriKind.Absolute, out var x)
+                && x.Port != 0 && x.Host is not ("0.0.0.0" or "[::]"))?.TrimEnd('/') };
+
+    /// <summary>The dashboard's webhook dispatcher (workers run one each too; the outbox claim keeps them from sending a row twice).</summary>
+    sealed class WebhookService(Tracker tracker, WebhookOptions options, ILogger log) : BackgroundService
+    {
+        protected override Task ExecuteAsync(CancellationToken ct) =>
+            WebhookDispatcher.RunInBackgroundAsync(tracker, options, m => log.LogWarning("{Message}", m), ct);
     }
 
     public Task WaitForShutdownAsync(CancellationToken ct = default) => App.WaitForShutdownAsync(ct);

@@ -342,7 +342,8 @@ public static class Pages
         var names = (await d.GetRunsAsync(curves.Select(x => x.Id).ToList(), ctx.RequestAborted)).ToDictionary(r => r.Id, r => r.Name);
         var kRuns = curves.Select(x => ($"#{x.Id} {names.GetValueOrDefault(x.Id)}", x.Curves)).ToList();
         var kCharts = kRuns.Count > 0 ? $"<h2>Metrics vs K</h2><div class=\"charts\" id=\"k-curves\">{KCurves.Charts(kRuns)}</div>" : "";
-        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{ExportLinks($"/api/experiments/{U(name)}/results/export")}{kCharts}");
+        return Page(ctx, $"Experiment {name}", $"<p><a href=\"/runs?experiment={U(name)}\">all runs of {E(name)}</a></p><h2>Results</h2>{ResultsHtml(results)}{ExportLinks($"/api/experiments/{U(name)}/results/export")}{kCharts}" +
+            await WebhookSection.HtmlAsync(d.Tracker, name, ctx.RequestAborted));
     }
 
     static string ExportLinks(string url) =>

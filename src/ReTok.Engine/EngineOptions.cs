@@ -56,6 +56,8 @@ public sealed record EngineOptions
     public DataRoots DataRoots { get; init; } = DataRoots.FromEnvironment();
     /// <summary>Apply EF migrations (and create the database) when a worker or client starts.</summary>
     public bool AutoMigrate { get; init; } = true;
+    /// <summary>Webhook delivery (RETOK_DASHBOARD_URL, RETOK_WEBHOOK_*, RETOK_WEBHOOKS=0 = off): every worker runs a dispatcher.</summary>
+    public WebhookOptions Webhooks { get; init; } = WebhookOptions.FromEnvironment();
 
     /// <summary>Settings from the environment: RETOK_DB, RETOK_ARTIFACTS, RETOK_SCRATCH and RETOK_ENGINE_* overrides (see docs/engine.md).</summary>
     public static EngineOptions FromEnvironment(string? db = null, string? artifacts = null)

@@ -89,6 +89,7 @@ public sealed class WorkerHost : IAsyncDisposable
         _background.Add(LoopAsync(_o.Heartbeat < TimeSpan.FromSeconds(5) ? _o.Heartbeat : TimeSpan.FromSeconds(5), WriteWorkerInfoAsync, "worker heartbeat"));
         var reconciler = new Reconciler(_client, _log);
         _background.Add(LoopAsync(_o.ReconcileInterval, reconciler.RunOnceAsync, "reconciler"));
+        if (_o.Webhooks.Enabled) _background.Add(WebhookDispatcher.RunInBackgroundAsync(tracker, _o.Webhooks, _log, _loops.Token));   // the outbox (RunStore.Webhooks.cs)
         _log($"worker {WorkerId} started: {string.Join("; ", _servers.Select(s => $"queue {s.Queue}: {s.Pool.Devices.Count} worker(s) on {string.Join(",", s.Pool.Devices)}"))}");
         _log(_o.Describe());
     }

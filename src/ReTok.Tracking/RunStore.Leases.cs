@@ -134,6 +134,7 @@ public sealed partial class RunStore
             var now = new List<long>();
             var requested = new List<long>();
             var cancel = Change([RunStatus.Waiting, RunStatus.Queued], RunStatus.Cancelled);
+            var active = await QueuedAmongAsync(c, tx, arr, t);   // webhooks: did this cancel end an active run (RunStore.Webhooks.cs)
             await using (var cmd = new NpgsqlCommand($"""
                 UPDATE retok.runs SET status = {cancel.To}, finished_at = now(), cancel_requested = true,
                        failure_reason = 'cancelled before it started' WHERE id = ANY(@ids) AND {cancel.Where} RETURNING id
@@ -149,6 +150,8 @@ public sealed partial class RunStore
                 await using var rd = await cmd.ExecuteReaderAsync(t);
                 while (await rd.ReadAsync(t)) requested.Add(rd.GetInt64(0));
             }
+            // webhooks: the run asked to cancel reports, not what the cascade took with it (RunStore.Webhooks.cs)
+            await OutboxAsync(c, tx, now.Contains(runId) ? [runId] : [], true, t, pipelineRuns: now.Where(active.Contains).ToArray());
             return new CancelOutcome(runId, now, requested);
         }, ct);
 

@@ -40,7 +40,7 @@ public sealed partial class RunStore
                 continuedBy = rd.IsDBNull(3) ? null : rd.GetInt64(3);
             }
             var ready = new List<ReadyRun>();
-            if (continuedBy is not null) return ready; // its aggregator finishes the work (and the step)
+            if (continuedBy is not null) return await OutboxAsync(c, tx, [lease.RunId], ready, t); // its aggregator finishes the work (and the step)
             if (fanIn is { } agg)
             {
                 var queue = Change([RunStatus.Waiting], RunStatus.Queued);
@@ -52,12 +52,12 @@ public sealed partial class RunStore
                     WHERE id = @agg RETURNING pending_children, status, queue
                     """, c, tx);
                 cmd.Parameters.AddWithValue("agg", agg);
-                await using var rd = await cmd.ExecuteReaderAsync(t);
-                if (await rd.ReadAsync(t) && rd.GetInt32(0) == 0 && rd.GetString(1) == "Queued") ready.Add(new ReadyRun(agg, rd.GetString(2)));
-                return ready;
+                await using (var rd = await cmd.ExecuteReaderAsync(t))
+                    if (await rd.ReadAsync(t) && rd.GetInt32(0) == 0 && rd.GetString(1) == "Queued") ready.Add(new ReadyRun(agg, rd.GetString(2)));
+                return await OutboxAsync(c, tx, [lease.RunId], ready, t);
             }
             if (pipeline is { } p && step is not null) ready.AddRange(await AdvancePipelineAsync(c, tx, p, t));
-            return ready;
+            return await OutboxAsync(c, tx, [lease.RunId], ready, t);
         }, ct);
 
     static async Task<List<ReadyRun>> AdvancePipelineAsync(NpgsqlConnection c, NpgsqlTransaction tx, Guid pipeline, CancellationToken t)
@@ -109,6 +109,7 @@ public sealed partial class RunStore
                 cmd.Parameters.AddWithValue("r", Truncate($"waiting for shard run {lease.RunId}, which failed: {reason}"));
                 await cmd.ExecuteNonQueryAsync(t);
             }
+            await OutboxAsync(c, tx, [lease.RunId], true, t);
         }, ct);
 
     public Task CancelledAsync(Lease lease, string note, CancellationToken ct = default) =>
@@ -122,7 +123,7 @@ public sealed partial class RunStore
             cmd.Parameters.AddWithValue("id", lease.RunId);
             cmd.Parameters.AddWithValue("gen", lease.Generation);
             cmd.Parameters.AddWithValue("r", Truncate(note));
-            await cmd.ExecuteNonQueryAsync(t);
+            if (await cmd.ExecuteNonQueryAsync(t) == 1) await OutboxAsync(c, tx, [lease.RunId], true, t);
         }, ct);
 
     /// <summary>Failure text as stored: credentials blanked (exception messages can carry connection strings), control

@@ -47,6 +47,7 @@ public sealed class Tracker : IAsyncDisposable
         DataSource = NpgsqlDataSource.Create(connectionString);
         _retry = retry ?? Faults.CreateRetry();
         Runs = new RunStore(this);
+        Webhooks = new WebhookStore(this);
     }
 
     public string ConnectionString { get; }
@@ -54,6 +55,8 @@ public sealed class Tracker : IAsyncDisposable
     public NpgsqlDataSource DataSource { get; }
     /// <summary>Leases, status transitions, pipelines and workers, on this tracker's connections and retries.</summary>
     public RunStore Runs { get; }
+    /// <summary>Webhook subscriptions per experiment and the delivery outbox (<see cref="WebhookDispatcher"/> sends it).</summary>
+    public WebhookStore Webhooks { get; }
 
     /// <summary>A fresh EF context for queries (dispose it).</summary>
     public TrackingDb CreateDb() => TrackingDb.Create(ConnectionString);

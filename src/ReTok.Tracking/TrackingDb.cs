@@ -20,6 +20,8 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
     public DbSet<User> Users => Set<User>();
     public DbSet<ApiToken> ApiTokens => Set<ApiToken>();
     public DbSet<UserSession> UserSessions => Set<UserSession>();
+    public DbSet<WebhookSubscription> WebhookSubscriptions => Set<WebhookSubscription>();
+    public DbSet<WebhookDelivery> WebhookDeliveries => Set<WebhookDelivery>();
 
     protected override void OnModelCreating(ModelBuilder b)
     {
@@ -90,6 +92,33 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
             e.HasIndex(t => t.TokenHash).IsUnique();
             e.Property(t => t.SecurityStamp).HasMaxLength(64).HasDefaultValue("");
             e.HasOne(t => t.User).WithMany().HasForeignKey(t => t.UserId).OnDelete(DeleteBehavior.Cascade);
+        });
+        b.Entity<WebhookSubscription>(e =>
+        {
+            e.ToTable("webhooks");
+            e.Property(w => w.Url).HasMaxLength(2048);
+            e.Property(w => w.Name).HasMaxLength(200);
+            e.Property(w => w.Events).HasDefaultValueSql("'{}'::text[]");
+            e.Property(w => w.CreatedAt).HasDefaultValueSql("now()");
+            e.HasIndex(w => w.ExperimentId);
+            e.HasOne<Experiment>().WithMany().HasForeignKey(w => w.ExperimentId).OnDelete(DeleteBehavior.Cascade);
+        });
+        b.Entity<WebhookDelivery>(e =>
+        {
+            e.ToTable("webhook_deliveries");
+            e.Property(d => d.Status).HasConversion<string>().HasMaxLength(16).HasDefaultValue(DeliveryStatus.Pending);
+            e.Property(d => d.Event).HasMaxLength(32);
+            e.Property(d => d.Facts).HasDefaultValueSql("'{}'::jsonb");
+            e.Property(d => d.IdempotencyKey).HasDefaultValueSql("gen_random_uuid()");
+            e.Property(d => d.Attempts).HasDefaultValue(0);
+            e.Property(d => d.NextAttemptAt).HasDefaultValueSql("now()");
+            e.Property(d => d.CreatedAt).HasDefaultValueSql("now()");
+            e.Property(d => d.LastError).HasMaxLength(500);
+            e.HasIndex(d => d.IdempotencyKey).IsUnique();
+            // the dispatcher's claim: due pending rows, oldest first
+            e.HasIndex(d => new { d.Status, d.NextAttemptAt });
+            e.HasIndex(d => new { d.SubscriptionId, d.Id });
+            e.HasOne<WebhookSubscription>().WithMany().HasForeignKey(d => d.SubscriptionId).OnDelete(DeleteBehavior.Cascade);
         });
     }
 

@@ -19,6 +19,8 @@ public sealed class FleetMetrics : IDisposable
 
     readonly Meter meter;
     readonly RunStore runs;
+    readonly WebhookStore webhooks;
+    (IReadOnlyDictionary<string, long> ByStatus, double OldestPendingSeconds)? hooks;
     readonly TimeSpan workerSilence, minRefresh;
     readonly Histogram<double> queueWait;
     readonly SemaphoreSlim gate = new(1, 1);
@@ -38,6 +40,7 @@ public sealed class FleetMetrics : IDisposable
         MeterName = n == 1 ? BaseMeterName : $"{BaseMeterName}.{n}";
         meter = new Meter(MeterName);
         runs = tracker.Runs;
+        webhooks = tracker.Webhooks;
         this.workerSilence = workerSilence ?? TimeSpan.FromMinutes(2);
         meter.CreateObservableGauge("retok.queue.depth", () => Tagged(stats?.QueuedByQueue, "queue"), "{run}", "runs queued and not yet started, per queue");
         meter.CreateObservableGauge("retok.runs.running", () => Tagged(stats?.RunningByKind, "kind"), "{run}", "runs executing now, per job kind");
@@ -47,6 +50,10 @@ public sealed class FleetMetrics : IDisposable
             "expired run leases taken over by another executor or re-queued by the reconciler (a dead or stalled worker)");
         meter.CreateObservableGauge("retok.artifacts.stored", () => Single(stats?.ArtifactBytes), "By", "bytes of the artifacts the run store records");
         meter.CreateObservableGauge("retok.workers.live", () => Single(stats?.LiveWorkers), "{worker}", "workers with a recent heartbeat");
+        meter.CreateObservableGauge("retok.webhook.deliveries", () => Tagged(hooks?.ByStatus, "status"), "{delivery}",
+            "webhook deliveries per status: pending (incl. waiting to retry), delivered, dead (gave up; see the experiment page)");
+        meter.CreateObservableGauge("retok.webhook.oldest_pending", () => hooks is { } h ? [new Measurement<double>(h.OldestPendingSeconds)] : Array.Empty<Measurement<double>>(), "s",
+            "age of the oldest pending webhook delivery (0: none): grows when no dispatcher runs or a receiver keeps failing");
         meter.CreateObservableGauge("retok.stats.up", () => up ? 1 : 0, null, "1 when the last refresh read the run store, 0 when it failed");
         queueWait = meter.CreateHistogram("retok.run.queue_wait", "s", "enqueue -> first start of each run started since this dashboard started, per kind and queue",
             advice: new InstrumentAdvice<double> { HistogramBucketBoundaries = WaitBuckets });
@@ -63,6 +70,7 @@ public sealed class FleetMetrics : IDisposable
             // the watermark starts at the database's now: runs started before this process are not replayed
             watermark ??= await runs.DatabaseNowAsync(ct);
             stats = await runs.GetFleetStatsAsync(workerSilence, ct);
+            hooks = await webhooks.StatsAsync(ct);
             foreach (var s in await runs.ListStartsAfterAsync(watermark.Value, ct: ct))
             {
                 queueWait.Record(s.WaitSeconds, new("kind", s.Kind), new("queue", s.Queue));
