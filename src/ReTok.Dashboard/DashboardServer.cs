@@ -14,8 +14,9 @@ using Microsoft.Extensions.Logging;
 using OpenTelemetry.Metrics;
 using ReTok.Dashboard.Auth;
 using ReTok.Dashboard.Monitoring;
-using HangfireDashboardOptions = Hangfire.DashboardOptions;
 using ReTok.Engine;
+using ReTok.Tracking;
+using HangfireDashboardOptions = Hangfire.DashboardOptions;
 
 namespace ReTok.Dashboard;
 

@@ -1,5 +1,5 @@
 using System.Collections.Concurrent;
-using ReTok.Jobs.Engine;
+using ReTok.Engine;
 using ReTok.Tests.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
