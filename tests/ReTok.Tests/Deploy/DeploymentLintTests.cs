@@ -62,7 +62,7 @@ public class DeploymentLintTests
     public void EveryRetokSettingInDeploymentFilesIsReadByTheCode()
     {
         var code = string.Join("\n", Directory.GetFiles(Path.Combine(Root, "src"), "*.cs", SearchOption.AllDirectories).Select(File.ReadAllText));
-        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Jobs", "Engine", "EngineOptions.cs"));
+        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Engine", "EngineOptions.cs"));
         var files = Directory.GetFiles(Path.Combine(Root, "infra", "k8s"), "*.yaml").Append(Path.Combine(Root, "docker", "compose.yaml"));
         var keys = files.SelectMany(f => System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(f), @"^\s*(RETOK_[A-Z0-9_]+)\s*:", System.Text.RegularExpressions.RegexOptions.Multiline)
             .Select(m => (File: Path.GetFileName(f), Key: m.Groups[1].Value))).ToList();
@@ -79,7 +79,7 @@ public class DeploymentLintTests
     public void EveryRetokSettingNamedInADockerfileIsReadByTheCode()
     {
         var code = string.Join("\n", Directory.GetFiles(Path.Combine(Root, "src"), "*.cs", SearchOption.AllDirectories).Select(File.ReadAllText));
-        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Jobs", "Engine", "EngineOptions.cs"));
+        var engine = File.ReadAllText(Path.Combine(Root, "src", "ReTok.Engine", "EngineOptions.cs"));
         var found = 0;
         foreach (var f in Directory.GetFiles(Path.Combine(Root, "docker"), "*.Dockerfile"))
             foreach (var key in System.Text.RegularExpressions.Regex.Matches(File.ReadAllText(f), @"\bRETOK_[A-Z0-9_]+").Select(m => m.Value).Distinct())
