@@ -1,5 +1,7 @@
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using System.Text.Unicode;
 using Hangfire;
 using Microsoft.AspNetCore.Authentication;
 using Microsoft.AspNetCore.Builder;
@@ -128,6 +130,10 @@ public sealed class DashboardServer : IAsyncDisposable
             j.SerializerOptions.NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals;
         });
         s.AddRetokAuth(o);
+        // Pages are Razor components rendered on the server (RazorComponentResult); no interactivity, no circuits.
+        s.AddRazorComponents();
+        // Components encode every value; non-ASCII text (·, →, …, °C) stays as is instead of becoming &#x…; entities.
+        s.AddSingleton(HtmlEncoder.Create(UnicodeRanges.All));
         s.AddOpenApi(a => a.AddDocumentTransformer((doc, _, _) =>
         {
             doc.Info.Title = "ReTok.Jobs dashboard API";
@@ -193,7 +199,7 @@ public sealed class DashboardServer : IAsyncDisposable
         // Prometheus scrapes with an API token (viewer): `authorization: {credentials: rtk_…}` in the scrape config
         app.MapPrometheusScrapingEndpoint("/metrics").RequireAuthorization(AuthSetup.ViewerPolicy);
         Api.Map(app);
-        Pages.Map(app);
+        PageEndpoints.Map(app);
         return app;
     }
 

@@ -1,4 +1,3 @@
-using System.Text;
 using System.Text.RegularExpressions;
 using ReTok.Plots;
 
@@ -39,18 +38,16 @@ public static partial class KCurves
             .Select(g => new KCurve(g.Key.metric, g.Key.v, g.OrderBy(p => p.k).Select(p => (p.k, p.Value)).ToList()))
             .ToList();
 
-    /// <summary>One chart per (metric, variant), one series per run, K on a log2 axis.</summary>
-    public static string Charts(IReadOnlyList<(string Label, List<KCurve> Curves)> runs, int max = 24)
+    /// <summary>One chart per (metric, variant), one series per run, K on a log2 axis (drawn by Pages/KCurveCharts.razor).</summary>
+    public static List<(string Title, Chart Chart)> Charts(IReadOnlyList<(string Label, List<KCurve> Curves)> runs, int max = 24)
     {
-        var sb = new StringBuilder();
         var titles = runs.SelectMany(r => r.Curves.Select(c => c.Title)).Distinct().Order(StringComparer.Ordinal).Take(max);
-        foreach (var title in titles)
+        return titles.Select(title =>
         {
             var series = runs.Select(r => (r.Label, Curve: r.Curves.FirstOrDefault(c => c.Title == title)))
                 .Where(x => x.Curve is not null)
                 .Select(x => new Series(x.Label, x.Curve!.Points.Select(p => ((double)p.K, p.Value)).ToList())).ToList();
-            sb.Append($"<figure class=\"k-curve\" data-key=\"{Html.E(title)}\">").Append(new Chart(title, "tokens K", "", series, Log2X: true).ToSvg()).Append("</figure>");
-        }
-        return sb.ToString();
+            return (title, new Chart(title, "tokens K", "", series, Log2X: true));
+        }).ToList();
     }
 }

@@ -45,23 +45,3 @@ public static class WebhookApi
             .WithSummary("queue a test message (event webhook.test); its outcome is in the deliveries list");
     }
 }
-
-/// <summary>The experiment page's "Notifications" section: masked webhooks and their recent deliveries.</summary>
-public static class WebhookSection
-{
-    public static async Task<string> HtmlAsync(Tracker t, string experiment, CancellationToken ct)
-    {
-        var hooks = await t.Webhooks.ListAsync(experiment, ct) ?? [];
-        var deliveries = hooks.Count == 0 ? [] : await t.Webhooks.DeliveriesAsync(experiment, limit: 20, ct: ct);
-        var hookTable = Html.Table(["id", "name", "url", "events"],
-            hooks.Select(h => (IEnumerable<string>)[Html.E(h.Id), Html.E(h.Name), $"<code>{Html.E(h.UrlMasked)}</code>", Html.E(string.Join(", ", h.Events))]),
-            "webhooks", "no webhooks: add one with `retok webhooks add` or POST /api/experiments/NAME/webhooks (operators)");
-        var deliveryTable = hooks.Count == 0 ? "" : "<h3>Recent deliveries</h3>" + Html.Table(["id", "event", "run", "webhook", "status", "attempts", "last HTTP", "last error", "queued", "delivered"],
-            deliveries.Select(d => (IEnumerable<string>)[
-                Html.E(d.Id), Html.E(d.Event), d.RunId is { } r ? $"<a href=\"/runs/{r}\">{r}</a>" : "", Html.E(d.Webhook ?? $"#{d.SubscriptionId}"),
-                $"<span class=\"delivery-{Html.E(d.Status.ToString().ToLowerInvariant())}\">{Html.E(d.Status)}</span>", Html.E(d.Attempts), Html.E(d.LastStatus),
-                Html.E(d.LastError), Html.E(d.CreatedAt.ToString("yyyy-MM-dd HH:mm:ss")), Html.E(d.DeliveredAt?.ToString("HH:mm:ss"))]),
-            "deliveries", "no deliveries yet");
-        return $"<h2 id=\"notifications\">Notifications</h2>{hookTable}{deliveryTable}";
-    }
-}
