@@ -15,6 +15,35 @@ public sealed class DashboardApiTests(DashboardFixture f) : IClassFixture<Dashbo
     static async Task<JsonElement> Json(HttpResponseMessage r) => JsonDocument.Parse(await r.Content.ReadAsStringAsync()).RootElement;
 
     [Fact]
+    public async Task Page_text_is_encoded_once_and_static_files_are_served()
+    {
+        // Razor components encode every value once: markup in run names, tags, messages and metric keys stays text
+        var evil = "<script>alert('x')</script> & \"q\"";
+        var run = await f.Tracker.Runs.InsertAsync(new Run { Kind = "selftest", Name = evil, Status = RunStatus.Failed, FailureReason = evil, Tags = ["t=<b>"] });
+        await f.Tracker.LogMetricsAsync(run.Id, [new("<i>/loss", 1, 2.0), new("<i>/loss", 2, 1.0)]);
+        using var c = f.Client(UserRole.Viewer);
+        foreach (var url in new[] { $"/runs/{run.Id}", "/runs", $"/compare?ids={run.Id}" })
+        {
+            var page = await c.GetStringAsync(url);
+            Assert.DoesNotContain("<script>alert", page);
+            Assert.DoesNotContain("<b>", page);
+            Assert.DoesNotContain("&amp;lt;", page);   // not encoded twice
+            Assert.Contains("&lt;script&gt;alert(", page);
+        }
+        var run1 = await c.GetStringAsync($"/runs/{run.Id}");
+        Assert.Contains("data-key=\"&lt;i&gt;/loss\"", run1);
+        Assert.Contains("<polyline class=\"curve\"", run1);   // the chart's SVG is markup, not text
+
+        using var anon = f.Client();
+        var css = await anon.GetAsync("/static/site.css");
+        Assert.Equal("text/css", css.Content.Headers.ContentType!.MediaType);
+        Assert.Contains(".st-running", await css.Content.ReadAsStringAsync());
+        var js = await anon.GetAsync("/static/app.js");
+        Assert.Equal("text/javascript", js.Content.Headers.ContentType!.MediaType);
+        Assert.Contains("/api/runs/live", await js.Content.ReadAsStringAsync());
+    }
+
+    [Fact]
     public async Task Unauthenticated_api_gets_401_pages_redirect_to_login_healthz_is_open()
     {
         using var c = f.Client();
