@@ -85,6 +85,8 @@ public static class Api
             .WithSummary("log lines: the last `tail` (default 1000), or those after id `after`");
         api.MapGet("/compare", async (DashboardData d, string? ids, CancellationToken ct) => await Compare.BuildAsync(d, ParseIds(ids), ct))
             .WithSummary("parameter diff and last metric values of runs side by side (ids=1,2,3)");
+        api.MapGet("/compare/images", async (DashboardData d, string? ids, CancellationToken ct) => await CompareImages.BuildAsync(d, ParseIds(ids), ct))
+            .WithSummary("image tiles of runs side by side (ids=1,2): per run its K values, reconstruction and original tile URLs per source image, sample tiles per class");
         api.MapGet("/experiments", async (DashboardData d, CancellationToken ct) => await d.ExperimentsAsync(ct))
             .WithSummary("experiments with run counts");
         api.MapGet("/results", async (DashboardData d, string? experiment, CancellationToken ct) => await ResultsTable.BuildAsync(d.Tracker, experiment, ct))

@@ -37,6 +37,11 @@ public static class PageEndpoints
         pages.MapPost("/runs/{id:long}/cancel", CancelAsync).RequireAuthorization(AuthSetup.OperatorPolicy);
         pages.MapPost("/runs/{id:long}/retry", RetryAsync).RequireAuthorization(AuthSetup.OperatorPolicy);
         pages.MapGet("/compare", ComparePageAsync);
+        pages.MapGet("/compare/images", async (HttpContext ctx, DashboardData d) =>
+        {
+            var ids = Api.ParseIds(string.Join(",", ctx.Request.Query["ids"].OfType<string>()));
+            return Page<CompareImagesPage>(new CompareImagesModel(PageContext.Of(ctx), ids, await CompareImages.BuildAsync(d, ids, ctx.RequestAborted)));
+        });
         pages.MapGet("/experiments", ExperimentsPageAsync);
         pages.MapGet("/experiments/{name}", ExperimentPageAsync);
         pages.MapGet("/workers", WorkersPageAsync);

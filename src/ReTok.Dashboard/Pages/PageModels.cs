@@ -16,6 +16,8 @@ public sealed record RunModel(PageContext Page, Run Run, string? Msg, Dictionary
 
 public sealed record CompareModel(PageContext Page, IReadOnlyList<long> Ids, bool All, CompareDto? Compare, List<ReTok.Plots.Chart> Charts);
 
+public sealed record CompareImagesModel(PageContext Page, IReadOnlyList<long> Ids, CompareImagesDto Images);
+
 public sealed record ExperimentsModel(PageContext Page, List<ExperimentDto> Experiments, List<ResultRow> Results);
 
 public sealed record ExperimentModel(PageContext Page, string Name, List<ResultRow> Results, IReadOnlyList<(string Label, List<KCurve> Curves)> KRuns,

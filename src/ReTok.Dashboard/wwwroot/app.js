@@ -22,3 +22,13 @@ document.addEventListener('submit', e => { const m = e.target.dataset.confirm; i
   }
   setInterval(poll, 3000);
 })();
+// /compare/images: the K slider shows one K column at a time (without JS all of them show)
+(function () {
+  const s = document.getElementById('k-slider'); if (!s) return;
+  const ks = s.dataset.ks.split(',');
+  const show = () => {
+    const k = ks[+s.value]; document.getElementById('k-value').textContent = k;
+    for (const el of document.querySelectorAll('#recon-grid [data-k]')) el.hidden = el.dataset.k !== k;
+  };
+  s.addEventListener('input', show); show();
+})();

@@ -124,6 +124,21 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Assert.Equal(RunStatus.Cancelled, (await f.Tracker.Runs.GetAsync(id))!.Status);
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "cancelled.png"), FullPage = true });
 
+        Step("images side by side: reconstructions of two runs per K, the slider switches the K column");
+        var (ra, rb, rs) = await CompareImagesTests.SeedAsync(f.Tracker);
+        await page.GotoAsync($"{f.BaseUrl}/compare/images?ids={ra},{rb},{rs}");
+        var slider = page.Locator("#k-slider");
+        Assert.Equal("32", await page.Locator("#k-value").InnerTextAsync());
+        Assert.Equal(2 * 2, await page.Locator("#recon-grid tbody td[data-k='32']:visible").CountAsync());
+        Assert.Equal(0, await page.Locator("#recon-grid tbody td[data-k='64']:visible").CountAsync());
+        await slider.FillAsync("1");   // K=64: both runs have it
+        Assert.Equal("64", await page.Locator("#k-value").InnerTextAsync());
+        Assert.Equal(0, await page.Locator("#recon-grid tbody td[data-k='32']:visible").CountAsync());
+        Assert.Equal(2 * 2, await page.Locator("#recon-grid tbody td[data-k='64'] img").CountAsync());
+        await page.WaitForFunctionAsync("() => [...document.querySelectorAll('#recon-grid td:not([hidden]) img')].every(i => i.complete && i.naturalWidth > 0)");
+        Assert.Equal(2, await page.Locator("#samples-grid tbody tr").CountAsync());
+        await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "compare-images.png"), FullPage = true });
+
         Step("Hangfire's dashboard opens for the logged-in user");
         await page.GotoAsync($"{f.BaseUrl}/hangfire");
         Assert.Contains("Hangfire", await page.TitleAsync());

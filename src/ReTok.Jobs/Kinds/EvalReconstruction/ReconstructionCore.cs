@@ -373,6 +373,20 @@ public static class ReconstructionCore
         var rowsForGrid = new List<Tensor> { Npz.ReadRows(a.DataPath, "arr_0", g).First().Chunk.ToTensor() };
         foreach (var k in ks) rowsForGrid.Add(Npz.ReadRows(reconFiles[k], "arr_0", g).First().Chunk.ToTensor());
         using (var all = cat(rowsForGrid, 0)) ImageGrid.Save(grid, all, nrow: g);
+        // One small PNG per image of the grid (recon/original/{i}.png, recon/k{K}/{i}.png): the dashboard's
+        // /compare/images puts the same source image side by side across runs and K.
+        var tiles = new List<(string Name, string Path)>();
+        for (var row = 0; row < rowsForGrid.Count; row++)
+        {
+            var dir = row == 0 ? "original" : $"k{ks[row - 1]}";
+            Directory.CreateDirectory(Path.Combine(outDir, "recon", dir));
+            for (var i = 0; i < g; i++)
+            {
+                var tile = Path.Combine(outDir, "recon", dir, $"{i}.png");
+                using (var one = rowsForGrid[row].narrow(0, i, 1)) ImageGrid.Save(tile, one, nrow: 1, padding: 0);
+                tiles.Add(($"recon/{dir}/{i}.png", tile));
+            }
+        }
         foreach (var t in rowsForGrid) t.Dispose();
 
         var plot = Path.Combine(outDir, "metrics_vs_k.png");
@@ -409,6 +423,7 @@ public static class ReconstructionCore
         foreach (var k in ks)
             await ctx.SaveArtifactFileAsync($"recon_k{k}.npz", reconFiles[k], "npz", overwrite: true, metadata: new { tokens = k, images = a.Count });
         await ctx.SaveArtifactFileAsync("grid.png", grid, "image", overwrite: true, metadata: new { rows = "originals, then one row per K", token_counts = ks });
+        foreach (var (name, path) in tiles) await ctx.SaveArtifactFileAsync(name, path, "image", overwrite: true);
         await ctx.SaveArtifactFileAsync("metrics_vs_k.png", plot, "plot", overwrite: true);
         await ctx.SaveArtifactFileAsync("metrics.json", json, "json", overwrite: true);
         foreach (var k in ks)

@@ -246,6 +246,15 @@ static class SampleGfidAggregate
         }
         else ImageGrid.Save(grid, first, nrow: 8);
         await ctx.SaveArtifactFileAsync("grid.png", grid, "image");
+        // samples/class{C}.png: the first sample of each class among those of the grid, for the dashboard's /compare/images
+        // (one row per class, one column per run)
+        var firstLabels = Npz.LoadKey(outPath, "labels").As<long>().Take((int)first.shape[0]).ToList();
+        foreach (var (c, i) in firstLabels.Select((c, i) => (c, i)).GroupBy(x => x.c).Select(g => (g.Key, g.First().i)))
+        {
+            var tile = Path.Combine(ctx.ScratchDir, $"class{c}.png");
+            using (var one = first.narrow(0, i, 1)) ImageGrid.Save(tile, one, nrow: 1, padding: 0);
+            await ctx.SaveArtifactFileAsync($"samples/class{c}.png", tile, "image", overwrite: true);
+        }
 
         var metrics = new Dictionary<string, object?> { ["tokens"] = p.Tokens, ["cfg_scale"] = p.CfgScale, ["num_samples"] = total };
         double? gfid = null;
