@@ -170,6 +170,10 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         // grid.png: originals then one row per K; metrics_vs_k.png is a PNG.
         using (var grid = SkiaSharp.SKBitmap.Decode(await DownloadAsync(_env.Tracker, agg.Id, "grid.png", root)))
             Assert.Equal((4 * 258 + 2, 3 * 258 + 2), (grid.Width, grid.Height));
+        // per-image tiles of the grid for /compare/images: the originals and each K, one 256x256 PNG each
+        Assert.Equal(3 * 4, (await _env.Tracker.ListArtifactsAsync(agg.Id)).Count(x => x.Name.StartsWith("recon/", StringComparison.Ordinal) && x.Name.EndsWith(".png", StringComparison.Ordinal)));
+        using (var tile = SkiaSharp.SKBitmap.Decode(await DownloadAsync(_env.Tracker, agg.Id, "recon/original/3.png", root)))
+            Assert.Equal((256, 256), (tile.Width, tile.Height));
         using (var plot = SkiaSharp.SKBitmap.Decode(await DownloadAsync(_env.Tracker, single, "metrics_vs_k.png", root)))
             Assert.True(plot is { Width: 1260 }, "metrics_vs_k.png does not decode");
 

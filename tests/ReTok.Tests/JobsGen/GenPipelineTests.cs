@@ -139,6 +139,8 @@ public sealed class GenPipelineTests : IClassFixture<TestDatabase>
         Assert.All(a["labels"].As<long>(), l => Assert.InRange(l, 0, 3));
         Assert.Equal(new long[] { 3, 8 }, a["codes"].Shape);
         Assert.NotNull(await t.GetArtifactAsync(aggA, "grid.png"));
+        // one tile per class of the grid for /compare/images
+        foreach (var l in a["labels"].As<long>().Distinct()) Assert.NotNull(await t.GetArtifactAsync(aggA, $"samples/class{l}.png"));
         var metrics = await File.ReadAllTextAsync(await Download(t, aggA, "metrics.json", root));
         Assert.Contains("pt_inception-2015-12-05-6726825d.pth", metrics); // skipped, naming the missing file
         _out.WriteLine($"sample-gfid {sw.Elapsed.TotalSeconds:F1}s");
