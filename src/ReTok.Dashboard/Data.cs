@@ -113,14 +113,8 @@ public sealed class DashboardData(Tracker tracker, DashboardOptions options)
         return rows.Select(l => new LogDto(l.Id, l.Time, l.Level, l.Message)).ToList();
     }
 
-    public async Task<List<ExperimentDto>> ExperimentsAsync(CancellationToken ct)
-    {
-        await using var db = tracker.CreateDb();
-        return await db.Experiments.AsNoTracking().OrderBy(e => e.Name)
-            .Select(e => new ExperimentDto(e.Id, e.Name, e.Description, e.CreatedAt, e.Runs.Count,
-                e.Runs.Count(r => r.Status == RunStatus.Running || r.Status == RunStatus.Queued || r.Status == RunStatus.Waiting)))
-            .ToListAsync(ct);
-    }
+    public async Task<List<ExperimentDto>> ExperimentsAsync(CancellationToken ct) =>
+        (await tracker.Runs.ListExperimentRunCountsAsync(ct)).Select(e => new ExperimentDto(e.Id, e.Name, e.Description, e.CreatedAt, e.Runs, e.Active)).ToList();
 
     public async Task<List<WorkerDto>> WorkersAsync(CancellationToken ct)
     {

@@ -28,6 +28,18 @@ public sealed record CancelOutcome(long RunId, List<long> CancelledNow, List<lon
 /// </summary>
 public sealed partial class RunStore
 {
+    /// <summary>The fence check of every fenced transaction (<see cref="Tracker.InTransactionAsync{T}"/>): the run's lease generation must still be <paramref name="f"/>'s.</summary>
+    internal static async Task CheckFenceAsync(NpgsqlConnection conn, NpgsqlTransaction tx, Fence f, CancellationToken ct)
+    {
+        // FOR SHARE: a concurrent lease takeover (an UPDATE of this row) waits until we commit, so the check stays true for our writes.
+        await using var cmd = new NpgsqlCommand("SELECT lease_generation FROM retok.runs WHERE id = @id FOR SHARE", conn, tx);
+        cmd.Parameters.AddWithValue("id", f.RunId);
+        var gen = await cmd.ExecuteScalarAsync(ct);
+        if (gen is not long g) throw new LeaseLostException($"run {f.RunId} does not exist");
+        if (g != f.Generation)
+            throw new LeaseLostException($"run {f.RunId}: lease generation is {g}, this executor holds {f.Generation}; another executor took over, write refused");
+    }
+
     /// <summary>Acquires the lease if the run is Queued/Running and no live lease exists; null otherwise.</summary>
     public Task<Lease?> TryAcquireLeaseAsync(long runId, LeaseRequest req, CancellationToken ct = default) =>
         _t.RetryAsync(async t =>

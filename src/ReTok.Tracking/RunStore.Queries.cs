@@ -6,6 +6,9 @@ namespace ReTok.Tracking;
 public sealed record RunFilter(RunStatus? Status = null, string? Kind = null, Guid? PipelineId = null, long? ExperimentId = null,
     long? ParentRunId = null, int Limit = 50, string? Experiment = null, string? Tag = null);
 
+/// <summary>An experiment with its number of runs and of active (Running, Queued, Waiting) runs.</summary>
+public sealed record ExperimentRunCounts(long Id, string Name, string? Description, DateTimeOffset CreatedAt, int Runs, int Active);
+
 /// <summary>Reads of runs and workers: the engine's, the CLI's and the dashboard's.</summary>
 public sealed partial class RunStore
 {
@@ -61,6 +64,17 @@ public sealed partial class RunStore
             var kinds = await db.Runs.Select(r => r.Kind).Distinct().OrderBy(k => k).ToListAsync(t);
             var tags = await db.Database.SqlQueryRaw<string>("SELECT DISTINCT unnest(tags) AS \"Value\" FROM retok.runs ORDER BY 1 LIMIT 500").ToListAsync(t);
             return (kinds, tags);
+        }, ct);
+
+    /// <summary>Every experiment by name with its number of runs and of active (Running, Queued, Waiting) runs.</summary>
+    public Task<List<ExperimentRunCounts>> ListExperimentRunCountsAsync(CancellationToken ct = default) =>
+        _t.RetryAsync(async t =>
+        {
+            await using var db = _t.CreateDb();
+            return await db.Experiments.AsNoTracking().OrderBy(e => e.Name)
+                .Select(e => new ExperimentRunCounts(e.Id, e.Name, e.Description, e.CreatedAt, e.Runs.Count,
+                    e.Runs.Count(r => r.Status == RunStatus.Running || r.Status == RunStatus.Queued || r.Status == RunStatus.Waiting)))
+                .ToListAsync(t);
         }, ct);
 
     /// <summary>Worker rows by host, then id.</summary>

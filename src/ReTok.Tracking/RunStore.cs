@@ -69,8 +69,11 @@ public sealed partial class RunStore
         }, ct);
     }
 
-    /// <summary>Inserts one run as given, in any status (fixtures, imports), and returns it with its id; submissions use <see cref="CreateAsync"/>.</summary>
-    public Task<Run> InsertAsync(Run run, CancellationToken ct = default) =>
+    /// <summary>
+    /// Test fixtures only: inserts one run as given, in any status, bypassing <see cref="Initial"/> and <see cref="Transitions"/>,
+    /// and returns it with its id. Internal (visible to ReTok.Tests): every production insert is <see cref="CreateAsync"/> or <see cref="SpawnShardsAsync"/>.
+    /// </summary>
+    internal Task<Run> InsertAsync(Run run, CancellationToken ct = default) =>
         _t.RetryAsync(async t =>
         {
             await using var db = _t.CreateDb();

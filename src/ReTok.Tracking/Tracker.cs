@@ -71,7 +71,7 @@ public sealed class Tracker : IAsyncDisposable
         {
             await using var conn = await DataSource.OpenConnectionAsync(token);
             await using var tx = await conn.BeginTransactionAsync(IsolationLevel.ReadCommitted, token);
-            if (fence is { } f) await CheckFenceAsync(conn, tx, f, token);
+            if (fence is { } f) await RunStore.CheckFenceAsync(conn, tx, f, token);
             var result = await body(conn, tx, token);
             await tx.CommitAsync(token);
             return result;
@@ -83,17 +83,6 @@ public sealed class Tracker : IAsyncDisposable
     /// <summary>Retries a single operation on transient faults.</summary>
     public async Task<T> RetryAsync<T>(Func<CancellationToken, Task<T>> op, CancellationToken ct = default) =>
         await _retry.ExecuteAsync(async t => await op(t), ct);
-
-    static async Task CheckFenceAsync(NpgsqlConnection conn, NpgsqlTransaction tx, Fence f, CancellationToken ct)
-    {
-        // FOR SHARE: a concurrent lease takeover (an UPDATE of this row) waits until we commit, so the check stays true for our writes.
-        await using var cmd = new NpgsqlCommand("SELECT lease_generation FROM retok.runs WHERE id = @id FOR SHARE", conn, tx);
-        cmd.Parameters.AddWithValue("id", f.RunId);
-        var gen = await cmd.ExecuteScalarAsync(ct);
-        if (gen is not long g) throw new LeaseLostException($"run {f.RunId} does not exist");
-        if (g != f.Generation)
-            throw new LeaseLostException($"run {f.RunId}: lease generation is {g}, this executor holds {f.Generation}; another executor took over, write refused");
-    }
 
     // ---------------------------------------------------------------- experiments
 

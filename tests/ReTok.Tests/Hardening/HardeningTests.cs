@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ReTok.Engine;
+using ReTok.Evaluation.Images;
 using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Jobs.Kinds.Selftest;
 using ReTok.Models.IO;

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Engine;
 using ReTok.Evaluation.Features;
+using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Jobs.Kinds.ExtractDataset;

@@ -1,5 +1,5 @@
 using ReTok.Engine;
-using ReTok.Jobs.Kinds.ExtractDataset;
+using ReTok.Evaluation.Images;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
@@ -72,7 +72,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
         Func<long, IEnumerable<(long Row, Tensor Images)>> rows;
         if (fromSource)
         {
-            var sel = DatasetExtractor.Select(new ExtractDatasetParams { Source = p.Source!, ImageSize = crop, Shuffle = false });
+            var sel = DatasetExtractor.Select(new DatasetExtractOptions { Source = p.Source!, ImageSize = crop, Shuffle = false });
             n = p.MaxImages > 0 ? Math.Min(sel.Images.Count, p.MaxImages) : sel.Images.Count;
             labelsOf = sel.Images.Take((int)n).Select(i => (long)i.Label).ToArray();
             int threads = p.Workers > 0 ? p.Workers : Environment.ProcessorCount;

@@ -6,11 +6,6 @@ using ReTok.Models.IO;
 
 namespace ReTok.Jobs.Kinds.ExtractDataset;
 
-public enum DatasetLayout { Auto, ImageFolder, Flat, IlsvrcVal }
-
-/// <summary>What to do with an image that cannot be decoded (truncated, not an image, unreadable).</summary>
-public enum OnCorrupt { Fail, Skip }
-
 /// <summary>Parameters of extract-dataset (val_ddp.py's extraction, evaluation.md §1).</summary>
 public sealed record ExtractDatasetParams : IValidatableParams
 {
@@ -42,6 +37,13 @@ public sealed record ExtractDatasetParams : IValidatableParams
     public int Workers { get; init; }
     /// <summary>Pause after each chunk (ms): for demos and resume tests, 0 otherwise.</summary>
     public int ThrottleMs { get; init; }
+
+    /// <summary>The extraction part of these params, for <see cref="DatasetExtractor"/>.</summary>
+    public static implicit operator DatasetExtractOptions(ExtractDatasetParams p) => new()
+    {
+        Source = p.Source, Layout = p.Layout, ValLabels = p.ValLabels, DevkitMeta = p.DevkitMeta, ImageSize = p.ImageSize, Shuffle = p.Shuffle,
+        Seed = p.Seed, Limit = p.Limit, PerClass = p.PerClass, OnCorrupt = p.OnCorrupt, ChunkSize = p.ChunkSize, Workers = p.Workers,
+    };
 
     public IEnumerable<string> Validate()
     {

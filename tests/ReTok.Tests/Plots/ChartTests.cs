@@ -2,7 +2,7 @@ using System.Text.RegularExpressions;
 using ReTok.Plots;
 using SkiaSharp;
 
-namespace ReTok.Tests.Evaluation;
+namespace ReTok.Tests.Plots;
 
 /// <summary>Issue 16.5: one plotting helper; the PNG of a job artifact and the dashboard's SVG come from one layout.</summary>
 public sealed class ChartTests

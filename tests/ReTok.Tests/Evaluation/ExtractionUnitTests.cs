@@ -5,7 +5,7 @@ using ReTok.Models.Images;
 using SkiaSharp;
 using static ReTok.Tests.JobsEval.JobsEvalSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Evaluation;
 
 /// <summary>The extraction's listing and labelling without the engine: devkit meta.mat, flat ILSVRC2012 val labels, selection order.</summary>
 public class ExtractionUnitTests

@@ -3,11 +3,36 @@ using System.Formats.Tar;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
-using ReTok.Evaluation.Images;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 
-namespace ReTok.Jobs.Kinds.ExtractDataset;
+namespace ReTok.Evaluation.Images;
+
+public enum DatasetLayout { Auto, ImageFolder, Flat, IlsvrcVal }
+
+/// <summary>What to do with an image that cannot be decoded (truncated, not an image, unreadable).</summary>
+public enum OnCorrupt { Fail, Skip }
+
+/// <summary>
+/// What <see cref="DatasetExtractor"/> selects and how it crops: the extraction part of extract-dataset's params (the kind
+/// converts its params to these; the CLI and extract-codes build them directly). Defaults are the kind's.
+/// </summary>
+public sealed record DatasetExtractOptions
+{
+    public required string Source { get; init; }
+    public DatasetLayout Layout { get; init; } = DatasetLayout.Auto;
+    public string? ValLabels { get; init; }
+    public string? DevkitMeta { get; init; }
+    public int ImageSize { get; init; } = 256;
+    public bool Shuffle { get; init; } = true;
+    public int Seed { get; init; }
+    public int? Limit { get; init; }
+    public int? PerClass { get; init; }
+    public OnCorrupt OnCorrupt { get; init; } = OnCorrupt.Fail;
+    public int ChunkSize { get; init; } = 500;
+    /// <summary>Decode threads; 0 = all cores.</summary>
+    public int Workers { get; init; }
+}
 
 /// <summary>One source image in extraction order.</summary>
 public sealed record SourceImage(string Path, string RelativePath, int Label);
@@ -50,7 +75,7 @@ public sealed class CorruptImageException(SkippedImage image) : Exception($"{ima
 public static class DatasetExtractor
 {
     /// <summary>Lists, labels, filters (per_class), orders (seeded shuffle) and truncates (limit) the source.</summary>
-    public static DatasetSelection Select(ExtractDatasetParams p)
+    public static DatasetSelection Select(DatasetExtractOptions p)
     {
         var root = Path.GetFullPath(p.Source);
         if (!Directory.Exists(root)) throw new DirectoryNotFoundException($"source: folder {root} does not exist");
@@ -115,7 +140,7 @@ public static class DatasetExtractor
         Directory.GetFiles(root).Where(ImageIO.IsImageFile).OrderBy(s => Path.GetFileName(s), StringComparer.Ordinal).ToList();
 
     /// <summary>Decode threads: <c>workers</c>, or all cores when it is 0.</summary>
-    public static int Threads(ExtractDatasetParams p) => p.Workers > 0 ? p.Workers : Environment.ProcessorCount;
+    public static int Threads(DatasetExtractOptions p) => p.Workers > 0 ? p.Workers : Environment.ProcessorCount;
 
     /// <summary>
     /// Decodes (PIL convert('RGB') semantics: grey, palette, RGBA, CMYK are converted) and ADM-centre-crops images
@@ -154,7 +179,7 @@ public static class DatasetExtractor
     /// (partsDir/extract_{start:D9}.npz); yields after each chunk so the caller can checkpoint, log and report. Under
     /// on_corrupt: fail the first undecodable image throws <see cref="CorruptImageException"/> before its chunk is saved.
     /// </summary>
-    public static IEnumerable<ExtractedChunk> ExtractChunks(DatasetSelection sel, ExtractDatasetParams p, int start, string partsDir, CancellationToken ct)
+    public static IEnumerable<ExtractedChunk> ExtractChunks(DatasetSelection sel, DatasetExtractOptions p, int start, string partsDir, CancellationToken ct)
     {
         int total = sel.Images.Count;
         for (int at = start; at < total; at += p.ChunkSize)
@@ -173,7 +198,7 @@ public static class DatasetExtractor
     /// The whole extraction in one go, without checkpoints (the CLI commands): parts in a temp folder, then one npz.
     /// Logs skipped images and progress to <paramref name="log"/>. Returns (images, skipped, images/s).
     /// </summary>
-    public static (long Images, int Skipped, double Rate) ExtractToNpz(ExtractDatasetParams p, string npzPath, TextWriter? log, CancellationToken ct)
+    public static (long Images, int Skipped, double Rate) ExtractToNpz(DatasetExtractOptions p, string npzPath, TextWriter? log, CancellationToken ct)
     {
         var sel = Select(p);
         var tmp = Directory.CreateTempSubdirectory("retok-extract").FullName;

@@ -2,7 +2,7 @@ using System.Buffers.Binary;
 using System.IO.Compression;
 using System.Text;
 
-namespace ReTok.Jobs.Kinds.ExtractDataset;
+namespace ReTok.Evaluation.Images;
 
 /// <summary>One row of the devkit's synsets table.</summary>
 public sealed record Synset(int Id, string Wnid, string Words);
