@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using System.Security.Cryptography;
 using ReTok.Dashboard;
 using ReTok.Dashboard.Auth;
@@ -30,8 +31,14 @@ public static class QuickstartCommands
         var cmd = new Command("quickstart", "run extract -> train tokenizer -> eval reconstruction -> codes -> train GPT -> gFID on a synthetic dataset")
             { spec, set, classes, perClass, valPerClass, urls, noDashboard, exit, workers };
         cmd.WithStoreOptions();
-        cmd.SetAction((pr, ct) => CliSupport.Guard(async () =>
+        cmd.SetAction((pr, actionCt) => CliSupport.Guard(async () =>
         {
+            // SIGTERM/SIGINT end the quickstart (worker stopped, dashboard disposed): System.CommandLine's own handling is
+            // off (Program.cs), and the dashboard's host would otherwise take SIGTERM for itself and leave us serving.
+            using var stop = CancellationTokenSource.CreateLinkedTokenSource(actionCt);
+            using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, c => { c.Cancel = true; stop.Cancel(); });
+            using var intr = PosixSignalRegistration.Create(PosixSignal.SIGINT, c => { c.Cancel = true; stop.Cancel(); });
+            var ct = stop.Token;
             var o = CliSupport.Engine(pr);
             var settings = RetokSettings.FromEnvironment(o.Db, o.Artifacts);
             AnsiConsole.MarkupLine($"[bold]ReTok.Jobs quickstart[/]  home [blue]{Markup.Escape(settings.Home)}[/]");
@@ -87,8 +94,10 @@ public static class QuickstartCommands
                 var runs = await WatchAsync(client.Tracker, pipeline, ct);
                 await PrintMetricsAsync(client.Tracker, runs, ct);
                 var failed = runs.Where(r => r.Status != RunStatus.Succeeded).ToList();
-                foreach (var f in failed)
-                    AnsiConsole.MarkupLine($"[red]{f.PipelineStep} ({f.Kind}) {f.Status}[/]: {Markup.Escape(f.FailureReason ?? "")}");
+                foreach (var f in failed.Where(r => r.Status != RunStatus.Waiting))
+                    AnsiConsole.MarkupLine($"[red]{f.PipelineStep} ({f.Kind}) {f.Status}[/]: {Markup.Escape(f.FailureReason ?? "")} (`retok runs retry {f.Id}` continues the pipeline)");
+                if (failed.Where(r => r.Status == RunStatus.Waiting).Select(r => r.PipelineStep).ToList() is { Count: > 0 } blocked)
+                    AnsiConsole.MarkupLine($"[yellow]not run[/] (waiting on a failed step): {Markup.Escape(string.Join(", ", blocked))}");
                 if (dashboard != null)
                     AnsiConsole.MarkupLine($"\nInspect runs, curves, grids and lineage at [link]{Markup.Escape(dashboard.Addresses.FirstOrDefault() ?? "")}[/] (user admin, password {Markup.Escape(password ?? "")})");
                 if (dashboard != null && !pr.GetValue(exit))
@@ -124,12 +133,20 @@ public static class QuickstartCommands
                         $"{r.Progress * 100:F0}%", r.EtaSeconds is { } e && r.Status == RunStatus.Running ? CliSupport.Duration(TimeSpan.FromSeconds(e)) : "",
                         Markup.Escape(Trim(r.ProgressMessage ?? r.FailureReason ?? "", 60)));
                 live.Refresh();
-                if (runs.Count > 0 && runs.All(r => r.Status.IsTerminal())) break;
+                if (Ended(runs)) break;
                 await Task.Delay(1000, ct);
             }
         });
         return runs;
     }
+
+    /// <summary>
+    /// Every run terminal, or the pipeline stalled: a step failed and the rest wait on it. Steps that wait on a failed need
+    /// stay Waiting (a retry of the failed run continues the pipeline), so "all terminal" alone would never come.
+    /// </summary>
+    internal static bool Ended(IReadOnlyList<Run> runs) =>
+        runs.Count > 0 && runs.All(r => r.Status.IsTerminal() || r.Status == RunStatus.Waiting)
+        && (runs.All(r => r.Status.IsTerminal()) || runs.Any(r => r.Status is RunStatus.Failed or RunStatus.Cancelled));
 
     static async Task<List<Run>> PipelineRunsAsync(Tracker tracker, Guid pipeline, CancellationToken ct) =>
         (await tracker.Runs.ListAsync(new RunFilter(PipelineId: pipeline, Limit: int.MaxValue), ct)).OrderBy(r => r.Id).ToList();
@@ -149,7 +166,7 @@ public static class QuickstartCommands
                 var eta = r.EtaSeconds is { } e && r.Status == RunStatus.Running ? $" ETA {CliSupport.Duration(TimeSpan.FromSeconds(e))}" : "";
                 Console.WriteLine($"{DateTime.Now:HH:mm:ss} {r.PipelineStep ?? "-",-8} {r.Kind,-22} run {r.Id,-4} {r.Status.ToString().ToLowerInvariant(),-9} {r.Progress * 100,3:F0}%{eta}  {Trim(r.ProgressMessage ?? r.FailureReason ?? "", 70)}");
             }
-            if (runs.Count > 0 && runs.All(r => r.Status.IsTerminal())) return runs;
+            if (Ended(runs)) return runs;
             await Task.Delay(1000, ct);
         }
     }
