@@ -47,6 +47,40 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         Assert.Equal(2.0, CfgSearchPlan.EmpiricalStart("constant", ReTok.Models.Generation.GptConfig.B));
     }
 
+    [Fact]
+    public void Rectangular_WalksTheReferenceWindowGrid()
+    {
+        // the grid as the reference's np.arange lines build it (numpy 1.x, checked: 138 pairs, (0.8, 0.8) among them
+        // because np.arange gives 0.8000000000000002 and 0.8000000000000003)
+        var w = CfgSearchPlan.RectangularWindows;
+        Assert.Equal(138, w.Count);
+        Assert.Equal((0.1, 0.5), w[0]);
+        Assert.Equal(0.55, w[1].End, 12);
+        Assert.Contains(w, x => Math.Round(x.Start, 2) == 0.8 && Math.Round(x.End, 2) == 0.8);
+        Assert.DoesNotContain(w, x => Math.Round(x.Start, 2) == 0.5 && Math.Round(x.End, 2) == 0.5);
+        Assert.All(w, x => Assert.True(x.Start < x.End));
+        Assert.Equal(1.75, CfgSearchPlan.EmpiricalStart("rectangular", ReTok.Models.Generation.GptConfig.XL));
+        Assert.Equal(3.0, CfgSearchPlan.EmpiricalStart("rectangular", ReTok.Models.Generation.GptConfig.B));
+
+        // gFID depends on the scale only, minimum at 1.6: per window decrease first (increase_first=False), each window
+        // starts from the previous window's best, and the walk visits every window in order
+        var s = new CfgSearchParams { MaxRounds = 10_000 };
+        var h = new List<CfgPoint>();
+        while (CfgSearchPlan.NextRectangular(s, h, 1.75) is { } n)
+            h.Add(new CfgPoint { CfgScale = n.CfgScale, WindowStart = n.WindowStart, WindowEnd = n.WindowEnd, Gfid = Math.Abs(n.CfgScale - 1.6) + n.WindowEnd, RunId = h.Count });
+        // window 1: 1.75 -> 1.5 (better) -> 1.25 (worse) -> 1.75 tried -> done; window 2 starts at 1.5: 1.25, 1.75
+        Assert.Equal([1.75, 1.5, 1.25, 1.5, 1.25, 1.75], h.Take(6).Select(p => p.CfgScale));
+        Assert.Equal(w[1].End, h[3].WindowEnd);
+        Assert.Equal(w.Count, h.Select(p => (p.WindowStart, p.WindowEnd)).Distinct().Count());
+        Assert.Equal(3 + 3 * (w.Count - 1), h.Count);
+        // the best point overall: the smallest window_end (0.5) at scale 1.5, the first such (ties keep the earlier)
+        var best = CfgSearchPlan.Best(h);
+        Assert.Equal((1.5, 0.1, 0.5), (best.CfgScale, best.WindowStart!.Value, best.WindowEnd!.Value));
+        Assert.Equal("gfid@k=256,cfg=1.5,window=0.10-0.50", CfgSearchPlan.Key(256, best));
+        // max_rounds caps it
+        Assert.Null(CfgSearchPlan.NextRectangular(s with { MaxRounds = 3 }, h.Take(3).ToList(), 1.75));
+    }
+
     const string Spec = """
         kind: sample-gfid
         inputs: {generator: run:1/g.safetensors, generator_config: run:1/g.yaml, tokenizer: run:2/t.safetensors, tokenizer_config: run:2/t.yaml}
@@ -65,7 +99,8 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         var ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec.Replace("step: 0.25}", "stp: 0.25}")));
         Assert.Contains("params.cfg_search.stp: unknown key (did you mean 'step'?)", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec.Replace("cfg_schedule: step", "cfg_schedule: linear")));
-        Assert.Contains("hill_climb supports cfg_schedule step or constant", ex.Message);
+        Assert.Contains("hill_climb supports cfg_schedule step, constant or rectangular", ex.Message);
+        Assert.Equal("rectangular", Assert.IsType<SampleGfidParams>(JobSpecs.Parse(Spec.Replace("cfg_schedule: step", "cfg_schedule: rectangular")).Steps[0].Params).CfgSchedule);
         ex = Assert.Throws<SpecValidationException>(() => JobSpecs.Parse(Spec.Replace("mode: hill_climb, start: 1.5, step: 0.25", "mode: list")));
         Assert.Contains("cfg_search.scales: list mode needs at least one scale", ex.Message);
         // the shipped specs validate

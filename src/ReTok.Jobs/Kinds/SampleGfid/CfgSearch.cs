@@ -37,16 +37,18 @@ public sealed record CfgSearchParams
             if (Scales is not null) yield return "cfg_search.scales: only for mode: list";
             if (!(Step > 0)) yield return $"cfg_search.step: must be > 0, got {Step}";
             if (Start is { } s && !(s > 0)) yield return $"cfg_search.start: must be > 0, got {s}";
-            if (schedule is not ("step" or "constant"))
-                yield return $"cfg_search: hill_climb supports cfg_schedule step or constant (the reference's rectangular window grid is not ported), got '{schedule}'";
+            if (schedule is not ("step" or "constant" or "rectangular"))
+                yield return $"cfg_search: hill_climb supports cfg_schedule step, constant or rectangular (window grid), got '{schedule}'";
         }
     }
 }
 
-/// <summary>One evaluated scale: its gFID and the aggregator run that computed it.</summary>
+/// <summary>One evaluated scale (and, for the rectangular grid, window): its gFID and the aggregator run that computed it.</summary>
 public sealed record CfgPoint
 {
     public double CfgScale { get; init; }
+    public double? WindowStart { get; init; }
+    public double? WindowEnd { get; init; }
     public double Gfid { get; init; }
     public long RunId { get; init; }
 }
@@ -64,6 +66,7 @@ public static class CfgSearchPlan
         {
             ("step", "GPT-B") => 2.5, ("step", "GPT-L") => 1.75, ("step", _) => 1.25,
             ("constant", "GPT-B") => 2.0, ("constant", _) => 1.75,
+            ("rectangular", "GPT-B") => 3.0, ("rectangular", "GPT-L") => 2.5, ("rectangular", _) => 1.75,
             _ => throw new ArgumentException($"cfg_search: no starting scale for cfg_schedule '{schedule}'"),
         };
     }
@@ -80,6 +83,62 @@ public static class CfgSearchPlan
         return null;
     }
 
+    /// <summary>
+    /// The reference's rectangular window grid (search(), cfg_schedule == 'rectangular'): window_start in
+    /// np.arange(0.1, 0.81, 0.05), window_end in np.arange(0.5, 1.01, 0.05), pairs with start &lt; end, start-major.
+    /// np.arange fills start + i * ((start + step) - start), so the values carry its float64 error, and (0.8, 0.8) is a
+    /// pair (0.8000000000000002 &lt; 0.8000000000000003): 138 pairs, each sampled with exactly these floats.
+    /// </summary>
+    public static readonly IReadOnlyList<(double Start, double End)> RectangularWindows = BuildWindows();
+
+    static List<(double, double)> BuildWindows()
+    {
+        static List<double> Arange(double start, double stop, double step)
+        {
+            double delta = (start + step) - start;
+            var r = new List<double>();
+            for (int i = 0, n = (int)Math.Ceiling((stop - start) / step); i < n; i++) r.Add(start + i * delta);
+            return r;
+        }
+        return [.. from a in Arange(0.1, 0.8 + 0.01, 0.05) from b in Arange(0.5, 1.01, 0.05) where a < b select (a, b)];
+    }
+
+    /// <summary>A round of the rectangular search: the window and the scale to evaluate.</summary>
+    public sealed record RectangularStep(double CfgScale, double WindowStart, double WindowEnd);
+
+    /// <summary>
+    /// The next evaluation of the rectangular search, or null when it is over: windows in <see cref="RectangularWindows"/>
+    /// order; per window, search_cfg_only with increase_first=False (try best - step, then best + step, over that window's
+    /// points only, as the reference filters its CSV by the window annotation) from the previous window's best scale (the
+    /// first window from <paramref name="start"/>); the next window begins when the current one is at a local minimum.
+    /// </summary>
+    public static RectangularStep? NextRectangular(CfgSearchParams s, IReadOnlyList<CfgPoint> history, double start)
+    {
+        if (history.Count >= s.MaxRounds) return null;
+        int w = 0;
+        if (history.Count > 0)
+        {
+            var last = history[^1];
+            w = RectangularWindows.ToList().FindIndex(x => x.Start == last.WindowStart && x.End == last.WindowEnd);
+            if (w < 0) throw new InvalidOperationException($"cfg_search: window ({last.WindowStart}, {last.WindowEnd}) is not on the rectangular grid");
+        }
+        for (; w < RectangularWindows.Count; w++)
+        {
+            var (ws, we) = RectangularWindows[w];
+            var mine = history.Where(h => h.WindowStart == ws && h.WindowEnd == we).ToList();
+            if (mine.Count == 0)
+            {
+                // the previous window's best scale (the reference carries args.cfg_scale_start = best_cfg_scale forward)
+                var prev = w == 0 ? null : history.Where(h => h.WindowStart == RectangularWindows[w - 1].Start && h.WindowEnd == RectangularWindows[w - 1].End).ToList();
+                return new RectangularStep(prev is { Count: > 0 } ? Best(prev).CfgScale : R(start), ws, we);
+            }
+            var best = Best(mine);
+            foreach (var c in new[] { R(best.CfgScale - s.Step), R(best.CfgScale + s.Step) })
+                if (c >= s.MinScale - 1e-9 && !Tried(mine, c)) return new RectangularStep(c, ws, we);
+        }
+        return null;
+    }
+
     /// <summary>Lowest gFID; ties go to the earlier evaluation (pandas idxmin over the CSV rows).</summary>
     public static CfgPoint Best(IReadOnlyList<CfgPoint> history)
     {
@@ -89,4 +148,9 @@ public static class CfgSearchPlan
     }
 
     public static string Key(int tokens, double scale) => $"gfid@k={tokens},cfg={scale.ToString(CultureInfo.InvariantCulture)}";
+
+    /// <summary>The metric key of a point: with a window (rectangular search) the reference's annotation, window_start=0.10;window_end=0.50.</summary>
+    public static string Key(int tokens, CfgPoint p) => p.WindowStart is { } ws && p.WindowEnd is { } we
+        ? $"{Key(tokens, p.CfgScale)},window={ws.ToString("F2", CultureInfo.InvariantCulture)}-{we.ToString("F2", CultureInfo.InvariantCulture)}"
+        : Key(tokens, p.CfgScale);
 }

@@ -26,6 +26,8 @@ public sealed record SampleGfidParams : IValidatableParams
     public double CfgScale { get; init; } = 1.5;
     public string CfgSchedule { get; init; } = "step";
     public double? WindowStart { get; init; }
+    /// <summary>End of the rectangular schedule's window (rectangular_schedule's window_end, default 1.0).</summary>
+    public double WindowEnd { get; init; } = 1.0;
     public double Temperature { get; init; } = 1.0;
     public int TopK { get; init; }
     public double TopP { get; init; } = 1.0;
@@ -65,7 +67,7 @@ public sealed record SampleGfidParams : IValidatableParams
     /// <summary>The autocast dtype for the GPT on <paramref name="device"/>; null = float32 (no autocast).</summary>
     public ScalarType? AutocastDtype(DeviceType device) => GptPrecision.Autocast(Precision, device);
 
-    public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, Temperature: Temperature, TopK: TopK, TopP: TopP);
+    public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, WindowEnd: WindowEnd, Temperature: Temperature, TopK: TopK, TopP: TopP);
 
     public static readonly string[] ModelRoles = ["generator", "generator_config", "tokenizer", "tokenizer_config"];
 }
@@ -111,8 +113,10 @@ public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
             catch (MissingWeightsException e) { throw new JobFailedException($"cfg_search: needs gFID, but {e.Message}"); }
             double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
                 : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
-            ctx.Log($"cfg_search ({search.Mode}): first scale {start}");
-            await SpawnRoundAsync(ctx, p, start, new GfidRound { CfgStart = start, CfgHistory = [] });
+            ctx.Log($"cfg_search ({search.Mode}{(p.CfgSchedule == "rectangular" ? $", {CfgSearchPlan.RectangularWindows.Count} windows" : "")}): first scale {start}");
+            var first = p.CfgSchedule == "rectangular" && search.Mode == CfgSearchMode.HillClimb ? CfgSearchPlan.NextRectangular(search, [], start)! : null;
+            await SpawnRoundAsync(ctx, first is null ? p : p with { WindowStart = first.WindowStart, WindowEnd = first.WindowEnd }, start,
+                new GfidRound { CfgStart = start, CfgHistory = [] });
             return;
         }
         await SpawnRoundAsync(ctx, p, p.CfgScale, new GfidRound());
@@ -302,20 +306,31 @@ static class SampleGfidAggregate
         {
             if (gfid is not { } g || !double.IsFinite(g))
                 throw new JobFailedException($"cfg_search: no finite gFID at cfg {p.CfgScale} ({metrics.GetValueOrDefault("skipped") ?? gfid})");
-            var history = (round.CfgHistory ?? []).Append(new CfgPoint { CfgScale = p.CfgScale, Gfid = g, RunId = ctx.RunId }).ToList();
-            metrics["cfg_search"] = history.Select(h => new { cfg_scale = h.CfgScale, gfid = h.Gfid, run_id = h.RunId }).ToList();
-            var next = CfgSearchPlan.Next(search, history, round.CfgStart ?? p.CfgScale);
-            if (next is { } ns)
+            bool rect = p.CfgSchedule == "rectangular" && search.Mode == CfgSearchMode.HillClimb;
+            var history = (round.CfgHistory ?? []).Append(new CfgPoint
+            {
+                CfgScale = p.CfgScale, WindowStart = rect ? p.WindowStart : null, WindowEnd = rect ? p.WindowEnd : null, Gfid = g, RunId = ctx.RunId,
+            }).ToList();
+            metrics["cfg_search"] = history.Select(h => new { cfg_scale = h.CfgScale, window_start = h.WindowStart, window_end = h.WindowEnd, gfid = h.Gfid, run_id = h.RunId }).ToList();
+            var (nextScale, nextP) = rect
+                ? CfgSearchPlan.NextRectangular(search, history, round.CfgStart ?? p.CfgScale) is { } r
+                    ? ((double?)r.CfgScale, p with { WindowStart = r.WindowStart, WindowEnd = r.WindowEnd }) : (null, p)
+                : (CfgSearchPlan.Next(search, history, round.CfgStart ?? p.CfgScale), p);
+            if (nextScale is { } ns)
             {
                 await WriteMetricsJsonAsync(ctx, metrics);
-                ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {ns}");
-                await SampleGfidJob.SpawnRoundAsync(ctx, p, ns, round with { CfgHistory = history });
+                ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {ns}{(rect ? $", window [{nextP.WindowStart:F2}, {nextP.WindowEnd:F2}]" : "")}");
+                await SampleGfidJob.SpawnRoundAsync(ctx, nextP, ns, round with { CfgHistory = history });
                 return;
             }
             // final round: the whole curve, the best scale (argmin gFID; the reference returns the last tried) and the plot
             var best = CfgSearchPlan.Best(history);
-            ctx.LogMetrics(p.Tokens, history.Select(h => (CfgSearchPlan.Key(p.Tokens, h.CfgScale), h.Gfid)).Append(("best_cfg", best.CfgScale)).ToArray());
+            var bestMetrics = history.Select(h => (CfgSearchPlan.Key(p.Tokens, h), h.Gfid)).Append(("best_cfg", best.CfgScale));
+            if (best.WindowStart is { } bws && best.WindowEnd is { } bwe) bestMetrics = bestMetrics.Append(("best_window_start", bws)).Append(("best_window_end", bwe));
+            ctx.LogMetrics(p.Tokens, bestMetrics.ToArray());
             metrics["best_cfg"] = best.CfgScale;
+            metrics["best_window_start"] = best.WindowStart;
+            metrics["best_window_end"] = best.WindowEnd;
             metrics["best_gfid"] = best.Gfid;
             var plot = Path.Combine(ctx.ScratchDir, "cfg_curve.png");
             var curve = history.OrderBy(h => h.CfgScale).Select(h => (h.CfgScale, h.Gfid)).ToList();
