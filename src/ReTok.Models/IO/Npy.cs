@@ -222,8 +222,12 @@ public static class Npz
         return Npy.ReadHeader(s, $"{path}:{key}");
     }
 
-    /// <summary>Streams the leading-axis rows of one entry in chunks (for arrays too big for one byte[]).</summary>
-    public static IEnumerable<(long Start, NpyArray Chunk)> ReadRows(string path, string key, int rowsPerChunk)
+    /// <summary>
+    /// Streams the leading-axis rows of one entry in chunks (for arrays too big for one byte[]), from row
+    /// <paramref name="fromRow"/> on: a resumed job or a shard skips the rows before it without decoding them (a seek
+    /// when the entry is stored, as ours are; a discarding read when it is deflated). Chunks start at fromRow + i * rowsPerChunk.
+    /// </summary>
+    public static IEnumerable<(long Start, NpyArray Chunk)> ReadRows(string path, string key, int rowsPerChunk, long fromRow = 0)
     {
         using var zip = OpenZip(path);
         var e = zip.GetEntry(key + ".npy") ?? throw new KeyNotFoundException($"{path}: no array '{key}'");
@@ -231,11 +235,27 @@ public static class Npz
         var h = Npy.ReadHeader(s, $"{path}:{key}");
         long rows = h.Shape.Length == 0 ? 1 : h.Shape[0];
         long rowBytes = h.ItemSize * h.Shape.Skip(1).Aggregate(1L, (a, b) => a * b);
-        for (long start = 0; start < rows; start += rowsPerChunk)
+        if (fromRow < 0) throw new ArgumentOutOfRangeException(nameof(fromRow), $"must be >= 0, got {fromRow}");
+        fromRow = Math.Min(fromRow, rows);
+        Skip(s, fromRow * rowBytes, $"{path}:{key}");
+        for (long start = fromRow; start < rows; start += rowsPerChunk)
         {
             int n = (int)Math.Min(rowsPerChunk, rows - start);
             var shape = h.Shape.ToArray(); shape[0] = n;
             yield return (start, new NpyArray(h.Dtype, shape, Npy.ReadExactly(s, checked((int)(n * rowBytes)), $"{path}:{key}")));
+        }
+    }
+
+    static void Skip(Stream s, long bytes, string what)
+    {
+        if (bytes == 0) return;
+        if (s.CanSeek) { s.Seek(bytes, SeekOrigin.Current); return; }
+        var buf = new byte[1 << 20];
+        while (bytes > 0)
+        {
+            int got = s.Read(buf, 0, (int)Math.Min(buf.Length, bytes));
+            if (got == 0) throw new EndOfStreamException($"{what}: data ends {bytes} bytes early");
+            bytes -= got;
         }
     }
 

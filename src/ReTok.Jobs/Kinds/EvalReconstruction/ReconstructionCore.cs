@@ -130,7 +130,8 @@ public static class ReconstructionCore
         long startedAt = next;
         ctx.Log(next == start ? $"reconstructing rows {start}..{end - 1} at K = {string.Join(", ", s.TokenCounts)} (batch {s.BatchSize}, parts of {rowsPerPart})"
                               : $"resuming reconstruction at row {next} of {start}..{end - 1} ({state.Parts.Count} parts done)");
-        using var rows = Npz.ReadRows(dataPath, "arr_0", bs).GetEnumerator();
+        // from the first row to do: a shard or a resumed run does not read the rows before it
+        using var rows = Npz.ReadRows(dataPath, "arr_0", bs, fromRow: next).GetEnumerator();
         while (next < end)
         {
             ctx.ThrowIfCancellationRequested();

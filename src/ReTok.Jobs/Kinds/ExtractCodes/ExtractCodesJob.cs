@@ -98,7 +98,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             if (p.MaxImages > 0) n = Math.Min(n, p.MaxImages);
             if (allLabels.Length < n) throw new JobFailedException($"input 'data': {allLabels.Length} labels for {n} images");
             labelsOf = allLabels[..(int)n];
-            rows = start => Npz.ReadRows(data, "arr_0", p.BatchSize)
+            rows = start => Npz.ReadRows(data, "arr_0", p.BatchSize, fromRow: start)
                 .TakeWhile(r => r.Item1 < n)
                 .Where(r => r.Item1 + r.Item2.Shape[0] > start)
                 .Select(r =>
