@@ -27,6 +27,11 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
     // TokenizerDataParallelTests). The tolerances leave room for another BLAS' reduction order and stay far below one
     // lr-sized step (2e-3), which a wrong slice, K draw, broadcast or gradient average produces.
     const double LossRel = 1e-5;
+    // Gradient norms are the one logged quantity that still moved in the full suite: step 2's grad_norm_g by 1.8e-5 and,
+    // on a fresh clone (2 cores, e0bd3c8), 3.4e-5 relative, while every loss term stayed within 1e-5 and every weight
+    // within 1e-5 absolute. The norm sums squares of all gradient elements, so a different reduction order in the
+    // first step's backward shows there first. 2e-4 is 6x the largest drift measured and 10x below the lr-sized step.
+    const double GradNormRel = 2e-4;
     const double WeightAbs = 1e-5;
     const int Steps = 2;
 
@@ -101,7 +106,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
             {
                 double x = a[i + fromStep], y = b[i], rel = Math.Abs(x - y) / Math.Max(1e-12, Math.Abs(x));
                 maxRel = Math.Max(maxRel, rel);
-                Assert.True(rel <= LossRel, $"{what}: step {i + fromStep + 1} {k}: {x} vs {y} (rel {rel:E1})");
+                Assert.True(rel <= (k.StartsWith("grad_norm", StringComparison.Ordinal) ? GradNormRel : LossRel), $"{what}: step {i + fromStep + 1} {k}: {x} vs {y} (rel {rel:E1})");
             }
         }
         Assert.Equal(w1.Keys.Order(), w2.Keys.Order());
