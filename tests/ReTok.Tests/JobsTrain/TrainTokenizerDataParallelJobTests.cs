@@ -32,7 +32,10 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
     // within 1e-5 absolute. The norm sums squares of all gradient elements, so a different reduction order in the
     // first step's backward shows there first. 2e-4 is 6x the largest drift measured and 10x below the lr-sized step.
     const double GradNormRel = 2e-4;
-    const double WeightAbs = 1e-5;
+    // Weights: a third fresh-clone suite run (f954b91) moved encoder.conv_out.weight by 1.005e-5 after 2 steps in both
+    // tests (the shared 1-replica reference ran beside other tests); 1e-4 is 10x that and 20x below one AdamW step at lr
+    // 2e-3, the size of the change a wrong slice, K draw, broadcast or gradient average makes.
+    const double WeightAbs = 1e-4;
     const int Steps = 2;
 
     static readonly string[] Compared = { "total_g", "total_d", "rec", "semantic", "grad_norm_g", "grad_norm_d", "k_mean" };
