@@ -119,8 +119,8 @@ public static class CfgSearchPlan
         if (history.Count > 0)
         {
             var last = history[^1];
-            w = RectangularWindows.ToList().FindIndex(x => x.Start == last.WindowStart && x.End == last.WindowEnd);
-            if (w < 0) throw new InvalidOperationException($"cfg_search: window ({last.WindowStart}, {last.WindowEnd}) is not on the rectangular grid");
+            while (w < RectangularWindows.Count && RectangularWindows[w] != (last.WindowStart, last.WindowEnd)) w++;
+            if (w == RectangularWindows.Count) throw new InvalidOperationException($"cfg_search: window ({last.WindowStart}, {last.WindowEnd}) is not on the rectangular grid");
         }
         for (; w < RectangularWindows.Count; w++)
         {

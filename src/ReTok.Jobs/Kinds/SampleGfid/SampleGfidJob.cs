@@ -69,6 +69,9 @@ public sealed record SampleGfidParams : IValidatableParams
 
     public SamplingOptions ToSamplingOptions() => new(CfgScale, CfgSchedule, WindowStart, WindowEnd: WindowEnd, Temperature: Temperature, TopK: TopK, TopP: TopP);
 
+    /// <summary>A hill-climb cfg_search over the rectangular schedule walks the reference's window grid.</summary>
+    public bool SearchesWindows => CfgSearch is { Mode: CfgSearchMode.HillClimb } && CfgSchedule == "rectangular";
+
     public static readonly string[] ModelRoles = ["generator", "generator_config", "tokenizer", "tokenizer_config"];
 }
 
@@ -113,8 +116,8 @@ public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
             catch (MissingWeightsException e) { throw new JobFailedException($"cfg_search: needs gFID, but {e.Message}"); }
             double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
                 : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
-            ctx.Log($"cfg_search ({search.Mode}{(p.CfgSchedule == "rectangular" ? $", {CfgSearchPlan.RectangularWindows.Count} windows" : "")}): first scale {start}");
-            var first = p.CfgSchedule == "rectangular" && search.Mode == CfgSearchMode.HillClimb ? CfgSearchPlan.NextRectangular(search, [], start)! : null;
+            ctx.Log($"cfg_search ({search.Mode}{(p.SearchesWindows ? $", {CfgSearchPlan.RectangularWindows.Count} windows" : "")}): first scale {start}");
+            var first = p.SearchesWindows ? CfgSearchPlan.NextRectangular(search, [], start)! : null;
             await SpawnRoundAsync(ctx, first is null ? p : p with { WindowStart = first.WindowStart, WindowEnd = first.WindowEnd }, start,
                 new GfidRound { CfgStart = start, CfgHistory = [] });
             return;
@@ -306,7 +309,7 @@ static class SampleGfidAggregate
         {
             if (gfid is not { } g || !double.IsFinite(g))
                 throw new JobFailedException($"cfg_search: no finite gFID at cfg {p.CfgScale} ({metrics.GetValueOrDefault("skipped") ?? gfid})");
-            bool rect = p.CfgSchedule == "rectangular" && search.Mode == CfgSearchMode.HillClimb;
+            bool rect = p.SearchesWindows;
             var history = (round.CfgHistory ?? []).Append(new CfgPoint
             {
                 CfgScale = p.CfgScale, WindowStart = rect ? p.WindowStart : null, WindowEnd = rect ? p.WindowEnd : null, Gfid = g, RunId = ctx.RunId,
