@@ -84,7 +84,10 @@ public static class QuickstartCommands
             try
             {
                 // the generator's class embedding covers the synthetic classes only, so samples are of classes it has seen
-                var overrides = new List<string> { $"extract.source={data}", $"extract_val.source={val}", $"gpt.num_classes={pr.GetValue(classes)}" };
+                var overrides = new List<string> { $"extract.source={data}", $"extract_val.source={val}" };
+                // a custom --spec may stop before the generator (e.g. tokenizer-only experiments)
+                if (JobSpecs.Load(pr.GetValue(spec)!, overrides, JobKindRegistry.Default).Steps.Any(s => s.Step == "gpt"))
+                    overrides.Add($"gpt.num_classes={pr.GetValue(classes)}");
                 overrides.AddRange(pr.GetValue(set) ?? []);
                 var plan = JobSpecs.Load(pr.GetValue(spec)!, overrides, JobKindRegistry.Default);
                 var submitted = await client.SubmitAsync(plan, ct);
