@@ -3,7 +3,7 @@ using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 using SkiaSharp;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
 namespace ReTok.Tests.Evaluation;
 

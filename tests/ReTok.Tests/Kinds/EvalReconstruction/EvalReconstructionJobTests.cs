@@ -12,9 +12,9 @@ using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.EvalReconstruction;
 
 /// <summary>
 /// eval-reconstruction with a real `retok worker` process: a tiny random-init tokenizer (safetensors + YAML artifacts),

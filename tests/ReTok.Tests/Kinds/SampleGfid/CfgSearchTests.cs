@@ -3,11 +3,12 @@ using System.Text.Json.Nodes;
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Models.IO;
+using ReTok.Tests.Kinds.Support;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.SampleGfid;
 
 /// <summary>
 /// sample-gfid cfg_search: the hill-climb rule against a synthetic curve (no jobs), submit-time validation, and the

@@ -7,7 +7,7 @@ using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsTrain;
+namespace ReTok.Tests.Kinds.Support;
 
 /// <summary>A real `retok worker` process (dotnet retok.dll from the test output folder) serving the given queues.</summary>
 public sealed class TrainWorker : IDisposable

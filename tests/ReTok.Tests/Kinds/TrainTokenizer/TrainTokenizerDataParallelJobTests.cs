@@ -1,10 +1,11 @@
 using ReTok.Engine;
 using ReTok.Models.IO;
+using ReTok.Tests.Kinds.Support;
 using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsTrain;
+namespace ReTok.Tests.Kinds.TrainTokenizer;
 
 /// <summary>
 /// `train-tokenizer` with data_parallel through the real job (in-process worker on PostgreSQL): the tiny tokenizer of
@@ -42,7 +43,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
 
     string Spec(string extra)
     {
-        var model = File.ReadAllText(JobsTrainData.Fixture("tokenizer", "tiny.yaml"));
+        var model = File.ReadAllText(TrainTokenizerData.Fixture("tokenizer", "tiny.yaml"));
         model = model[model.IndexOf("model:", StringComparison.Ordinal)..model.IndexOf("trainer:", StringComparison.Ordinal)];
         var indented = string.Join("\n", model.TrimEnd().Split('\n').Select(l => "  " + l));
         return $$"""
@@ -55,7 +56,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
               loss: {params: {perceptual_weight: 0.0, disc_dim: 8} }
               retok: {semantic_weight: 0.5, teacher: {embed_dim: 32, depth: 1, num_heads: 2} }
               distill_weights: {{env.TeacherWeights}}
-              data_path: {{JobsTrainData.Fixture("tokenizer", "images.npz")}}
+              data_path: {{TrainTokenizerData.Fixture("tokenizer", "images.npz")}}
               iterations: {{Steps}}
               ckpt_every: 2
               recon_every: 0
