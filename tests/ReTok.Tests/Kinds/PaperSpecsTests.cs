@@ -66,6 +66,19 @@ public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabas
         "val_codes.tokens=8", "val_codes.batch_size=2", "val_codes.chunk_images=2", "val_loss.batch_size=2", .. TinyGfid("gfid"),
     ];
 
+    /// <summary>Every spec in jobs/ binds and validates against the kinds as shipped (no other test lists them all).</summary>
+    [Fact]
+    public void EverySpecInTheJobsFolderValidates()
+    {
+        var specs = Directory.GetFiles(Path.GetDirectoryName(Jobs("paper-table1.yaml"))!, "*.yaml").Order(StringComparer.Ordinal).ToList();
+        Assert.Contains(specs, f => f.EndsWith("eval-released.yaml", StringComparison.Ordinal));
+        var errors = new List<string>();
+        foreach (var f in specs)
+            try { Assert.NotEmpty(JobSpecs.Load(f, kinds: JobKindRegistry.Default).Steps); }
+            catch (SpecValidationException e) { errors.Add($"{Path.GetFileName(f)}: {e.Message}"); }
+        Assert.True(errors.Count == 0, string.Join("\n", errors));
+    }
+
     [Fact]
     public void PaperTable1_IsTheTable1RowPipeline_AndValidatesWithTinyOverrides()
     {
