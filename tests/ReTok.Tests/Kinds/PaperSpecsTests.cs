@@ -49,7 +49,7 @@ public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabas
         [$"{step}.num_samples=4", $"{step}.num_shards=2", $"{step}.tokens=8", $"{step}.batch_size=2", $"{step}.checkpoint_every=1"];
 
     /// <summary>paper-table1 at CPU scale: tiny tokenizer, 4 images, a 1-layer GPT for 2 steps, 4 samples at K = 8.</summary>
-    static List<string> PaperTiny(string root) =>
+    internal static List<string> PaperTiny(string root) =>
     [
         .. TinyExtract(root), .. TinyTokenizer("train", $"{root}/train"), .. TinyTokenizer("finetune", $"{root}/train"),
         "eval_recon.token_counts=[8, 16]", "eval_recon.batch_size=2", "eval_recon.shards=1", "eval_recon.lpips=false", "eval_recon.fid=false",
@@ -59,7 +59,7 @@ public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabas
         .. TinyGfid("gfid"),
     ];
 
-    static List<string> ReleasedTiny(string root) =>
+    internal static List<string> ReleasedTiny(string root) =>
     [
         .. TinyExtract(root), $"eval_recon.checkpoint={root}/VQ_SB256.pt", "eval_recon.token_counts=[8]", "eval_recon.batch_size=2",
         "eval_recon.shards=1", "eval_recon.lpips=false", "eval_recon.fid=false",
