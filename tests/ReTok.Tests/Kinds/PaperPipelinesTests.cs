@@ -27,12 +27,7 @@ public sealed class PaperPipelinesTests(TestDatabase db, ITestOutputHelper log) 
         DataRoots = new DataRoots([root], "test"),
     };
 
-    static string Jobs(string name)
-    {
-        var root = AppContext.BaseDirectory;
-        while (root is not null && !Directory.Exists(Path.Combine(root, "jobs"))) root = Path.GetDirectoryName(root);
-        return Path.Combine(root!, "jobs", name);
-    }
+    static string Jobs(string name) => RepoPaths.File("jobs", name);
 
     /// <summary>The step's final run (its aggregator or last search round when it fanned out), which must have succeeded.</summary>
     static async Task<Run> FinalAsync(Tracker t, long id, int seconds = 600)

@@ -18,13 +18,7 @@ namespace ReTok.Tests.Kinds;
 /// </summary>
 public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabase>
 {
-    static string Jobs(string name)
-    {
-        var root = AppContext.BaseDirectory;
-        while (root is not null && !Directory.Exists(Path.Combine(root, "jobs"))) root = Path.GetDirectoryName(root);
-        Assert.NotNull(root);
-        return Path.Combine(root!, "jobs", name);
-    }
+    static string Jobs(string name) => RepoPaths.File("jobs", name);
 
     static T Params<T>(SubmitPlan plan, string step) => Assert.IsType<T>(plan.Steps.Single(s => s.Step == step).Params);
 
