@@ -98,20 +98,36 @@ public static class DataParallel
     /// <summary>
     /// Run <paramref name="body"/>(rank) on one dedicated thread per rank and return the results by rank. A rank that throws
     /// aborts its communicator so the others fail out of their collectives instead of waiting forever; the first real
-    /// error (not an abort) is rethrown.
+    /// error (not an abort) is rethrown. Each rank's thread computes with the caller's intra-op thread count (a fresh
+    /// thread would otherwise take libtorch's process-wide default, which another run may have changed; see
+    /// <see cref="TorchThreads"/>).
     /// </summary>
     public static T[] Run<T>(IReadOnlyList<ICommunicator> comms, Func<int, T> body)
     {
         if (comms.Count == 1) return new[] { body(0) };
         var results = new T[comms.Count];
         var errors = new Exception?[comms.Count];
+        int intraOp = get_num_threads(), defaultBefore = 0;
         var threads = Enumerable.Range(0, comms.Count).Select(r => new Thread(() =>
         {
+            // a fresh thread starts from the process-wide default; setting the count also sets that default, put back below
+            int fresh = get_num_threads();
+            if (fresh != intraOp)
+            {
+                Interlocked.CompareExchange(ref defaultBefore, fresh, 0);
+                set_num_threads(intraOp);
+            }
             try { results[r] = body(r); }
             catch (Exception e) { errors[r] = e; comms[r].Abort(); }
         }, maxStackSize: 64 << 20) { IsBackground = true, Name = $"replica-{r}" }).ToList();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) t.Join();
+        if (defaultBefore > 0)
+        {
+            var restore = new Thread(() => set_num_threads(defaultBefore)) { IsBackground = true };
+            restore.Start();
+            restore.Join();
+        }
         var first = errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
         if (first is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(first).Throw();
         return results;

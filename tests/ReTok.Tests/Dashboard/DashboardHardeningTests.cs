@@ -7,6 +7,7 @@ using Microsoft.Extensions.Logging.Abstractions;
 using ReTok.Dashboard;
 using ReTok.Engine;
 using ReTok.Plots;
+using ReTok.Tests.Infra;
 using ReTok.Tracking;
 
 namespace ReTok.Tests.Dashboard;
@@ -264,15 +265,10 @@ public sealed class DashboardHardeningTests(DashboardFixture f, Xunit.Abstractio
     public async Task The_cli_prints_an_unhandled_error_without_the_account_key()
     {
         // RETOK_ARTIFACTS without a container: the store parser's ArgumentException quotes the whole setting
-        var psi = new ProcessStartInfo("dotnet", $"\"{Path.Combine(AppContext.BaseDirectory, "retok.dll")}\" runs list")
-        { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        psi.Environment["RETOK_DB"] = f.Db.ConnectionString;
-        psi.Environment["RETOK_ARTIFACTS"] = "blob:;" + AzureConn;
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        await p.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromSeconds(120)).Token);
-        var output = await stdout + await stderr;
+        using var p = await Proc.RunAsync("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "runs", "list"],
+            new Dictionary<string, string?> { ["RETOK_DB"] = f.Db.ConnectionString, ["RETOK_ARTIFACTS"] = "blob:;" + AzureConn },
+            TimeSpan.FromSeconds(120), cwd: Directory.GetCurrentDirectory());
+        var output = p.Stdout + p.Stderr;
         Assert.NotEqual(0, p.ExitCode);
         Assert.Contains("AccountKey=***", output);
         Assert.DoesNotContain(AzureSecret[..20], output);

@@ -9,14 +9,7 @@ namespace ReTok.Tests.Deploy;
 /// </summary>
 public class DeploymentLintTests
 {
-    static readonly string Root = RepoRoot();
-
-    static string RepoRoot()
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
-    }
+    static readonly string Root = RepoPaths.Root;
 
     static IEnumerable<(string File, YamlMappingNode Doc)> K8sDocs()
     {

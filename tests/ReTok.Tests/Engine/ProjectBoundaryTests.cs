@@ -7,6 +7,7 @@ using System.Text;
 using System.Text.RegularExpressions;
 using ReTok.Dashboard.Auth;
 using ReTok.Engine;
+using ReTok.Tests.Infra;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 
@@ -79,54 +80,39 @@ public sealed class ProjectBoundaryTests(TestDatabase db) : IClassFixture<TestDa
         await users.AddAsync("boundary", "correct-horse-1", UserRole.Operator);
         var token = (await users.CreateTokenAsync("boundary", "tests")).Token;
         var port = FreePort();
-        var jobs = Path.Combine(RepoRoot(), "jobs");
-        var psi = new ProcessStartInfo("dotnet", $"\"{Path.Combine(AppContext.BaseDirectory, "retok.dll")}\" dashboard --urls http://127.0.0.1:{port} --jobs \"{jobs}\"")
-        {
-            RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
-        };
-        psi.Environment["RETOK_DB"] = db.ConnectionString;
-        psi.Environment["RETOK_ARTIFACTS"] = db.ArtifactRoot;
-        psi.Environment["RETOK_HOME"] = Directory.CreateTempSubdirectory("retok-boundary").FullName;
-        var output = new StringBuilder();
-        using var p = new Process { StartInfo = psi };
-        p.OutputDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
-        p.ErrorDataReceived += (_, e) => { lock (output) output.AppendLine(e.Data); };
-        p.Start();
-        p.BeginOutputReadLine();
-        p.BeginErrorReadLine();
-        try
-        {
-            using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") };
-            http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
-            var ready = Stopwatch.StartNew();
-            while (true)
+        var jobs = RepoPaths.File("jobs");
+        using var p = new Proc("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "dashboard", "--urls", $"http://127.0.0.1:{port}", "--jobs", jobs],
+            new Dictionary<string, string?>
             {
-                Assert.False(p.HasExited, $"retok dashboard exited:\n{output}");
-                try { if ((await http.GetAsync("/login")).StatusCode == HttpStatusCode.OK) break; }
-                catch (HttpRequestException) when (ready.Elapsed < TimeSpan.FromSeconds(90)) { }
-                await Task.Delay(200);
-            }
-            Assert.Contains("<form", await http.GetStringAsync("/login"));
-            Assert.Contains("train-tokenizer", await http.GetStringAsync("/api/kinds"));
-            Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/api/runs")).StatusCode);
-            foreach (var spec in new[] { "retok-tiny.yaml", "gen-tiny.yaml", "gfid-cfg-search-tiny.yaml", "eval-recon-tiny.yaml" })
-            {
-                // a typo at the end: the whole spec, model configs included, is bound before the errors are reported
-                var yaml = await File.ReadAllTextAsync(Path.Combine(jobs, spec)) + "\nnot_a_key: 1\n";
-                var r = await http.PostAsync("/api/submit", new StringContent(yaml, Encoding.UTF8, "application/yaml"));
-                var body = await r.Content.ReadAsStringAsync();
-                Assert.True(r.StatusCode == HttpStatusCode.BadRequest && body.Contains("not_a_key"), $"{spec}: {(int)r.StatusCode} {body}");
-            }
-            var maps = await File.ReadAllTextAsync($"/proc/{p.Id}/maps");
-            Assert.Contains("ReTok.Dashboard.dll", maps);
-            Assert.Contains("ReTok.Jobs.dll", maps);   // the kinds' params records were bound
-            Assert.DoesNotContain("TorchSharp", maps);
-            Assert.DoesNotContain("libtorch", maps);
-        }
-        finally
+                ["RETOK_DB"] = db.ConnectionString, ["RETOK_ARTIFACTS"] = db.ArtifactRoot,
+                ["RETOK_HOME"] = Directory.CreateTempSubdirectory("retok-boundary").FullName,
+            }, cwd: Directory.GetCurrentDirectory()); // disposing it kills the dashboard
+        using var http = new HttpClient { BaseAddress = new Uri($"http://127.0.0.1:{port}") };
+        http.DefaultRequestHeaders.Authorization = new AuthenticationHeaderValue("Bearer", token);
+        var ready = Stopwatch.StartNew();
+        while (true)
         {
-            if (!p.HasExited) { p.Kill(); await p.WaitForExitAsync(); }
+            Assert.False(p.HasExited, $"retok dashboard exited:\n{p.Output}");
+            try { if ((await http.GetAsync("/login")).StatusCode == HttpStatusCode.OK) break; }
+            catch (HttpRequestException) when (ready.Elapsed < TimeSpan.FromSeconds(90)) { }
+            await Task.Delay(200);
         }
+        Assert.Contains("<form", await http.GetStringAsync("/login"));
+        Assert.Contains("train-tokenizer", await http.GetStringAsync("/api/kinds"));
+        Assert.Equal(HttpStatusCode.OK, (await http.GetAsync("/api/runs")).StatusCode);
+        foreach (var spec in new[] { "retok-tiny.yaml", "gen-tiny.yaml", "gfid-cfg-search-tiny.yaml", "eval-recon-tiny.yaml" })
+        {
+            // a typo at the end: the whole spec, model configs included, is bound before the errors are reported
+            var yaml = await File.ReadAllTextAsync(Path.Combine(jobs, spec)) + "\nnot_a_key: 1\n";
+            var r = await http.PostAsync("/api/submit", new StringContent(yaml, Encoding.UTF8, "application/yaml"));
+            var body = await r.Content.ReadAsStringAsync();
+            Assert.True(r.StatusCode == HttpStatusCode.BadRequest && body.Contains("not_a_key"), $"{spec}: {(int)r.StatusCode} {body}");
+        }
+        var maps = await File.ReadAllTextAsync($"/proc/{p.Pid}/maps");
+        Assert.Contains("ReTok.Dashboard.dll", maps);
+        Assert.Contains("ReTok.Jobs.dll", maps);   // the kinds' params records were bound
+        Assert.DoesNotContain("TorchSharp", maps);
+        Assert.DoesNotContain("libtorch", maps);
     }
 
     static int FreePort()
@@ -136,12 +122,6 @@ public sealed class ProjectBoundaryTests(TestDatabase db) : IClassFixture<TestDa
         return ((IPEndPoint)l.LocalEndpoint).Port;
     }
 
-    static string RepoRoot()
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
-    }
 }
 
 /// <summary>Issue 16.6: ReTok.Models' namespaces import each other without a circle (Layers and IO below the models).</summary>
@@ -150,9 +130,7 @@ public sealed class ModelNamespaceTests
     [Fact]
     public void Model_namespaces_form_no_import_circle()
     {
-        var root = new DirectoryInfo(AppContext.BaseDirectory);
-        while (root != null && !File.Exists(Path.Combine(root.FullName, "ReTok.Jobs.sln"))) root = root.Parent;
-        var src = Path.Combine(root!.FullName, "src", "ReTok.Models");
+        var src = RepoPaths.File("src", "ReTok.Models");
         const string Ns = "ReTok.Models";
         var edges = new Dictionary<string, HashSet<string>>();
         foreach (var file in Directory.EnumerateFiles(src, "*.cs", SearchOption.AllDirectories).Where(f => !f.Contains("/obj/") && !f.Contains("/bin/")))

@@ -22,19 +22,18 @@ public sealed class WorkerProcess : IDisposable
             RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false,
         };
         foreach (var (k, v) in env) psi.Environment[k] = v;
-        _p = new Process { StartInfo = psi };
+        _p = new Process { StartInfo = psi, EnableRaisingEvents = true };
         _p.OutputDataReceived += (_, e) => Line(e.Data);
         _p.ErrorDataReceived += (_, e) => Line(e.Data);
+        _p.Exited += (_, _) => _ready.TrySetException(new InvalidOperationException($"worker {name} exited early:\n{Output}"));
         _p.Start();
         _p.BeginOutputReadLine();
         _p.BeginErrorReadLine();
-        _p.EnableRaisingEvents = true;
-        _p.Exited += (_, _) => _ready.TrySetException(new InvalidOperationException($"worker {name} exited early:\n{Output}"));
     }
 
     void Line(string? l)
     {
-        if (l is null) return;
+        if (l is null || l.Contains("NNPACK")) return; // libtorch's CPU warning, once per process
         lock (_out) _out.AppendLine(l);
         if (l.Contains(" ready")) _ready.TrySetResult();
     }
@@ -45,7 +44,8 @@ public sealed class WorkerProcess : IDisposable
     public bool HasExited => _p.HasExited;
     public int ExitCode => _p.ExitCode;
 
-    public Task WaitReadyAsync() => _ready.Task.WaitAsync(TimeSpan.FromSeconds(120));
+    /// <summary>Until the worker prints " ready" (it loads TorchSharp and the job kinds first: slow on a busy machine).</summary>
+    public Task WaitReadyAsync() => _ready.Task.WaitAsync(TimeSpan.FromSeconds(180));
 
     /// <summary>SIGKILL: no chance to checkpoint or release anything.</summary>
     public void Kill() { _p.Kill(); _p.WaitForExit(10_000); }
@@ -64,12 +64,27 @@ public sealed class WorkerProcess : IDisposable
     }
 }
 
-/// <summary>One database and artifact store for the worker-process tests; workers get short engine intervals.</summary>
-public sealed class EngineEnvironment : IAsyncLifetime
+/// <summary>
+/// One database and artifact store for the worker-process tests; workers get short engine intervals. Subclasses add
+/// inputs of their own (<c>Kinds/Support/TrainJobEnvironment</c>: the tiny DINOv2 teacher) and a longer default wait.
+/// </summary>
+public class EngineEnvironment : IAsyncLifetime
 {
     readonly TestDatabase _db = new();
     readonly List<WorkerProcess> _workers = new();
-    public string Root { get; } = Directory.CreateTempSubdirectory("retok-engine").FullName;
+    readonly int _waitSeconds;
+
+    public EngineEnvironment() : this("retok-engine", waitSeconds: 90) { }
+
+    /// <param name="rootName">prefix of the temporary root folder</param>
+    /// <param name="waitSeconds">default of <see cref="WaitRunAsync"/> and <see cref="WaitTerminalAsync"/></param>
+    protected EngineEnvironment(string rootName, int waitSeconds)
+    {
+        Root = Directory.CreateTempSubdirectory(rootName).FullName;
+        _waitSeconds = waitSeconds;
+    }
+
+    public string Root { get; }
     public JobClient Client { get; private set; } = null!;
     public Tracker Tracker => Client.Tracker;
 
@@ -82,7 +97,7 @@ public sealed class EngineEnvironment : IAsyncLifetime
         SchedulePollInterval = TimeSpan.FromMilliseconds(250), ReconcileInterval = TimeSpan.FromSeconds(1), ReconcileQueuedAfter = TimeSpan.FromSeconds(15),
     };
 
-    public async Task InitializeAsync()
+    public virtual async Task InitializeAsync()
     {
         await _db.InitializeAsync();
         Client = new JobClient(Options);
@@ -127,9 +142,10 @@ public sealed class EngineEnvironment : IAsyncLifetime
 
     public string WorkerLogs() { lock (_workers) return string.Join("\n", _workers.Select(w => $"--- {w.Name} ---\n{w.Output}")); }
 
-    public async Task<Run> WaitRunAsync(long id, Func<Run, bool> until, string what, int seconds = 90)
+    public async Task<Run> WaitRunAsync(long id, Func<Run, bool> until, string what, int? seconds = null)
     {
-        var deadline = DateTime.UtcNow.AddSeconds(seconds);
+        var limit = seconds ?? _waitSeconds;
+        var deadline = DateTime.UtcNow.AddSeconds(limit);
         Run? r = null;
         while (DateTime.UtcNow < deadline)
         {
@@ -137,10 +153,10 @@ public sealed class EngineEnvironment : IAsyncLifetime
             if (r is not null && until(r)) return r;
             await Task.Delay(100);
         }
-        throw new TimeoutException($"run {id}: {what} not reached in {seconds} s (now {r?.Status}, {r?.ProgressMessage}, {r?.FailureReason})\n{WorkerLogs()}");
+        throw new TimeoutException($"run {id}: {what} not reached in {limit} s (now {r?.Status}, {r?.ProgressMessage}, {r?.FailureReason})\n{WorkerLogs()}");
     }
 
-    public Task<Run> WaitTerminalAsync(long id, int seconds = 90) => WaitRunAsync(id, r => r.Status.IsTerminal(), "a terminal status", seconds);
+    public Task<Run> WaitTerminalAsync(long id, int? seconds = null) => WaitRunAsync(id, r => r.Status.IsTerminal(), "a terminal status", seconds);
 
     public async Task<string> ResultJsonAsync(long runId)
     {

@@ -3,7 +3,7 @@ using ReTok.Jobs.Kinds.ExtractDataset;
 using ReTok.Models.IO;
 using ReTok.Models.Images;
 using SkiaSharp;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
 namespace ReTok.Tests.Evaluation;
 
@@ -131,9 +131,7 @@ public class ExtractionUnitTests
     [InlineData("jobs/eval-recon-tiny.yaml")]
     public void ShippedSpecsValidate(string spec)
     {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        var plan = ReTok.Engine.JobSpecs.Load(Path.Combine(d!.FullName, spec));
+        var plan = ReTok.Engine.JobSpecs.Load(Path.Combine(RepoPaths.Root, spec));
         Assert.All(plan.Steps, s => Assert.Empty((s.Params as ReTok.Engine.IValidatableParams)?.Validate() ?? []));
         if (spec.Contains("retok-s-b"))
         {

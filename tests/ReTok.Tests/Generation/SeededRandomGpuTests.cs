@@ -138,9 +138,7 @@ public class SeededRandomGpuTests
     {
         // TorchSharp 0.107 ignores a Generator's device (always CPU); a generator passed to a kernel on a CUDA tensor
         // throws there. Seeded draws on possibly-CUDA tensors must go through SeededRandom.
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !System.IO.File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        var src = Path.Combine(d?.FullName ?? throw new InvalidOperationException("repository root not found"), "src");
+        var src = RepoPaths.File("src");
         var deviceGen = new Regex(@"new\s+(torch\.)?Generator\([^()]*(\([^()]*\))?[^()]*,\s*[^)]*\)");
         var offenders = Directory.EnumerateFiles(src, "*.cs", SearchOption.AllDirectories)
             .Where(f => !f.EndsWith("SeededRandom.cs"))

@@ -392,9 +392,9 @@ public sealed class ConnectionPoolTests(TestDatabase db, Xunit.Abstractions.ITes
     }
 }
 
-/// <summary>Parameters with nested path-bearing sections (eval-reconstruction's tokenizer source and settings).</summary>
+/// <summary>Parameters with nested path-bearing sections (eval-reconstruction's tokenizer source and its params).</summary>
 public sealed record NestedPaths
 {
     public ReTok.Jobs.Kinds.EvalReconstruction.TokenizerSource Tokenizer { get; init; } = new();
-    public ReTok.Jobs.Kinds.EvalReconstruction.ReconSettings Settings { get; init; } = new();
+    public ReTok.Jobs.Kinds.EvalReconstruction.EvalReconstructionParams Settings { get; init; } = new();
 }

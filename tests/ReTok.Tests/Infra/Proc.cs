@@ -10,14 +10,7 @@ public sealed class Proc : IDisposable
     readonly StringBuilder _out = new(), _err = new();
     readonly Stopwatch _clock = Stopwatch.StartNew();
 
-    public static string Root { get; } = FindRoot();
-
-    static string FindRoot()
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        return d?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
-    }
+    public static string Root => RepoPaths.Root;
 
     /// <param name="env">variables to set; a null value removes the variable (e.g. the port overrides test.sh sets)</param>
     /// <param name="clearEnv">start from an empty environment (a container's), not this process's</param>
@@ -39,6 +32,7 @@ public sealed class Proc : IDisposable
     public string Stdout { get { lock (_out) return _out.ToString(); } }
     public string Stderr { get { lock (_err) return _err.ToString(); } }
     public string Output => $"--- stdout\n{Stdout}--- stderr\n{Stderr}";
+    public int Pid => _p.Id;
     public bool HasExited => _p.HasExited;
     public int ExitCode => _p.ExitCode;
     public TimeSpan Elapsed { get; private set; }

@@ -16,18 +16,18 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
 {
     public async Task RunAsync(JobContext ctx, EvalReconstructionParams p)
     {
-        var (s, data, reference, tok) = await SourcesAsync(ctx, p);
+        var (data, reference, tok) = await SourcesAsync(ctx, p);
         var cfg = await ReconstructionCore.LoadConfigAsync(ctx, tok);
         var dataPath = await ctx.GetRunArtifactFileAsync(data.RunId, data.Name, "data");
         long count = Math.Min(ReconstructionCore.DataRows(dataPath, cfg.ImageSize), p.Limit ?? long.MaxValue);
 
         if (p.Shards > 1)
         {
-            long batches = (count + s.BatchSize - 1) / s.BatchSize;
+            long batches = (count + p.BatchSize - 1) / p.BatchSize;
             int shards = (int)Math.Min(p.Shards, batches);
             var ranges = Enumerable.Range(0, shards).Select(i => (object)new EvalReconShard
             {
-                Start = i * batches / shards * s.BatchSize, End = Math.Min(count, (i + 1) * batches / shards * s.BatchSize),
+                Start = i * batches / shards * p.BatchSize, End = Math.Min(count, (i + 1) * batches / shards * p.BatchSize),
             }).ToList();
             await ctx.SpawnShardsAsync(ranges, new EvalReconFanIn { Count = count, Shards = shards, CodebookSize = cfg.CodebookSize, Tokenizer = tok.Describe() });
             return;
@@ -41,30 +41,30 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             if (state.Next < count)
             {
                 using var model = await ReconstructionCore.LoadTokenizerAsync(ctx, tok, device);
-                state = await ReconstructionCore.ReconstructAsync(ctx, model, device, dataPath, 0, count, s, state, local);
+                state = await ReconstructionCore.ReconstructAsync(ctx, model, device, dataPath, 0, count, p, state, local);
             }
             var dir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
             var parts = new List<string>();
             foreach (var n in state.Parts) parts.Add(local.TryGetValue(n, out var lp) ? lp : await ctx.Checkpoints.FetchPartAsync(ctx.RunId, n, dir));
             var refPath = reference is { } r ? await ctx.GetRunArtifactFileAsync(r.RunId, r.Name, "reference") : null;
             state = await ReconstructionCore.AggregateAsync(ctx,
-                new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, count, cfg.CodebookSize, tok.Describe(), s, 1), parts, state, device);
+                new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, count, cfg.CodebookSize, tok.Describe(), p, 1), parts, state, device);
         }
-        if (s.ReleaseParts) await ctx.Checkpoints.ReleasePartsAsync(state.Parts);
+        if (p.ReleaseParts) await ctx.Checkpoints.ReleasePartsAsync(state.Parts);
     }
 
     /// <summary>One shard: reconstructs rows [start, end) into checkpoint parts and lists them in parts.json.</summary>
     public async Task RunShardAsync(JobContext ctx, EvalReconstructionParams p)
     {
         var range = ctx.GetFanOutState<EvalReconShard>();
-        var (s, data, _, tok) = await SourcesAsync(ctx, p);
+        var (data, _, tok) = await SourcesAsync(ctx, p);
         var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState { Next = range.Start };
         if (state.Next < range.End)
         {
             var device = Devices.Resolve(ctx.Device);
             var dataPath = await ctx.GetRunArtifactFileAsync(data.RunId, data.Name, "data");
             using var model = await ReconstructionCore.LoadTokenizerAsync(ctx, tok, device);
-            state = await ReconstructionCore.ReconstructAsync(ctx, model, device, dataPath, range.Start, range.End, s, state, new Dictionary<string, string>());
+            state = await ReconstructionCore.ReconstructAsync(ctx, model, device, dataPath, range.Start, range.End, p, state, new Dictionary<string, string>());
         }
         var json = JsonSerializer.Serialize(new { start = range.Start, end = range.End, parts = state.Parts });
         await ctx.SaveArtifactAsync("parts.json", new MemoryStream(System.Text.Encoding.UTF8.GetBytes(json)), "json", overwrite: true);
@@ -83,7 +83,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             var names = JsonDocument.Parse(await File.ReadAllTextAsync(file)).RootElement.GetProperty("parts").EnumerateArray().Select(e => e.GetString()!).ToList();
             listed.Add((sh.Id, names));
         }
-        var (s, data, reference, _) = await SourcesAsync(ctx, p);
+        var (data, reference, _) = await SourcesAsync(ctx, p);
         var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState();
         if (!state.Done)
         {
@@ -95,14 +95,14 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             foreach (var (run, names) in listed)
                 foreach (var n in names) parts.Add(await ctx.Checkpoints.FetchPartAsync(run, n, dir));
             state = await ReconstructionCore.AggregateAsync(ctx,
-                new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, fan.Count, fan.CodebookSize, fan.Tokenizer, s, shards.Count), parts, state, device);
+                new ReconstructionCore.AggregateInput(dataPath, data, refPath, reference, fan.Count, fan.CodebookSize, fan.Tokenizer, p, shards.Count), parts, state, device);
         }
-        if (s.ReleaseParts)
+        if (p.ReleaseParts)
             foreach (var (run, names) in listed) await ctx.Checkpoints.ReleasePartsAsync(names, run);
     }
 
-    /// <summary>What every phase reads: settings, the data and reference artifacts and the tokenizer, from params and inputs.</summary>
-    static async Task<(ReconSettings Settings, ArtifactRef Data, ArtifactRef? Reference, TokenizerSource Tokenizer)> SourcesAsync(JobContext ctx, EvalReconstructionParams p)
+    /// <summary>What every phase reads besides the params: the data and reference artifacts and the tokenizer, from params and inputs.</summary>
+    static async Task<(ArtifactRef Data, ArtifactRef? Reference, TokenizerSource Tokenizer)> SourcesAsync(JobContext ctx, EvalReconstructionParams p)
     {
         var data = await RefOf(ctx, "data") ?? throw new JobFailedException("eval-reconstruction needs the input 'data' (a dataset.npz, e.g. extract/dataset.npz)");
         var reference = await RefOf(ctx, "reference");
@@ -115,7 +115,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
             throw new JobFailedException("give the tokenizer either as the input 'tokenizer' or as params checkpoint, not both");
         if (tok.Config is not null && (tok.Preset ?? tok.ConfigPath) is not null)
             throw new JobFailedException("give the tokenizer config either as the input 'tokenizer_config' or as params preset/config, not both");
-        return (p.ToSettings(), data, reference, tok);
+        return (data, reference, tok);
     }
 
     static async Task<ArtifactRef?> RefOf(JobContext ctx, string role)

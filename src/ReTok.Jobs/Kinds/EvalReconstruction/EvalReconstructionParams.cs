@@ -28,8 +28,12 @@ public sealed record TokenizerSource
         (Config is not null ? $"{Config}" : ConfigPath ?? $"preset {Preset}") + $" (prefer {Prefer})";
 }
 
-/// <summary>What every phase needs to know (from <see cref="EvalReconstructionParams.ToSettings"/>).</summary>
-public sealed record ReconSettings
+/// <summary>
+/// Parameters of eval-reconstruction. Inputs: `data` (a dataset.npz), `tokenizer` + `tokenizer_config` (train-tokenizer's
+/// outputs) or, without them, <see cref="Checkpoint"/> + <see cref="Preset"/>/<see cref="Config"/>; optional `reference`
+/// (an image batch npz or a reference batch with mu/sigma/mu_s/sigma_s) for rFID instead of the data itself.
+/// </summary>
+public sealed record EvalReconstructionParams : IValidatableParams
 {
     /// <summary>Decode lengths K (the first K of the 1-D tokens).</summary>
     public int[] TokenCounts { get; init; } = [32, 64, 128, 256];
@@ -37,6 +41,17 @@ public sealed record ReconSettings
     public int BatchSize { get; init; } = 32;
     /// <summary>Batches per checkpointed part.</summary>
     public int ChunkBatches { get; init; } = 8;
+    /// <summary>&gt; 1: that many shard runs reconstruct disjoint index ranges; an aggregator concatenates and scores.</summary>
+    public int Shards { get; init; } = 1;
+    /// <summary>Only the first N images of the data npz.</summary>
+    public int? Limit { get; init; }
+    /// <summary>Tokenizer checkpoint on the worker (the authors' .pt) when there is no `tokenizer` input.</summary>
+    [DataPath] public string? Checkpoint { get; init; }
+    /// <summary>VQ_SS256 or VQ_SB256 when there is no `tokenizer_config` input and no <see cref="Config"/>.</summary>
+    public string? Preset { get; init; }
+    /// <summary>A tokenizer YAML on the worker (configs/vq/VQ_SB256.yaml style).</summary>
+    [DataPath] public string? Config { get; init; }
+    public string Prefer { get; init; } = "ema";
     /// <summary>Weights folder for Inception / VGG16 / LPIPS heads (default $RETOK_HOME/weights).</summary>
     [DataPath] public string? WeightsDir { get; init; }
     public bool Lpips { get; init; } = true;
@@ -58,47 +73,6 @@ public sealed record ReconSettings
         if (ChunkBatches < 1) yield return $"chunk_batches: must be >= 1, got {ChunkBatches}";
         if (InceptionBatchSize < 1) yield return $"inception_batch_size: must be >= 1, got {InceptionBatchSize}";
         if (GridImages < 1) yield return $"grid_images: must be >= 1, got {GridImages}";
-    }
-}
-
-/// <summary>
-/// Parameters of eval-reconstruction. Inputs: `data` (a dataset.npz), `tokenizer` + `tokenizer_config` (train-tokenizer's
-/// outputs) or, without them, <see cref="Checkpoint"/> + <see cref="Preset"/>/<see cref="Config"/>; optional `reference`
-/// (an image batch npz or a reference batch with mu/sigma/mu_s/sigma_s) for rFID instead of the data itself.
-/// </summary>
-public sealed record EvalReconstructionParams : IValidatableParams
-{
-    public int[] TokenCounts { get; init; } = [32, 64, 128, 256];
-    public int BatchSize { get; init; } = 32;
-    public int ChunkBatches { get; init; } = 8;
-    /// <summary>&gt; 1: that many shard runs reconstruct disjoint index ranges; an aggregator concatenates and scores.</summary>
-    public int Shards { get; init; } = 1;
-    /// <summary>Only the first N images of the data npz.</summary>
-    public int? Limit { get; init; }
-    /// <summary>Tokenizer checkpoint on the worker (the authors' .pt) when there is no `tokenizer` input.</summary>
-    [DataPath] public string? Checkpoint { get; init; }
-    /// <summary>VQ_SS256 or VQ_SB256 when there is no `tokenizer_config` input and no <see cref="Config"/>.</summary>
-    public string? Preset { get; init; }
-    /// <summary>A tokenizer YAML on the worker (configs/vq/VQ_SB256.yaml style).</summary>
-    [DataPath] public string? Config { get; init; }
-    public string Prefer { get; init; } = "ema";
-    [DataPath] public string? WeightsDir { get; init; }
-    public bool Lpips { get; init; } = true;
-    public bool Fid { get; init; } = true;
-    public int InceptionBatchSize { get; init; } = 64;
-    public bool FeatureCache { get; init; } = true;
-    public int GridImages { get; init; } = 8;
-    public bool ReleaseParts { get; init; } = true;
-
-    public ReconSettings ToSettings() => new()
-    {
-        TokenCounts = TokenCounts, BatchSize = BatchSize, ChunkBatches = ChunkBatches, WeightsDir = WeightsDir, Lpips = Lpips, Fid = Fid,
-        InceptionBatchSize = InceptionBatchSize, FeatureCache = FeatureCache, GridImages = GridImages, ReleaseParts = ReleaseParts,
-    };
-
-    public IEnumerable<string> Validate()
-    {
-        foreach (var e in ToSettings().Validate()) yield return e;
         if (Shards < 1) yield return $"shards: must be >= 1, got {Shards}";
         if (Limit is < 1) yield return $"limit: must be >= 1, got {Limit}";
         if (Preset is not null && Config is not null) yield return "preset: give either preset or config, not both";

@@ -95,7 +95,7 @@ public static class ReconstructionCore
     }
 
     /// <summary>LPIPS-VGG from the weights folder, or null with a logged reason (nothing fake is recorded).</summary>
-    static LpipsVgg? TryLoadLpips(JobContext ctx, ReconSettings s, Device device)
+    static LpipsVgg? TryLoadLpips(JobContext ctx, EvalReconstructionParams s, Device device)
     {
         if (!s.Lpips) return null;
         try
@@ -117,7 +117,7 @@ public static class ReconstructionCore
 
     /// <summary>Part keys: rows int64 [2] (first row, end), codes, recon_k{K}, psnr_k{K}, ssim_k{K}, lpips_k{K}, lpips_batch_k{K}.</summary>
     public static async Task<EvalState> ReconstructAsync(JobContext ctx, ReTokTokenizer model, Device device, string dataPath, long start, long end,
-        ReconSettings s, EvalState state, Dictionary<string, string> localParts)
+        EvalReconstructionParams s, EvalState state, Dictionary<string, string> localParts)
     {
         int bs = s.BatchSize;
         if (start % bs != 0) throw new JobFailedException($"shard start {start} is not a multiple of batch_size {bs}");
@@ -250,7 +250,7 @@ public static class ReconstructionCore
     // ------------------------------------------------------------------ phase 2: aggregate
 
     public sealed record AggregateInput(string DataPath, ArtifactRef Data, string? ReferencePath, ArtifactRef? Reference, long Count,
-        int CodebookSize, string Tokenizer, ReconSettings Settings, int Shards);
+        int CodebookSize, string Tokenizer, EvalReconstructionParams Settings, int Shards);
 
     /// <summary>Concatenates the parts (row order), scores every K, registers the outputs; returns the final state.</summary>
     public static async Task<EvalState> AggregateAsync(JobContext ctx, AggregateInput a, IReadOnlyList<string> partFiles, EvalState state, Device device)

@@ -30,6 +30,8 @@ public sealed record ExtractCodesParams : IValidatableParams
     [DataPath] public string? Source { get; init; }
     /// <summary>Decode threads for `source`; 0 = all cores.</summary>
     public int Workers { get; init; }
+    /// <summary>Test hook: sleep this long after each batch (kill-and-resume tests need a run that lasts; the codes do not change).</summary>
+    public int DebugBatchDelayMs { get; init; }
 
     public IEnumerable<string> Validate()
     {
@@ -39,6 +41,7 @@ public sealed record ExtractCodesParams : IValidatableParams
         if (CropRange < 1) yield return $"crop_range: must be >= 1, got {CropRange}";
         if (MaxImages < 0) yield return $"max_images: must be >= 0, got {MaxImages}";
         if (Workers < 0) yield return $"workers: must be >= 0, got {Workers}";
+        if (DebugBatchDelayMs < 0) yield return $"debug_batch_delay_ms: must be >= 0, got {DebugBatchDelayMs}";
         if (Source is not null && string.IsNullOrWhiteSpace(Source)) yield return "source: must name a folder of images";
     }
 }
@@ -122,6 +125,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
                 throw new JobFailedException($"checkpoint codes [{string.Join(",", part.shape)}] do not match step {ck.Step} x {views} views x {p.Tokens} tokens");
             done.Add(part);
             start = ck.Step;
+            ctx.Log($"resuming at image {start}/{n} ({part.shape[0]} code rows from the checkpoint)");
         }
 
         long sinceCkpt = 0;
@@ -138,6 +142,7 @@ public sealed class ExtractCodesJob : IJobHandler<ExtractCodesParams>
             sinceCkpt += imgs.shape[0];
             imgs.Dispose();
             ctx.ReportProgress(now, n, $"encoded {now}/{n} images ({views} views each)");
+            if (p.DebugBatchDelayMs > 0) await Task.Delay(p.DebugBatchDelayMs);
             if (ctx.CancellationToken.IsCancellationRequested || (sinceCkpt >= p.ChunkImages && now < n))
             {
                 var sofar = cat(done, 0);

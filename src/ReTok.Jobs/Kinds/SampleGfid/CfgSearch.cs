@@ -71,18 +71,6 @@ public static class CfgSearchPlan
         };
     }
 
-    /// <summary>The next scale to evaluate, or null when the search is over. <paramref name="start"/> is the first scale.</summary>
-    public static double? Next(CfgSearchParams s, IReadOnlyList<CfgPoint> history, double start)
-    {
-        if (history.Count >= s.MaxRounds) return null;
-        if (s.Mode == CfgSearchMode.List) return s.Scales!.Select(x => (double?)x).FirstOrDefault(x => !Tried(history, x!.Value));
-        if (history.Count == 0) return R(start);
-        var best = Best(history);
-        foreach (var c in new[] { R(best.CfgScale + s.Step), R(best.CfgScale - s.Step) })
-            if (c >= s.MinScale - 1e-9 && !Tried(history, c)) return c;
-        return null;
-    }
-
     /// <summary>
     /// The reference's rectangular window grid (search(), cfg_schedule == 'rectangular'): window_start in
     /// np.arange(0.1, 0.81, 0.05), window_end in np.arange(0.5, 1.01, 0.05), pairs with start &lt; end, start-major.
@@ -103,38 +91,45 @@ public static class CfgSearchPlan
         return [.. from a in Arange(0.1, 0.8 + 0.01, 0.05) from b in Arange(0.5, 1.01, 0.05) where a < b select (a, b)];
     }
 
-    /// <summary>A round of the rectangular search: the window and the scale to evaluate.</summary>
-    public sealed record RectangularStep(double CfgScale, double WindowStart, double WindowEnd);
+    /// <summary>A round of the search: the scale to evaluate and, on the rectangular grid, the window.</summary>
+    public sealed record CfgStep(double CfgScale, double? WindowStart = null, double? WindowEnd = null);
 
     /// <summary>
-    /// The next evaluation of the rectangular search, or null when it is over: windows in <see cref="RectangularWindows"/>
-    /// order; per window, search_cfg_only with increase_first=False (try best - step, then best + step, over that window's
-    /// points only, as the reference filters its CSV by the window annotation) from the previous window's best scale (the
-    /// first window from <paramref name="start"/>); the next window begins when the current one is at a local minimum.
+    /// The next evaluation of the search, or null when it is over; <paramref name="start"/> is the first scale. One
+    /// planner for both grids: hill_climb is search_cfg_only over a list of windows: the one window "none" for the step
+    /// and constant schedules (try best + step, then best - step), or <see cref="RectangularWindows"/> in order when
+    /// <paramref name="windows"/> (the rectangular search: increase_first=False, so best - step first, over that
+    /// window's points only, as the reference filters its CSV by the window annotation). A window starts from the
+    /// previous window's best scale (the reference carries args.cfg_scale_start = best_cfg_scale forward; the first from
+    /// <paramref name="start"/>), and the next window begins when the current one is at a local minimum on the step
+    /// grid (both neighbours of its best tried, or below min_scale). list: the scales in order (no windows).
     /// </summary>
-    public static RectangularStep? NextRectangular(CfgSearchParams s, IReadOnlyList<CfgPoint> history, double start)
+    public static CfgStep? Next(CfgSearchParams s, IReadOnlyList<CfgPoint> history, double start, bool windows = false)
     {
         if (history.Count >= s.MaxRounds) return null;
+        if (s.Mode == CfgSearchMode.List)
+            return s.Scales!.Where(x => !Tried(history, x)).Select(x => new CfgStep(x)).FirstOrDefault();
+        IReadOnlyList<(double? Start, double? End)> grid = windows ? [.. RectangularWindows.Select(w => ((double?)w.Start, (double?)w.End))] : [(null, null)];
         int w = 0;
         if (history.Count > 0)
         {
             var last = history[^1];
-            while (w < RectangularWindows.Count && RectangularWindows[w] != (last.WindowStart, last.WindowEnd)) w++;
-            if (w == RectangularWindows.Count) throw new InvalidOperationException($"cfg_search: window ({last.WindowStart}, {last.WindowEnd}) is not on the rectangular grid");
+            while (w < grid.Count && grid[w] != (last.WindowStart, last.WindowEnd)) w++;
+            if (w == grid.Count) throw new InvalidOperationException($"cfg_search: window ({last.WindowStart}, {last.WindowEnd}) is not on the {(windows ? "rectangular grid" : "search's grid (no window)")}");
         }
-        for (; w < RectangularWindows.Count; w++)
+        for (; w < grid.Count; w++)
         {
-            var (ws, we) = RectangularWindows[w];
+            var (ws, we) = grid[w];
             var mine = history.Where(h => h.WindowStart == ws && h.WindowEnd == we).ToList();
             if (mine.Count == 0)
             {
-                // the previous window's best scale (the reference carries args.cfg_scale_start = best_cfg_scale forward)
-                var prev = w == 0 ? null : history.Where(h => h.WindowStart == RectangularWindows[w - 1].Start && h.WindowEnd == RectangularWindows[w - 1].End).ToList();
-                return new RectangularStep(prev is { Count: > 0 } ? Best(prev).CfgScale : R(start), ws, we);
+                var prev = w == 0 ? null : history.Where(h => h.WindowStart == grid[w - 1].Start && h.WindowEnd == grid[w - 1].End).ToList();
+                return new CfgStep(prev is { Count: > 0 } ? Best(prev).CfgScale : R(start), ws, we);
             }
             var best = Best(mine);
-            foreach (var c in new[] { R(best.CfgScale - s.Step), R(best.CfgScale + s.Step) })
-                if (c >= s.MinScale - 1e-9 && !Tried(mine, c)) return new RectangularStep(c, ws, we);
+            var neighbours = windows ? new[] { R(best.CfgScale - s.Step), R(best.CfgScale + s.Step) } : new[] { R(best.CfgScale + s.Step), R(best.CfgScale - s.Step) };
+            foreach (var c in neighbours)
+                if (c >= s.MinScale - 1e-9 && !Tried(mine, c)) return new CfgStep(c, ws, we);
         }
         return null;
     }

@@ -117,13 +117,16 @@ public sealed class SampleGfidJob : IFanOutJob<SampleGfidParams>
             double start = search.Mode == CfgSearchMode.List ? search.Scales![0]
                 : search.Start ?? CfgSearchPlan.EmpiricalStart(p.CfgSchedule, GeneratorYaml.Read(await ctx.GetInputFileAsync("generator_config")));
             ctx.Log($"cfg_search ({search.Mode}{(p.SearchesWindows ? $", {CfgSearchPlan.RectangularWindows.Count} windows" : "")}): first scale {start}");
-            var first = p.SearchesWindows ? CfgSearchPlan.NextRectangular(search, [], start)! : null;
-            await SpawnRoundAsync(ctx, first is null ? p : p with { WindowStart = first.WindowStart, WindowEnd = first.WindowEnd }, start,
-                new GfidRound { CfgStart = start, CfgHistory = [] });
+            var first = CfgSearchPlan.Next(search, [], start, p.SearchesWindows)!;
+            await SpawnRoundAsync(ctx, WithWindow(p, first), first.CfgScale, new GfidRound { CfgStart = start, CfgHistory = [] });
             return;
         }
         await SpawnRoundAsync(ctx, p, p.CfgScale, new GfidRound());
     }
+
+    /// <summary>The parameters of a search round: a rectangular round samples in its window, other rounds keep the spec's.</summary>
+    internal static SampleGfidParams WithWindow(SampleGfidParams p, CfgSearchPlan.CfgStep step) =>
+        step.WindowStart is { } ws && step.WindowEnd is { } we ? p with { WindowStart = ws, WindowEnd = we } : p;
 
     /// <summary>One evaluation at <paramref name="scale"/>: num_shards shards and an aggregator (which continues a cfg_search).</summary>
     internal static Task<FanOut> SpawnRoundAsync(JobContext ctx, SampleGfidParams p, double scale, GfidRound round)
@@ -315,15 +318,11 @@ static class SampleGfidAggregate
                 CfgScale = p.CfgScale, WindowStart = rect ? p.WindowStart : null, WindowEnd = rect ? p.WindowEnd : null, Gfid = g, RunId = ctx.RunId,
             }).ToList();
             metrics["cfg_search"] = history.Select(h => new { cfg_scale = h.CfgScale, window_start = h.WindowStart, window_end = h.WindowEnd, gfid = h.Gfid, run_id = h.RunId }).ToList();
-            var (nextScale, nextP) = rect
-                ? CfgSearchPlan.NextRectangular(search, history, round.CfgStart ?? p.CfgScale) is { } r
-                    ? ((double?)r.CfgScale, p with { WindowStart = r.WindowStart, WindowEnd = r.WindowEnd }) : (null, p)
-                : (CfgSearchPlan.Next(search, history, round.CfgStart ?? p.CfgScale), p);
-            if (nextScale is { } ns)
+            if (CfgSearchPlan.Next(search, history, round.CfgStart ?? p.CfgScale, rect) is { } next)
             {
                 await WriteMetricsJsonAsync(ctx, metrics);
-                ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {ns}{(rect ? $", window [{nextP.WindowStart:F2}, {nextP.WindowEnd:F2}]" : "")}");
-                await SampleGfidJob.SpawnRoundAsync(ctx, nextP, ns, round with { CfgHistory = history });
+                ctx.Log($"cfg_search: gFID {g:G6} at cfg {p.CfgScale}; next scale {next.CfgScale}{(rect ? $", window [{next.WindowStart:F2}, {next.WindowEnd:F2}]" : "")}");
+                await SampleGfidJob.SpawnRoundAsync(ctx, SampleGfidJob.WithWindow(p, next), next.CfgScale, round with { CfgHistory = history });
                 return;
             }
             // final round: the whole curve, the best scale (argmin gFID; the reference returns the last tried) and the plot

@@ -29,9 +29,12 @@ namespace ReTok.Jobs.Kinds.TrainTokenizer;
 [JobKind("train-tokenizer", Queue = "gpu", MaxAttempts = 5, Description = "train a ReTok tokenizer (GAN + LPIPS + semantic loss, nested dropout over the padded tokens)")]
 public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
 {
-    public async Task RunAsync(JobContext ctx, TrainTokenizerParams p)
+    // torch_threads: the whole run (setup, loop, outputs) on one thread with that intra-op count, restored afterwards;
+    // a process-wide torch.set_num_threads here leaked into every test and run that shared the worker process
+    public Task RunAsync(JobContext ctx, TrainTokenizerParams p) => TorchThreads.RunAsync(p.TorchThreads, () => RunCoreAsync(ctx, p));
+
+    async Task RunCoreAsync(JobContext ctx, TrainTokenizerParams p)
     {
-        if (p.TorchThreads is int threads) torch.set_num_threads(threads);
         var dp = p.DataParallel ?? new();
         int n = dp.Replicas;
         var device = Devices.Resolve(ctx.Device);

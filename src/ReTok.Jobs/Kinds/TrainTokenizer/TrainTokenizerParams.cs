@@ -83,7 +83,8 @@ public sealed record TrainTokenizerParams : IValidatableParams
     [DataPath] public string? LpipsLin { get; init; }
 
     // ---- engine / debugging
-    /// <summary>torch intra-op threads (null: TorchSharp's default, the core count).</summary>
+    /// <summary>torch intra-op threads of this run (null: the worker's, by default the core count); the run computes on a
+    /// thread of its own with this count and leaves the worker's setting as it was (<see cref="ReTok.Models.TorchThreads"/>).</summary>
     public int? TorchThreads { get; init; }
     /// <summary>Multiplies the reconstruction by NaN at this step (1-based s): the run must fail naming step and term.</summary>
     public long? DebugInjectNanAtStep { get; init; }

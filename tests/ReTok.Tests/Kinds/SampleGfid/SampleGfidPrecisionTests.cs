@@ -3,7 +3,7 @@ using ReTok.Jobs.Kinds.SampleGfid;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.SampleGfid;
 
 /// <summary>sample-gfid `precision` (sample_c2i --precision; the README run is PRECISION="none" = fp32).</summary>
 public class SampleGfidPrecisionTests

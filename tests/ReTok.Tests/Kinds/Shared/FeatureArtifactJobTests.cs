@@ -10,9 +10,9 @@ using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.Shared;
 
 /// <summary>
 /// Reference Inception features shared as artifacts (Kinds/Shared/FeatureArtifacts): two eval-reconstruction runs on

@@ -1,42 +1,12 @@
-using ReTok.Models.Dinov2;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
+using ReTok.Tests.Kinds.Support;
 using TorchSharp;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
-namespace ReTok.Tests.JobsTrain;
-
-/// <summary>Fixture paths and the deterministic stand-ins shared with tests/fixtures/gen/jobs_train.py.</summary>
-internal static class JobsTrainData
-{
-    public static string Fixture(string area, string name) => Path.Combine(AppContext.BaseDirectory, "fixtures", area, name);
-
-    /// <summary>LPIPS stand-in: per-image mean |tanh(1.5x) - tanh(1.5y)| (FixedPerceptual in the generator).</summary>
-    public static Tensor FixedPerceptual(Tensor x, Tensor y) =>
-        (tanh(1.5 * x) - tanh(1.5 * y)).abs().mean(new long[] { 1, 2, 3 }, keepdim: true);
-
-    /// <summary>DINOv2 stand-in: tanh(avg_pool2d(x, 16) as [B, 256, 3] @ W), W[c, j] = sin(0.37 (dim c + j) + 1).</summary>
-    public sealed class FixedTeacher(int dim) : ISemanticTeacher
-    {
-        private readonly Tensor w = sin(0.37 * (dim * arange(3, dtype: float64).view(3, 1) + arange(dim, dtype: float64).view(1, dim)) + 1.0).to(float32);
-
-        public Tensor Features(Tensor images)
-        {
-            using var _ = no_grad();
-            var p = F.avg_pool2d(images, 16);
-            return tanh(p.flatten(2).transpose(1, 2).matmul(w.to(images.dtype)));
-        }
-    }
-
-    public static TokenizerConfig TinyConfig() => TokenizerConfig.Load(Fixture("tokenizer", "tiny.yaml"));
-
-    public static ReTokTokenizer TinyTokenizer() => ReTokTokenizer.FromCheckpoint(TinyConfig(), Fixture("tokenizer", "tiny.safetensors"));
-
-    public static Tensor TinyImagesUint8() => Npz.LoadKey(Fixture("tokenizer", "images.npz"), "arr_0").ToTensor();
-}
+namespace ReTok.Tests.Kinds.TrainTokenizer;
 
 /// <summary>
 /// Two full training iterations of the tiny ReTok tokenizer (G step + D step each) against the reference loop
@@ -156,22 +126,22 @@ public class TrainStepParityTests(ITestOutputHelper log)
     [InlineData("retok")]
     public void TwoIterationsMatchTheReferenceLoop(string which)
     {
-        var fx = Npz.Load(JobsTrainData.Fixture("jobs_train", "step_ref.npz"));
+        var fx = Npz.Load(TrainTokenizerData.Fixture("jobs_train", "step_ref.npz"));
         double S(string key) => fx[key].ToTensor().to(float64).item<double>();
         manual_seed(0);
-        using var model = JobsTrainData.TinyTokenizer();
+        using var model = TrainTokenizerData.TinyTokenizer();
         var before = model.state_dict().ToDictionary(kv => kv.Key, kv => kv.Value.detach().clone());
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
         StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
-        var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
+        var data = new TrainingDataLoader(new TensorImageSource(TrainTokenizerData.TinyImagesUint8()),
             new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
         var config = new TrainerConfig(TotalSteps: 10, BaseLr: 1e-4, EndLr: 1e-5, Seed: 0,
             KSampler: which == "released" ? KSamplerConfig.Released : new KSamplerConfig(),
             SemanticWeight: which == "released" ? SemanticWeightConfig.Released
                 : new SemanticWeightConfig(LambdaSchedule.Linear, Lambda0: 0.5, LambdaEnd: 0.0, KStart: 1, KEnd: 256));
         var recorder = new CodeForcer(new ReTokTrainable(model), t => fx[$"{which}.{t}.codes"].As<long>());
-        using var trainer = new TokenizerTrainer(recorder, disc, JobsTrainData.FixedPerceptual,
-            new JobsTrainData.FixedTeacher(model.Config.OutInnerDim), data, config);
+        using var trainer = new TokenizerTrainer(recorder, disc, TrainTokenizerData.FixedPerceptual,
+            new TrainTokenizerData.FixedTeacher(model.Config.OutInnerDim), data, config);
         var names = System.Text.Encoding.UTF8.GetString(fx[$"{which}.param_names"].As<byte>()).Split('\n');
         double lr0 = S($"{which}.0.lr"), lr1 = S($"{which}.1.lr");
         const double relGrad = NoiseAllowance / NoiseK;   // relative disagreement of a resolved gradient
@@ -281,8 +251,8 @@ public class TrainStepParityTests(ITestOutputHelper log)
     [Fact]
     public void AdamWMatchesTorchGivenTheReferenceGradients()
     {
-        var fx = Npz.Load(JobsTrainData.Fixture("jobs_train", "step_ref.npz"));
-        using var model = JobsTrainData.TinyTokenizer();
+        var fx = Npz.Load(TrainTokenizerData.Fixture("jobs_train", "step_ref.npz"));
+        using var model = TrainTokenizerData.TinyTokenizer();
         var names = fx.Keys.Where(k => k.StartsWith("adam.0.grad.")).Select(k => k["adam.0.grad.".Length..]).ToList();
         Assert.Equal(4, names.Count);
         var sd = model.state_dict();
@@ -316,20 +286,20 @@ public class TrainStepParityTests(ITestOutputHelper log)
     [Fact]
     public void FirstIterationGradientsMatchInFloat64()
     {
-        var fx = Npz.Load(JobsTrainData.Fixture("jobs_train", "step_ref.npz"));
+        var fx = Npz.Load(TrainTokenizerData.Fixture("jobs_train", "step_ref.npz"));
         var names = System.Text.Encoding.UTF8.GetString(fx["released.param_names"].As<byte>()).Split('\n');
         var refNorms = fx["f64.grad_norms"].As<double>();
-        using var model = JobsTrainData.TinyTokenizer();
+        using var model = TrainTokenizerData.TinyTokenizer();
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
         StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
         model.to(float64).train();
         disc.to(float64).train();
-        var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()), new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
+        var data = new TrainingDataLoader(new TensorImageSource(TrainTokenizerData.TinyImagesUint8()), new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
         var x = data.Next().to(float64);
         var o = new ReTokTrainable(model).Forward(new TokenizerStepInput(x, full(new long[] { 2 }, 256L, dtype: int64), true, true));
-        var loss = new TokenizerLoss(new LossConfig(), disc, JobsTrainData.FixedPerceptual);
+        var loss = new TokenizerLoss(new LossConfig(), disc, TrainTokenizerData.FixedPerceptual);
         var terms = loss.Generator(x, o.Reconstruction, o.Codebook, o.FeatureRecLoss, 1, o.SemanticFeatures,
-            new JobsTrainData.FixedTeacher(model.Config.OutInnerDim).Features(x));
+            new TrainTokenizerData.FixedTeacher(model.Config.OutInnerDim).Features(x));
         Assert.Equal(fx["f64.total_g"].ToTensor().item<double>(), terms.Total.item<double>(), 9);
         terms.Total.backward();
         var ours = model.named_parameters().ToDictionary(p => p.name, p => p.parameter.grad is null ? 0.0 : p.parameter.grad.norm().item<double>());
@@ -353,13 +323,13 @@ public class TrainingProgressTests(ITestOutputHelper log)
     public void ReconstructionLossFallsWithinEightSteps()
     {
         manual_seed(0);
-        using var model = JobsTrainData.TinyTokenizer();
+        using var model = TrainTokenizerData.TinyTokenizer();
         using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
+        var data = new TrainingDataLoader(new TensorImageSource(TrainTokenizerData.TinyImagesUint8()),
             new DataConfig(BatchSize: 2, Seed: 0, Augmentation: Augmentation.None));
         var config = TrainerConfig.Released(8) with { BaseLr = 1e-3, EndLr = 1e-4 };
-        using var trainer = new TokenizerTrainer(new ReTokTrainable(model), disc, JobsTrainData.FixedPerceptual,
-            new JobsTrainData.FixedTeacher(model.Config.OutInnerDim), data, config);
+        using var trainer = new TokenizerTrainer(new ReTokTrainable(model), disc, TrainTokenizerData.FixedPerceptual,
+            new TrainTokenizerData.FixedTeacher(model.Config.OutInnerDim), data, config);
         var rec = new List<double>();
         for (int t = 0; t < 8; t++) rec.Add(trainer.TrainStep().Scalars["rec"]);
         log.WriteLine("rec: " + string.Join(", ", rec.Select(r => r.ToString("F4"))));

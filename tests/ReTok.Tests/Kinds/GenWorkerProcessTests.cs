@@ -2,10 +2,11 @@ using System.Diagnostics;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Tests.Engine;
+using ReTok.Tests.Kinds.Support;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds;
 
 /// <summary>
 /// sample-gfid and train-generator with two real `retok worker` processes on PostgreSQL: the worker running a job is
@@ -18,7 +19,7 @@ public sealed class GenWorkerProcessTests(EngineEnvironment env, ITestOutputHelp
     async Task<GenTestInputs> InputsAsync(string name) =>
         await GenTestInputs.CreateAsync(env.Tracker, Path.Combine(env.Root, name), images: 2, inceptionWeights: false);
 
-    async Task<long> CheckpointStepAsync(long runId) => await JobsEval.JobsEvalSupport.CheckpointStepAsync(env.Tracker, runId);
+    async Task<long> CheckpointStepAsync(long runId) => await EvalJobSupport.CheckpointStepAsync(env.Tracker, runId);
 
     /// <summary>Starts two workers on <paramref name="queue"/>, waits until <paramref name="victim"/> returns a run that is
     /// Running and has a checkpoint at step >= 1, kills the worker holding its lease; returns (killed, survivor, step).</summary>

@@ -6,7 +6,7 @@ using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using TorchSharp;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.TrainGenerator;
 
 /// <summary>train-generator milestone checkpoints: every milestone_every steps a checkpoints/step-N that later saves do
 /// not overwrite, the newest keep_milestones keep their content, older ones are released (empty).</summary>

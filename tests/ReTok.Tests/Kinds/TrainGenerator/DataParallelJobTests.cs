@@ -5,7 +5,7 @@ using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using TorchSharp;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.TrainGenerator;
 
 /// <summary>train-generator with data_parallel: 2 CPU replicas give the 1-replica run (dropouts off), and a checkpoint
 /// written by 2 replicas resumes with 1.</summary>

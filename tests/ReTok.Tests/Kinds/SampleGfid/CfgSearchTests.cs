@@ -3,11 +3,12 @@ using System.Text.Json.Nodes;
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.SampleGfid;
 using ReTok.Models.IO;
+using ReTok.Tests.Kinds.Support;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.SampleGfid;
 
 /// <summary>
 /// sample-gfid cfg_search: the hill-climb rule against a synthetic curve (no jobs), submit-time validation, and the
@@ -19,7 +20,11 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
     static List<CfgPoint> Walk(CfgSearchParams s, double start, Func<double, double> f)
     {
         var h = new List<CfgPoint>();
-        while (CfgSearchPlan.Next(s, h, start) is { } next) h.Add(new CfgPoint { CfgScale = next, Gfid = f(next), RunId = h.Count });
+        while (CfgSearchPlan.Next(s, h, start) is { } next)
+        {
+            Assert.Null(next.WindowStart);   // no window outside the rectangular grid
+            h.Add(new CfgPoint { CfgScale = next.CfgScale, Gfid = f(next.CfgScale), RunId = h.Count });
+        }
         return h;
     }
 
@@ -66,8 +71,8 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         // starts from the previous window's best, and the walk visits every window in order
         var s = new CfgSearchParams { MaxRounds = 10_000 };
         var h = new List<CfgPoint>();
-        while (CfgSearchPlan.NextRectangular(s, h, 1.75) is { } n)
-            h.Add(new CfgPoint { CfgScale = n.CfgScale, WindowStart = n.WindowStart, WindowEnd = n.WindowEnd, Gfid = Math.Abs(n.CfgScale - 1.6) + n.WindowEnd, RunId = h.Count });
+        while (CfgSearchPlan.Next(s, h, 1.75, windows: true) is { } n)
+            h.Add(new CfgPoint { CfgScale = n.CfgScale, WindowStart = n.WindowStart, WindowEnd = n.WindowEnd, Gfid = Math.Abs(n.CfgScale - 1.6) + n.WindowEnd!.Value, RunId = h.Count });
         // window 1: 1.75 -> 1.5 (better) -> 1.25 (worse) -> 1.75 tried -> done; window 2 starts at 1.5: 1.25, 1.75
         Assert.Equal([1.75, 1.5, 1.25, 1.5, 1.25, 1.75], h.Take(6).Select(p => p.CfgScale));
         Assert.Equal(w[1].End, h[3].WindowEnd);
@@ -78,7 +83,7 @@ public sealed class CfgSearchTests(TestDatabase db, ITestOutputHelper log) : ICl
         Assert.Equal((1.5, 0.1, 0.5), (best.CfgScale, best.WindowStart!.Value, best.WindowEnd!.Value));
         Assert.Equal("gfid@k=256,cfg=1.5,window=0.10-0.50", CfgSearchPlan.Key(256, best));
         // max_rounds caps it
-        Assert.Null(CfgSearchPlan.NextRectangular(s with { MaxRounds = 3 }, h.Take(3).ToList(), 1.75));
+        Assert.Null(CfgSearchPlan.Next(s with { MaxRounds = 3 }, h.Take(3).ToList(), 1.75, windows: true));
     }
 
     const string Spec = """

@@ -3,9 +3,9 @@ using ReTok.Evaluation.Weights;
 using ReTok.Jobs.Kinds.EvalReconstruction;
 using ReTok.Models.Tokenizer;
 using TorchSharp;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.EvalReconstruction;
 
 /// <summary>eval-reconstruction's per-batch scoring against the evaluation component's ReconstructionEvaluator (parity-tested with ReTok).</summary>
 public class ReconstructionUnitTests

@@ -4,11 +4,12 @@ using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainTokenizer;
 using ReTok.Models.Tokenizer;
 using ReTok.Models.Training;
+using ReTok.Tests.Kinds.Support;
 using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsTrain;
+namespace ReTok.Tests.Kinds.TrainTokenizer;
 
 /// <summary>
 /// `train-tokenizer` end to end with real `retok worker` processes on PostgreSQL: a run whose worker is SIGKILLed
@@ -22,7 +23,7 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
     /// <summary>The tiny tokenizer of tests/fixtures/tokenizer/tiny.yaml with a 32-dim semantic teacher (test-made weights).</summary>
     string Spec(string queue, string extra = "")
     {
-        var model = File.ReadAllText(JobsTrainData.Fixture("tokenizer", "tiny.yaml"));
+        var model = File.ReadAllText(TrainTokenizerData.Fixture("tokenizer", "tiny.yaml"));
         model = model[model.IndexOf("model:", StringComparison.Ordinal)..model.IndexOf("trainer:", StringComparison.Ordinal)];
         var indented = string.Join("\n", model.TrimEnd().Split('\n').Select(l => "  " + l));
         return $$"""
@@ -34,7 +35,7 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
               loss: {params: {perceptual_weight: 0.0, disc_dim: 8} }
               retok: {semantic_weight: 0.5, teacher: {embed_dim: 32, depth: 1, num_heads: 2} }
               distill_weights: {{env.TeacherWeights}}
-              data_path: {{JobsTrainData.Fixture("tokenizer", "images.npz")}}
+              data_path: {{TrainTokenizerData.Fixture("tokenizer", "images.npz")}}
               iterations: 6
               ckpt_every: 2
               recon_every: 3
@@ -96,9 +97,9 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
         await env.Tracker.DownloadArtifactAsync(tw, Path.Combine(dir, "tokenizer.safetensors"));
         await env.Tracker.DownloadArtifactAsync((await env.Tracker.GetArtifactAsync(whole, "tokenizer.yaml"))!, Path.Combine(dir, "tokenizer.yaml"));
         var cfg = TokenizerConfig.Load(Path.Combine(dir, "tokenizer.yaml"));
-        Assert.True(cfg.SameArchitecture(JobsTrainData.TinyConfig()));
+        Assert.True(cfg.SameArchitecture(TrainTokenizerData.TinyConfig()));
         using var trained = ReTokTokenizer.FromCheckpoint(cfg, Path.Combine(dir, "tokenizer.safetensors"));
-        var codes = trained.Encode(ReTokTokenizer.ImagesFromUint8(JobsTrainData.TinyImagesUint8()));
+        var codes = trained.Encode(ReTokTokenizer.ImagesFromUint8(TrainTokenizerData.TinyImagesUint8()));
         Assert.True(trained.Decode(codes, 32).isfinite().all().item<bool>());
     }
 
@@ -319,7 +320,7 @@ public class WarmStartTests
     public void GigaTokInitFillsExactlyThePaddingKeysByReplicationAndStrictNamesThem()
     {
         var yaml = Path.Combine(Directory.CreateTempSubdirectory("warm-start").FullName, "tiny.yaml");
-        File.WriteAllText(yaml, ReTok.Tests.JobsEval.JobsEvalSupport.TinyYaml);
+        File.WriteAllText(yaml, EvalJobSupport.TinyYaml);
         var cfg = ReTok.Models.Tokenizer.TokenizerConfig.Load(yaml);
         torch.manual_seed(1);
         using var source = new ReTok.Models.Tokenizer.ReTokTokenizer(cfg);

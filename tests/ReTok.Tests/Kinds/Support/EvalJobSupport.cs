@@ -4,14 +4,14 @@ using ReTok.Jobs.Quickstart;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.Support;
 
-/// <summary>Helpers shared by the JobsEval tests: test image folders, artifact downloads, checkpoint steps.</summary>
-public static class JobsEvalSupport
+/// <summary>Helpers shared by the evaluation-kind tests: test image folders, artifact downloads, checkpoint steps.</summary>
+public static class EvalJobSupport
 {
     /// <summary>A tiny tokenizer config (codebook 64, CNN ch 32, 1-layer ViTs of width 32).</summary>
     public const string TinyYaml = """
-        # tiny random-init tokenizer for the JobsEval tests (reference keys + our ch/num_res_blocks/ViT-size extensions)
+        # tiny random-init tokenizer for the evaluation-kind tests (reference keys + our ch/num_res_blocks/ViT-size extensions)
         model:
           model_cls: VQVitModelPlus
           init_args:

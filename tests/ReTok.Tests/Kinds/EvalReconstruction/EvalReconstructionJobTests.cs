@@ -12,9 +12,9 @@ using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.EvalReconstruction;
 
 /// <summary>
 /// eval-reconstruction with a real `retok worker` process: a tiny random-init tokenizer (safetensors + YAML artifacts),
@@ -36,12 +36,7 @@ public sealed class EvalReconstructionJobTests : IClassFixture<EngineEnvironment
         return npz;
     }
 
-    static string RepoFile(string rel)
-    {
-        var d = new DirectoryInfo(AppContext.BaseDirectory);
-        while (d != null && !File.Exists(Path.Combine(d.FullName, "ReTok.Jobs.sln"))) d = d.Parent;
-        return Path.Combine(d?.FullName ?? throw new InvalidOperationException("repository root not found"), rel);
-    }
+    static string RepoFile(string rel) => Path.Combine(RepoPaths.Root, rel);
 
     // Was quarantined after a 300 s wait ran out under load ~30 with 6 images and no feature cache; now 4 images, the
     // reference features computed once (cache), safetensors Inception weights, 600 s waits: ~110 s at load ~10.

@@ -10,7 +10,7 @@ using ReTok.Tracking;
 using TorchSharp;
 using Xunit.Abstractions;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds;
 
 /// <summary>
 /// Tiny end-to-end on CPU with a real PostgreSQL and an in-process worker: random-init tiny tokenizer -> extract-codes

@@ -1,6 +1,6 @@
 using ReTok.Jobs.Kinds.TrainGenerator;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.TrainGenerator;
 
 public class TrainGeneratorParamsTests
 {

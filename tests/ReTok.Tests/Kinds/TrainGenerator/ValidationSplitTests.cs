@@ -5,7 +5,7 @@ using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.TrainGenerator;
 
 /// <summary>train-generator val_images: whole images (every view) held out, evenly spaced over the dataset order;
 /// val_loss at each checkpoint and at the end beside the training codes' unigram entropy.</summary>

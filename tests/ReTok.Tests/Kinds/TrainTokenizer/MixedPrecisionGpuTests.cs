@@ -1,10 +1,11 @@
 using ReTok.Models;
 using ReTok.Models.IO;
 using ReTok.Models.Training;
+using ReTok.Tests.Kinds.Support;
 using Xunit.Abstractions;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsTrain;
+namespace ReTok.Tests.Kinds.TrainTokenizer;
 
 /// <summary>
 /// bf16 mixed precision of tokenizer training (runs on the CPU, which has bf16 kernels): one full iteration (G + D step)
@@ -25,16 +26,16 @@ public class MixedPrecisionGpuTests(ITestOutputHelper log)
 
     static (Dictionary<string, double> Scalars, TokenizerTrainer Trainer) OneStep(string precision)
     {
-        var fx = Npz.Load(JobsTrainData.Fixture("jobs_train", "step_ref.npz"));
-        var model = JobsTrainData.TinyTokenizer();
+        var fx = Npz.Load(TrainTokenizerData.Fixture("jobs_train", "step_ref.npz"));
+        var model = TrainTokenizerData.TinyTokenizer();
         var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
         StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value.ToTensor()), "step_ref.npz");
-        var data = new TrainingDataLoader(new TensorImageSource(JobsTrainData.TinyImagesUint8()),
+        var data = new TrainingDataLoader(new TensorImageSource(TrainTokenizerData.TinyImagesUint8()),
             new DataConfig(BatchSize: 1, Seed: 0, Augmentation: Augmentation.None));   // batch 1: CPU bf16 convs are slow
         var config = new TrainerConfig(TotalSteps: 10, BaseLr: 1e-4, EndLr: 1e-5, Seed: 0, Precision: precision,
             SemanticWeight: new SemanticWeightConfig(LambdaSchedule.Linear, Lambda0: 0.5, LambdaEnd: 0.0, KStart: 1, KEnd: 256));
-        var trainer = new TokenizerTrainer(new ReTokTrainable(model), disc, JobsTrainData.FixedPerceptual,
-            new JobsTrainData.FixedTeacher(model.Config.OutInnerDim), data, config);
+        var trainer = new TokenizerTrainer(new ReTokTrainable(model), disc, TrainTokenizerData.FixedPerceptual,
+            new TrainTokenizerData.FixedTeacher(model.Config.OutInnerDim), data, config);
         return (trainer.TrainStep().Scalars.ToDictionary(kv => kv.Key, kv => kv.Value), trainer);
     }
 
@@ -74,7 +75,7 @@ public class MixedPrecisionGpuTests(ITestOutputHelper log)
             // conv is compared for direction (measured 96.9 % agreement): the codes are picked in bf16 (as under the
             // reference's autocast) and the random-init codebook's gaps (~1e-5) are below bf16's resolution, so the
             // encoder side's straight-through gradient comes from other codes (measured ~50 % agreement, i.e. none).
-            using var w0 = JobsTrainData.TinyTokenizer();
+            using var w0 = TrainTokenizerData.TinyTokenizer();
             const double lr = 1e-4;
             foreach (var name in new[] { "decoder.conv_out.weight" })
             {

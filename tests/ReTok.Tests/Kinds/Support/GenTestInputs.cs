@@ -4,7 +4,7 @@ using ReTok.Models.Tokenizer;
 using ReTok.Tracking;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.Support;
 
 /// <summary>
 /// Test-made inputs of the generator job tests, stored as artifacts of one "import" run: the tiny tokenizer

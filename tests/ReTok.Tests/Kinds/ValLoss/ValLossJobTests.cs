@@ -8,7 +8,7 @@ using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using static TorchSharp.torch;
 
-namespace ReTok.Tests.JobsGen;
+namespace ReTok.Tests.Kinds.ValLoss;
 
 /// <summary>Issue 18.3: val-loss (val_loss_cal.py) on any saved checkpoint of a generator run, over held-out codes.</summary>
 public sealed class ValLossJobTests(TestDatabase db) : IClassFixture<TestDatabase>

@@ -8,9 +8,9 @@ using ReTok.Models.Images;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 using Xunit.Abstractions;
-using static ReTok.Tests.JobsEval.JobsEvalSupport;
+using static ReTok.Tests.Kinds.Support.EvalJobSupport;
 
-namespace ReTok.Tests.JobsEval;
+namespace ReTok.Tests.Kinds.ExtractDataset;
 
 /// <summary>
 /// extract-dataset end to end with real `retok worker` processes on PostgreSQL: content (rows = Pillow-exact ADM crops
