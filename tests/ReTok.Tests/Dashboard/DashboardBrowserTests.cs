@@ -154,7 +154,8 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Assert.Contains("CPU 3%", await page.Locator("table.workers tbody tr", new() { HasText = "cpu-box-1" }).InnerTextAsync());
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "workers.png"), FullPage = true });
         await page.GotoAsync($"{f.BaseUrl}/runs/{busy.Id}");
-        Assert.True(await page.Locator("#system figure[data-key='sys/gpu0/util_pct'] polyline.curve").CountAsync() == 1);
+        Assert.Equal(1, await page.Locator("#system figure[data-key='sys/gpu0/util_pct'] polyline.curve").CountAsync());
+        Assert.Contains("seconds", await page.Locator("#system figure[data-key='sys/gpu0/util_pct'] svg").InnerHTMLAsync()); // x: seconds, not steps
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "run-system.png"), FullPage = true, Clip = await ClipAsync(page, "h3:has(+ #system)", "#system") });
 
         Step("live status: the page polls /api/runs/live and updates in place, then reloads once the run is finished");
@@ -216,9 +217,16 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Assert.Equal(2, await page.Locator("#samples-grid tbody tr").CountAsync());
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "compare-images.png"), FullPage = true });
 
-        Step("Hangfire's dashboard opens for the logged-in user");
+        Step("Hangfire's dashboard opens for the logged-in user; a queued run's job is named by the run");
+        await page.GotoAsync($"{f.BaseUrl}/submit");
+        await page.SelectOptionAsync("select[name=file]", "selftest.yaml");
+        await page.ClickAsync("#submit-form button[type=submit]");
+        await page.WaitForURLAsync(new System.Text.RegularExpressions.Regex(@"/runs/\d+\?msg="));
+        var queued = (await f.Tracker.Runs.GetAsync(long.Parse(new Uri(page.Url).AbsolutePath.Split('/')[^1])))!;
         await page.GotoAsync($"{f.BaseUrl}/hangfire");
         Assert.Contains("Hangfire", await page.TitleAsync());
+        await page.GotoAsync($"{f.BaseUrl}/hangfire/jobs/enqueued/{RunPriority.HangfireQueue(queued.Queue, queued.Priority)}");
+        await page.Locator("a", new() { HasText = $"selftest · from-jobs · run {queued.Id}" }).WaitForAsync();
         await page.ScreenshotAsync(new() { Path = Path.Combine(Shots, "hangfire.png") });
 
         Step("done");
