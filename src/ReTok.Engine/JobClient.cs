@@ -154,8 +154,20 @@ public sealed class JobClient : IAsyncDisposable
         return r.Status;
     }
 
-    /// <summary>Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="RunStore.RequestCancelAsync"/>).</summary>
-    public Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default) => Tracker.Runs.RequestCancelAsync(runId, ct);
+    /// <summary>
+    /// Cancels a run, its shards/aggregator and the waiting pipeline steps after it (see <see cref="RunStore.RequestCancelAsync"/>).
+    /// The Hangfire jobs of runs cancelled while queued are deleted too: Hangfire's dashboard shows them Deleted instead
+    /// of Enqueued, and a worker discards them unstarted (one that fetched a job meanwhile finds the run Cancelled).
+    /// </summary>
+    public async Task<CancelOutcome> CancelAsync(long runId, CancellationToken ct = default)
+    {
+        var outcome = await Tracker.Runs.RequestCancelAsync(runId, ct);
+        if (outcome.CancelledNow.Count == 0) return outcome;
+        var hangfire = new BackgroundJobClient(Storage);
+        foreach (var r in await Tracker.Runs.GetManyAsync(outcome.CancelledNow, ct))
+            if (r.HangfireJobId is { } job) await Tracker.RetryAsync(_ => Task.FromResult(hangfire.Delete(job)), ct);
+        return outcome;
+    }
 
     /// <summary>
     /// Re-queues a Failed or Cancelled run (a failed shard is retried alone; its aggregator keeps waiting for it).

@@ -49,4 +49,20 @@ public sealed class PriorityTests(TestDatabase db) : IClassFixture<TestDatabase>
         }
         Assert.Null(await client.SetPriorityAsync(a, RunPriority.High));   // started runs keep their place
     }
+
+    [Fact]
+    public async Task A_run_cancelled_while_queued_leaves_the_hangfire_queue()
+    {
+        var queue = "cancelq-" + Guid.NewGuid().ToString("N")[..6];
+        var client = new JobClient(TestEngine.Options(db.ConnectionString, "cancelq"), JobKindRegistry.Default, db.CreateTracker());
+        await client.EnsureSchemaAsync();
+        var id = (await client.SubmitAsync(JobSpecs.Parse($"kind: selftest\nqueue: {queue}\nparams: {{n: 1}}\n"))).Runs[0].RunId;
+        var job = (await client.Tracker.Runs.GetAsync(id))!.HangfireJobId!;
+        using var conn = client.Storage.GetConnection();
+        Assert.Equal("Enqueued", conn.GetStateData(job).Name);
+        Assert.Contains(id, (await client.CancelAsync(id)).CancelledNow);
+        Assert.Equal(RunStatus.Cancelled, (await client.Tracker.Runs.GetAsync(id))!.Status);
+        // Deleted: Hangfire's pages show it so, and a worker that fetches it discards it without starting the executor
+        Assert.Equal("Deleted", conn.GetStateData(job).Name);
+    }
 }
