@@ -53,6 +53,30 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
         public double Px(double x) => L + (x / 2 - _x0 / 2) / (_x1 / 2 - _x0 / 2) * (W - L - R);
         public double Py(double y) => H - B - (y / 2 - _y0 / 2) / (_y1 / 2 - _y0 / 2) * (H - T - B);
         public string XNum(double x) => _log2X ? Num(Math.Round(Math.Pow(2, x))) : Num(x);
+
+        /// <summary>
+        /// Top-left pixel of the legend box (one row per series): of the plot's four corners, the one whose box covers
+        /// the fewest samples of the curves (matplotlib's loc="best"), top-left on ties, so the legend does not hide data.
+        /// </summary>
+        public (float X, float Y) LegendAt(int rowHeight, double charWidth)
+        {
+            double bw = 22 + charWidth * Series.Max(s => s.Name.Length), bh = 6 + rowHeight * Series.Count;
+            var samples = new List<(double X, double Y)>();
+            foreach (var s in Series)
+            {
+                var ps = Decimate(s.Points, 400).ToList();
+                if (ps.Count == 1) samples.Add((Px(ps[0].X), Py(ps[0].Y)));
+                for (var i = 1; i < ps.Count; i++)
+                    for (var k = 0; k <= 8; k++)
+                    {
+                        double t = k / 8.0, x = ps[i - 1].X + t * (ps[i].X - ps[i - 1].X), y = ps[i - 1].Y + t * (ps[i].Y - ps[i - 1].Y);
+                        samples.Add((Px(x), Py(y)));
+                    }
+            }
+            (double X, double Y)[] corners = [(L + 4, T + 2), (W - R - 4 - bw, T + 2), (L + 4, H - B - 2 - bh), (W - R - 4 - bw, H - B - 2 - bh)];
+            var best = corners.MinBy(c => samples.Count(p => p.X >= c.X - 3 && p.X <= c.X + bw + 3 && p.Y >= c.Y - 3 && p.Y <= c.Y + bh + 3));
+            return ((float)best.X, (float)best.Y);
+        }
     }
 
     /// <summary>Inline SVG (the dashboard's pages).</summary>
@@ -77,6 +101,7 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
         sb.Append("</g>");
         sb.Append(F($"<rect x=\"{L}\" y=\"{T}\" width=\"{W - L - R}\" height=\"{H - T - B}\" fill=\"none\" stroke=\"#999\"/>"));
 
+        var (lx, ly) = g.LegendAt(13, 5.5);
         for (var i = 0; i < g.Series.Count; i++)
         {
             var color = Colors[i % Colors.Length];
@@ -94,7 +119,8 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
                         sb.Append(F($"<circle class=\"pt\" cx=\"{g.Px(p.X):F1}\" cy=\"{g.Py(p.Y):F1}\" r=\"2.5\" fill=\"{color}\"><title>{E(s.Name)}: {Num(p.Y)} @ K={g.XNum(p.X)}</title></circle>"));
             }
             if (g.Series.Count > 1 || s.Name.Length > 0)
-                sb.Append(F($"<g font-size=\"10\"><rect x=\"{L + 8}\" y=\"{T + 6 + 13 * i}\" width=\"10\" height=\"3\" fill=\"{color}\"/><text x=\"{L + 22}\" y=\"{T + 10 + 13 * i}\" fill=\"#333\">{E(s.Name)}</text></g>"));
+                sb.Append(F($"<g class=\"legend\" font-size=\"10\"><rect x=\"{lx + 4:F1}\" y=\"{ly + 4 + 13 * i:F1}\" width=\"10\" height=\"3\" fill=\"{color}\"/>"))
+                  .Append(F($"<text x=\"{lx + 18:F1}\" y=\"{ly + 8 + 13 * i:F1}\" fill=\"#333\">{E(s.Name)}</text></g>"));
         }
         return sb.Append("</svg>").ToString();
     }
@@ -136,6 +162,7 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
         using var frame = new SKPaint { Color = new SKColor(0x99, 0x99, 0x99), StrokeWidth = 1, Style = SKPaintStyle.Stroke };
         canvas.DrawRect(L, T, w - L - R, h - T - B, frame);
 
+        var (lx, ly) = g.LegendAt(14, 6);
         for (var i = 0; i < g.Series.Count; i++)
         {
             var color = SKColor.Parse(Colors[i % Colors.Length]);
@@ -155,8 +182,8 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
                 foreach (var p in ps) canvas.DrawCircle((float)g.Px(p.X), (float)g.Py(p.Y), ps.Count == 1 ? 6 : 4, dot);
             if (g.Series.Count > 1 || g.Series[i].Name.Length > 0)
             {
-                canvas.DrawRect(L + 8, T + 6 + 14 * i, 10, 3, dot);
-                canvas.DrawText(g.Series[i].Name, L + 22, T + 11 + 14 * i, SKTextAlign.Left, small, text);
+                canvas.DrawRect(lx + 4, ly + 4 + 14 * i, 10, 3, dot);
+                canvas.DrawText(g.Series[i].Name, lx + 18, ly + 9 + 14 * i, SKTextAlign.Left, small, text);
             }
         }
     }

@@ -41,4 +41,24 @@ public sealed class ChartTests
         Assert.Contains(">CFG scale</text>", svg);
         Assert.DoesNotContain("rotate(-90)", (Curve with { YLabel = "" }).ToSvg());
     }
+
+    [Fact]
+    public void The_legend_goes_to_the_corner_the_curves_leave_free()
+    {
+        static (double X, double Y) FirstLegendRect(string svg)
+        {
+            var m = Regex.Match(svg, "<g class=\"legend\" font-size=\"10\"><rect x=\"([0-9.]+)\" y=\"([0-9.]+)\"");
+            Assert.True(m.Success, "no legend");
+            return (double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), double.Parse(m.Groups[2].Value, System.Globalization.CultureInfo.InvariantCulture));
+        }
+        // rFID falling with K: the curve starts top-left and ends bottom-right, so the legend belongs top-right
+        var falling = new Chart("rFID vs K", "K", "rFID", [new Series("ours", [(32, 9.0), (64, 4.0), (128, 2.0), (256, 1.0)]),
+            new Series("baseline", [(32, 8.5), (64, 4.5), (128, 2.5), (256, 1.2)])], Log2X: true);
+        var (x, y) = FirstLegendRect(falling.ToSvg());
+        Assert.True(x > Chart.SvgWidth / 2 && y < Chart.SvgHeight / 2, $"legend at ({x}, {y}), not top-right");
+        // PSNR rising with K: top-left is free and stays the choice
+        var rising = falling with { Series = falling.Series.Select(s => s with { Points = s.Points.Select(p => (p.X, 20 - p.Y)).ToList() }).ToList() };
+        (x, y) = FirstLegendRect(rising.ToSvg());
+        Assert.True(x < Chart.SvgWidth / 2 && y < Chart.SvgHeight / 2, $"legend at ({x}, {y}), not top-left");
+    }
 }
