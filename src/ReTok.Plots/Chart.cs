@@ -67,14 +67,14 @@ public sealed record Chart(string Title, string XLabel, string YLabel, IReadOnly
                 var ps = Decimate(s.Points, 400).ToList();
                 if (ps.Count == 1) samples.Add((Px(ps[0].X), Py(ps[0].Y)));
                 for (var i = 1; i < ps.Count; i++)
-                    for (var k = 0; k <= 8; k++)
-                    {
-                        double t = k / 8.0, x = ps[i - 1].X + t * (ps[i].X - ps[i - 1].X), y = ps[i - 1].Y + t * (ps[i].Y - ps[i - 1].Y);
-                        samples.Add((Px(x), Py(y)));
-                    }
+                {
+                    var (a, b) = ((X: Px(ps[i - 1].X), Y: Py(ps[i - 1].Y)), (X: Px(ps[i].X), Y: Py(ps[i].Y)));
+                    int n = (int)Math.Clamp(Math.Ceiling(Math.Sqrt((b.X - a.X) * (b.X - a.X) + (b.Y - a.Y) * (b.Y - a.Y)) / 3), 1, 400);   // every 3 px
+                    for (var k = 0; k <= n; k++) samples.Add((a.X + k * (b.X - a.X) / n, a.Y + k * (b.Y - a.Y) / n));
+                }
             }
             (double X, double Y)[] corners = [(L + 4, T + 2), (W - R - 4 - bw, T + 2), (L + 4, H - B - 2 - bh), (W - R - 4 - bw, H - B - 2 - bh)];
-            var best = corners.MinBy(c => samples.Count(p => p.X >= c.X - 3 && p.X <= c.X + bw + 3 && p.Y >= c.Y - 3 && p.Y <= c.Y + bh + 3));
+            var best = corners.MinBy(c => samples.Count(p => p.X >= c.X - 6 && p.X <= c.X + bw + 6 && p.Y >= c.Y - 6 && p.Y <= c.Y + bh + 6));   // dots reach 6 px
             return ((float)best.X, (float)best.Y);
         }
     }

@@ -56,6 +56,9 @@ public sealed class ChartTests
             new Series("baseline", [(32, 8.5), (64, 4.5), (128, 2.5), (256, 1.2)])], Log2X: true);
         var (x, y) = FirstLegendRect(falling.ToSvg());
         Assert.True(x > Chart.SvgWidth / 2 && y < Chart.SvgHeight / 2, $"legend at ({x}, {y}), not top-right");
+        // two points only (the experiment page's rFID at K = 32 and 256): the segment between them counts, not just its ends
+        (x, y) = FirstLegendRect(new Chart("rFID vs K", "K", "rFID", [new Series("#2 rec-eval", [(32, 2.5), (256, 1.0)])], Log2X: true).ToSvg());
+        Assert.True(x > Chart.SvgWidth / 2 && y < Chart.SvgHeight / 2, $"legend at ({x}, {y}), not top-right");
         // PSNR rising with K: top-left is free and stays the choice
         var rising = falling with { Series = falling.Series.Select(s => s with { Points = s.Points.Select(p => (p.X, 20 - p.Y)).ToList() }).ToList() };
         (x, y) = FirstLegendRect(rising.ToSvg());
