@@ -88,7 +88,7 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
         await _env.SharedWorkersAsync();
         var id = await SubmitAsync("kind: selftest\nqueue: shared\nparams: {n: 2000, step_ms: 20, checkpoint_every: 1000}");
         await _env.WaitRunAsync(id, r => r.Status == RunStatus.Running && r.Progress > 0.01, "1 % progress");
-        var (code, output) = await _env.CliAsync($"runs cancel {id}");
+        var (code, output) = await _env.CliAsync("runs", "cancel", $"{id}");
         Assert.True(code == 0, output);
         Assert.Contains("cancel requested", output);
         var run = await _env.WaitTerminalAsync(id);
@@ -156,7 +156,7 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
 
         // The CLI downloads the final artifact with its hash checked.
         var dest = Path.Combine(_env.Root, "report.json");
-        var (code, output) = await _env.CliAsync($"artifacts get {report.Id} result.json --out {dest}");
+        var (code, output) = await _env.CliAsync("artifacts", "get", $"{report.Id}", "result.json", "--out", dest);
         Assert.True(code == 0, output);
         Assert.Contains("(verified)", output);
         Assert.Equal(await _env.ResultJsonAsync(report.Id), await File.ReadAllTextAsync(dest));
@@ -184,7 +184,7 @@ public sealed class WorkerProcessTests : IClassFixture<EngineEnvironment>
         var spec = Path.Combine(_env.Root, "bad.yaml");
         await File.WriteAllTextAsync(spec, "kind: selftest\nparams:\n  n: lots\n  stepms: 5\n");
         var before = (await _env.Tracker.Runs.ListAsync(new RunFilter(Limit: 100_000))).Count;
-        var (code, output) = await _env.CliAsync($"submit {spec} --set checkpoint_every=0.5");
+        var (code, output) = await _env.CliAsync("submit", spec, "--set", "checkpoint_every=0.5");
         Assert.Equal(2, code);
         Assert.Contains("params.n: expected an integer (int), got 'lots'", output);
         Assert.Contains("params.stepms: unknown key (did you mean 'step_ms'?)", output);

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Runtime.InteropServices;
 using System.Text;
 using ReTok.Engine;
+using ReTok.Tests.Infra;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 
@@ -166,16 +167,11 @@ public class EngineEnvironment : IAsyncLifetime
     }
 
     /// <summary>Runs the CLI once (`dotnet retok.dll ARGS`) against this environment; returns exit code and output.</summary>
-    public async Task<(int Code, string Out)> CliAsync(string args)
+    public async Task<(int Code, string Out)> CliAsync(params string[] args)
     {
-        var psi = new ProcessStartInfo("dotnet", $"\"{Path.Combine(AppContext.BaseDirectory, "retok.dll")}\" {args}")
-        { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var (k, v) in Env("cli")) psi.Environment[k] = v;
-        using var p = Process.Start(psi)!;
-        var stdout = p.StandardOutput.ReadToEndAsync();
-        var stderr = p.StandardError.ReadToEndAsync();
-        await p.WaitForExitAsync(new CancellationTokenSource(TimeSpan.FromSeconds(120)).Token);
-        return (p.ExitCode, await stdout + await stderr);
+        using var p = await Proc.RunAsync("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), .. args],
+            Env("cli").ToDictionary(kv => kv.Key, kv => (string?)kv.Value), TimeSpan.FromSeconds(120), Directory.GetCurrentDirectory());
+        return (p.ExitCode, p.Stdout + p.Stderr);
     }
 
     public async Task DisposeAsync()
