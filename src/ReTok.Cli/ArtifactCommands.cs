@@ -1,10 +1,14 @@
 using System.CommandLine;
+using ReTok.Engine;
 using ReTok.Tracking;
 using Spectre.Console;
 
 namespace ReTok.Cli;
 
-/// <summary>`retok artifacts list RUN` and `retok artifacts get RUN NAME [--out PATH]` (sha256-verified download).</summary>
+/// <summary>
+/// `retok artifacts list RUN`, `retok artifacts get RUN NAME [--out PATH]` (sha256-verified download) and
+/// `retok artifacts import [NAME=]FILE... [--name RUN_NAME] [--experiment E]` (files made elsewhere become a run's artifacts).
+/// </summary>
 public static class ArtifactCommands
 {
     static readonly Argument<long> RunId = new("run") { Description = "run id" };
@@ -46,8 +50,26 @@ public static class ArtifactCommands
             Console.WriteLine($"{Path.GetFullPath(dest)}  {CliSupport.Size(a.SizeBytes)}  sha256 {a.Sha256} (verified)");
             return 0;
         }));
+        var files = new Argument<string[]>("files") { Description = "FILE or NAME=FILE (NAME: the artifact name, default the file's name)", Arity = ArgumentArity.OneOrMore };
+        var runName = new Option<string?>("--name") { Description = "name of the import run, e.g. released-vq-sb256" };
+        var experiment = new Option<string?>("--experiment") { Description = "experiment the import run belongs to" };
+        var import = new Command("import", "register files made elsewhere (released checkpoints, reference batches) as the artifacts of a new run, for specs to take as run:ID/NAME")
+            { files, runName, experiment };
+        import.WithStoreOptions();
+        import.SetAction((pr, ct) => CliSupport.Guard(async () =>
+        {
+            var pairs = pr.GetValue(files)!.Select(a => a.IndexOf('=') is var i and > 0 ? (Name: a[..i], Path: a[(i + 1)..]) : (Name: Path.GetFileName(a), Path: a)).ToList();
+            await using var c = await CliSupport.ClientAsync(pr, ct);
+            long id;
+            try { id = await c.ImportAsync(pairs, pr.GetValue(runName), pr.GetValue(experiment), ct); }
+            catch (ArgumentException e) { throw new CliError(e.Message); }
+            AnsiConsole.Write(Table(await c.Tracker.ListArtifactsAsync(id, ct)));
+            Console.WriteLine($"run {id} (kind {JobClient.ImportKind}): use its files as inputs, e.g. {{tokenizer: run:{id}/{pairs[0].Name}}}");
+            return 0;
+        }));
         cmd.Subcommands.Add(list);
         cmd.Subcommands.Add(get);
+        cmd.Subcommands.Add(import);
         return cmd;
     }
 

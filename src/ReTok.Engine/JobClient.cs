@@ -180,6 +180,57 @@ public sealed class JobClient : IAsyncDisposable
         return r.Status;
     }
 
+    /// <summary>The kind of the runs <see cref="ImportAsync"/> makes; no handler runs it and no worker serves its queue.</summary>
+    public const string ImportKind = "import";
+
+    /// <summary>
+    /// `retok artifacts import`: files made elsewhere (the authors' released checkpoints, an ADM reference batch) become
+    /// the artifacts of a new run of kind <see cref="ImportKind"/>, so specs take them as inputs (`run:ID/NAME`) with their
+    /// sha256 in the lineage like any job's output. The run goes Queued -> Running -> Succeeded under a lease held by this
+    /// client (the same transitions and fenced writes as a job; no Hangfire job), and fails, naming the file, if one
+    /// cannot be stored. Its parameters record each file's source path and size.
+    /// </summary>
+    public async Task<long> ImportAsync(IReadOnlyList<(string Name, string Path)> files, string? runName = null, string? experiment = null, CancellationToken ct = default)
+    {
+        if (files.Count == 0) throw new ArgumentException("nothing to import: give at least one file");
+        var errors = files.Where(f => !File.Exists(f.Path)).Select(f => $"{f.Path}: no such file").ToList();
+        errors.AddRange(files.GroupBy(f => f.Name).Where(g => g.Count() > 1).Select(g => $"artifact name '{g.Key}' given {g.Count()} times"));
+        if (errors.Count > 0) throw new ArgumentException(string.Join("; ", errors));
+        long? experimentId = experiment is { } e ? await Tracker.EnsureExperimentAsync(e, ct) : null;
+        var parameters = JsonSerializer.Serialize(new
+        {
+            files = files.Select(f => new { name = f.Name, source = System.IO.Path.GetFullPath(f.Path), size_bytes = new FileInfo(f.Path).Length }),
+        });
+        var run = new Run
+        {
+            Kind = ImportKind, Name = SafeText.CleanOrNull(runName), ExperimentId = experimentId, Status = RunStatus.Queued, QueuedAt = DateTimeOffset.UtcNow,
+            Parameters = parameters, ConfigHash = StepPlan.ConfigHashOf(ImportKind, parameters), CodeVersion = CodeVersion, Queue = ImportKind, Gpus = 0,
+        };
+        await Tracker.Runs.CreateAsync(null, [run], ct);
+        var lease = await Tracker.Runs.TryAcquireLeaseAsync(run.Id, new LeaseRequest($"import-{Environment.MachineName}-{Environment.ProcessId}", TimeSpan.FromHours(6), Host: Environment.MachineName), ct)
+            ?? throw new InvalidOperationException($"run {run.Id}: could not take the lease of the new import run");
+        foreach (var (name, path) in files)
+        {
+            try
+            {
+                await Tracker.SaveArtifactFileAsync(run.Id, name, path, new ArtifactSaveOptions { Kind = ArtifactKindOf(path) }, lease.Fence, ct);
+            }
+            catch (Exception ex) when (ex is not OperationCanceledException)
+            {
+                await Tracker.Runs.FailAsync(lease, $"import of {path} as '{name}' failed: {ex.GetType().Name}", CancellationToken.None);
+                throw;
+            }
+        }
+        await Tracker.Runs.SucceedAsync(lease, ct);
+        return run.Id;
+    }
+
+    static string ArtifactKindOf(string path) => System.IO.Path.GetExtension(path).ToLowerInvariant() switch
+    {
+        ".pt" or ".pth" or ".ckpt" => "checkpoint", ".safetensors" => "safetensors", ".npz" => "npz", ".npy" => "npy",
+        ".yaml" or ".yml" => "yaml", ".json" => "json", ".png" or ".jpg" or ".jpeg" => "image", ".tar" => "tar", _ => "other",
+    };
+
     /// <summary>RETOK_CODE_VERSION, else the git commit of the working copy, else the assembly version.</summary>
     public static string CodeVersion => _codeVersion ??= ResolveCodeVersion();
 

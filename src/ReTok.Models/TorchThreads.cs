@@ -17,7 +17,7 @@ public static class TorchThreads
     /// Runs <paramref name="body"/> on a dedicated thread whose intra-op thread count is <paramref name="threads"/>; its
     /// continuations come back to that thread (a single-thread synchronization context), so every synchronous part of
     /// the body computes with that count. Threads the body starts (data-parallel replicas) copy the default, which is
-    /// <paramref name="threads"/> while the body runs (<see cref="Distributed.DataParallel.Run"/> also copies the count
+    /// <paramref name="threads"/> while the body runs (the data-parallel runner, a layer above, also copies the count
     /// of its caller explicitly). Afterwards the process-wide default is put back to what a fresh thread saw before, and
     /// no other thread's count changed. Null: runs <paramref name="body"/> as it is, with the caller's count.
     /// </summary>
