@@ -52,13 +52,17 @@ public sealed record SubmitPlan(string? PipelineName, string? Experiment, IReadO
 /// </code>
 /// A pipeline has <c>pipeline: NAME</c> and <c>steps:</c>, a mapping from step name to the keys above plus
 /// <c>needs: [step, ...]</c>; an input <c>STEP/ARTIFACT</c> implies a need on STEP. Overrides <c>--set a.b=v</c> address
-/// the parameters (for a pipeline: <c>--set STEP.a.b=v</c>); v is parsed as YAML (2e-4, true, [1, 2]).
+/// the parameters (for a pipeline: <c>--set STEP.a.b=v</c>); v is parsed as YAML (2e-4, true, [1, 2]). The step keys
+/// <c>queue</c>, <c>gpus</c>, <c>priority</c> and <c>inputs.ROLE</c> are overridden the same way (<c>--set gpt.gpus=1</c>,
+/// <c>--set gfid.inputs.reference=run:7/VIRTUAL_imagenet256_labeled.npz</c>).
 /// </summary>
 public static class JobSpecs
 {
     static readonly string[] JobKeys = ["kind", "name", "experiment", "queue", "gpus", "priority", "tags", "inputs", "params", "params_from"];
     static readonly string[] StepKeys = ["kind", "name", "queue", "gpus", "priority", "needs", "inputs", "params", "params_from"];
     static readonly string[] PipelineKeys = ["pipeline", "experiment", "tags", "steps"];
+    /// <summary>Step keys that `--set [STEP.]KEY=VALUE` sets on the step itself; `--set [STEP.]inputs.ROLE=REF` sets one input.</summary>
+    static readonly HashSet<string> OverridableStepKeys = ["queue", "gpus", "priority"];
 
     public static SubmitPlan Load(string path, IEnumerable<string>? overrides = null, JobKindRegistry? kinds = null)
     {
@@ -107,18 +111,20 @@ public static class JobSpecs
             YamlNode value;
             try { value = ParseValue(set[(eq + 1)..], $"--set {set[..eq].Trim()}"); }
             catch (SpecValidationException ex) { errors.AddRange(ex.Errors); continue; }
-            YamlMappingNode target;
-            string where;
+            YamlMappingNode stepNode = root;
+            string stepWhere = "";
             if (isPipeline)
             {
                 var step = stepNodes.FirstOrDefault(s => s.Name == keyPath[0]).Node;
                 if (step is null || keyPath.Length < 2) { errors.Add($"--set {set}: a pipeline override is STEP.KEY=VALUE with STEP one of: {string.Join(", ", stepNodes.Select(s => s.Name))}"); continue; }
-                target = ParamsNode(step);
-                where = $"steps.{keyPath[0]}.params";
+                (stepNode, stepWhere) = (step, $"steps.{keyPath[0]}.");
                 keyPath = keyPath[1..];
             }
-            else { target = ParamsNode(root); where = "params"; }
-            SetPath(target, keyPath, value, $"--set {set}", where, errors);
+            // where the step runs and what it reads are step keys, not parameters (no kind has a parameter of these names)
+            if (keyPath is [var key] && OverridableStepKeys.Contains(key) || keyPath is ["inputs", _])
+                SetPath(stepNode, keyPath, value, $"--set {set}", stepWhere.Length > 0 ? stepWhere.TrimEnd('.') : "spec", errors);
+            else
+                SetPath(ParamsNode(stepNode), keyPath, value, $"--set {set}", $"{stepWhere}params", errors);
         }
 
         var plans = new List<StepPlan>();

@@ -1,5 +1,6 @@
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.Selftest;
+using ReTok.Tracking;
 
 namespace ReTok.Tests.Engine;
 
@@ -105,6 +106,29 @@ public class JobSpecTests
         Assert.Contains(cyc.Errors, e => e.StartsWith("steps: the needs form a cycle: a -> b -> a"));
         Assert.Contains(Invalid("pipeline: c\nsteps:\n  a: {kind: selftest}", "b.n=1").Errors, e => e.Contains("STEP one of: a"));
         Assert.Contains(Invalid("kind: selftest\ninputs: {data: produce/x.npz}").Errors, e => e.Contains("use run:ID/x.npz"));
+    }
+
+    [Fact]
+    public void OverridesSetQueueGpusPriorityAndInputsOnTheStepNotInItsParams()
+    {
+        const string Chain = """
+            pipeline: chain
+            steps:
+              produce: {kind: selftest, gpus: 8, queue: gpu}
+              use: {kind: selftest, inputs: {data: run:1/result.json}}
+            """;
+        var plan = JobSpecs.Parse(Chain, ["produce.gpus=2", "produce.priority=high", "use.queue=cpu-big", "use.inputs.data=run:7/other.json",
+            "use.inputs.extra=produce/result.json"]);
+        Assert.Equal((2, RunPriority.High, "gpu"), (plan.Steps[0].Gpus, plan.Steps[0].Priority, plan.Steps[0].Queue));
+        Assert.Equal("cpu-big", plan.Steps[1].Queue);
+        Assert.Equal("run:7/other.json", plan.Steps[1].Inputs["data"]);
+        Assert.Equal(["produce"], plan.Steps[1].Needs);   // an overridden STEP/ARTIFACT input implies its need like a written one
+        Assert.DoesNotContain("gpus", plan.Steps[0].ParamsJson);
+        var single = JobSpecs.Parse("kind: selftest\n", ["gpus=4", "inputs.data=run:3/result.json"]).Steps[0];
+        Assert.Equal((4, "run:3/result.json"), (single.Gpus, single.Inputs["data"]));
+        // the step keys' own checks apply to overridden values
+        Assert.Contains("steps.produce.gpus: '0' is not a whole number from 1 to 64", Invalid(Chain, "produce.gpus=0").Errors);
+        Assert.Contains(Invalid(Chain, "use.inputs.data=nowhere/x.json").Errors, e => e.StartsWith("steps.use.inputs.data: step 'nowhere' does not exist"));
     }
 
     [Fact]

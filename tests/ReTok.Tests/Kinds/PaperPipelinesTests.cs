@@ -84,10 +84,11 @@ public sealed class PaperPipelinesTests(TestDatabase db, ITestOutputHelper log) 
         var reference = Path.Combine(root, "VIRTUAL_imagenet256_labeled.npz");
         await File.WriteAllTextAsync(reference, "stand-in: gFID is skipped without the Inception weights");
         await t.SaveArtifactFileAsync(import.Id, "VIRTUAL_imagenet256_labeled.npz", reference);
-        // one worker device: the GPT-XL step's 8 leased GPUs become 1 (its data_parallel override is 1 CPU replica)
-        var yaml = (await File.ReadAllTextAsync(Jobs("paper-table1.yaml"))).Replace("run:1/", $"run:{import.Id}/").Replace("    gpus: 8\n", "");
+        var yaml = await File.ReadAllTextAsync(Jobs("paper-table1.yaml"));
         var overrides = PaperSpecsTests.PaperTiny(root);
-        overrides.AddRange([$"gfid.weights_dir={weights}", $"eval_recon.weights_dir={weights}"]);
+        // one worker device: the GPT-XL step's 8 leased GPUs become 1 (its data_parallel override is 1 CPU replica)
+        overrides.AddRange([$"gfid.weights_dir={weights}", $"eval_recon.weights_dir={weights}", "gpt.gpus=1",
+            $"gfid.inputs.reference=run:{import.Id}/VIRTUAL_imagenet256_labeled.npz"]);
 
         var runs = await RunPipelineAsync(client, yaml, overrides, root);
         Assert.Equal(["codes", "eval_recon", "extract_val", "finetune", "gfid", "gpt", "train"], runs.Keys.Order(StringComparer.Ordinal));
