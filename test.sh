@@ -11,6 +11,10 @@ if [ "${RETOK_SKIP_BROWSER:-0}" != 1 ] && [ ! -x /usr/bin/chromium ] && [ "$(id 
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "test.sh: chromium install failed; browser tests will report it" >&2
 fi
 export TORCH_CPP_LOG_LEVEL=ERROR
+# glibc gives each thread that allocates its own malloc arena; libtorch's intra-op and the tests' worker threads made
+# the test host's RSS reach 13-15 GB on a 24 GB machine (the kernel's OOM killer ended two full runs on 2026-12-06,
+# with a second suite running beside them). Two arenas: the TrainTokenizer + Tokenizer tests peaked at 8.5 GB, not 11.5.
+export MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
 dotnet build ReTok.Jobs.sln -nologo -v q -clp:ErrorsOnly
 results=$(mktemp -d)
 rc=0
