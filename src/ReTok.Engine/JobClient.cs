@@ -175,6 +175,8 @@ public sealed class JobClient : IAsyncDisposable
     /// </summary>
     public async Task<RunStatus?> RetryAsync(long runId, CancellationToken ct = default)
     {
+        // no worker serves an import's queue: a failed import is redone by importing again
+        if ((await Tracker.Runs.GetAsync(runId, ct))?.Kind == ImportKind) return null;
         if (await Tracker.Runs.ResetForRetryAsync(runId, ct) is not { } r) return null;
         if (r.Status == RunStatus.Queued) await EnqueueAsync(runId, r.Queue, ct: ct);
         return r.Status;

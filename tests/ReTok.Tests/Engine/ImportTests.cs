@@ -34,6 +34,7 @@ public sealed class ImportTests(TestDatabase db) : IClassFixture<TestDatabase>
         var art = (await client.Tracker.GetArtifactAsync(id, "result.json"))!;
         Assert.Equal(Convert.ToHexStringLower(SHA256.HashData(await File.ReadAllBytesAsync(json))), art.Sha256);
         Assert.Equal("yaml", (await client.Tracker.GetArtifactAsync(id, "configs/tokenizer.yaml"))!.Kind);
+        Assert.Null(await client.RetryAsync(id));   // nothing would run it: an import is redone by importing again
 
         // a spec naming an artifact the import lacks is refused at submit; one naming an imported file runs on it
         var bad = await Assert.ThrowsAsync<SpecValidationException>(() => client.SubmitAsync(JobSpecs.Parse($"kind: selftest\nqueue: {queue}\ninputs: {{data: run:{id}/missing.json}}\n")));
