@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Text.RegularExpressions;
 using ReTok.Jobs.Kinds.ExtractCodes;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models.IO;
@@ -15,7 +16,8 @@ namespace ReTok.Tests.Kinds.ExtractCodes;
 /// encode their whole batches of the single run's grid (with their own checkpoints, chunk_images 1) and
 /// extract-codes-aggregate writes a codes.npz byte-identical to the single run's. Center view from the input `data`
 /// (7 images, batch 1: 2 shards = 3 + 4 images, 3 shards = 2 + 2 + 3) and ten-crop from params.source (5 of 8 source
-/// images, batch 2: 3 shards = 2 + 2 + 1 images).
+/// images, batch 2: 3 shards = 2 + 2 + 1 images). A shard whose worker is SIGKILLed mid-run resumes alone, on the other
+/// worker, from its own checkpoint.
 /// </summary>
 public sealed class ExtractCodesShardedJobTests(EngineEnvironment env, ITestOutputHelper log) : IClassFixture<EngineEnvironment>
 {
@@ -97,5 +99,47 @@ public sealed class ExtractCodesShardedJobTests(EngineEnvironment env, ITestOutp
             Assert.Equal(await ShaAsync(env.Tracker, final[want].Id, "codes.npz"), await ShaAsync(env.Tracker, final[what].Id, "codes.npz"));
         }
         log.WriteLine($"sharded codes equal the single runs' after {sw.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Fact]
+    public async Task KilledShardResumesFromItsOwnCheckpointAndTheAggregateEqualsTheSingleRun()
+    {
+        var sw = Stopwatch.StartNew();
+        const string queue = "codes-shard-kill";
+        var root = Directory.CreateDirectory(Path.Combine(env.Root, queue)).FullName;
+        var inputs = await GenTestInputs.CreateAsync(env.Tracker, root, images: Images, inceptionWeights: false);
+        var withData = new Dictionary<string, string>
+        {
+            ["tokenizer"] = inputs.Ref("tokenizer.safetensors"), ["tokenizer_config"] = inputs.Ref("tokenizer.yaml"), ["data"] = inputs.Ref("dataset.npz"),
+        };
+        var w = new[] { env.StartWorker($"{queue}-1", queue), env.StartWorker($"{queue}-2", queue) };
+        await Task.WhenAll(w.Select(x => x.WaitReadyAsync()));
+        ExtractCodesParams P(int shards, int delayMs) => new()
+        {
+            TenCrop = false, Tokens = 8, BatchSize = 1, ChunkImages = 1, NumShards = shards, DebugBatchDelayMs = delayMs,
+        };
+
+        // 2 shards: images 0..2 and 3..6; SIGKILL the worker of the second after its checkpoint at image 4 or later
+        var parent = await SucceededAsync(env, await env.Client.SubmitAsync("extract-codes", P(2, 1500), inputs: withData, queue: queue));
+        long agg = parent.ContinuedByRunId!.Value;
+        var shard = (await env.Tracker.Runs.GetShardsAsync(agg))[1];
+        var running = await env.WaitRunAsync(shard.Id, r => r.Status == RunStatus.Running && r.LeaseOwner is not null && r.Progress >= 0.5 - 1e-9, "image 5 of 3..6", 180);
+        var ckAtKill = await CheckpointStepAsync(env.Tracker, shard.Id);
+        w.Single(x => running.LeaseOwner!.StartsWith(x.Name + "/")).Kill();
+        log.WriteLine($"killed the worker of shard run {shard.Id} at its checkpoint image {ckAtKill} after {sw.Elapsed.TotalSeconds:F1} s");
+        Assert.InRange(ckAtKill, 4, Images - 1);
+
+        var single = await env.Client.SubmitAsync("extract-codes", P(1, 0), inputs: withData, queue: queue);
+        var a = await SucceededAsync(env, agg, 300);
+        await SucceededAsync(env, single, 300);
+        Assert.Equal("extract-codes-aggregate", a.Kind);
+        var resumed = await env.Tracker.Runs.GetAsync(shard.Id);
+        Assert.True(resumed!.Attempt >= 2, $"attempt {resumed.Attempt}");
+        var logs = await LogsAsync(env.Tracker, shard.Id);
+        int at = int.Parse(Regex.Match(logs, @"resuming at image (\d+)/7 of 3\.\.6").Groups[1].Value);
+        Assert.True(at >= ckAtKill && at < Images, $"resumed at image {at}, checkpoint at kill {ckAtKill}\n{logs}");
+        AssertSameCodes(Npz.Load(await DownloadAsync(env.Tracker, single, "codes.npz", root)), Npz.Load(await DownloadAsync(env.Tracker, agg, "codes.npz", root)), "killed shard");
+        Assert.Equal(await ShaAsync(env.Tracker, single, "codes.npz"), await ShaAsync(env.Tracker, agg, "codes.npz"));
+        log.WriteLine($"shard resumed at image {at}; aggregate equals the single run after {sw.Elapsed.TotalSeconds:F1} s");
     }
 }
