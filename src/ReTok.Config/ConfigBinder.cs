@@ -25,7 +25,11 @@ public static class ConfigBinder
         NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
     };
 
+    /// <summary>Not thread-safe (its caches are plain dictionaries): every use holds <see cref="NullabilityLock"/>, since
+    /// a worker process runs several jobs at once (two extract-codes shards loading their tokenizer.yaml together threw
+    /// "An item with the same key has already been added").</summary>
     static readonly NullabilityInfoContext Nullability = new();
+    static readonly Lock NullabilityLock = new();
 
     /// <summary>Binds a YAML node (null: an empty mapping); throws <see cref="ConfigException"/> listing every error.</summary>
     public static object Bind(Type type, YamlNode? node, string path)
@@ -191,7 +195,8 @@ public static class ConfigBinder
             if (p.SetMethod is not { IsPublic: true } && ctor is null) continue;
             var required = p.CustomAttributes.Any(a => a.AttributeType.FullName == "System.Runtime.CompilerServices.RequiredMemberAttribute")
                            || (ctor is not null && !ctor.HasDefaultValue);
-            var nullable = !p.PropertyType.IsValueType && Nullability.Create(p).ReadState == NullabilityState.Nullable;
+            bool nullable;
+            lock (NullabilityLock) nullable = !p.PropertyType.IsValueType && Nullability.Create(p).ReadState == NullabilityState.Nullable;
             result[KeyOf(p)] = new Prop(p.PropertyType, nullable, required);
         }
         return result;

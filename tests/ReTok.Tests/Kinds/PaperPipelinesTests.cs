@@ -100,6 +100,9 @@ public sealed class PaperPipelinesTests(TestDatabase db, ITestOutputHelper log) 
         }
         Assert.Contains("init", (await t.Runs.GetAsync(runs["finetune"].Id))!.Inputs);
         foreach (var k in new[] { 8, 16 }) Assert.Single(await t.GetMetricsAsync(runs["eval_recon"].Id, $"psnr@k={k}"));
+        // num_shards 8 over the 2 batches of 4 train images: 2 shards, and gpt trains on the aggregator's codes.npz
+        Assert.Equal("extract-codes-aggregate", runs["codes"].Kind);
+        Assert.Equal(2, (await t.Runs.GetShardsAsync(runs["codes"].Id)).Count);
         Assert.NotNull(await t.GetArtifactAsync(runs["codes"].Id, "codes.npz"));
         Assert.Equal(2, (await t.GetMetricsAsync(runs["gpt"].Id, "loss")).Count);
         Assert.Equal("sample-gfid-aggregate", runs["gfid"].Kind);

@@ -109,6 +109,7 @@ public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabas
         Assert.Equal(1.1, codes.CropRange);
         Assert.Equal(256, codes.Tokens);
         Assert.NotNull(codes.Source);   // the train JPEGs, as extract_codes_c2i.py crops them
+        Assert.Equal(8, codes.NumShards);
         var gpt = Params<TrainGeneratorParams>(plan, "gpt");
         Assert.Equal("GPT-XL", gpt.GptModel);
         Assert.Equal((256, 1_500_000L, 1e-4), (gpt.GlobalBatchSize, gpt.MaxSteps, gpt.Lr));
