@@ -9,6 +9,9 @@ namespace ReTok.Tests.Dashboard;
 /// go to bin/…/screenshots/dashboard/ for a human to look at: one per page (and a few per section), the ones docs/dashboard.md
 /// shows are copied from there into docs/img/dashboard/.
 /// </summary>
+// Runs alone, after the parallel collections: in a full-suite run on 2 busy cores the post-login /runs navigation once
+// missed Playwright's 90 s load timeout (2026-12-06), while the test takes ~20 s on a quiet machine.
+[Collection("Browser")]
 public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions.ITestOutputHelper log) : IClassFixture<DashboardFixture>
 {
     readonly System.Diagnostics.Stopwatch _sw = System.Diagnostics.Stopwatch.StartNew();
@@ -232,3 +235,6 @@ public sealed class DashboardBrowserTests(DashboardFixture f, Xunit.Abstractions
         Step("done");
     }
 }
+
+[CollectionDefinition("Browser", DisableParallelization = true)]
+public sealed class BrowserCollection;
