@@ -6,6 +6,7 @@ using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
 using ReTok.Models.Tokenizer;
+using ReTok.Tracking;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -38,6 +39,8 @@ public sealed record ExtractCodesParams : IValidatableParams
     /// checkpoints; extract-codes-aggregate concatenates them into the codes.npz a single run writes.
     /// </summary>
     public int NumShards { get; init; } = 1;
+    /// <summary>With num_shards > 1: free the storage of the shards' parts once codes.npz is registered (else it holds the codes twice).</summary>
+    public bool ReleaseParts { get; init; } = true;
     /// <summary>Test hook: sleep this long after each batch (kill-and-resume tests need a run that lasts; the codes do not change).</summary>
     public int DebugBatchDelayMs { get; init; }
 
@@ -132,13 +135,34 @@ public sealed class ExtractCodesJob : IFanOutJob<ExtractCodesParams>
         var shards = await ctx.GetShardsAsync();
         if (shards.Count != fan.Shards) throw new JobFailedException($"expected {fan.Shards} shards, found {shards.Count}");
         var dir = Directory.CreateDirectory(Path.Combine(ctx.ScratchDir, "parts")).FullName;
-        var keys = new[] { "codes", "labels", "image_index" };
-        var cols = keys.ToDictionary(k => k, _ => new List<Tensor>());
-        long next = 0;
+        var listed = new List<(Run Shard, List<string> Names)>();
         foreach (var sh in shards)
         {
             var file = await ctx.GetRunArtifactFileAsync(sh.Id, "parts.json", $"shard-{sh.ShardIndex}");
-            var names = JsonDocument.Parse(await File.ReadAllTextAsync(file)).RootElement.GetProperty("parts").EnumerateArray().Select(e => e.GetString()!);
+            listed.Add((sh, JsonDocument.Parse(await File.ReadAllTextAsync(file)).RootElement.GetProperty("parts").EnumerateArray().Select(e => e.GetString()!).ToList()));
+        }
+        // done before (codes.npz registered, then the worker died): the parts may be released already, so only release
+        if (await ctx.Checkpoints.LoadStateAsync<AggregateState>() is not { Done: true })
+        {
+            await ConcatenateAsync(ctx, p, fan, listed, dir);
+            await ctx.Checkpoints.SaveStateAsync(fan.Count, new AggregateState { Done = true });
+        }
+        if (p.ReleaseParts)
+            foreach (var (sh, names) in listed) await ctx.Checkpoints.ReleasePartsAsync(names, sh.Id);
+    }
+
+    sealed record AggregateState
+    {
+        public bool Done { get; init; }
+    }
+
+    static async Task ConcatenateAsync(JobContext ctx, ExtractCodesParams p, FanIn fan, List<(Run Shard, List<string> Names)> listed, string dir)
+    {
+        var keys = new[] { "codes", "labels", "image_index" };
+        var cols = keys.ToDictionary(k => k, _ => new List<Tensor>());
+        long next = 0;
+        foreach (var (sh, names) in listed)
+        {
             foreach (var n in names)
             {
                 var part = Npz.Load(await ctx.Checkpoints.FetchPartAsync(sh.Id, n, dir));

@@ -84,6 +84,9 @@ public sealed class ExtractCodesShardedJobTests(EngineEnvironment env, ITestOutp
                 Assert.Contains($"\"start\":{at},\"end\":{at + sizes[k]}", parts);
                 // chunk_images 1: a shard of several batches checkpointed in its own run before its last batch
                 if (sizes[k] > 2) Assert.InRange(await CheckpointStepAsync(env.Tracker, shards[k].Id), at + 1, at + sizes[k] - 1);
+                // release_parts (default): once codes.npz is registered the parts are emptied, so storage holds the codes once
+                var part = await env.Tracker.GetArtifactAsync(shards[k].Id, $"checkpoints/parts/codes_{at:D10}.npz");
+                Assert.True(part is { SizeBytes: 0 }, $"{what} shard {k}: part codes_{at}.npz {(part is null ? "missing" : $"still holds {part.SizeBytes} bytes")}");
                 at += sizes[k];
             }
         }
