@@ -132,6 +132,8 @@ public sealed class PaperPipelinesTests(TestDatabase db, ITestOutputHelper log) 
         var runs = await RunPipelineAsync(client, yaml, overrides, root);
         Assert.Equal(["eval_recon", "extract_val", "gfid", "val_codes", "val_loss"], runs.Keys.Order(StringComparer.Ordinal));
         Assert.Single(await t.GetMetricsAsync(runs["eval_recon"].Id, "psnr@k=8"));
+        // num_shards 8 over the val images' batches: an aggregator, whose codes.npz val_loss reads
+        Assert.Equal("extract-codes-aggregate", runs["val_codes"].Kind);
         Assert.NotNull(await t.GetArtifactAsync(runs["val_codes"].Id, "codes.npz"));
         var valLoss = Assert.Single(await t.GetMetricsAsync(runs["val_loss"].Id, "val_loss"));
         Assert.True(double.IsFinite(valLoss.Value) && valLoss.Value > 0, $"val_loss {valLoss.Value}");

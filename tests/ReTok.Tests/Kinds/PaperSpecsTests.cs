@@ -144,6 +144,7 @@ public sealed class PaperSpecsTests(TestDatabase db) : IClassFixture<TestDatabas
         var readme = Assert.IsType<SampleGfidParams>(JobSpecs.Load(Jobs("gfid-gpt-xl-retok-s-b.yaml")).Steps[0].Params);
         Assert.Equal(ParamBinder.ToJson(readme), ParamBinder.ToJson(gfid.Params));
         Assert.Equal(["val_codes"], plan.Steps.Single(s => s.Step == "val_loss").Needs);
+        Assert.Equal(8, Params<ExtractCodesParams>(plan, "val_codes").NumShards);
 
         var tiny = JobSpecs.Load(Jobs("eval-released.yaml"), ReleasedTiny("/tmp/released"), JobKindRegistry.Default);
         Assert.Equal("/tmp/released/VQ_SB256.pt", Params<EvalReconstructionParams>(tiny, "eval_recon").Checkpoint);
