@@ -16,10 +16,10 @@ public static class TorchThreads
     /// <summary>
     /// Runs <paramref name="body"/> on a dedicated thread whose intra-op thread count is <paramref name="threads"/>; its
     /// continuations come back to that thread (a single-thread synchronization context), so every synchronous part of
-    /// the body computes with that count. Threads the body starts (data-parallel replicas) copy the default, which is
-    /// <paramref name="threads"/> while the body runs (the data-parallel runner, a layer above, also copies the count
-    /// of its caller explicitly). Afterwards the process-wide default is put back to what a fresh thread saw before, and
-    /// no other thread's count changed. Null: runs <paramref name="body"/> as it is, with the caller's count.
+    /// the body computes with that count. The process-wide default is put back as soon as the count is set, so no other
+    /// thread's count changes, fresh ones included; threads the body starts itself get the default, except the
+    /// data-parallel replicas, which copy their caller's count explicitly. Null: runs <paramref name="body"/> as it is,
+    /// with the caller's count.
     /// </summary>
     public static Task RunAsync(int? threads, Func<Task> body) => RunAsync<object?>(threads, async () => { await body(); return null; });
 
@@ -37,6 +37,10 @@ public static class TorchThreads
             try
             {
                 torch.set_num_threads(n);
+                // that also set the process-wide default: put it back at once, so threads that other runs start meanwhile
+                // keep the default (a train-generator resume came out different from its uninterrupted run while a
+                // tokenizer job with torch_threads 1 ran beside it); this thread keeps n, replicas copy it explicitly
+                RestoreDefault(before);
                 Task<T> task;
                 try { task = body(); }
                 catch (Exception e) { task = Task.FromException<T>(e); }
@@ -49,12 +53,19 @@ public static class TorchThreads
             catch (Exception e) { done.TrySetException(e); }
             finally
             {
-                torch.set_num_threads(before);   // the default back; this thread's own count ends with it
                 SynchronizationContext.SetSynchronizationContext(null);
             }
         }, maxStackSize: 64 << 20) { IsBackground = true, Name = $"torch-{n}-threads" };
         thread.Start();
         return done.Task;
+    }
+
+    /// <summary>Sets the process-wide default from a throwaway thread (setting a count sets the caller's and the default).</summary>
+    static void RestoreDefault(int count)
+    {
+        var t = new Thread(() => torch.set_num_threads(count)) { IsBackground = true };
+        t.Start();
+        t.Join();
     }
 
     /// <summary>Runs posted continuations on the thread that calls <see cref="RunUntilComplete"/>, in order.</summary>

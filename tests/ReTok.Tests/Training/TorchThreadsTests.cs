@@ -83,7 +83,7 @@ public sealed class TorchThreadsTests(ITestOutputHelper log)
         Assert.Equal(n, afterAwait);
         Assert.Equal(otherBefore, otherDuring);   // per thread: a thread that already computed keeps its count
         Assert.Equal(new[] { n, n }, replicas);
-        Assert.Equal(n, freshDuring);             // the process-wide default while the run runs (documented)
+        Assert.Equal(defaultBefore, freshDuring);  // the process-wide default is not the run's: other runs' new threads keep theirs
 
         int otherAfter = other.Run(get_num_threads), defaultAfter = OnFreshThread(get_num_threads);
         log.WriteLine($"after: other thread {otherAfter}, fresh thread {defaultAfter}");
