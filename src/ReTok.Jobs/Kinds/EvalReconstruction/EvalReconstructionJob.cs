@@ -1,5 +1,6 @@
 using System.Text.Json;
 using ReTok.Engine;
+using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 
 namespace ReTok.Jobs.Kinds.EvalReconstruction;
@@ -23,13 +24,8 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
 
         if (p.Shards > 1)
         {
-            long batches = (count + p.BatchSize - 1) / p.BatchSize;
-            int shards = (int)Math.Min(p.Shards, batches);
-            var ranges = Enumerable.Range(0, shards).Select(i => (object)new EvalReconShard
-            {
-                Start = i * batches / shards * p.BatchSize, End = Math.Min(count, (i + 1) * batches / shards * p.BatchSize),
-            }).ToList();
-            await ctx.SpawnShardsAsync(ranges, new EvalReconFanIn { Count = count, Shards = shards, CodebookSize = cfg.CodebookSize, Tokenizer = tok.Describe() });
+            var ranges = BatchShards.Split(count, p.BatchSize, p.Shards);
+            await ctx.SpawnShardsAsync(ranges.Cast<object>().ToList(), new EvalReconFanIn { Count = count, Shards = ranges.Count, CodebookSize = cfg.CodebookSize, Tokenizer = tok.Describe() });
             return;
         }
 
@@ -56,7 +52,7 @@ public sealed class EvalReconstructionJob : IFanOutJob<EvalReconstructionParams>
     /// <summary>One shard: reconstructs rows [start, end) into checkpoint parts and lists them in parts.json.</summary>
     public async Task RunShardAsync(JobContext ctx, EvalReconstructionParams p)
     {
-        var range = ctx.GetFanOutState<EvalReconShard>();
+        var range = ctx.GetFanOutState<RowRange>();
         var (data, _, tok) = await SourcesAsync(ctx, p);
         var state = await ctx.Checkpoints.LoadStateAsync<EvalState>() ?? new EvalState { Next = range.Start };
         if (state.Next < range.End)

@@ -80,13 +80,6 @@ public sealed record EvalReconstructionParams : IValidatableParams
     }
 }
 
-/// <summary>A shard's work (engine-owned fan-out state): rows [start, end) of the data; start is a multiple of the batch size, so batches line up with a single-worker run.</summary>
-public sealed record EvalReconShard
-{
-    public long Start { get; init; }
-    public long End { get; init; }
-}
-
 /// <summary>The aggregator's fan-out state: what the parent learned before fanning out (rows, shards, codebook, which tokenizer).</summary>
 public sealed record EvalReconFanIn
 {

@@ -2,6 +2,7 @@ using System.Text;
 using System.Text.Json;
 using ReTok.Engine;
 using ReTok.Evaluation.Images;
+using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.Generation;
 using ReTok.Models.IO;
@@ -72,13 +73,6 @@ public sealed record ExtractCodesParams : IValidatableParams
 [JobKind("extract-codes", Queue = "gpu", Description = "tokenizer codes of a dataset (ten-crop + flip) for generator training")]
 public sealed class ExtractCodesJob : IFanOutJob<ExtractCodesParams>
 {
-    /// <summary>A shard's images [Start, End) of the run's first N.</summary>
-    public sealed record Shard
-    {
-        public long Start { get; init; }
-        public long End { get; init; }
-    }
-
     /// <summary>The aggregator's state: the run's image count, views per image and shard count.</summary>
     public sealed record FanIn
     {
@@ -95,14 +89,8 @@ public sealed class ExtractCodesJob : IFanOutJob<ExtractCodesParams>
         var img = await OpenAsync(ctx, p);
         if (p.NumShards > 1)
         {
-            // whole batches of the single run's grid, so every shard encodes exactly the batches a single run would
-            long batches = (img.N + p.BatchSize - 1) / p.BatchSize;
-            int shards = (int)Math.Min(p.NumShards, batches);
-            var ranges = Enumerable.Range(0, shards).Select(k => (object)new Shard
-            {
-                Start = k * batches / shards * p.BatchSize, End = Math.Min(img.N, (k + 1) * batches / shards * p.BatchSize),
-            }).ToList();
-            await ctx.SpawnShardsAsync(ranges, new FanIn { Count = img.N, Views = img.Views, Shards = shards });
+            var ranges = BatchShards.Split(img.N, p.BatchSize, p.NumShards);
+            await ctx.SpawnShardsAsync(ranges.Cast<object>().ToList(), new FanIn { Count = img.N, Views = img.Views, Shards = ranges.Count });
             return;
         }
         var all = await EncodeAsync(ctx, p, img, 0, img.N);
@@ -114,7 +102,7 @@ public sealed class ExtractCodesJob : IFanOutJob<ExtractCodesParams>
     /// <summary>One shard: encodes images [start, end) (resumable like a single run) into the part codes_START.npz, listed in parts.json.</summary>
     public async Task RunShardAsync(JobContext ctx, ExtractCodesParams p)
     {
-        var range = ctx.GetFanOutState<Shard>();
+        var range = ctx.GetFanOutState<RowRange>();
         var img = await OpenAsync(ctx, p);
         if (range.Start < 0 || range.End > img.N || range.Start > range.End)
             throw new JobFailedException($"shard range [{range.Start}, {range.End}) is outside the {img.N} images");

@@ -31,15 +31,6 @@ public sealed class ExtractCodesResumeJobTests(EngineEnvironment env, ITestOutpu
 
     async Task<Dictionary<string, NpyArray>> CodesAsync(long run, string dir) => Npz.Load(await DownloadAsync(env.Tracker, run, "codes.npz", dir));
 
-    static void AssertSameCodes(Dictionary<string, NpyArray> want, Dictionary<string, NpyArray> got, string what)
-    {
-        foreach (var key in new[] { "codes", "labels", "image_index" })
-        {
-            Assert.Equal(want[key].Shape, got[key].Shape);
-            Assert.True(want[key].As<long>().SequenceEqual(got[key].As<long>()), $"{what}: {key} differs from the uninterrupted run's");
-        }
-    }
-
     static int ResumedAt(string logs) => int.Parse(Regex.Match(logs, @"resuming at image (\d+)/").Groups[1].Value);
 
     [Fact]

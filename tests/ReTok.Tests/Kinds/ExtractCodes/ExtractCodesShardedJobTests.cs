@@ -29,16 +29,6 @@ public sealed class ExtractCodesShardedJobTests(EngineEnvironment env, ITestOutp
         return r.Status == RunStatus.Succeeded && r.ContinuedByRunId is { } next ? await FinalAsync(next, seconds) : await SucceededAsync(env, run, seconds);
     }
 
-    static void AssertSameCodes(Dictionary<string, NpyArray> want, Dictionary<string, NpyArray> got, string what)
-    {
-        Assert.Equal(want.Keys.Order(StringComparer.Ordinal), got.Keys.Order(StringComparer.Ordinal));
-        foreach (var key in want.Keys)
-        {
-            Assert.Equal(want[key].Shape, got[key].Shape);
-            Assert.True(want[key].As<long>().SequenceEqual(got[key].As<long>()), $"{what}: {key} differs from the single run's");
-        }
-    }
-
     [Fact]
     public async Task ShardedRunsWriteTheCodesOfTheSingleRun_CenterViewAndTenCrop()
     {

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using ReTok.Engine;
 using ReTok.Jobs.Quickstart;
+using ReTok.Models.IO;
 using ReTok.Tests.Engine;
 using ReTok.Tracking;
 
@@ -58,6 +59,17 @@ public static class EvalJobSupport
         File.WriteAllBytes(Path.Combine(c1, "n00000001_0100_corrupt.jpg"), bytes[..(bytes.Length * 2 / 5)]);
         File.WriteAllText(Path.Combine(c1, "n00000001_0101_corrupt.png"), "this is not a PNG");
         return dir;
+    }
+
+    /// <summary>Two codes.npz (extract-codes) hold the same keys with equal shapes and values; <paramref name="what"/> names the compared run.</summary>
+    public static void AssertSameCodes(Dictionary<string, NpyArray> want, Dictionary<string, NpyArray> got, string what)
+    {
+        Assert.Equal(want.Keys.Order(StringComparer.Ordinal), got.Keys.Order(StringComparer.Ordinal));
+        foreach (var key in want.Keys)
+        {
+            Assert.Equal(want[key].Shape, got[key].Shape);
+            Assert.True(want[key].As<long>().SequenceEqual(got[key].As<long>()), $"{what}: {key} differs from the reference run's");
+        }
     }
 
     public static async Task<string> DownloadAsync(Tracker t, long runId, string name, string dir)
