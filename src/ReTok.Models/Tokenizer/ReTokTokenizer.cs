@@ -154,12 +154,13 @@ public sealed class ViTQFormerDecoder : nn.Module
     readonly ModuleList<QFormerLayer> transformer = new();
     readonly Conv2d conv_out;
     readonly Sequential? distill_mlp;
-    readonly int width, grid, distillDepth;
+    readonly int width, grid, distillDepth, numLatent;
+    readonly bool multiLevel2d;
 
     public ViTQFormerDecoder(TokenizerConfig c) : base(nameof(ViTQFormerDecoder))
     {
         var (w, layers, heads) = c.DecoderVit;
-        (width, grid, distillDepth) = (w, c.GridSize, c.DistillDepth ?? -1);
+        (width, grid, distillDepth, numLatent, multiLevel2d) = (w, c.GridSize, c.DistillDepth ?? -1, c.NumLatentTokens, c.MultiLevel2dQueryInit);
         double scale = Math.Pow(w, -0.5);
         decoder_embed = nn.Linear(c.ZChannels, w);
         ln_pre = nn.LayerNorm(c.ZChannels);
@@ -184,7 +185,7 @@ public sealed class ViTQFormerDecoder : nn.Module
     {
         long b = z.shape[0];
         var x = Amp.Linear(decoder_embed, ln_pre.call(Amp.F32(z).reshape(b, z.shape[1] * z.shape[2], z.shape[3]).permute(2, 0, 1)));  // (W, B, E)
-        var q = x.narrow(0, 0, 1).repeat(grid * grid, 1, 1);
+        var q = multiLevel2d ? MultiLevel2dQueries(x, grid, numLatent, tokens, keyMask) : x.narrow(0, 0, 1).repeat(grid * grid, 1, 1);
         var pos = torch.cat(new Tensor[] { latent_token_positional_embedding, latent_token_positional_embedding_comp }, 0).narrow(0, 0, tokens);
         x = x.narrow(0, 0, tokens);
         Tensor? feat = null;
@@ -196,6 +197,36 @@ public sealed class ViTQFormerDecoder : nn.Module
         if (inner && feat is null) throw new InvalidOperationException("semantic features requested but the config has no distill_depth/distill_mlp");
         q = ln_post.call(Amp.F32(q)).permute(1, 2, 0).reshape(b, width, grid, grid);
         return (Amp.Conv(conv_out, q), feat);
+    }
+
+    /// <summary>
+    /// `multi_level_2d_query_init`, K-aware (ours): each 2-D query starts as the mean, over the levels complete within the
+    /// sample's first min(K, N) tokens, of the level's token whose cell covers it (the inverse of the encoder's multi-level
+    /// pooling), so the queries carry the layout in their values from step 0 instead of learning DETR-style routing. The
+    /// reference's multi_level_1d_features_to_2d_maps_avg (blocks.py L126) reads every level from token 0 (its start index
+    /// is reset per level), needs all 2^n tokens and is marked deprecated; with K = 1 this is the default init (token 0).
+    /// </summary>
+    /// <param name="x">embedded 1-D tokens (W, B, E), W ≥ <paramref name="tokens"/>.</param>
+    /// <returns>(grid², B, E) 2-D queries, row-major cells.</returns>
+    public static Tensor MultiLevel2dQueries(Tensor x, int grid, int numLatent, int tokens, Tensor? keyMask = null)
+    {
+        long b = x.shape[1], width = x.shape[2];
+        int levels = (int)Math.Round(Math.Log2(numLatent)), start = 0;
+        Tensor? sum = null, count = null;
+        for (int g = 0; g <= levels; g++)
+        {
+            int l = Math.Max(g - 1, 0), wBlocks = 1 << ((l + 1) / 2), hBlocks = 1 << (l / 2), end = start + wBlocks * hBlocks;
+            if (end > tokens) break;
+            var cells = x.narrow(0, start, end - start).permute(1, 2, 0).reshape(b, width, hBlocks, wBlocks);
+            var map = cells.repeat_interleave(grid / hBlocks, 2).repeat_interleave(grid / wBlocks, 3);
+            // per-sample K: a level counts only for the samples whose mask keeps its last token
+            var keep = keyMask is null ? torch.ones(b, 1, 1, 1, dtype: map.dtype, device: map.device)
+                : keyMask.select(2, end - 1).eq(0).to(map.dtype).view(b, 1, 1, 1);
+            sum = sum is null ? map * keep : sum + map * keep;
+            count = count is null ? keep : count + keep;
+            start = end;
+        }
+        return (sum! / count!).flatten(2).permute(2, 0, 1);
     }
 }
 

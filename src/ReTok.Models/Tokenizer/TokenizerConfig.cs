@@ -113,7 +113,7 @@ public sealed record TokenizerConfig
         Need(ModelSize == null || (EncoderSize == null && DecoderSize == null),
             "model_size must be null when encoder_size or decoder_size is given (reference assert)");
         Need(MultiLevelQueryInit, "multi_level_query_init must be True (the other query inits are dead paths, tokenizer.md §11)");
-        Need(!LastLevel2dQueryInit && !MultiLevel2dQueryInit, "last_level_2d_query_init / multi_level_2d_query_init are not ported (deprecated)");
+        Need(!LastLevel2dQueryInit, "last_level_2d_query_init is not ported (deprecated)");
         Need(AdaptiveGn && D2sUp, "adaptive_gn and d2s_up must be True (the plain decoder variants are not ported)");
         Need(!UseAttn, "use_attn must be False (AttnBlock is not ported)");
         Need(Rot, "rot must be True (the plain straight-through quantizer is not ported)");

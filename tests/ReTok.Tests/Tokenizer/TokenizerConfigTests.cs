@@ -51,13 +51,6 @@ public class TokenizerConfigTests
             disc_start: 0
         """;
 
-    static string Temp(string text)
-    {
-        var p = Path.Combine(Path.GetTempPath(), $"retok-cfg-{Guid.NewGuid():N}.yaml");
-        File.WriteAllText(p, text);
-        return p;
-    }
-
     [Fact]
     public void ReferenceYaml_LoadsAsThePreset_WithTrainerSectionsKept()
     {

@@ -17,6 +17,22 @@ public static class TokenizerTestData
 
     public static Dictionary<string, NpyArray> Ref(string name) => Npz.Load(F(name));
 
+    /// <summary>A tokenizer YAML text in a fresh temp file (the config loader reads files).</summary>
+    public static string Temp(string text)
+    {
+        var p = Path.Combine(Path.GetTempPath(), $"retok-cfg-{Guid.NewGuid():N}.yaml");
+        File.WriteAllText(p, text);
+        return p;
+    }
+
+    /// <summary>Loads a tokenizer config from YAML text (temp file removed).</summary>
+    public static TokenizerConfig LoadConfigText(string text)
+    {
+        var p = Temp(text);
+        try { return TokenizerConfig.Load(p); }
+        finally { File.Delete(p); }
+    }
+
     /// <summary>Largest |ours[::97] − ref_sub| and the relative difference of the full sums; the generator's subsample rule.</summary>
     public static (float MaxAbs, double SumRel) Compare(Tensor ours, Dictionary<string, NpyArray> r, string name)
     {
