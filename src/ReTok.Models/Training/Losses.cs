@@ -36,7 +36,8 @@ public sealed record GeneratorLossTerms(
     Tensor Entropy,
     Tensor FeatureReconstruction,   // already weighted by the model; 0 from AuxLossEnd on
     Tensor SemanticAlignment,       // -(1/B) sum_b mean_t cos(student, teacher), in [-1, 1]; 0 when no teacher
-    Tensor SemanticWeighted)        // (1/B) sum_b lambda_b * negcos_b (lambda = ProjWeight unless per-sample weights)
+    Tensor SemanticWeighted,        // (1/B) sum_b lambda_b * negcos_b (lambda = ProjWeight unless per-sample weights)
+    Tensor? SemanticSampledK = null) // with extra prefixes: the sampled K's unweighted term (the two above then average all prefixes)
 {
     /// <summary>Terms in the order they are checked and logged; names are the log keys.</summary>
     public IEnumerable<(string Name, Tensor Value)> Named()
@@ -50,6 +51,7 @@ public sealed record GeneratorLossTerms(
         yield return ("feature_rec", FeatureReconstruction);
         yield return ("semantic", SemanticAlignment);
         yield return ("semantic_weighted", SemanticWeighted);
+        if (SemanticSampledK is not null) yield return ("semantic_sampled_k", SemanticSampledK);
         yield return ("total_g", Total);
     }
 }
@@ -124,8 +126,11 @@ public sealed class TokenizerLoss
     /// <param name="featureRec">the model's feature-reconstruction (shortcut) loss, already weighted; null when not computed.</param>
     /// <param name="semanticWeights">per-sample weights lambda_b [B] (ReTok HSR); null = the constant ProjWeight (released code).</param>
     /// <param name="lastLayer">decoder's last-layer weight, required only with DiscAdaptiveWeight.</param>
+    /// <param name="prefixes">student features and weights (null as <paramref name="semanticWeights"/>) of extra prefixes of
+    /// the same images (<see cref="SemanticPrefixConfig"/>): the semantic terms are then the mean over all 1 + P prefixes.</param>
     public GeneratorLossTerms Generator(Tensor inputs, Tensor reconstructions, CodebookLosses codebook, Tensor? featureRec,
-        long globalStep, Tensor? student = null, Tensor? teacher = null, Tensor? semanticWeights = null, Tensor? lastLayer = null)
+        long globalStep, Tensor? student = null, Tensor? teacher = null, Tensor? semanticWeights = null, Tensor? lastLayer = null,
+        IReadOnlyList<(Tensor Student, Tensor? Weights)>? prefixes = null)
     {
         var c = Config;
         var zero = torch.zeros(Array.Empty<long>(), dtype: reconstructions.dtype, device: reconstructions.device);
@@ -147,18 +152,35 @@ public sealed class TokenizerLoss
         if (c.EntropyLossEnd is long end && globalStep >= end) ent = zero;
 
         Tensor sem = zero, semWeighted = zero;
+        Tensor? semSampled = null;
         if (student is not null && teacher is not null)
         {
-            var perSample = Losses.NegativeCosinePerSample(student, teacher);
-            sem = perSample.mean();
-            semWeighted = semanticWeights is null
-                ? c.ProjWeight * sem
-                : (semanticWeights.to(perSample.dtype).to(perSample.device) * perSample).mean();
+            (sem, semWeighted) = Semantic(student, teacher, semanticWeights);
+            if (prefixes is { Count: > 0 })
+            {
+                semSampled = sem;
+                foreach (var (s, w) in prefixes)
+                {
+                    var (ps, pw) = Semantic(s, teacher, w);
+                    sem = sem + ps;
+                    semWeighted = semWeighted + pw;
+                }
+                sem = sem / (1 + prefixes.Count);
+                semWeighted = semWeighted / (1 + prefixes.Count);
+            }
         }
 
         var total = c.ReconstructionWeight * rec + c.PerceptualWeight * p + (adaptive * discWeight) * genAdv
                     + (codebook.Vq + codebook.Commit + ent) + fea + semWeighted;
-        return new GeneratorLossTerms(total, rec, p, genAdv, adaptive * discWeight, codebook.Vq, codebook.Commit, ent, fea, sem, semWeighted);
+        return new GeneratorLossTerms(total, rec, p, genAdv, adaptive * discWeight, codebook.Vq, codebook.Commit, ent, fea, sem, semWeighted, semSampled);
+    }
+
+    /// <summary>One prefix's (unweighted, weighted) semantic term: weights lambda_b [B], or null for the constant ProjWeight.</summary>
+    (Tensor Unweighted, Tensor Weighted) Semantic(Tensor student, Tensor teacher, Tensor? weights)
+    {
+        var perSample = Losses.NegativeCosinePerSample(student, teacher);
+        var sem = perSample.mean();
+        return (sem, weights is null ? Config.ProjWeight * sem : (weights.to(perSample.dtype).to(perSample.device) * perSample).mean());
     }
 
     /// <summary>D objective: two separate forwards (real batch, fake batch: BatchNorm sees each alone), inputs detached.</summary>

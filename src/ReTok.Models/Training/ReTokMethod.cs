@@ -166,12 +166,23 @@ public static class NestedDropout
 
 public enum LambdaSchedule { Constant, Linear, Cosine, Step }
 
+/// <summary>How the schedule w(.) weights the semantic term of a prefix of K tokens.</summary>
+public enum SemanticWeighting
+{
+    /// <summary>lambda(K) = w(K): the schedule at the kept length (default).</summary>
+    PerSampleK,
+    /// <summary>lambda(K) = (1/K) sum_{k&lt;=K} w(k): token position k carries weight w(k) and a prefix gets its positions'
+    /// mean, so the early tokens dominate however long the prefix (the abstract's "progressively reducing toward the tail").</summary>
+    PerPosition,
+}
+
 /// <summary>
-/// Hierarchical Semantic Regularization weight lambda(K), non-increasing in the kept length K:
-/// u = clamp((K - KStart)/(KEnd - KStart), 0, 1); Linear: l0 + (lEnd - l0) u; Cosine: lEnd + (l0 - lEnd)(1 + cos(pi u))/2;
-/// Step: l0 for K &lt;= StepK, else lEnd; Constant: l0 (the released code: 0.5 for every K); then max(Floor, .), so a
-/// floor keeps K = N (the inference setting) regularized. Defaults (our reading): linear from 0.5 at K = 1 to 0 at
-/// K = N = 256 and beyond, no floor: E_K[lambda] = 64/480 = 0.133 under U{1..480} (<see cref="MeanOver"/>).
+/// Hierarchical Semantic Regularization weight lambda(K), non-increasing in the kept length K. The schedule w(k):
+/// u = clamp((k - KStart)/(KEnd - KStart), 0, 1); Linear: l0 + (lEnd - l0) u; Cosine: lEnd + (l0 - lEnd)(1 + cos(pi u))/2;
+/// Step: l0 for k &lt;= StepK, else lEnd; Constant: l0 (the released code: 0.5 for every K); then max(Floor, .), so a
+/// floor keeps K = N (the inference setting) regularized. <see cref="Weighting"/> turns w into lambda(K): w(K)
+/// (default) or the mean of w over positions 1..K. Defaults (our reading): per sample K, linear from 0.5 at K = 1 to 0
+/// at K = N = 256 and beyond, no floor: E_K[lambda] = 64/480 = 0.133 under U{1..480} (<see cref="MeanOver"/>).
 /// </summary>
 public sealed record SemanticWeightConfig(
     LambdaSchedule Schedule = LambdaSchedule.Linear,
@@ -180,11 +191,23 @@ public sealed record SemanticWeightConfig(
     int KStart = 1,
     int KEnd = 256,
     int StepK = 128,
-    double Floor = 0.0)
+    double Floor = 0.0,
+    SemanticWeighting Weighting = SemanticWeighting.PerSampleK)
 {
     public static SemanticWeightConfig Released => new(Schedule: LambdaSchedule.Constant, Lambda0: 0.5);
 
-    public double At(long k) => Math.Max(Floor, Scheduled(k));
+    /// <summary>lambda(K) of a prefix of <paramref name="k"/> tokens.</summary>
+    public double At(long k)
+    {
+        if (Weighting == SemanticWeighting.PerSampleK) return PositionWeight(k);
+        if (k < 1) throw new ArgumentOutOfRangeException(nameof(k), $"lambda(K): K must be >= 1, got {k}");
+        double sum = 0;
+        for (long j = 1; j <= k; j++) sum += PositionWeight(j);
+        return sum / k;
+    }
+
+    /// <summary>w(k) = max(Floor, schedule(k)): the weight of token position k (1-based).</summary>
+    public double PositionWeight(long k) => Math.Max(Floor, Scheduled(k));
 
     /// <summary>E_K[lambda(K)] under <paramref name="law"/>: the mean weight the semantic term gets over training.</summary>
     public double MeanOver(KSampler law) => Enumerable.Range(1, law.Config.NumTokens + law.Config.NumPadding).Sum(k => law.Probability(k) * At(k));
@@ -205,6 +228,38 @@ public sealed record SemanticWeightConfig(
 
     /// <summary>Per-sample weights [B] (float32) for per-sample K.</summary>
     public Tensor At(Tensor k) => tensor(k.to(int64).cpu().data<long>().ToArray().Select(v => (float)At(v)).ToArray());
+}
+
+/// <summary>
+/// Multi-prefix semantic alignment (ours; the paper does not say how many prefixes it aligns): besides the sampled K_b,
+/// each image's encoded tokens are decoded at P more prefix lengths, drawn per sample from the K law
+/// (<see cref="Count"/>) or the fixed list <see cref="Ks"/>, for the semantic features only. The semantic term is the
+/// mean over the 1 + P prefixes: (1/(1+P)) sum_{p=0..P} (1/B) sum_b lambda(K_{p,b}) negcos_{p,b} (p = 0: the sampled K),
+/// so its scale, E[lambda] included, does not grow with P; only its variance drops. Reconstruction stays on the sampled K.
+/// Count 0 and no Ks (default): one prefix, the term as before.
+/// </summary>
+public sealed record SemanticPrefixConfig(int Count = 0, int[]? Ks = null)
+{
+    /// <summary>P: how many prefixes are decoded besides the sampled K.</summary>
+    public int Extra => Ks?.Length ?? Count;
+
+    public void Validate(int maxK)
+    {
+        if (Count < 0) throw new ArgumentException($"semantic prefixes: Count must be >= 0, got {Count}");
+        if (Ks is { } ks && (Count != 0 || ks.Length == 0 || ks.Any(k => k < 1 || k > maxK)))
+            throw new ArgumentException($"semantic prefixes: Ks [{string.Join(", ", ks)}] must be non-empty, in 1..{maxK}, and not given with Count {Count}");
+    }
+
+    /// <summary>K per sample of each extra prefix: P int64 [B] tensors. The law's draws come from <paramref name="generator"/>
+    /// after the sampled K (none when P = 0, so the K stream is unchanged).</summary>
+    public Tensor[] Sample(KSampler law, int batch, torch.Generator generator) => Ks is { } ks
+        ? ks.Select(k => full(new long[] { batch }, (long)k, dtype: int64)).ToArray()
+        : Enumerable.Range(0, Count).Select(_ => law.Sample(batch, generator)).ToArray();
+
+    /// <summary>E[lambda] of the semantic term, the 1 + P prefixes averaged: <see cref="SemanticWeightConfig.MeanOver"/>
+    /// when the extra prefixes follow the law, (E_K[lambda] + sum_p lambda(K_p))/(1 + P) for a fixed list.</summary>
+    public double MeanWeight(SemanticWeightConfig weight, KSampler law) =>
+        Ks is { } ks ? (weight.MeanOver(law) + ks.Sum(k => weight.At(k))) / (1 + ks.Length) : weight.MeanOver(law);
 }
 
 /// <summary>

@@ -15,7 +15,10 @@ namespace ReTok.Models.Training;
 /// <c>NestedDropout.Plan(K)</c> gives num_tokens and the key-padding mask for the decoder's cross-attention.</param>
 /// <param name="ComputeFeatureRecLoss">true while s &lt; aux_loss_end (the model computes L_fea only then).</param>
 /// <param name="ReturnSemanticFeatures">true when the teacher runs: return distill_mlp(decoder layer-3 queries).</param>
-public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, bool ComputeFeatureRecLoss, bool ReturnSemanticFeatures);
+/// <param name="SemanticPrefixes">int64 [B] K per sample of each extra prefix (<see cref="SemanticPrefixConfig"/>): decode the
+/// same encoded tokens from these K too, for the semantic features only; null or empty = none.</param>
+public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, bool ComputeFeatureRecLoss, bool ReturnSemanticFeatures,
+    IReadOnlyList<Tensor>? SemanticPrefixes = null);
 
 /// <param name="Reconstruction">[B, 3, H, W].</param>
 /// <param name="Codebook">VQ losses over all N+M tokens (commit already x 0.25).</param>
@@ -24,8 +27,10 @@ public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, b
 /// <param name="Indices">code indices (logging only; may be null).</param>
 /// <param name="LastLayerWeight">decoder's last conv weight, needed only with LossConfig.DiscAdaptiveWeight.</param>
 /// <param name="Metrics">extra scalars to log (e.g. codebook usage).</param>
+/// <param name="PrefixSemanticFeatures">student features of each of <see cref="TokenizerStepInput.SemanticPrefixes"/>, in order.</param>
 public sealed record TokenizerStepOutput(Tensor Reconstruction, CodebookLosses Codebook, Tensor? FeatureRecLoss,
-    Tensor? SemanticFeatures, Tensor? Indices = null, Tensor? LastLayerWeight = null, IReadOnlyDictionary<string, double>? Metrics = null);
+    Tensor? SemanticFeatures, Tensor? Indices = null, Tensor? LastLayerWeight = null, IReadOnlyDictionary<string, double>? Metrics = null,
+    IReadOnlyList<Tensor>? PrefixSemanticFeatures = null);
 
 /// <summary>The tokenizer as the trainer sees it. <see cref="Module"/> provides named parameters (optimizer, EMA,
 /// freezing by name prefix), the state dict (checkpoints) and train()/eval().</summary>
@@ -58,11 +63,13 @@ public sealed record TrainerConfig(
     KSamplerConfig? KSampler = null,
     SemanticWeightConfig? SemanticWeight = null,
     DecoderFinetuneConfig? Finetune = null,
-    string Precision = "auto")
+    string Precision = "auto",
+    SemanticPrefixConfig? SemanticPrefixes = null)
 {
     public LossConfig LossOrDefault => Loss ?? new LossConfig();
     public KSamplerConfig KSamplerOrDefault => KSampler ?? new KSamplerConfig();
     public SemanticWeightConfig SemanticWeightOrDefault => SemanticWeight ?? new SemanticWeightConfig();
+    public SemanticPrefixConfig SemanticPrefixesOrDefault => SemanticPrefixes ?? new SemanticPrefixConfig();
 
     public static TrainerConfig Released(long totalSteps) =>
         new(totalSteps, KSampler: KSamplerConfig.Released, SemanticWeight: SemanticWeightConfig.Released);
@@ -130,6 +137,7 @@ public sealed class TokenizerTrainer : IDisposable
         Precision = Precision.Resolve(config.Precision, this.device);
         Loss = new TokenizerLoss(config.LossOrDefault, discriminator, perceptual);
         KSampler = new KSampler(config.KSamplerOrDefault);
+        config.SemanticPrefixesOrDefault.Validate(KSampler.Config.NumTokens + KSampler.Config.NumPadding);
         kGenerator = new torch.Generator((ulong)config.Seed);
         accumulation = new GradAccumulation(config.GradAccumulationSteps);
         OptimizerG = new NamedAdamW(NamedParams(tokenizer.Module), config.BaseLr, config.Beta1, config.Beta2, config.Eps, config.WeightDecay);
@@ -180,28 +188,45 @@ public sealed class TokenizerTrainer : IDisposable
         bool semantic = Teacher is not null && !(ft?.TeacherOff ?? false);
         var teacherFeat = semantic ? Teacher!.Features(images) : null;
         var lambdaCfg = cfg.SemanticWeightOrDefault;
+        // extra prefixes for the semantic term only, drawn after K (so none drawn = today's K stream)
+        var prefixAll = semantic ? cfg.SemanticPrefixesOrDefault.Sample(KSampler, b, kGenerator) : Array.Empty<Tensor>();
+        // lambda per sample of a prefix; null = the loss's constant ProjWeight (the released term)
+        Tensor? Lambda(Tensor kc) =>
+            !semantic ? null
+            : lambdaCfg.Schedule != LambdaSchedule.Constant ? lambdaCfg.At(kc).to(device)
+            : lambdaCfg.At(1) != cfg.LossOrDefault.ProjWeight ? full(new long[] { kc.shape[0] }, lambdaCfg.At(1), dtype: float32, device: device)
+            : null;
 
         // ---- generator ----
         OptimizerG.ZeroGrad();
         var imgChunks = accumulation.Split(images);
         var kChunks = accumulation.Split(k);
+        var prefixChunks = prefixAll.Select(pk => accumulation.Split(DataParallel.Slice(pk, rank, world))).ToArray();
         var teacherChunks = teacherFeat is null ? null : accumulation.Split(teacherFeat);
         var recons = new List<Tensor>();
         for (int i = 0; i < imgChunks.Count; i++)
         {
             var x = imgChunks[i];
+            var prefixK = prefixChunks.Select(c => c[i]).ToArray();
             // bf16/fp16: the forward and the loss terms under Amp (autocast's casts, fp32 master weights, fp32 losses);
             // backward runs outside the scope through the recorded casts
             using var amp = Amp.Enable(Precision.Compute);
-            var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic));
-            Tensor? lambda = semantic && lambdaCfg.Schedule != LambdaSchedule.Constant ? lambdaCfg.At(kChunks[i]).to(device) : null;
-            if (semantic && lambdaCfg.Schedule == LambdaSchedule.Constant && lambdaCfg.At(1) != cfg.LossOrDefault.ProjWeight)
-                lambda = full(new long[] { x.shape[0] }, lambdaCfg.At(1), dtype: float32, device: device);
+            var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic, prefixK.Length > 0 ? prefixK : null));
+            var lambda = Lambda(kChunks[i]);
+            (Tensor Student, Tensor? Weights)[]? prefixes = null;
+            if (semantic && prefixK.Length > 0)
+            {
+                if (output.PrefixSemanticFeatures is not { } pf || pf.Count != prefixK.Length)
+                    throw new InvalidOperationException($"the tokenizer returned {output.PrefixSemanticFeatures?.Count ?? 0} prefix semantic features for {prefixK.Length} semantic prefixes");
+                prefixes = prefixK.Select((pk, j) => (Precision.Out(pf[j]), Lambda(pk))).ToArray();
+            }
             var terms = Loss.Generator(x, Precision.Out(output.Reconstruction), output.Codebook, output.FeatureRecLoss, s,
-                semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight);
+                semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight, prefixes);
             foreach (var (name, v) in terms.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
             Accumulate(scalars, "adv_weight", terms.AdversarialWeight, imgChunks.Count);
             if (lambda is not null) Accumulate(scalars, "lambda_mean", lambda.mean().item<float>(), imgChunks.Count);
+            if (prefixes is not null && prefixes.All(p => p.Weights is not null))
+                Accumulate(scalars, "lambda_prefixes_mean", prefixes.Average(p => p.Weights!.mean().item<float>()), imgChunks.Count);
             if (output.Metrics is not null)
                 foreach (var (name, v) in output.Metrics) Accumulate(scalars, name, v, imgChunks.Count);
             amp.Dispose();
@@ -246,6 +271,7 @@ public sealed class TokenizerTrainer : IDisposable
         scalars["k_mean"] = kf.mean().item<float>();
         scalars["k_min"] = kf.min().item<float>();
         scalars["k_max"] = kf.max().item<float>();
+        if (prefixAll.Length > 0) scalars["k_prefixes_mean"] = stack(prefixAll).to(float32).mean().item<float>();
         scalars["semantic_on"] = semantic ? 1 : 0;
         scalars["img_per_s"] = b / Math.Max(sw.Elapsed.TotalSeconds, 1e-9);
         var result = new StepResult(Step, scalars);

@@ -152,6 +152,75 @@ public class ReTokMethodTests
         Assert.Equal(new[] { 0.5f, (float)lin.At(129), 0f }, lin.At(kt).data<float>().ToArray());
     }
 
+    /// <summary>
+    /// Per-position weighting by hand (default linear schedule w(k) = 0.5 (1 - (k-1)/255) for k &lt;= 256, 0 beyond):
+    /// lambda(K) = (1/K) sum_{k&lt;=K} w(k) = 0.5 (1 - (K-1)/510) for K &lt;= 256 (the mean of k-1 is (K-1)/2), and
+    /// sum_{k&lt;=256} w(k) = 0.5 (256 - 128) = 64 so lambda(K) = 64/K beyond. Mean weight under U{1..480}:
+    /// (sum_{K&lt;=256} 0.5 (1 - (K-1)/510) + 64 sum_{K=257..480} 1/K)/480 = (96 + 64 (H_480 - H_256))/480 = 0.2837;
+    /// under clamp_to_n: (sum_{K&lt;256} 0.5 (1 - (K-1)/510) + 225 lambda(256))/480 = (95.75 + 225 x 0.25)/480 = 152/480.
+    /// </summary>
+    [Fact]
+    public void PerPositionWeightIsTheMeanOfThePrefixPositionsWeights()
+    {
+        var pos = new SemanticWeightConfig(Weighting: SemanticWeighting.PerPosition);
+        foreach (var k in new[] { 1, 2, 3, 64, 128, 255, 256 })
+            Assert.Equal(0.5 * (1 - (k - 1) / 510.0), pos.At(k), 12);
+        foreach (var k in new[] { 257, 300, 479, 480 })
+            Assert.Equal(64.0 / k, pos.At(k), 12);
+        Assert.Equal(0.25, pos.At(256), 12);
+        // the position weights are the per-sample schedule; a prefix's weight never increases with K and stays above w(K)
+        for (int k = 1; k <= 480; k++)
+        {
+            Assert.Equal(new SemanticWeightConfig().At(k), pos.PositionWeight(k));
+            if (k > 1) Assert.True(pos.At(k) <= pos.At(k - 1) + 1e-15, $"lambda increases at K={k}");
+            Assert.True(pos.At(k) >= pos.PositionWeight(k) - 1e-15);
+        }
+        Assert.Equal(new[] { 0.5f, (float)(0.5 * (1 - 99 / 510.0)), (float)(64.0 / 400) }, pos.At(tensor(new long[] { 1, 100, 400 })).data<float>().ToArray());
+        // a constant schedule has the same weight either way; a floor enters each position's weight
+        Assert.All(Enumerable.Range(1, 480), k => Assert.Equal(0.5, (SemanticWeightConfig.Released with { Weighting = SemanticWeighting.PerPosition }).At(k), 15));
+        double floorSum = Enumerable.Range(1, 480).Sum(k => Math.Max(0.1, 0.5 * (1 - Math.Min(k - 1, 255) / 255.0)));
+        Assert.Equal(floorSum / 480, (pos with { Floor = 0.1 }).At(480), 12);
+        Assert.Throws<ArgumentOutOfRangeException>(() => pos.At(0));
+
+        double harmonic = Enumerable.Range(257, 224).Sum(k => 1.0 / k);
+        var uniform = new KSampler(new KSamplerConfig());
+        Assert.Equal((96 + 64 * harmonic) / 480, pos.MeanOver(uniform), 12);
+        Assert.Equal(152.0 / 480, pos.MeanOver(new KSampler(new KSamplerConfig(Distribution: KDistribution.ClampToN))), 12);
+        var lambdas = pos.At(uniform.Sample(48_000, new torch.Generator(22))).data<float>().ToArray();
+        double mean = pos.MeanOver(uniform);
+        Assert.InRange(lambdas.Average(x => (double)x), mean - 5 * 0.25 / Math.Sqrt(48_000), mean + 5 * 0.25 / Math.Sqrt(48_000));
+    }
+
+    [Fact]
+    public void SemanticPrefixesDrawFromTheKLawOrAFixedListAndAverageTheirWeights()
+    {
+        var law = new KSampler(new KSamplerConfig());
+        // none: no draw, so the K stream after them is today's
+        var g = new torch.Generator(31);
+        Assert.Empty(new SemanticPrefixConfig().Sample(law, 8, g));
+        Assert.Equal(law.Sample(8, new torch.Generator(31)).data<long>().ToArray(), law.Sample(8, g).data<long>().ToArray());
+        // drawn: P per-sample draws in order from the same generator
+        var drawn = new SemanticPrefixConfig(Count: 2).Sample(law, 8, new torch.Generator(32));
+        var g2 = new torch.Generator(32);
+        Assert.Equal(2, drawn.Length);
+        Assert.Equal(law.Sample(8, g2).data<long>().ToArray(), drawn[0].data<long>().ToArray());
+        Assert.Equal(law.Sample(8, g2).data<long>().ToArray(), drawn[1].data<long>().ToArray());
+        var fixedKs = new SemanticPrefixConfig(Ks: new[] { 64, 256 }).Sample(law, 3, new torch.Generator(33));
+        Assert.Equal(new long[] { 64, 64, 64 }, fixedKs[0].data<long>().ToArray());
+        Assert.Equal(new long[] { 256, 256, 256 }, fixedKs[1].data<long>().ToArray());
+
+        // mean weight of the averaged term: the law's for drawn prefixes, (E_K[lambda] + lambda(64) + lambda(256))/3 for the list
+        var w = new SemanticWeightConfig();
+        Assert.Equal(w.MeanOver(law), new SemanticPrefixConfig(Count: 3).MeanWeight(w, law), 15);
+        Assert.Equal((64.0 / 480 + 0.5 * (1 - 63 / 255.0) + 0) / 3, new SemanticPrefixConfig(Ks: new[] { 64, 256 }).MeanWeight(w, law), 12);
+        Assert.Equal(2, new SemanticPrefixConfig(Ks: new[] { 64, 256 }).Extra);
+
+        Assert.Throws<ArgumentException>(() => new SemanticPrefixConfig(Count: -1).Validate(480));
+        Assert.Throws<ArgumentException>(() => new SemanticPrefixConfig(Ks: new[] { 481 }).Validate(480));
+        Assert.Throws<ArgumentException>(() => new SemanticPrefixConfig(Ks: Array.Empty<int>()).Validate(480));
+        Assert.Throws<ArgumentException>(() => new SemanticPrefixConfig(Count: 1, Ks: new[] { 8 }).Validate(480));
+    }
+
     [Fact]
     public void NestedDropoutMasksAndDecodePlans()
     {

@@ -215,7 +215,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var k = r.NestedDropout
             ? new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, r.UsePadding, r.KDistribution, r.MinTokens, r.PerSample, r.FixedK, r.KEqualsNProb)
             : new KSamplerConfig(cfg.NumLatentTokens, cfg.NumPaddingTokens, Distribution: KDistribution.Fixed, FixedK: r.FixedK);
-        var lambda = new SemanticWeightConfig(r.SemanticSchedule, p.SemanticLambda0, r.SemanticWeightEnd, r.SemanticKStart, r.SemanticKEnd, r.SemanticStepK, r.SemanticWeightFloor);
+        var lambda = new SemanticWeightConfig(r.SemanticSchedule, p.SemanticLambda0, r.SemanticWeightEnd, r.SemanticKStart, r.SemanticKEnd, r.SemanticStepK, r.SemanticWeightFloor,
+            r.SemanticWeighting);
         DecoderFinetuneConfig? ft = null;
         if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK);
         else if (p.Trainer.FreezeButDecoderIter is long it) ft = new DecoderFinetuneConfig(it);
@@ -224,7 +225,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         return new TrainerConfig(p.Iterations, p.Trainer.Lr, p.Trainer.EndLr, p.Trainer.Warmup, p.Trainer.Beta1, p.Trainer.Beta2,
             p.Trainer.WeightDecay, MaxGradNorm: p.Trainer.MaxGradNorm == 0 ? double.PositiveInfinity : p.Trainer.MaxGradNorm,
             UseEma: p.Ema, EmaDecay: p.EmaDecay, GradAccumulationSteps: p.GradientAccumulationSteps, Seed: p.Trainer.GlobalSeed,
-            Loss: loss, KSampler: k, SemanticWeight: lambda, Finetune: ft, Precision: p.MixedPrecision);
+            Loss: loss, KSampler: k, SemanticWeight: lambda, Finetune: ft, Precision: p.MixedPrecision,
+            SemanticPrefixes: new SemanticPrefixConfig(r.SemanticPrefixes, r.SemanticPrefixKs));
     }
 
     static async Task<IImageSource> OpenDataAsync(JobContext ctx, TrainTokenizerParams p)
@@ -323,7 +325,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
                 "Set retok.semantic_weight: 0 (or trainer.distill_loss: False) to train without it.", e);
         }
         var teacher = Dinov2Teacher.Load(path, device, dc, computeType: compute);   // frozen: its weights are cast once
-        if (log) ctx.Log($"semantic teacher: DINOv2 {dc.EmbedDim}-dim, {dc.Depth} layers from {Path.GetFileName(path)}; lambda(K) {p.Retok.SemanticSchedule} {p.SemanticLambda0} -> {p.Retok.SemanticWeightEnd}");
+        if (log) ctx.Log($"semantic teacher: DINOv2 {dc.EmbedDim}-dim, {dc.Depth} layers from {Path.GetFileName(path)}; lambda(K) {p.Retok.SemanticSchedule} {p.SemanticLambda0} -> {p.Retok.SemanticWeightEnd} {p.Retok.SemanticWeighting}"
+            + (p.Retok.MultiPrefix() ? $", {p.Retok.SemanticPrefixKs?.Length ?? p.Retok.SemanticPrefixes} extra prefixes ({(p.Retok.SemanticPrefixKs is { } ks ? "K " + string.Join(", ", ks) : "drawn from the K law")})" : ""));
         return teacher;
     }
 

@@ -123,6 +123,8 @@ public sealed record TrainTokenizerParams : IValidatableParams
         if (cfg is not null && SemanticOn && cfg.GridSize != 16)
             yield return $"model: the semantic loss aligns with DINOv2's 16x16 patch features, but image_size {cfg.ImageSize} over patch {cfg.PatchSize} "
                 + $"gives a {cfg.GridSize}x{cfg.GridSize} grid: turn it off (trainer.distill_loss: False) or keep a 16x16 grid";
+        if (Retok.MultiPrefix() && !SemanticOn)
+            yield return "retok.semantic_prefixes/semantic_prefix_ks: extra prefixes only feed the semantic loss, which is off (trainer.distill_loss or a weight > 0)";
         if (cfg is not null && SemanticOn && cfg.DistillDepth is null)
             yield return "model: the semantic loss is on (trainer.distill_loss with a weight > 0) but init_args.distill_depth is null";
     }
@@ -269,6 +271,20 @@ public sealed record RetokSection
     public int SemanticKStart { get; init; } = 1;
     public int SemanticKEnd { get; init; } = 256;
     public int SemanticStepK { get; init; } = 128;
+    /// <summary>per_sample_k: lambda(K) = w(K); per_position: token position k weighs w(k) and a prefix of K tokens gets
+    /// lambda(K) = (1/K) sum_{k&lt;=K} w(k) (w = the schedule above, floor included).</summary>
+    public SemanticWeighting SemanticWeighting { get; init; } = SemanticWeighting.PerSampleK;
+    /// <summary>P extra prefixes per image, drawn from the K law, decoded from the same tokens for the semantic term only;
+    /// the term is the mean over the 1 + P prefixes. 0 = only the sampled K.</summary>
+    public int SemanticPrefixes { get; init; }
+    /// <summary>Fixed extra prefix lengths instead of draws (P = their count); null = semantic_prefixes.</summary>
+    public int[]? SemanticPrefixKs { get; init; }
+
+    /// <summary>Most extra semantic prefixes a step decodes.</summary>
+    public const int MaxSemanticPrefixes = 16;
+
+    /// <summary>Whether extra semantic prefixes are asked for (they need the semantic loss on).</summary>
+    public bool MultiPrefix() => SemanticPrefixes != 0 || SemanticPrefixKs is not null;
 
     /// <summary>Teacher size override for small test teachers (embed_dim/depth/num_heads); null = trainer.distill_model's.</summary>
     public TeacherArch? Teacher { get; init; }
@@ -287,6 +303,14 @@ public sealed record RetokSection
         if (!(SemanticWeightFloor >= 0)) yield return $"semantic_weight_floor: must be >= 0, got {SemanticWeightFloor}";
         if (SemanticSchedule is LambdaSchedule.Linear or LambdaSchedule.Cosine && SemanticKEnd <= SemanticKStart)
             yield return $"semantic_k_end ({SemanticKEnd}) must exceed semantic_k_start ({SemanticKStart})";
+        if (SemanticPrefixes is < 0 or > MaxSemanticPrefixes)
+            yield return $"semantic_prefixes: must be in 0..{MaxSemanticPrefixes} (each costs one more ViT-decoder pass), got {SemanticPrefixes}";
+        if (SemanticPrefixKs is { } ks)
+        {
+            if (SemanticPrefixes != 0) yield return "semantic_prefix_ks: give either semantic_prefixes (drawn K) or semantic_prefix_ks (fixed K), not both";
+            if (ks.Length is 0 or > MaxSemanticPrefixes) yield return $"semantic_prefix_ks: give 1..{MaxSemanticPrefixes} prefix lengths (or leave it out), got {ks.Length}";
+            foreach (var k in ks.Where(k => k < 1 || k > total)) yield return $"semantic_prefix_ks: {k} is outside 1..{total}";
+        }
         if (Teacher is { } t && (t.EmbedDim < 1 || t.Depth < 1 || t.NumHeads < 1 || t.EmbedDim % t.NumHeads != 0))
             yield return $"teacher: embed_dim {t.EmbedDim} must be a positive multiple of num_heads {t.NumHeads}, depth >= 1";
         if (Finetune is { } f)

@@ -136,6 +136,30 @@ public sealed class TrainTokenizerJobTests(TrainJobEnvironment env, ITestOutputH
     }
 
     [Fact]
+    public async Task PerPositionMultiPrefixRunFinishesAndLogsTheSemanticTerms()
+    {
+        var w = env.StartWorker("jt-hsr", "jt-hsr");
+        var spec = Spec("jt-hsr").Replace("semantic_weight: 0.5,", "semantic_weight: 0.5, semantic_weighting: per_position, semantic_prefixes: 2,")
+            .Replace("iterations: 6", "iterations: 2");
+        Assert.Contains("semantic_prefixes: 2", spec);
+        var id = await SubmitAsync(spec);
+        var run = await env.WaitTerminalAsync(id, 300);
+        Assert.True(run.Status == RunStatus.Succeeded, $"{run.Status}: {run.FailureReason}\n{env.WorkerLogs()}");
+        // the averaged terms, the sampled K's own term, and the prefixes' K and weights, at every step
+        foreach (var key in new[] { "semantic", "semantic_weighted", "semantic_sampled_k", "lambda_mean", "lambda_prefixes_mean", "k_prefixes_mean" })
+        {
+            var m = await env.Tracker.GetMetricsAsync(id, key);
+            Assert.True(m.Select(x => x.Step).SequenceEqual([1L, 2L]), $"{key}: steps {string.Join(",", m.Select(x => x.Step))}");
+            Assert.All(m, x => Assert.True(double.IsFinite(x.Value) && x.Value != 0, $"{key} = {x.Value} at step {x.Step}"));
+        }
+        // per-position lambda of a prefix lies in (0, 0.5]; the prefixes' K lie in 1..480
+        Assert.All(await env.Tracker.GetMetricsAsync(id, "lambda_prefixes_mean"), x => Assert.InRange(x.Value, 1e-6, 0.5));
+        Assert.All(await env.Tracker.GetMetricsAsync(id, "k_prefixes_mean"), x => Assert.InRange(x.Value, 1, 480));
+        Assert.Contains("PerPosition, 2 extra prefixes (drawn from the K law)", w.Output);
+        w.Dispose();
+    }
+
+    [Fact]
     public void SpecsInJobsFolderValidate()
     {
         var root = AppContext.BaseDirectory;
@@ -229,6 +253,29 @@ public class TrainTokenizerParamsTests
         Assert.Contains("retok.semantic_weight_floor: must be >= 0", ex.Message);
         ex = Assert.Throws<SpecValidationException>(() => Parse(Model + "\n  retok: {k_equal_n_prob: 0.5}\n"));
         Assert.Contains("k_equal_n_prob", ex.Message);
+    }
+
+    [Fact]
+    public void SemanticWeightingAndPrefixesBindStrictly()
+    {
+        var d = TrainTokenizerJob.TrainerConfigOf(Parse(Model), Parse(Model).TokenizerModel());
+        Assert.Equal((SemanticWeighting.PerSampleK, 0, null), (d.SemanticWeightOrDefault.Weighting, d.SemanticPrefixesOrDefault.Count, d.SemanticPrefixesOrDefault.Ks));
+        var p = Parse(Model + "\n  retok: {semantic_weighting: per_position, semantic_prefixes: 2}\n");
+        var t = TrainTokenizerJob.TrainerConfigOf(p, p.TokenizerModel());
+        Assert.Equal((SemanticWeighting.PerPosition, 2, 2), (t.SemanticWeightOrDefault.Weighting, t.SemanticPrefixesOrDefault.Count, t.SemanticPrefixesOrDefault.Extra));
+        var f = Parse(Model + "\n  retok: {semantic_prefix_ks: [64, 256]}\n");
+        Assert.Equal(new[] { 64, 256 }, TrainTokenizerJob.TrainerConfigOf(f, f.TokenizerModel()).SemanticPrefixesOrDefault.Ks);
+
+        string Error(string retok) => Assert.Throws<SpecValidationException>(() => Parse(Model + $"\n  retok: {{{retok}}}\n")).Message;
+        Assert.Contains("semantic_weighting", Error("semantic_weighting: per_token"));
+        Assert.Contains("retok.semantic_prefixes: must be in 0..16", Error("semantic_prefixes: -1"));
+        Assert.Contains("retok.semantic_prefixes: must be in 0..16", Error("semantic_prefixes: 17"));
+        var range = Error("semantic_prefix_ks: [0, 64, 481]");
+        Assert.Contains("retok.semantic_prefix_ks: 0 is outside 1..480", range);
+        Assert.Contains("retok.semantic_prefix_ks: 481 is outside 1..480", range);
+        Assert.Contains("retok.semantic_prefix_ks: give 1..16 prefix lengths", Error("semantic_prefix_ks: []"));
+        Assert.Contains("not both", Error("semantic_prefixes: 1, semantic_prefix_ks: [8]"));
+        Assert.Contains("extra prefixes only feed the semantic loss, which is off", Error("semantic_weight: 0.0, semantic_schedule: constant, semantic_prefixes: 1"));
     }
 
     static string RepoRoot()
