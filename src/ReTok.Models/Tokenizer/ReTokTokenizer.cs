@@ -462,7 +462,22 @@ public sealed class ReTokTokenizer : nn.Module
     public (Tensor recon, TokenizerLosses losses, Tensor? semanticFeatures) Forward(
         Tensor images, int tokens = 256, Tensor? tokenCounts = null, bool featureRecLoss = false, bool semantic = true)
     {
+        var (recon, losses, inner, _) = Forward(images, tokens, tokenCounts, featureRecLoss, semantic, Array.Empty<Tensor>());
+        return (recon, losses, inner);
+    }
+
+    /// <summary>
+    /// <see cref="Forward(Tensor, int, Tensor?, bool, bool)"/> plus the semantic features of extra prefixes (multi-prefix
+    /// HSR): each entry of <paramref name="semanticPrefixes"/> is a per-sample K (shape B) decoded from the same quantized
+    /// tokens through the ViT decoder only (its pixels would be unused), so the encoder and quantizer run once and every
+    /// prefix's gradient reaches them through the same tokens. One K slices, mixed K masks.
+    /// </summary>
+    public (Tensor recon, TokenizerLosses losses, Tensor? semanticFeatures, Tensor[] prefixFeatures) Forward(
+        Tensor images, int tokens, Tensor? tokenCounts, bool featureRecLoss, bool semantic, IReadOnlyList<Tensor> semanticPrefixes)
+    {
         CheckImages(images);
+        if (semanticPrefixes.Count > 0 && !HasDistillMlp)
+            throw new InvalidOperationException("semantic prefixes need distill_mlp, but the tokenizer config has distill_depth: null");
         Tensor? mask = null;
         if (tokenCounts is not null)
         {
@@ -484,7 +499,18 @@ public sealed class ReTokTokenizer : nn.Module
             fea = Config.FeaRecLossWeight * (Config.FeaRecLossType == "mse"
                 ? F.mse_loss(Amp.F32(spatial), Amp.F32(s).detach())
                 : (1 - F.cosine_similarity(Amp.F32(s).detach(), Amp.F32(spatial), 1)).mean());
-        return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner);
+        var prefixFeatures = Array.Empty<Tensor>();
+        if (semanticPrefixes.Count > 0)
+        {
+            var z = Amp.Conv(post_quant_conv, quant);
+            prefixFeatures = semanticPrefixes.Select(k =>
+            {
+                int kmax = (int)k.max().item<long>();
+                var m = k.min().item<long>() == kmax ? null : KeyMask(k.to(Device), kmax);
+                return Amp.F32(s1to2decoder.forward(z, kmax, m, inner: true).Inner!);
+            }).ToArray();
+        }
+        return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner, prefixFeatures);
     }
 
     /// <summary>uint8 B x H x W x 3 → float B x 3 x H x W in [-1, 1], as torchvision ToTensor + Normalize(0.5, 0.5).</summary>

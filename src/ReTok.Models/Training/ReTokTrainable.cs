@@ -1,7 +1,6 @@
 using ReTok.Models.Tokenizer;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
-using F = TorchSharp.torch.nn.functional;
 
 namespace ReTok.Models.Training;
 
@@ -18,10 +17,6 @@ public sealed class ReTokTrainable : ITrainableTokenizer
     public ReTokTokenizer Model { get; }
     public nn.Module Module => Model;
     private readonly Parameter lastLayer;
-    // the tokenizer's stages by their state-dict names, for the multi-prefix forward (encode once, decode 1 + P times)
-    private readonly nn.Module<Tensor, Tensor> encoder, s2to1encoder;
-    private readonly Conv2d quantConv, postQuantConv;
-    private readonly ViTQFormerDecoder s1to2decoder;
 
     /// <summary>Debug hook: when set, the next forward's reconstruction is multiplied by NaN (then cleared).</summary>
     public bool InjectNanOnce { get; set; }
@@ -30,12 +25,6 @@ public sealed class ReTokTrainable : ITrainableTokenizer
     {
         Model = model;
         lastLayer = model.named_parameters().First(p => p.name == "decoder.conv_out.weight").parameter;
-        var stages = model.named_children().ToDictionary(c => c.name, c => c.module);
-        encoder = (nn.Module<Tensor, Tensor>)stages["encoder"];
-        s2to1encoder = (nn.Module<Tensor, Tensor>)stages["s2to1encoder"];
-        quantConv = (Conv2d)stages["quant_conv"];
-        postQuantConv = (Conv2d)stages["post_quant_conv"];
-        s1to2decoder = (ViTQFormerDecoder)stages["s1to2decoder"];
     }
 
     public TokenizerStepOutput Forward(TokenizerStepInput input)
@@ -53,16 +42,8 @@ public sealed class ReTokTrainable : ITrainableTokenizer
         if (prefixes.Count > 0 && !input.ReturnSemanticFeatures)
             throw new ArgumentException("semantic prefixes are decoded for the semantic loss only: ReturnSemanticFeatures must be true", nameof(input));
         long min = k.min().item<long>(), max = k.max().item<long>();
-        Tensor recon;
-        Tensor? semantic;
-        TokenizerLosses losses;
-        Tensor[]? prefixFeatures = null;
-        if (prefixes.Count > 0)
-            (recon, losses, semantic, prefixFeatures) = ForwardPrefixes(input.Images, k, input.ComputeFeatureRecLoss, prefixes);
-        else
-            (recon, losses, semantic) = min == max
-                ? Model.Forward(input.Images, tokens: (int)max, featureRecLoss: input.ComputeFeatureRecLoss, semantic: input.ReturnSemanticFeatures)
-                : Model.Forward(input.Images, tokenCounts: k, featureRecLoss: input.ComputeFeatureRecLoss, semantic: input.ReturnSemanticFeatures);
+        var (recon, losses, semantic, prefixFeatures) = Model.Forward(input.Images, (int)max, min == max ? null : k,
+            input.ComputeFeatureRecLoss, input.ReturnSemanticFeatures, prefixes);
         if (InjectNanOnce)
         {
             InjectNanOnce = false;
@@ -74,42 +55,6 @@ public sealed class ReTokTrainable : ITrainableTokenizer
             ["codebook_usage_batch"] = losses.Indices.flatten().unique().Item1.shape[0] / (double)Model.Config.CodebookSize,
         };
         return new TokenizerStepOutput(recon, new CodebookLosses(losses.Codebook, losses.Commitment, losses.Entropy),
-            losses.FeatureRec, semantic, losses.Indices, lastLayer, metrics, prefixFeatures);
-    }
-
-    /// <summary>
-    /// <see cref="ReTokTokenizer.Forward"/>'s stages in its order (encode, quantize, decode K, feature-rec; a test holds the
-    /// two bit-identical), keeping the quantized tokens so that each extra prefix only runs the ViT decoder up to its
-    /// semantic features (its pixels are never used): the encoder and quantizer run once and every prefix's gradient
-    /// reaches them through the same tokens.
-    /// </summary>
-    (Tensor Recon, TokenizerLosses Losses, Tensor? Semantic, Tensor[] PrefixFeatures) ForwardPrefixes(
-        Tensor images, Tensor k, bool featureRecLoss, IReadOnlyList<Tensor> prefixes)
-    {
-        images = images.to(Model.Device);
-        var s = encoder.call(images);
-        var h = Amp.F32(Amp.Conv(quantConv, s2to1encoder.call(s)));
-        var (quant, vq, commit, entropy, usage, idx) = Model.Quantizer.forward(h);
-        var (tokens, mask) = Plan(k);
-        var (recon, spatial, semantic) = Model.DecodeQuant(quant, tokens, mask, semantic: true);
-        Tensor? fea = null;
-        if (featureRecLoss)
-            fea = Model.Config.FeaRecLossWeight * (Model.Config.FeaRecLossType == "mse"
-                ? F.mse_loss(Amp.F32(spatial), Amp.F32(s).detach())
-                : (1 - F.cosine_similarity(Amp.F32(s).detach(), Amp.F32(spatial), 1)).mean());
-        var z = Amp.Conv(postQuantConv, quant);   // DecodeQuant's input stage, shared by the extra prefixes
-        var features = prefixes.Select(kp =>
-        {
-            var (t, m) = Plan(kp);
-            return Amp.F32(s1to2decoder.forward(z, t, m, inner: true).Inner!);
-        }).ToArray();
-        return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), semantic, features);
-    }
-
-    /// <summary>Decode length and key mask of per-sample K, as <see cref="Forward"/> calls Model.Forward: one K slices, mixed K masks.</summary>
-    (int Tokens, Tensor? Mask) Plan(Tensor k)
-    {
-        int max = (int)k.max().item<long>();
-        return (max, k.min().item<long>() == max ? null : ReTokTokenizer.KeyMask(k.to(Model.Device), max));
+            losses.FeatureRec, semantic, losses.Indices, lastLayer, metrics, prefixes.Count > 0 ? prefixFeatures : null);
     }
 }

@@ -36,7 +36,7 @@ public class SemanticPrefixTests(ITestOutputHelper log)
         var terms = loss.Generator(images, output.Reconstruction, output.Codebook, output.FeatureRecLoss, 1, features[0], teacher, w.At(k),
             prefixes: extra.Select((kp, j) => (features[j + 1], (Tensor?)w.At(kp))).ToList());
 
-        // the sampled K's outputs are ReTokTokenizer.Forward's bit for bit (the multi-prefix path runs its stages itself)
+        // the sampled K's outputs are the plain forward's bit for bit (the prefixes only add ViT-decoder passes)
         var (recon, losses, sem) = model.Forward(images, tokenCounts: k, featureRecLoss: true, semantic: true);
         Assert.Equal(0, TrainingFixtures.MaxDiff(recon, output.Reconstruction));
         Assert.Equal(0, TrainingFixtures.MaxDiff(losses.Codebook, output.Codebook.Vq));
