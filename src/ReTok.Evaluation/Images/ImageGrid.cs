@@ -29,7 +29,20 @@ public static class ImageGrid
     }
 
     public static void Save(string path, Tensor images, int nrow = 8, int padding = 2, byte padValue = 0)
-        => ImageIO.SavePng(path, Make(images, nrow, padding, padValue));
+    {
+        using var big = Legible(images);
+        ImageIO.SavePng(path, Make(big, nrow, padding, padValue));
+    }
+
+    /// <summary>Tiles below 64 px (the quickstart's 32 px images) are enlarged by an integer factor, nearest neighbour, so a
+    /// person can see them and a caption fits; the pixels themselves are unchanged.</summary>
+    public static Tensor Legible(Tensor images, int minSide = 64)
+    {
+        long side = Math.Min(images.shape[1], images.shape[2]);
+        if (side >= minSide) return images.alias();
+        long f = (minSide + side - 1) / side;
+        return images.repeat_interleave(f, 1).repeat_interleave(f, 2);
+    }
 
     /// <summary>Fonts tried for captions: $RETOK_FONT, then Debian's DejaVu Sans (fonts-dejavu-core). The NoDependencies
     /// SkiaSharp build has no fontconfig, so its default typeface draws nothing: a font file is the reliable way.</summary>
@@ -46,6 +59,8 @@ public static class ImageGrid
     /// </summary>
     public static bool SaveCaptioned(string path, Tensor images, IReadOnlyList<string> captions, int nrow = 8, int padding = 2)
     {
+        using var big = Legible(images);
+        images = big;
         int n = (int)images.shape[0], h = (int)images.shape[1], w = (int)images.shape[2];
         if (captions.Count != n) throw new ArgumentException($"{captions.Count} captions for {n} images");
         using var font = CaptionFont();

@@ -5,7 +5,10 @@ using ReTok.Tracking;
 
 namespace ReTok.Tests.Quickstart;
 
-/// <summary>Runs `retok quickstart` (shortest settings) as a process against a fresh database and checks what it recorded.</summary>
+/// <summary>
+/// Runs the default `retok quickstart` as a process against a fresh database and checks what it recorded, including that
+/// it shows the method: held-out PSNR grows with K and the GPT's validation loss is below the codes' unigram entropy.
+/// </summary>
 public class QuickstartTests
 {
     static string Root()
@@ -22,11 +25,8 @@ public class QuickstartTests
         var dbName = $"retok_qs_{Guid.NewGuid():N}"[..24];
         var db = new NpgsqlConnectionStringBuilder(server) { Database = dbName }.ConnectionString;
         var home = Directory.CreateTempSubdirectory("retok-qs").FullName;
-        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard", "--classes", "2", "--per-class", "3", "--val-per-class", "1",
-            // shortest settings: every step runs and checkpoints at least once
-            "--set", "train.iterations=4", "--set", "train.ckpt_every=2", "--set", "train.recon_every=4", "--set", "train.trainer.global_batch_size=2",
-            "--set", "eval.token_counts=[8,64]", "--set", "gpt.max_steps=6", "--set", "gpt.checkpoint_every=3", "--set", "gpt.warmup_steps=2",
-            "--set", "sample.num_samples=4", "--set", "sample.batch_size=2"])
+        // the default quickstart, as a new user runs it: its quality is what this test holds
+        var psi = new ProcessStartInfo("dotnet", [Path.Combine(AppContext.BaseDirectory, "retok.dll"), "quickstart", "--exit", "--no-dashboard"])
         {
             WorkingDirectory = Root(), RedirectStandardOutput = true, RedirectStandardError = true,
         };
@@ -37,7 +37,7 @@ public class QuickstartTests
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
-        if (!p.WaitForExit(TimeSpan.FromMinutes(8))) { p.Kill(true); Assert.Fail("quickstart did not finish in 8 minutes\n" + await stdout); }
+        if (!p.WaitForExit(TimeSpan.FromMinutes(12))) { p.Kill(true); Assert.Fail("quickstart did not finish in 12 minutes\n" + await stdout); }
         Assert.True(p.ExitCode == 0, $"exit {p.ExitCode}\n{await stdout}\n{await stderr}");
         Assert.Contains("pipeline", await stdout);
 
@@ -60,8 +60,17 @@ public class QuickstartTests
         foreach (var k in new[] { "rec", "total_g", "codebook_usage", "loss", "grad_norm" }) Assert.Contains(k, keys);
         // Without Inception weights gFID is reported as skipped, never faked.
         Assert.DoesNotContain(keys, k => k.StartsWith("gfid"));
-        var psnr = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId) && m.Key.StartsWith("psnr@k=")).Select(m => m.Value).ToListAsync();
-        Assert.All(psnr, v => Assert.True(double.IsFinite(v) && v > 0, $"psnr {v}"));
+        var metrics = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId)).ToListAsync();
+        double Last(string key) => metrics.Where(m => m.Key == key).OrderBy(m => m.Step).Last().Value;
+        var psnr = new[] { 8, 16, 32, 64 }.Select(k => Last($"psnr@k={k}")).ToArray();
+        var table = string.Join(" / ", psnr.Select(v => v.ToString("F2")));
+        // measured on 2 cores: 16.81 / 17.08 / 17.16 / 17.17 dB. The bounds hold what the quickstart must show with room for
+        // another CPU's float order over 800 steps: K = 64 clearly above K = 8 (0.37 dB measured), every K above 16 dB
+        // (the pipeline before multi_level_2d_query_init and ch 64 gave 15.3 dB at every K, the dataset's mean image)
+        Assert.True(psnr[3] - psnr[0] >= 0.15, $"PSNR does not grow with K: {table}");
+        Assert.All(psnr, v => Assert.True(v >= 16.0, $"PSNR below 16 dB: {table}"));
+        // measured: val_loss 3.68 nats vs unigram entropy 4.30 nats: the GPT uses the context
+        Assert.True(Last("val_loss") <= Last("unigram_entropy") - 0.3, $"val_loss {Last("val_loss")} vs unigram entropy {Last("unigram_entropy")}");
     }
 
     /// <summary>
