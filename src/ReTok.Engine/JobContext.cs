@@ -247,23 +247,13 @@ public sealed class JobContext
     public async Task<string> WaitRendezvousAsync(TimeSpan timeout)
     {
         if (NodeRank == 0) throw new InvalidOperationException($"run {RunId} is rank 0; it publishes the rendezvous");
-        var deadline = DateTimeOffset.UtcNow + timeout;
-        var poll = TimeSpan.FromMilliseconds(200);
-        while (true)
+        try
         {
-            CancellationToken.ThrowIfCancellationRequested();
-            if (await _s.Tracker.Runs.TryJoinRendezvousAsync(_s.Lease.Fence, NodeGroupId, NodeRank, _s.WriteToken) is { } j)
-            {
-                Log($"node group {NodeGroupId}: rank {NodeRank} joined rendezvous generation {j.Generation}");
-                return j.Value;
-            }
-            var rank0 = await _s.Tracker.Runs.GetAsync(NodeGroupId, _s.WriteToken);
-            if (rank0 is null || rank0.Status.IsTerminal())
-                throw new JobFailedException($"node group {NodeGroupId}: rank 0 is {rank0?.Status.ToString() ?? "gone"}{(rank0?.FailureReason is { } f ? $" ({f})" : "")}; rank {NodeRank} stops");
-            if (DateTimeOffset.UtcNow >= deadline)
-                throw new TimeoutException($"node group {NodeGroupId}: rank {NodeRank} waited {timeout.TotalSeconds:F0} s for rank 0 (run {NodeGroupId}, {rank0.Status}) to publish a new rendezvous");
-            await Task.Delay(poll, CancellationToken);
+            var j = await _s.Tracker.Runs.WaitRendezvousAsync(_s.Lease.Fence, NodeGroupId, NodeRank, timeout, ct: CancellationToken);
+            Log($"node group {NodeGroupId}: rank {NodeRank} joined rendezvous generation {j.Generation}");
+            return j.Value;
         }
+        catch (RendezvousAbandonedException e) { throw new JobFailedException(e.Message); }
     }
 
     /// <summary>

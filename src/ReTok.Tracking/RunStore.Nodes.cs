@@ -80,6 +80,28 @@ public sealed partial class RunStore
             return await rd.ReadAsync(t) ? new RendezvousJoin(rd.GetInt64(0), rd.GetString(1)) : null;
         }, ct);
 
+    /// <summary>
+    /// <see cref="TryJoinRendezvousAsync"/> every <paramref name="poll"/> (default 200 ms) until a generation appears:
+    /// a <see cref="TimeoutException"/> after <paramref name="timeout"/>, a <see cref="RendezvousAbandonedException"/> as
+    /// soon as rank 0 has ended (nothing will be published for this execution).
+    /// </summary>
+    public async Task<RendezvousJoin> WaitRendezvousAsync(Fence self, long groupRunId, int rank, TimeSpan timeout, TimeSpan? poll = null, CancellationToken ct = default)
+    {
+        var deadline = DateTimeOffset.UtcNow + timeout;
+        while (true)
+        {
+            ct.ThrowIfCancellationRequested();
+            if (await TryJoinRendezvousAsync(self, groupRunId, rank, ct) is { } j) return j;
+            var rank0 = await GetAsync(groupRunId, ct);
+            if (rank0 is null || rank0.Status.IsTerminal())
+                throw new RendezvousAbandonedException($"node group {groupRunId}: rank 0 is {rank0?.Status.ToString() ?? "gone"}" +
+                                                       $"{(rank0?.FailureReason is { } f ? $" ({f})" : "")}; rank {rank} stops");
+            if (DateTimeOffset.UtcNow >= deadline)
+                throw new TimeoutException($"node group {groupRunId}: rank {rank} waited {timeout.TotalSeconds:F0} s for rank 0 (run {groupRunId}, {rank0.Status}) to publish a new rendezvous");
+            await Task.Delay(poll ?? TimeSpan.FromMilliseconds(200), ct);
+        }
+    }
+
     /// <summary>The group's ranks (rank 0 first) with their status and failure reason, for failing a wait early and for `runs show`.</summary>
     public Task<List<(long RunId, int Rank, RunStatus Status, string? FailureReason)>> GetNodeGroupAsync(long groupRunId, CancellationToken ct = default) =>
         _t.RetryAsync(async t =>
@@ -90,3 +112,6 @@ public sealed partial class RunStore
             return rows.Select(r => (r.Id, r.NodeRank, r.Status, r.FailureReason)).ToList();
         }, ct);
 }
+
+/// <summary>Rank 0 of a node group ended (failed, cancelled or done) while a rank waited to join it.</summary>
+public sealed class RendezvousAbandonedException(string message) : Exception(message);
