@@ -162,7 +162,8 @@ public static class JobSpecs
             int nodes = 1;
             if (Str(node, "nodes") is { } nd && !(int.TryParse(nd, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out nodes) && nodes is >= 1 and <= 1024))
                 errors.Add($"{prefix}nodes: '{nd}' is not a whole number from 1 to 1024");
-            else if (nodes > 1 && !kind.MultiNode) errors.Add($"{prefix}nodes: job kind '{kind.Name}' does not run on several nodes (multi-node kinds: train-generator)");
+            else if (nodes > 1 && !kind.MultiNode)
+                errors.Add($"{prefix}nodes: job kind '{kind.Name}' does not run on several nodes (multi-node kinds: {string.Join(", ", kinds.All.Where(k => k.MultiNode).Select(k => k.Name))})");
 
             var needs = new List<string>();
             if (Get(node, "needs") is { } needsNode)

@@ -137,7 +137,7 @@ public static class DataParallel
     public static IReadOnlyList<ICommunicator> CreateGroup(DataParallelConfig config) => config.Backend switch
     {
         "cpu" => CpuCommunicator.CreateGroup(config.Replicas),
-        "tcp" => TcpGroup(config.Replicas, 0, config.Replicas, config.Timeout, "127.0.0.1", null),
+        "tcp" => TcpGroupAsync(config.Replicas, 0, config.Replicas, config.Timeout, "127.0.0.1", null).GetAwaiter().GetResult(),   // nothing to await: no publish
         "nccl" => NcclCommunicator.CreateInProcessGroup(Enumerable.Range(0, config.Replicas).ToArray()),
         _ => throw new ArgumentException($"data_parallel.backend: '{config.Backend}' is not one of {string.Join(", ", DataParallelConfig.Backends)}"),
     };
@@ -155,9 +155,9 @@ public static class DataParallel
         switch (config.Backend)
         {
             case "tcp":
-                if (node.Node == 0) return TcpGroup(r, 0, world, config.Timeout, null, node.Publish);
+                if (node.Node == 0) return await TcpGroupAsync(r, 0, world, config.Timeout, null, node.Publish);
                 var address = await node.WaitPublished();
-                return TcpGroup(r, first, world, config.Timeout, null, null, address);
+                return await TcpGroupAsync(r, first, world, config.Timeout, null, null, address);
             case "nccl":
                 // one process per GPU across nodes: ncclCommInitRank binds to the calling thread's current CUDA device
                 if (r != 1) throw new ArgumentException($"data_parallel: backend nccl on several nodes runs one replica per rank run (replicas: 1, one rank run per GPU: nodes = total GPUs), got replicas {r}");
@@ -170,8 +170,9 @@ public static class DataParallel
         }
     }
 
-    /// <summary>Local ranks first..first+count-1 of a tcp group; rank 0 (when first is 0) listens and publishes, all connect concurrently.</summary>
-    static IReadOnlyList<ICommunicator> TcpGroup(int count, int first, int world, TimeSpan timeout, string? advertise, Func<string, Task>? publish, string? address = null)
+    /// <summary>Local ranks first..first+count-1 of a tcp group; rank 0 (when first is 0) listens and publishes, all connect
+    /// concurrently. Awaited, never blocked on: a job may run on a thread its awaits return to (TorchThreads.RunAsync).</summary>
+    static async Task<IReadOnlyList<ICommunicator>> TcpGroupAsync(int count, int first, int world, TimeSpan timeout, string? advertise, Func<string, Task>? publish, string? address = null)
     {
         TcpCommunicator.Host? host = null;
         try
@@ -180,17 +181,16 @@ public static class DataParallel
             {
                 host = TcpCommunicator.Listen(world, timeout, advertise);
                 address = host.Address;
-                publish?.Invoke(address).GetAwaiter().GetResult();
+                if (publish is not null) await publish(address).ConfigureAwait(false);
             }
             var joins = Enumerable.Range(first, count).Select(g => g == 0
                 ? Task.Factory.StartNew(() => (ICommunicator)host!.Accept(), TaskCreationOptions.LongRunning)
                 : Task.Factory.StartNew(() => (ICommunicator)TcpCommunicator.Connect(address!, g, world, timeout), TaskCreationOptions.LongRunning)).ToArray();
-            try { Task.WaitAll(joins); }
-            catch (AggregateException)
+            try { await Task.WhenAll(joins).ConfigureAwait(false); }   // no context: CreateGroup blocks on this
+            catch
             {
                 foreach (var j in joins.Where(j => j.IsCompletedSuccessfully)) j.Result.Dispose();
-                var e = joins.Select(j => j.Exception?.InnerException).First(x => x is not null)!;
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e).Throw();
+                throw;
             }
             return joins.Select(j => j.Result).ToList();
         }

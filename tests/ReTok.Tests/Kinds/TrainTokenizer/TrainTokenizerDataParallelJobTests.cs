@@ -167,6 +167,21 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
     }
 
     [Fact]
+    public async Task TwoNodesMatchOne()
+    {
+        // nodes: 2 over tcp: two rank runs, one per worker (here two engine workers of the test process), meeting through
+        // the rendezvous in PostgreSQL; rank 1 slices, draws K and seeds augmentation by its global rank
+        await using var w1 = await StartWorkerAsync("dp-tok");
+        await using var w2 = await StartWorkerAsync("dp-tok-node2");
+        var one = await ReferenceAsync();
+        var two = await TrainAsync("nodes: 2", "data_parallel: {replicas: 1, backend: tcp, timeout_s: 60}");
+        var ranks = await env.Tracker.Runs.GetNodeGroupAsync(two.Run.Id);
+        Assert.Equal([(0, RunStatus.Succeeded), (1, RunStatus.Succeeded)], ranks.Select(r => (r.Rank, r.Status)));
+        Assert.Null(await env.Tracker.GetArtifactAsync(ranks[1].RunId, "tokenizer.safetensors"));   // rank 0 writes the outputs
+        AssertClose("1 replica vs 2 nodes", one.Metrics, two.Metrics, 0, one.Weights, two.Weights);
+    }
+
+    [Fact]
     public async Task CheckpointOfTwoReplicasResumesWithOne()
     {
         var sw = System.Diagnostics.Stopwatch.StartNew();
