@@ -143,6 +143,12 @@ public static class DataParallel
     };
 
     /// <summary>
+    /// Every rank of every node meets here once more: rank 0 calls it after registering the outputs, the others before
+    /// they return, so no rank run succeeds while rank 0 may still fail (its retry would wait for a rank that is done).
+    /// </summary>
+    public static void FinalBarrier(IReadOnlyList<ICommunicator> comms) => Run(comms, k => { comms[k].Barrier(); return 0; });
+
+    /// <summary>
     /// This node's communicators in a multi-node group: global ranks node·R .. node·R + R - 1 of N·R (R = replicas), so
     /// <see cref="Slice"/> by the communicator's rank and world size gives every rank its rows of the global batch. Node 0
     /// publishes the tcp address or the NCCL unique id (base64) through <paramref name="node"/>'s channel; the others wait
@@ -155,9 +161,9 @@ public static class DataParallel
         switch (config.Backend)
         {
             case "tcp":
-                if (node.Node == 0) return await TcpGroupAsync(r, 0, world, config.Timeout, null, node.Publish);
+                if (node.Node == 0) return await TcpGroupAsync(r, 0, world, config.Timeout, null, node.Publish, ct: node.Cancel);
                 var address = await node.WaitPublished();
-                return await TcpGroupAsync(r, first, world, config.Timeout, null, null, address);
+                return await TcpGroupAsync(r, first, world, config.Timeout, null, null, address, node.Cancel);
             case "nccl":
                 // one process per GPU across nodes: ncclCommInitRank binds to the calling thread's current CUDA device
                 if (r != 1) throw new ArgumentException($"data_parallel: backend nccl on several nodes runs one replica per rank run (replicas: 1, one rank run per GPU: nodes = total GPUs), got replicas {r}");
@@ -172,7 +178,8 @@ public static class DataParallel
 
     /// <summary>Local ranks first..first+count-1 of a tcp group; rank 0 (when first is 0) listens and publishes, all connect
     /// concurrently. Awaited, never blocked on: a job may run on a thread its awaits return to (TorchThreads.RunAsync).</summary>
-    static async Task<IReadOnlyList<ICommunicator>> TcpGroupAsync(int count, int first, int world, TimeSpan timeout, string? advertise, Func<string, Task>? publish, string? address = null)
+    static async Task<IReadOnlyList<ICommunicator>> TcpGroupAsync(int count, int first, int world, TimeSpan timeout, string? advertise, Func<string, Task>? publish, string? address = null,
+        CancellationToken ct = default)
     {
         TcpCommunicator.Host? host = null;
         try
@@ -184,7 +191,7 @@ public static class DataParallel
                 if (publish is not null) await publish(address).ConfigureAwait(false);
             }
             var joins = Enumerable.Range(first, count).Select(g => g == 0
-                ? Task.Factory.StartNew(() => (ICommunicator)host!.Accept(), TaskCreationOptions.LongRunning)
+                ? Task.Factory.StartNew(() => (ICommunicator)host!.Accept(ct), TaskCreationOptions.LongRunning)
                 : Task.Factory.StartNew(() => (ICommunicator)TcpCommunicator.Connect(address!, g, world, timeout), TaskCreationOptions.LongRunning)).ToArray();
             try { await Task.WhenAll(joins).ConfigureAwait(false); }   // no context: CreateGroup blocks on this
             catch

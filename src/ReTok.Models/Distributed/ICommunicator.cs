@@ -51,4 +51,4 @@ public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu"
 /// its ranks meet through: node 0 publishes one string (the tcp address, the NCCL unique id), the others wait for it.
 /// The job system provides the channel (a rendezvous through its database); nothing here knows where it comes from.
 /// </summary>
-public sealed record NodeGroup(int Node, int Nodes, Func<string, Task> Publish, Func<Task<string>> WaitPublished);
+public sealed record NodeGroup(int Node, int Nodes, Func<string, Task> Publish, Func<Task<string>> WaitPublished, CancellationToken Cancel = default);

@@ -51,8 +51,9 @@ public sealed class TcpCommunicator : ICommunicator
         public string Address { get; }
 
         /// <summary>Rank 0's communicator once ranks 1..N-1 have all connected; a <see cref="TimeoutException"/> naming the
-        /// missing ranks otherwise. Connections with a wrong token, world size or a duplicate rank are dropped.</summary>
-        public TcpCommunicator Accept()
+        /// missing ranks otherwise. Connections with a wrong token, world size or a duplicate rank are dropped.
+        /// <paramref name="ct"/> (the run's cancellation) is checked every half second while waiting.</summary>
+        public TcpCommunicator Accept(CancellationToken ct = default)
         {
             var peers = new Socket?[worldSize];
             var deadline = DateTime.UtcNow + timeout;
@@ -60,8 +61,11 @@ public sealed class TcpCommunicator : ICommunicator
             {
                 for (int joined = 1; joined < worldSize;)
                 {
+                    ct.ThrowIfCancellationRequested();
                     var left = deadline - DateTime.UtcNow;
-                    if (left <= TimeSpan.Zero || !listener.Poll((int)Math.Min(int.MaxValue, left.TotalMicroseconds), SelectMode.SelectRead))
+                    var slice = TimeSpan.FromMilliseconds(Math.Min(500, Math.Max(0, left.TotalMilliseconds)));
+                    if (left > TimeSpan.Zero && !listener.Poll((int)slice.TotalMicroseconds, SelectMode.SelectRead)) continue;
+                    if (left <= TimeSpan.Zero)
                     {
                         var missing = Enumerable.Range(1, worldSize - 1).Where(r => peers[r] is null);
                         throw new TimeoutException($"tcp rank 0: ranks {string.Join(", ", missing)} did not connect to {Address.Split('/')[0]} within {timeout.TotalSeconds:F0} s");

@@ -95,12 +95,22 @@ public class TcpCommunicatorTests
     {
         using var host = TcpCommunicator.Listen(2, TimeSpan.FromSeconds(2), "127.0.0.1");
         var stale = host.Address[..(host.Address.LastIndexOf('/') + 1)] + new string('0', 32);   // an older generation's token
-        var accept = Task.Run(host.Accept);
+        var accept = Task.Run(() => host.Accept());
         var join = Assert.Throws<IOException>(() => TcpCommunicator.Connect(stale, 1, 2, TimeSpan.FromSeconds(5)));
         Assert.Contains("closed the connection", join.Message);
         var e = Assert.Throws<AggregateException>(() => accept.Wait(TimeSpan.FromSeconds(10))).InnerException;
         Assert.Contains("tcp rank 0: ranks 1 did not connect", Assert.IsType<TimeoutException>(e).Message);
         Assert.Throws<ArgumentException>(() => TcpCommunicator.Connect("no-port/abc", 1, 2, TimeSpan.FromSeconds(1)));
+    }
+
+    [Fact]
+    public void RankZeroStopsWaitingForRanksWhenTheRunIsCancelled()
+    {
+        using var host = TcpCommunicator.Listen(3, TimeSpan.FromSeconds(60), "127.0.0.1");
+        using var cts = new CancellationTokenSource(TimeSpan.FromMilliseconds(300));
+        var sw = Stopwatch.StartNew();
+        Assert.ThrowsAny<OperationCanceledException>(() => host.Accept(cts.Token));
+        Assert.True(sw.Elapsed < TimeSpan.FromSeconds(5), $"took {sw.Elapsed}");
     }
 
     [Fact]

@@ -17,9 +17,16 @@ public static class NodeGroups
         if (ctx.Nodes == 1) return dp.Replicas > 1 ? DataParallel.CreateGroup(dp) : null;
         if (dp.Backend == "cpu")
             throw new JobFailedException($"nodes: {ctx.Nodes} needs data_parallel.backend tcp or nccl (cpu replicas are threads of one process)");
-        var group = new NodeGroup(ctx.NodeRank, ctx.Nodes, ctx.PublishRendezvousAsync, () => ctx.WaitRendezvousAsync(dp.Timeout));
+        var group = new NodeGroup(ctx.NodeRank, ctx.Nodes, ctx.PublishRendezvousAsync, () => ctx.WaitRendezvousAsync(dp.Timeout), ctx.CancellationToken);
         var comms = await DataParallel.CreateGroupAsync(dp, group, devices);
         ctx.Log($"node {ctx.NodeRank} of {ctx.Nodes}: global ranks {comms[0].Rank}..{comms[^1].Rank} of {comms[0].WorldSize} ({dp.Backend})");
         return comms;
+    }
+
+    /// <summary>A multi-node run's last collective (<see cref="DataParallel.FinalBarrier"/>): rank 0 after its outputs are
+    /// registered, the other ranks before they return; nothing on a single node.</summary>
+    public static void Finish(JobContext ctx, IReadOnlyList<ICommunicator>? comms)
+    {
+        if (ctx.Nodes > 1 && comms is not null) DataParallel.FinalBarrier(comms);
     }
 }

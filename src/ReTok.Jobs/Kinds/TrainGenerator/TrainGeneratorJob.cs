@@ -306,7 +306,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             }
             perm?.Dispose();
             await pending;
-            if (!writer) return;   // rank 0 registers the outputs
+            if (!writer) { NodeGroups.Finish(ctx, comms); return; }   // rank 0 registers the outputs
             LogValidation(p.MaxSteps);
 
             var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
@@ -321,6 +321,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 StateDictFile.WriteSafetensors(outEma, sd);
                 await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
             }
+            NodeGroups.Finish(ctx, comms);
         }
         finally
         {

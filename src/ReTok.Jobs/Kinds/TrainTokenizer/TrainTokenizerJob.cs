@@ -189,9 +189,12 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         }
         ctx.Log($"trained to step {trainer.Step} in {sw.Elapsed.TotalSeconds:F1} s (this execution)");
         if (trainer.Step > lastCheckpoint) await SaveCheckpoint();   // a retry after a failed upload does not retrain
-        if (!writer) return;
-        await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, trainer.Step);
-        await SaveTokenizerAsync(ctx, p, cfg, trainer, model);
+        if (writer)
+        {
+            await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, trainer.Step);
+            await SaveTokenizerAsync(ctx, p, cfg, trainer, model);
+        }
+        NodeGroups.Finish(ctx, comms);
     }
 
     /// <summary>
