@@ -13,8 +13,8 @@ namespace ReTok.Tests.Kinds.TrainGenerator;
 
 /// <summary>
 /// train-generator with <c>nodes: 2</c> (backend tcp) on real worker processes, one rank run on each: the result equals
-/// the single-process 2-replica cpu run, and after a SIGKILL of rank 1's worker mid-run the group fails cleanly, resumes
-/// from rank 0's checkpoint and ends with the weights of the uninterrupted run.
+/// the single-process 2-replica cpu run, and after a SIGKILL of rank 1's or rank 0's worker mid-run the group fails
+/// cleanly, resumes from rank 0's checkpoint and ends with the weights of the uninterrupted run.
 /// </summary>
 public sealed class MultiNodeJobTests(EngineEnvironment env, ITestOutputHelper log) : IClassFixture<EngineEnvironment>
 {
@@ -42,7 +42,8 @@ public sealed class MultiNodeJobTests(EngineEnvironment env, ITestOutputHelper l
     [Fact]
     public async Task TwoNodesMatchTwoReplicasAndAKilledRankResumesFromTheCheckpoint()
     {
-        var workers = new[] { env.StartWorker("mn-1", Queue), env.StartWorker("mn-2", Queue), env.StartWorker("mn-3", Queue) };
+        // one slot each; two are SIGKILLed below, and every group needs two
+        var workers = Enumerable.Range(1, 4).Select(i => env.StartWorker($"mn-{i}", Queue)).ToArray();
         var codes = torch.randint(0, 64, new long[] { 8, 8 }, torch.ScalarType.Int64, generator: new torch.Generator(1));
         var npz = Path.Combine(env.Root, "mn-codes.npz");
         Npz.Save(npz, new Dictionary<string, NpyArray> { ["codes"] = NpyArray.FromTensor(codes), ["labels"] = NpyArray.FromTensor(torch.arange(8L) % 4) });
@@ -62,6 +63,8 @@ public sealed class MultiNodeJobTests(EngineEnvironment env, ITestOutputHelper l
         var tcp = new DataParallelConfig(1, "tcp") { TimeoutS = 60 };
         var group = await Succeeded(await env.Client.SubmitAsync("train-generator", Tiny with { DataParallel = tcp }, inputs: inputs, queue: Queue, nodes: 2));
         var ranks = await env.Tracker.Runs.GetNodeGroupAsync(group.Id);
+        await Succeeded(ranks[1].RunId);
+        ranks = await env.Tracker.Runs.GetNodeGroupAsync(group.Id);
         Assert.Equal([(0, RunStatus.Succeeded), (1, RunStatus.Succeeded)], ranks.Select(r => (r.Rank, r.Status)));
         var rank1 = (await env.Tracker.Runs.GetAsync(ranks[1].RunId))!;
         // one rank run per worker process (each has one slot; rank 0 holds its slot while it waits for rank 1)
@@ -79,31 +82,37 @@ public sealed class MultiNodeJobTests(EngineEnvironment env, ITestOutputHelper l
         Assert.Equal(6, l1.Count);
         for (int i = 0; i < l0.Count; i++) Assert.True(Math.Abs(l0[i] - l1[i]) <= 1e-5 * Math.Abs(l0[i]), $"step {i + 1}: loss {l0[i]} vs {l1[i]}");
 
-        // the same group, slowed down, and rank 1's worker SIGKILLed after rank 0's first checkpoint
-        var slowId = await env.Client.SubmitAsync("train-generator", Tiny with { DataParallel = tcp, DebugStepDelayMs = 700 }, inputs: inputs, queue: Queue, nodes: 2);
+        // the same group, slowed down, and one rank's worker SIGKILLed after rank 0's first checkpoint: first rank 1's
+        // (rank 0 sees the connection close), then rank 0's (rank 1 does, and waits for rank 0's next generation)
         long CheckpointStep(Artifact? a) => a is null ? -1 : JsonNode.Parse(a.Metadata)!["step"]!.GetValue<long>();
-        var deadline = DateTime.UtcNow.AddSeconds(180);
-        while (CheckpointStep(await env.Tracker.GetArtifactAsync(slowId, RunCheckpoints.Latest)) < 2 && DateTime.UtcNow < deadline) await Task.Delay(100);
-        var slowRanks = await env.Tracker.Runs.GetNodeGroupAsync(slowId);
-        var victimRun = (await env.Tracker.Runs.GetAsync(slowRanks[1].RunId))!;
-        Assert.True(victimRun.Status == RunStatus.Running && victimRun.LeaseOwner is not null, $"rank 1 is {victimRun.Status}\n{env.WorkerLogs()}");
-        var victim = workers.Single(w => victimRun.LeaseOwner!.StartsWith(w.Name + "/"));
-        victim.Kill();
-        var killed = Stopwatch.StartNew();
-        // rank 0 fails its step at once (the connection closed), not after the 60 s timeout, and goes back to the queue
-        await env.WaitRunAsync(slowId, r => r.Attempt >= 2 || r.Status.IsTerminal(), "rank 0's retry", 60);
-        log.WriteLine($"rank 0 retried {killed.Elapsed.TotalSeconds:F1} s after the kill of {victim.Name}");
-        Assert.True(killed.Elapsed < TimeSpan.FromSeconds(30), $"rank 0 noticed the lost rank only after {killed.Elapsed}");
-        var logs = await env.Tracker.GetLogsAsync(slowId);
-        Assert.Contains(logs, l => l.Message.Contains("closed the connection") || l.Message.Contains("connection to rank 1 failed"));
-        var slow = await Succeeded(slowId);
-        log.WriteLine($"group {slowId} succeeded {killed.Elapsed.TotalSeconds:F1} s after the kill; rank 0 attempts {slow.Attempt}");
-        Assert.Contains(await env.Tracker.GetLogsAsync(slowId), l => l.Message.Contains("resuming from checkpoint at step"));
-        var r1 = (await env.Tracker.Runs.GetAsync(slowRanks[1].RunId))!;
-        Assert.True(r1.Status == RunStatus.Succeeded && r1.Attempt >= 2, $"rank 1: {r1.Status}, attempt {r1.Attempt}");
-        Assert.Contains(await env.Tracker.GetLogsAsync(r1.Id), l => l.Message.Contains("resuming from checkpoint at step"));
-        double dk = MaxDiff(wGroup, await WeightsAsync(slowId));
-        log.WriteLine($"killed-and-resumed vs uninterrupted 2-node run: max |dw| = {dk:E2}");
-        Assert.True(dk < 1e-6, $"killed-and-resumed vs uninterrupted: max |dw| {dk}");
+        foreach (int victimRank in new[] { 1, 0 })
+        {
+            var slowId = await env.Client.SubmitAsync("train-generator", Tiny with { DataParallel = tcp, DebugStepDelayMs = 700 }, inputs: inputs, queue: Queue, nodes: 2);
+            var deadline = DateTime.UtcNow.AddSeconds(180);
+            while (CheckpointStep(await env.Tracker.GetArtifactAsync(slowId, RunCheckpoints.Latest)) < 2 && DateTime.UtcNow < deadline) await Task.Delay(100);
+            var slowRanks = await env.Tracker.Runs.GetNodeGroupAsync(slowId);
+            var victimRun = (await env.Tracker.Runs.GetAsync(slowRanks[victimRank].RunId))!;
+            var survivorId = slowRanks[1 - victimRank].RunId;
+            Assert.True(victimRun.Status == RunStatus.Running && victimRun.LeaseOwner is not null, $"rank {victimRank} is {victimRun.Status}\n{env.WorkerLogs()}");
+            var victim = workers.Single(w => victimRun.LeaseOwner!.StartsWith(w.Name + "/"));
+            victim.Kill();
+            var killed = Stopwatch.StartNew();
+            // the survivor fails its step at once (the connection closed), not after the 60 s timeout, and goes back to the queue
+            await env.WaitRunAsync(survivorId, r => r.Attempt >= 2 || r.Status.IsTerminal(), "the surviving rank's retry", 60);
+            log.WriteLine($"rank {1 - victimRank} retried {killed.Elapsed.TotalSeconds:F1} s after the kill of rank {victimRank}'s worker {victim.Name}");
+            Assert.True(killed.Elapsed < TimeSpan.FromSeconds(30), $"the surviving rank noticed the lost one only after {killed.Elapsed}");
+            // a FIN, or a reset (ConnectionReset, Shutdown) when the dead process had unread data in its socket
+            Assert.Contains(await env.Tracker.GetLogsAsync(survivorId),
+                l => l.Message.Contains($"rank {victimRank} closed the connection") || l.Message.Contains($"connection to rank {victimRank} failed"));
+            var slow = await Succeeded(slowId);
+            var r1 = await Succeeded(slowRanks[1].RunId);   // it records its success just after rank 0's (the final barrier)
+            log.WriteLine($"group {slowId} succeeded {killed.Elapsed.TotalSeconds:F1} s after the kill; attempts: rank 0 {slow.Attempt}, rank 1 {r1.Attempt}");
+            Assert.True(slow.Attempt >= 2 && r1.Status == RunStatus.Succeeded && r1.Attempt >= 2, $"rank 0 attempt {slow.Attempt}; rank 1: {r1.Status}, attempt {r1.Attempt}");
+            foreach (var id in new[] { slowId, r1.Id })
+                Assert.Contains(await env.Tracker.GetLogsAsync(id), l => l.Message.Contains("resuming from checkpoint at step"));
+            double dk = MaxDiff(wGroup, await WeightsAsync(slowId));
+            log.WriteLine($"rank {victimRank} killed and resumed vs uninterrupted 2-node run: max |dw| = {dk:E2}");
+            Assert.True(dk < 1e-6, $"rank {victimRank} killed and resumed vs uninterrupted: max |dw| {dk}");
+        }
     }
 }
