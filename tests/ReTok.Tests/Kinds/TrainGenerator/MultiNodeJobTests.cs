@@ -69,6 +69,9 @@ public sealed class MultiNodeJobTests(EngineEnvironment env, ITestOutputHelper l
         var rank1 = (await env.Tracker.Runs.GetAsync(ranks[1].RunId))!;
         // one rank run per worker process (each has one slot; rank 0 holds its slot while it waits for rank 1)
         Assert.NotEqual(workers.Single(w => w.Output.Contains($"[run {group.Id}] succeeded")), workers.Single(w => w.Output.Contains($"[run {rank1.Id}] succeeded")));
+        var (code, shown) = await env.CliAsync("runs", "show", rank1.Id.ToString());
+        Assert.True(code == 0, shown);
+        Assert.Contains($"rank 1 of 2: rank 0 run {group.Id} Succeeded, rank 1 run {rank1.Id} Succeeded", shown.ReplaceLineEndings(" "));
         // rank 0 writes the outputs and checkpoints, rank 1 none
         Assert.Null(await env.Tracker.GetArtifactAsync(rank1.Id, "generator.safetensors"));
         Assert.Null(await env.Tracker.GetArtifactAsync(rank1.Id, RunCheckpoints.Latest));
