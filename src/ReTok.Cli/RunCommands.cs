@@ -101,6 +101,11 @@ public static class RunCommands
             Row("pipeline", r.PipelineId is { } p ? $"{p} step {r.PipelineStep}{(r.DependsOn.Count > 0 ? $" (needs {string.Join(", ", r.DependsOn)})" : "")}" : null);
             Row("parent", r.ParentRunId?.ToString());
             Row("shard", r.FanInRunId is { } agg ? $"{r.ShardIndex} of aggregator run {agg}" : null);
+            if (r.Nodes > 1)
+            {
+                var group = await c.Tracker.Runs.GetNodeGroupAsync(r.NodeRank == 0 ? r.Id : r.ParentRunId!.Value, ct);
+                Row("nodes", $"rank {r.NodeRank} of {r.Nodes}: " + string.Join(", ", group.Select(g => $"rank {g.Rank} run {g.RunId} {g.Status}")));
+            }
             Row("continued by", r.ContinuedByRunId?.ToString());
             Row("waiting for", r.Status == RunStatus.Waiting && r.PendingChildren > 0 ? $"{r.PendingChildren} shard(s)" : null);
             Row("hangfire job", r.HangfireJobId);

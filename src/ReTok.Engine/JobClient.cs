@@ -50,13 +50,14 @@ public sealed class JobClient : IAsyncDisposable
 
     /// <summary>Submits one job from code; <paramref name="parameters"/> must be the kind's parameters record.</summary>
     public async Task<long> SubmitAsync(string kind, object parameters, string? name = null, string? experiment = null,
-        IReadOnlyDictionary<string, string>? inputs = null, string? queue = null, CancellationToken ct = default)
+        IReadOnlyDictionary<string, string>? inputs = null, string? queue = null, int nodes = 1, CancellationToken ct = default)
     {
         var k = Kinds.Get(kind);
         if (parameters.GetType() != k.ParamsType)
             throw new ArgumentException($"job kind '{kind}' takes {k.ParamsType.Name}, got {parameters.GetType().Name}");
         ParamBinder.Validate(parameters);
-        var step = new StepPlan(kind, k, parameters, ParamBinder.ToJson(parameters), queue ?? k.Queue, [], inputs ?? new Dictionary<string, string>(), name);
+        if (nodes > 1 && !k.MultiNode) throw new SpecValidationException([$"nodes: job kind '{kind}' does not run on several nodes"]);
+        var step = new StepPlan(kind, k, parameters, ParamBinder.ToJson(parameters), queue ?? k.Queue, [], inputs ?? new Dictionary<string, string>(), name, Nodes: nodes);
         var r = await SubmitAsync(new SubmitPlan(null, experiment, [], [step], "", []), ct);
         return r.Runs[0].RunId;
     }
@@ -76,7 +77,7 @@ public sealed class JobClient : IAsyncDisposable
             return (Step: s, Run: new Run
             {
                 Kind = s.Kind.Name, Name = SafeText.CleanOrNull(s.RunName ?? (plan.IsPipeline ? $"{plan.PipelineName}/{s.Step}" : null)),
-                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null, Gpus = s.Gpus, Priority = s.Priority,
+                ExperimentId = experimentId, Status = ready ? RunStatus.Queued : RunStatus.Waiting, QueuedAt = ready ? DateTimeOffset.UtcNow : null, Gpus = s.Gpus, Nodes = s.Nodes, Priority = s.Priority,
                 Parameters = s.ParamsJson, ConfigHash = s.ConfigHash, Seed = s.Seed, CodeVersion = CodeVersion, Queue = s.Queue,
                 Tags = plan.Tags.Select(SafeText.Clean).ToList(), PipelineId = pipeline?.Id, PipelineStep = plan.IsPipeline ? s.Step : null,
                 DependsOn = s.Needs.ToList(), Inputs = JsonSerializer.Serialize(s.Inputs),

@@ -26,7 +26,8 @@ public sealed class JobContext
         Devices = devices;
         ScratchDir = scratch;
         _inputs = JsonSerializer.Deserialize<Dictionary<string, string>>(run.Inputs) ?? new();
-        Checkpoints = new RunCheckpoints(scope.Tracker, scope.Lease.Fence, scratch, scope.WriteToken, FlushAsync, m => Log(m));
+        Checkpoints = new RunCheckpoints(scope.Tracker, scope.Lease.Fence, scratch, scope.WriteToken, FlushAsync, m => Log(m),
+            loadFrom: run.NodeRank > 0 ? run.ParentRunId : null);
     }
 
     /// <summary>The run row as it was when this execution started.</summary>
@@ -52,6 +53,12 @@ public sealed class JobContext
     /// <summary>On a shard: its place in the fan-out (0-based, the order the aggregator sees); null on other runs.</summary>
     public int? ShardIndex => Run.ShardIndex;
     public IReadOnlyCollection<string> InputRoles => _inputs.Keys;
+    /// <summary>Rank runs in this run's node group (spec key <c>nodes</c>); 1 for an ordinary run.</summary>
+    public int Nodes => Run.Nodes;
+    /// <summary>This run's rank in its node group: 0 on the submitted run (it writes checkpoints and outputs), 1..N-1 on the ranks it spawned.</summary>
+    public int NodeRank => Run.NodeRank;
+    /// <summary>The node group's id: rank 0's run id.</summary>
+    public long NodeGroupId => Run.NodeRank == 0 ? Run.Id : Run.ParentRunId ?? throw new InvalidOperationException($"rank run {RunId} has no rank 0");
 
     public void ThrowIfCancellationRequested() => CancellationToken.ThrowIfCancellationRequested();
 
@@ -216,6 +223,60 @@ public sealed class JobContext
         if (!File.Exists(path)) await _s.Tracker.DownloadArtifactAsync(a, path, _s.WriteToken);
         await _s.Tracker.RecordUseAsync(RunId, a.Id, role, _s.Lease.Fence, _s.WriteToken);
         return path;
+    }
+
+    // ------------------------------------------------------------ node groups
+
+    /// <summary>
+    /// Rank 0 of a node group: publishes <paramref name="value"/> (opaque to the engine: a TCP address, an NCCL unique id)
+    /// for this execution; ranks 1..N-1 read it with <see cref="WaitRendezvousAsync"/>. Each execution of rank 0 publishes
+    /// a new generation (its lease generation), so a retried group never meets at a stale address.
+    /// </summary>
+    public async Task PublishRendezvousAsync(string value)
+    {
+        if (NodeRank != 0) throw new InvalidOperationException($"run {RunId} is rank {NodeRank}; only rank 0 publishes the rendezvous");
+        var gen = await _s.Tracker.Runs.PublishRendezvousAsync(_s.Lease.Fence, value, _s.WriteToken);
+        Log($"node group {NodeGroupId}: rank 0 published rendezvous generation {gen} for {Nodes} nodes");
+    }
+
+    /// <summary>
+    /// Ranks 1..N-1: waits for a generation of rank 0's rendezvous that this rank has not joined before and returns its
+    /// value. Fails at once when rank 0 has ended (JobFailedException) and with a <see cref="TimeoutException"/> (retried
+    /// like any transient fault) when none appears within <paramref name="timeout"/>.
+    /// </summary>
+    public async Task<string> WaitRendezvousAsync(TimeSpan timeout)
+    {
+        if (NodeRank == 0) throw new InvalidOperationException($"run {RunId} is rank 0; it publishes the rendezvous");
+        try
+        {
+            var j = await _s.Tracker.Runs.WaitRendezvousAsync(_s.Lease.Fence, NodeGroupId, NodeRank, timeout, ct: CancellationToken);
+            Log($"node group {NodeGroupId}: rank {NodeRank} joined rendezvous generation {j.Generation}");
+            return j.Value;
+        }
+        catch (RendezvousAbandonedException e) { throw new JobFailedException(e.Message); }
+    }
+
+    /// <summary>
+    /// Rank 0's start: creates ranks 1..N-1 once (same kind, parameters and inputs, pinned as run:ID/NAME) and queues them;
+    /// on a later execution it re-queues ranks that failed or were cancelled, so `retry` of rank 0 revives the group.
+    /// </summary>
+    internal async Task StartNodeGroupAsync()
+    {
+        var inputs = new Dictionary<string, string>();
+        foreach (var role in _inputs.Keys.Order(StringComparer.Ordinal))
+        {
+            var a = await ResolveInputAsync(role);
+            inputs[role] = $"run:{a.RunId}/{a.Name}";
+        }
+        var (ranks, created) = await _s.Tracker.Runs.SpawnRanksAsync(_s.Lease.Fence, JsonSerializer.Serialize(inputs), _s.WriteToken);
+        if (created)
+        {
+            foreach (var r in ranks) await _s.Client.EnqueueAsync(r.RunId, r.Queue, priority: Run.Priority, ct: _s.WriteToken);
+            Log($"node group of {Nodes}: spawned ranks 1..{Nodes - 1} (runs {string.Join(", ", ranks.Select(r => r.RunId))})");
+            return;
+        }
+        foreach (var r in ranks.Where(r => r.Status is RunStatus.Failed or RunStatus.Cancelled))
+            if (await _s.Client.RetryAsync(r.RunId, _s.WriteToken) is { } st) Log($"node group: rank {r.Rank} (run {r.RunId}) was {r.Status}, now {st}");
     }
 
     // ------------------------------------------------------------ fan-out

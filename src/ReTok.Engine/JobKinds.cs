@@ -43,10 +43,14 @@ public sealed class JobKindAttribute(string name) : Attribute
     /// <summary>Executions allowed for transient faults before the run fails (deterministic faults fail at once).</summary>
     public int MaxAttempts { get; set; } = 3;
     public string? Description { get; set; }
+    /// <summary>The handler runs as N rank runs with spec key <c>nodes: N</c> (it meets its peers through
+    /// <see cref="JobContext.PublishRendezvousAsync"/>/<see cref="JobContext.WaitRendezvousAsync"/>); other kinds refuse nodes &gt; 1.</summary>
+    public bool MultiNode { get; set; }
 }
 
 /// <param name="AggregateOf">On the <c>NAME-aggregate</c> kind of an <see cref="IFanOutJob{TParams}"/>: NAME.</param>
-public sealed record JobKindInfo(string Name, string Queue, int MaxAttempts, string? Description, Type HandlerType, Type ParamsType, string? AggregateOf = null)
+public sealed record JobKindInfo(string Name, string Queue, int MaxAttempts, string? Description, Type HandlerType, Type ParamsType, string? AggregateOf = null,
+    bool MultiNode = false)
 {
     public const string AggregateSuffix = "-aggregate";
 
@@ -136,7 +140,8 @@ public sealed class JobKindRegistry
             throw new InvalidOperationException($"job kind '{attr.Name}': queue '{attr.Queue}' must be lowercase letters, digits, '_' or '-'");
         if (_kinds.TryGetValue(attr.Name, out var existing) && existing.HandlerType != handler)
             throw new InvalidOperationException($"job kind '{attr.Name}' is registered twice: {existing.HandlerType.FullName} and {handler.FullName}");
-        var info = new JobKindInfo(attr.Name, attr.Queue, Math.Max(1, attr.MaxAttempts), attr.Description, handler, iface.GetGenericArguments()[0]);
+        var info = new JobKindInfo(attr.Name, attr.Queue, Math.Max(1, attr.MaxAttempts), attr.Description, handler, iface.GetGenericArguments()[0],
+            MultiNode: attr.MultiNode);
         _kinds[attr.Name] = info;
         if (typeof(IFanOutJob<>).MakeGenericType(info.ParamsType).IsAssignableFrom(handler))
         {

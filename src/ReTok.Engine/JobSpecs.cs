@@ -9,7 +9,7 @@ namespace ReTok.Engine;
 
 /// <summary>One run to create: a single job, or one step of a pipeline.</summary>
 public sealed record StepPlan(string Step, JobKindInfo Kind, object Params, string ParamsJson, string Queue,
-    IReadOnlyList<string> Needs, IReadOnlyDictionary<string, string> Inputs, string? RunName, int Gpus = 1, string Priority = RunPriority.Normal)
+    IReadOnlyList<string> Needs, IReadOnlyDictionary<string, string> Inputs, string? RunName, int Gpus = 1, string Priority = RunPriority.Normal, int Nodes = 1)
 {
     public string ConfigHash => ConfigHashOf(Kind.Name, ParamsJson);
 
@@ -45,6 +45,7 @@ public sealed record SubmitPlan(string? PipelineName, string? Experiment, IReadO
 /// experiment: engine-demo   # optional
 /// queue: cpu                # optional, default from the kind
 /// gpus: 2                   # optional, default 1: device slots leased together on one worker of the queue
+/// nodes: 2                  # optional, default 1: rank runs of one multi-node group (rank 0 spawns the others)
 /// priority: high            # optional: high, normal (default) or low; changeable while queued
 /// inputs: {data: run:12/result.json}
 /// params_from: ../configs/x.yaml   # optional base parameters (reference-style config), merged under params
@@ -53,16 +54,16 @@ public sealed record SubmitPlan(string? PipelineName, string? Experiment, IReadO
 /// A pipeline has <c>pipeline: NAME</c> and <c>steps:</c>, a mapping from step name to the keys above plus
 /// <c>needs: [step, ...]</c>; an input <c>STEP/ARTIFACT</c> implies a need on STEP. Overrides <c>--set a.b=v</c> address
 /// the parameters (for a pipeline: <c>--set STEP.a.b=v</c>); v is parsed as YAML (2e-4, true, [1, 2]). The step keys
-/// <c>queue</c>, <c>gpus</c>, <c>priority</c> and <c>inputs.ROLE</c> are overridden the same way (<c>--set gpt.gpus=1</c>,
+/// <c>queue</c>, <c>gpus</c>, <c>nodes</c>, <c>priority</c> and <c>inputs.ROLE</c> are overridden the same way (<c>--set gpt.gpus=1</c>,
 /// <c>--set gfid.inputs.reference=run:7/VIRTUAL_imagenet256_labeled.npz</c>).
 /// </summary>
 public static class JobSpecs
 {
-    static readonly string[] JobKeys = ["kind", "name", "experiment", "queue", "gpus", "priority", "tags", "inputs", "params", "params_from"];
-    static readonly string[] StepKeys = ["kind", "name", "queue", "gpus", "priority", "needs", "inputs", "params", "params_from"];
+    static readonly string[] JobKeys = ["kind", "name", "experiment", "queue", "gpus", "nodes", "priority", "tags", "inputs", "params", "params_from"];
+    static readonly string[] StepKeys = ["kind", "name", "queue", "gpus", "nodes", "priority", "needs", "inputs", "params", "params_from"];
     static readonly string[] PipelineKeys = ["pipeline", "experiment", "tags", "steps"];
     /// <summary>Step keys that `--set [STEP.]KEY=VALUE` sets on the step itself; `--set [STEP.]inputs.ROLE=REF` sets one input.</summary>
-    static readonly HashSet<string> OverridableStepKeys = ["queue", "gpus", "priority"];
+    static readonly HashSet<string> OverridableStepKeys = ["queue", "gpus", "nodes", "priority"];
 
     public static SubmitPlan Load(string path, IEnumerable<string>? overrides = null, JobKindRegistry? kinds = null)
     {
@@ -158,6 +159,11 @@ public static class JobSpecs
             int gpus = 1;
             if (Str(node, "gpus") is { } g && !(int.TryParse(g, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out gpus) && gpus is >= 1 and <= 64))
                 errors.Add($"{prefix}gpus: '{g}' is not a whole number from 1 to 64");
+            int nodes = 1;
+            if (Str(node, "nodes") is { } nd && !(int.TryParse(nd, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out nodes) && nodes is >= 1 and <= 1024))
+                errors.Add($"{prefix}nodes: '{nd}' is not a whole number from 1 to 1024");
+            else if (nodes > 1 && !kind.MultiNode)
+                errors.Add($"{prefix}nodes: job kind '{kind.Name}' does not run on several nodes (multi-node kinds: {string.Join(", ", kinds.All.Where(k => k.MultiNode).Select(k => k.Name))})");
 
             var needs = new List<string>();
             if (Get(node, "needs") is { } needsNode)
@@ -186,7 +192,7 @@ public static class JobSpecs
                 if (!stepNames.Contains(n)) errors.Add($"{prefix}needs: step '{n}' does not exist (steps: {string.Join(", ", stepNames)})");
                 else if (n == name) errors.Add($"{prefix}needs: a step cannot need itself");
             if (p is not null)
-                plans.Add(new StepPlan(name, kind, p, ParamBinder.ToJson(p), queue, needs.Distinct().ToList(), inputs, Str(node, "name"), gpus, priority));
+                plans.Add(new StepPlan(name, kind, p, ParamBinder.ToJson(p), queue, needs.Distinct().ToList(), inputs, Str(node, "name"), gpus, priority, nodes));
         }
         if (errors.Count == 0 && isPipeline && FindCycle(plans) is { } cycle) errors.Add($"steps: the needs form a cycle: {cycle}");
         if (errors.Count > 0) throw new SpecValidationException(errors);

@@ -24,13 +24,17 @@ public sealed class RunCheckpoints
     readonly CancellationToken _write;
     readonly Func<Task> _flush;
     readonly Action<string> _log;
+    readonly long? _loadFrom;
 
     /// <param name="fence">The lease every write is checked against.</param>
     /// <param name="write">Cancelled only when the lease is lost: a cancelled handler must still be able to checkpoint.</param>
     /// <param name="flush">Runs before a checkpoint is stored (the context flushes buffered metrics, so they never lag it).</param>
-    public RunCheckpoints(Tracker tracker, Fence fence, string scratchDir, CancellationToken write = default, Func<Task>? flush = null, Action<string>? log = null)
+    /// <param name="loadFrom">The run whose checkpoints <see cref="LoadAsync"/> reads, when not this one: rank r &gt; 0 of a node
+    /// group resumes from rank 0's (only rank 0 writes them).</param>
+    public RunCheckpoints(Tracker tracker, Fence fence, string scratchDir, CancellationToken write = default, Func<Task>? flush = null, Action<string>? log = null,
+        long? loadFrom = null)
     {
-        (_tracker, _fence, _scratch, _write) = (tracker, fence, scratchDir, write);
+        (_tracker, _fence, _scratch, _write, _loadFrom) = (tracker, fence, scratchDir, write, loadFrom);
         _flush = flush ?? (() => Task.CompletedTask);
         _log = log ?? (_ => { });
     }
@@ -93,10 +97,11 @@ public sealed class RunCheckpoints
                 Options(new { step = JsonNode.Parse(a.Metadata)?["step"]?.GetValue<long>(), milestone = true, released = true }), _fence, _write);
     }
 
-    /// <summary>The latest checkpoint of this run (from an earlier execution), extracted, with its step; null if none.</summary>
+    /// <summary>The latest checkpoint of this run (from an earlier execution; on a rank r &gt; 0 of a node group rank 0's),
+    /// extracted, with its step; null if none.</summary>
     public async Task<(string Dir, long Step)?> LoadAsync()
     {
-        var a = await _tracker.GetArtifactAsync(RunId, Latest);
+        var a = await _tracker.GetArtifactAsync(_loadFrom ?? RunId, Latest);
         if (a is null) return null;
         var tar = Path.Combine(_scratch, $".ckpt-{Guid.NewGuid():N}.tar");
         var dir = Path.Combine(_scratch, "checkpoint");

@@ -240,6 +240,7 @@ public sealed class RunExecutor(ExecutorHost host, DevicePool devices)
                 catch (System.Text.Json.JsonException ex) { throw new JobFailedException($"parameters of run {runId} do not fit {kind.ParamsType.Name}: {ex.Message}"); }
                 // Every local path the handler may open is confined to the data roots and replaced by its real path.
                 host.Options.DataRoots.Confine(parameters);
+                if (run.Nodes > 1 && run.NodeRank == 0) await ctx.StartNodeGroupAsync();
                 // Run the handler off the Hangfire worker's synchronization context; it may block (TorchSharp loops).
                 await Task.Run(() => kind.InvokeAsync(ctx, parameters));
             }

@@ -59,6 +59,11 @@ public class Run
     public string Queue { get; set; } = "cpu";
     /// <summary>Devices the run leases at once on one worker (spec key `gpus`); <see cref="Device"/> lists those it held.</summary>
     public int Gpus { get; set; } = 1;
+    /// <summary>Rank runs of a multi-node group (spec key `nodes`): the submitted run is rank 0 and spawns ranks 1..N-1 as its
+    /// children (<see cref="NodeRank"/>); 1 on every other run.</summary>
+    public int Nodes { get; set; } = 1;
+    /// <summary>This run's rank in its node group (0 on the submitted run, whose id names the group).</summary>
+    public int NodeRank { get; set; }
     /// <summary>high, normal or low: which Hangfire queue variant carries the run (<see cref="RunPriority"/>).</summary>
     public string Priority { get; set; } = RunPriority.Normal;
     public string? Host { get; set; }
@@ -194,4 +199,18 @@ public class MetricProvenance
     public required string ProtocolHash { get; set; }
     [Column(TypeName = "jsonb")] public string Provenance { get; set; } = "{}";
     public DateTimeOffset Time { get; set; } = DateTimeOffset.UtcNow;
+}
+
+/// <summary>
+/// One entry of a node group's rendezvous (spec key `nodes`): rank 0 publishes an opaque string (the TCP address or the
+/// NCCL unique id) under its lease generation; rank r records that it joined that generation, so a retried rank never
+/// re-joins an id it already used (rank 0's next execution publishes a new generation).
+/// </summary>
+public class RendezvousEntry
+{
+    public long GroupRunId { get; set; }
+    public long Generation { get; set; }
+    public int Rank { get; set; }
+    public string Value { get; set; } = "";
+    public DateTimeOffset CreatedAt { get; set; } = DateTimeOffset.UtcNow;
 }

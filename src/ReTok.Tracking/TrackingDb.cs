@@ -17,6 +17,7 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
     public DbSet<RunLog> Logs => Set<RunLog>();
     public DbSet<Pipeline> Pipelines => Set<Pipeline>();
     public DbSet<WorkerInfo> Workers => Set<WorkerInfo>();
+    public DbSet<RendezvousEntry> Rendezvous => Set<RendezvousEntry>();
     public DbSet<User> Users => Set<User>();
     public DbSet<ApiToken> ApiTokens => Set<ApiToken>();
     public DbSet<UserSession> UserSessions => Set<UserSession>();
@@ -74,6 +75,12 @@ public class TrackingDb(DbContextOptions<TrackingDb> options) : DbContext(option
         });
         b.Entity<Pipeline>().HasIndex(p => p.CreatedAt);
         b.Entity<WorkerInfo>().HasKey(w => w.Id);
+        b.Entity<RendezvousEntry>(e =>
+        {
+            e.ToTable("rendezvous");
+            e.HasKey(x => new { x.GroupRunId, x.Generation, x.Rank });
+            e.HasOne<Run>().WithMany().HasForeignKey(x => x.GroupRunId).OnDelete(DeleteBehavior.Cascade);
+        });
         b.Entity<User>(e =>
         {
             e.HasIndex(u => u.Name).IsUnique();

@@ -324,6 +324,35 @@ namespace ReTok.Migrations.Migrations
                     b.ToTable("pipelines", "retok");
                 });
 
+            modelBuilder.Entity("ReTok.Tracking.RendezvousEntry", b =>
+                {
+                    b.Property<long>("GroupRunId")
+                        .HasColumnType("bigint")
+                        .HasColumnName("group_run_id");
+
+                    b.Property<long>("Generation")
+                        .HasColumnType("bigint")
+                        .HasColumnName("generation");
+
+                    b.Property<int>("Rank")
+                        .HasColumnType("integer")
+                        .HasColumnName("rank");
+
+                    b.Property<DateTimeOffset>("CreatedAt")
+                        .HasColumnType("timestamp with time zone")
+                        .HasColumnName("created_at");
+
+                    b.Property<string>("Value")
+                        .IsRequired()
+                        .HasColumnType("text")
+                        .HasColumnName("value");
+
+                    b.HasKey("GroupRunId", "Generation", "Rank")
+                        .HasName("pk_rendezvous");
+
+                    b.ToTable("rendezvous", "retok");
+                });
+
             modelBuilder.Entity("ReTok.Tracking.Run", b =>
                 {
                     b.Property<long>("Id")
@@ -433,6 +462,14 @@ namespace ReTok.Migrations.Migrations
                     b.Property<string>("Name")
                         .HasColumnType("text")
                         .HasColumnName("name");
+
+                    b.Property<int>("NodeRank")
+                        .HasColumnType("integer")
+                        .HasColumnName("node_rank");
+
+                    b.Property<int>("Nodes")
+                        .HasColumnType("integer")
+                        .HasColumnName("nodes");
 
                     b.Property<string>("Parameters")
                         .IsRequired()
@@ -910,6 +947,16 @@ namespace ReTok.Migrations.Migrations
                         .OnDelete(DeleteBehavior.Cascade)
                         .IsRequired()
                         .HasConstraintName("fk_metric_provenance_runs_run_id");
+                });
+
+            modelBuilder.Entity("ReTok.Tracking.RendezvousEntry", b =>
+                {
+                    b.HasOne("ReTok.Tracking.Run", null)
+                        .WithMany()
+                        .HasForeignKey("GroupRunId")
+                        .OnDelete(DeleteBehavior.Cascade)
+                        .IsRequired()
+                        .HasConstraintName("fk_rendezvous_runs_group_run_id");
                 });
 
             modelBuilder.Entity("ReTok.Tracking.Run", b =>

@@ -133,11 +133,74 @@ public static class DataParallel
         return results;
     }
 
-    /// <summary>One communicator per rank for <paramref name="config"/>: CPU rendezvous, or NCCL over cuda:0..N-1.</summary>
+    /// <summary>One communicator per rank for <paramref name="config"/>: CPU rendezvous, tcp over loopback, or NCCL over cuda:0..N-1.</summary>
     public static IReadOnlyList<ICommunicator> CreateGroup(DataParallelConfig config) => config.Backend switch
     {
         "cpu" => CpuCommunicator.CreateGroup(config.Replicas),
+        "tcp" => TcpGroupAsync(config.Replicas, 0, config.Replicas, config.Timeout, "127.0.0.1", null).GetAwaiter().GetResult(),   // nothing to await: no publish
         "nccl" => NcclCommunicator.CreateInProcessGroup(Enumerable.Range(0, config.Replicas).ToArray()),
-        _ => throw new ArgumentException($"data_parallel.backend: '{config.Backend}' is not one of cpu, nccl"),
+        _ => throw new ArgumentException($"data_parallel.backend: '{config.Backend}' is not one of {string.Join(", ", DataParallelConfig.Backends)}"),
     };
+
+    /// <summary>
+    /// Every rank of every node meets here once more: rank 0 calls it after registering the outputs, the others before
+    /// they return, so no rank run succeeds while rank 0 may still fail (its retry would wait for a rank that is done).
+    /// </summary>
+    public static void FinalBarrier(IReadOnlyList<ICommunicator> comms) => Run(comms, k => { comms[k].Barrier(); return 0; });
+
+    /// <summary>
+    /// This node's communicators in a multi-node group: global ranks node·R .. node·R + R - 1 of N·R (R = replicas), so
+    /// <see cref="Slice"/> by the communicator's rank and world size gives every rank its rows of the global batch. Node 0
+    /// publishes the tcp address or the NCCL unique id (base64) through <paramref name="node"/>'s channel; the others wait
+    /// for it; a missing peer fails within the config's timeout.
+    /// </summary>
+    public static async Task<IReadOnlyList<ICommunicator>> CreateGroupAsync(DataParallelConfig config, NodeGroup node, IReadOnlyList<Device> devices)
+    {
+        if (node.Nodes == 1) return CreateGroup(config);
+        int r = config.Replicas, world = node.Nodes * r, first = node.Node * r;
+        switch (config.Backend)
+        {
+            case "tcp":
+                if (node.Node == 0) return await TcpGroupAsync(r, 0, world, config.Timeout, null, node.Publish, ct: node.Cancel);
+                var address = await node.WaitPublished();
+                return await TcpGroupAsync(r, first, world, config.Timeout, null, null, address, node.Cancel);
+            case "nccl":
+                // one process per GPU across nodes: ncclCommInitRank binds to the calling thread's current CUDA device
+                if (r != 1) throw new ArgumentException($"data_parallel: backend nccl on several nodes runs one replica per rank run (replicas: 1, one rank run per GPU: nodes = total GPUs), got replicas {r}");
+                string id;
+                if (node.Node == 0) await node.Publish(id = Convert.ToBase64String(NcclCommunicator.GetUniqueId()));
+                else id = await node.WaitPublished();
+                return new ICommunicator[] { NcclCommunicator.InitRank(Convert.FromBase64String(id), first, world, devices[0]) };
+            default:
+                throw new ArgumentException($"data_parallel.backend: '{config.Backend}' runs in one process; several nodes need tcp or nccl");
+        }
+    }
+
+    /// <summary>Local ranks first..first+count-1 of a tcp group; rank 0 (when first is 0) listens and publishes, all connect
+    /// concurrently. Awaited, never blocked on: a job may run on a thread its awaits return to (TorchThreads.RunAsync).</summary>
+    static async Task<IReadOnlyList<ICommunicator>> TcpGroupAsync(int count, int first, int world, TimeSpan timeout, string? advertise, Func<string, Task>? publish, string? address = null,
+        CancellationToken ct = default)
+    {
+        TcpCommunicator.Host? host = null;
+        try
+        {
+            if (first == 0)
+            {
+                host = TcpCommunicator.Listen(world, timeout, advertise);
+                address = host.Address;
+                if (publish is not null) await publish(address).ConfigureAwait(false);
+            }
+            var joins = Enumerable.Range(first, count).Select(g => g == 0
+                ? Task.Factory.StartNew(() => (ICommunicator)host!.Accept(ct), TaskCreationOptions.LongRunning)
+                : Task.Factory.StartNew(() => (ICommunicator)TcpCommunicator.Connect(address!, g, world, timeout), TaskCreationOptions.LongRunning)).ToArray();
+            try { await Task.WhenAll(joins).ConfigureAwait(false); }   // no context: CreateGroup blocks on this
+            catch
+            {
+                foreach (var j in joins.Where(j => j.IsCompletedSuccessfully)) j.Result.Dispose();
+                throw;
+            }
+            return joins.Select(j => j.Result).ToList();
+        }
+        finally { host?.Dispose(); }
+    }
 }

@@ -24,10 +24,17 @@ public interface ICommunicator : IDisposable
     void Abort();
 }
 
-/// <summary>`data_parallel` of a job: replica count and backend ("cpu": in-process threads; "nccl": one GPU per replica).</summary>
+/// <summary>`data_parallel` of a job: replica count and backend ("cpu": in-process threads; "tcp": ranks connected to rank 0
+/// over TCP, across processes and machines; "nccl": one GPU per replica), and how long a rank waits for a peer.</summary>
 public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu")
 {
-    public static readonly string[] Backends = { "cpu", "nccl" };
+    public static readonly string[] Backends = { "cpu", "tcp", "nccl" };
+
+    /// <summary>Seconds a rank waits for a peer (the rendezvous, and each read or write of a collective on tcp) before it
+    /// fails the step; a lost node then fails its group cleanly and the retry resumes from the checkpoint.</summary>
+    public double TimeoutS { get; init; } = 600;
+
+    public TimeSpan Timeout => TimeSpan.FromSeconds(TimeoutS);
 
     public IEnumerable<string> Validate(long globalBatch, int gradAccumSteps)
     {
@@ -35,5 +42,13 @@ public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu"
         else if (Replicas > 1 && gradAccumSteps >= 1 && globalBatch % ((long)Replicas * gradAccumSteps) != 0)
             yield return $"data_parallel.replicas: the global batch {globalBatch} does not split into {Replicas} replicas x {gradAccumSteps} micro-batches";
         if (!Backends.Contains(Backend)) yield return $"data_parallel.backend: '{Backend}' is not one of {string.Join(", ", Backends)}";
+        if (!(TimeoutS > 0)) yield return $"data_parallel.timeout_s: must be > 0, got {TimeoutS}";
     }
 }
+
+/// <summary>
+/// This process's place in a multi-node group (N processes, each with the config's replicas) and the out-of-band channel
+/// its ranks meet through: node 0 publishes one string (the tcp address, the NCCL unique id), the others wait for it.
+/// The job system provides the channel (a rendezvous through its database); nothing here knows where it comes from.
+/// </summary>
+public sealed record NodeGroup(int Node, int Nodes, Func<string, Task> Publish, Func<Task<string>> WaitPublished, CancellationToken Cancel = default);

@@ -132,6 +132,19 @@ public class JobSpecTests
     }
 
     [Fact]
+    public void NodesIsAStepKeyOfMultiNodeKindsOnly()
+    {
+        var gpt = JobSpecs.Parse("kind: train-generator\nnodes: 2\nparams: {data_parallel: {backend: tcp, timeout_s: 30}}\n").Steps[0];
+        Assert.Equal(2, gpt.Nodes);
+        Assert.DoesNotContain("nodes", gpt.ParamsJson);
+        Assert.Equal(4, JobSpecs.Parse("kind: train-generator\n", ["nodes=4"]).Steps[0].Nodes);
+        Assert.Equal(1, JobSpecs.Parse("kind: selftest\n").Steps[0].Nodes);
+        Assert.Contains("nodes: '0' is not a whole number from 1 to 1024", Invalid("kind: train-generator\nnodes: 0\n").Errors);
+        Assert.Contains(Invalid("kind: selftest\nnodes: 2\n").Errors, e => e.StartsWith("nodes: job kind 'selftest' does not run on several nodes"));
+        Assert.Contains(Invalid("kind: train-generator\nparams: {data_parallel: {backend: mpi}}\n").Errors, e => e.Contains("'mpi' is not one of cpu, tcp, nccl"));
+    }
+
+    [Fact]
     public void ParamsFromMergesAReferenceStyleConfigUnderParams()
     {
         var dir = Directory.CreateTempSubdirectory("spec").FullName;

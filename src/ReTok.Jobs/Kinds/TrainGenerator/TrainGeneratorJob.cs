@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
 using ReTok.Engine;
+using ReTok.Jobs.Kinds.Shared;
 using ReTok.Models;
 using ReTok.Models.Distributed;
 using ReTok.Models.Generation;
@@ -95,7 +96,7 @@ public sealed record TrainGeneratorParams : IValidatableParams
 /// model, AdamW state, step, both RNG states; the data position is the step (the permutation of epoch e is a function of
 /// seed and e), so a resumed run on CPU continues bit-identically.
 /// </summary>
-[JobKind("train-generator", Queue = "gpu", Description = "class-conditional GPT on extracted tokenizer codes (train_c2i.py)")]
+[JobKind("train-generator", Queue = "gpu", MultiNode = true, Description = "class-conditional GPT on extracted tokenizer codes (train_c2i.py)")]
 public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
 {
     public async Task RunAsync(JobContext ctx, TrainGeneratorParams p)
@@ -134,12 +135,19 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
         // nccl: replica r on the run's r-th leased device; cpu: every replica on the job's device (threads of this process)
         var devices = Enumerable.Range(0, n).Select(r => dp.Backend == "nccl" ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
-        var comms = n > 1 ? Models.Distributed.DataParallel.CreateGroup(dp) : null;
+        // with nodes: N this rank run holds global ranks node*n..node*n+n-1 of N*n; the ranks meet before anything is
+        // loaded, so every rank of a retried group resumes from the same checkpoint (rank 0's, the only writer)
+        var comms = await NodeGroups.CommunicatorsAsync(ctx, dp, devices);
+        int world = comms?[0].WorldSize ?? 1;
+        bool writer = ctx.NodeRank == 0;
         var cfg = p.ToConfig(block);
-        // first, so that any checkpoint of this run can be evaluated (val-loss, sample-gfid) while it still trains
-        var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
-        File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
-        await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml", overwrite: true);
+        if (writer)
+        {
+            // first, so that any checkpoint of this run can be evaluated (val-loss, sample-gfid) while it still trains
+            var outCfg = Path.Combine(ctx.ScratchDir, "generator.yaml");
+            File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
+            await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml", overwrite: true);
+        }
         manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
         var models = new Gpt[n];
         for (int r = 0; r < n; r++)
@@ -164,9 +172,10 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             start = c.Step;
             GptCheckpoint.LoadStrict(model, StateDictFile.Read(Path.Combine(c.Dir, "model.safetensors")), "checkpoint model.safetensors");
         }
-        // replicas r > 0 draw class dropout from their own stream, a function of (seed, rank, start step): rank 0 continues
-        // the checkpointed stream, so a resume with a different replica count only re-deals the other ranks' coins
-        for (int r = 1; r < n; r++) models[r].ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1 + r * 1_000_003L + start * 7919L);
+        // global ranks g > 0 draw class dropout from their own stream, a function of (seed, g, start step): rank 0 continues
+        // the checkpointed stream, so a resume with a different replica or node count only re-deals the other ranks' coins
+        for (int r = 0; r < n; r++)
+            if (comms?[r].Rank is > 0 and var g) models[r].ClassDropGenerator = SeededRandom.NewGenerator(p.Seed + 1 + g * 1_000_003L + start * 7919L);
         var trainers = comms is null
             ? new[] { new GptTrainer(model, opts, start) }
             : Models.Distributed.DataParallel.Run(comms, r => new GptTrainer(models[r], opts, start, comms[r]));
@@ -185,14 +194,14 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                     }
                 var rng = StateDictFile.Read(Path.Combine(c2.Dir, "rng.safetensors"));
                 set_rng_state(rng["torch_cpu"]);
-                model.ClassDropGenerator.set_state(rng["class_drop"]);
+                if (writer) model.ClassDropGenerator!.set_state(rng["class_drop"]);
             }
 
             long m = codes.shape[0];
             int bs = (int)Math.Min(p.GlobalBatchSize, m);
             long perEpoch = m / bs; // drop_last
-            if (bs % ((long)n * p.GradAccumSteps) != 0)
-                throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {n} replica(s) x {p.GradAccumSteps} micro-batches");
+            if (bs % ((long)world * p.GradAccumSteps) != 0)
+                throw new JobFailedException($"grad_accum_steps: the batch is {bs} (the input has only {m} rows) and does not split into {world} replica(s) x {p.GradAccumSteps} micro-batches");
             Tensor? perm = null; long permEpoch = -1;
             var sw = Stopwatch.StartNew();
             long tokensSince = 0;
@@ -204,6 +213,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             Task pending = Task.CompletedTask;
             async Task Save(long step)
             {
+                if (!writer) return; // the state is identical on every rank; rank 0's checkpoint is the group's
                 await pending;
                 using var _ = no_grad();
                 var modelSd = model.state_dict().ToDictionary(kv => kv.Key,
@@ -240,7 +250,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
 
             void LogValidation(long step)
             {
-                if (valCodes is null) return;
+                if (valCodes is null || !writer) return;
                 double sum = 0;
                 long rows = valCodes.shape[0];
                 for (long i = 0; i < rows; i += bs)   // batches of the training size: bounded memory on any split
@@ -273,8 +283,8 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                     {
                         var idx = perm!.narrow(0, b * bs, bs);
                         var (cs, ls) = (codes.index_select(0, idx), labels.index_select(0, idx));
-                        r = comms is null ? trainer.TrainStep(cs, ls) : Models.Distributed.DataParallel.Run(comms, k =>
-                            trainers[k].TrainStep(Models.Distributed.DataParallel.Slice(cs, k, n), Models.Distributed.DataParallel.Slice(ls, k, n)))[0];
+                        r = comms is null ? trainer.TrainStep(cs, ls) : Models.Distributed.DataParallel.Run(comms, k => trainers[k].TrainStep(
+                            Models.Distributed.DataParallel.Slice(cs, comms[k].Rank, world), Models.Distributed.DataParallel.Slice(ls, comms[k].Rank, world)))[0];
                     }
                     tokensSince += (long)bs * block;
                     if ((step + 1) % p.EffectiveLogEvery() == 0 || step + 1 == p.MaxSteps)
@@ -296,6 +306,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             }
             perm?.Dispose();
             await pending;
+            if (!writer) { NodeGroups.Finish(ctx, comms); return; }   // rank 0 registers the outputs
             LogValidation(p.MaxSteps);
 
             var outModel = Path.Combine(ctx.ScratchDir, "generator.safetensors");
@@ -310,6 +321,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
                 StateDictFile.WriteSafetensors(outEma, sd);
                 await ctx.SaveArtifactFileAsync("generator_ema.safetensors", outEma, "model", metadata: new { steps = p.MaxSteps, ema_decay = p.EmaDecay });
             }
+            NodeGroups.Finish(ctx, comms);
         }
         finally
         {

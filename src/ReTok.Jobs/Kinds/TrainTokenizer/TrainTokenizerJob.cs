@@ -5,6 +5,7 @@ using ReTok.Engine;
 using ReTok.Evaluation.Images;
 using ReTok.Evaluation.Metrics;
 using ReTok.Evaluation.Weights;
+using ReTok.Jobs.Kinds.Shared;
 using ReTok.Jobs.Quickstart;
 using ReTok.Models;
 using ReTok.Models.Dinov2;
@@ -26,7 +27,7 @@ namespace ReTok.Jobs.Kinds.TrainTokenizer;
 /// and at the end tokenizer.safetensors (EMA weights when ema is on) + tokenizer.yaml. A non-finite loss term fails
 /// the run naming the step and the term; the last good checkpoint stays.
 /// </summary>
-[JobKind("train-tokenizer", Queue = "gpu", MaxAttempts = 5, Description = "train a ReTok tokenizer (GAN + LPIPS + semantic loss, nested dropout over the padded tokens)")]
+[JobKind("train-tokenizer", Queue = "gpu", MaxAttempts = 5, MultiNode = true, Description = "train a ReTok tokenizer (GAN + LPIPS + semantic loss, nested dropout over the padded tokens)")]
 public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
 {
     // torch_threads: the whole run (setup, loop, outputs) on one thread with that intra-op count, restored afterwards;
@@ -65,7 +66,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
                 {
                     var filled = model.LoadWeightsGigaTok(sd, init);
                     ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
-                    await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
+                    if (ctx.NodeRank == 0) await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
                         new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
                 }
                 else model.LoadWeights(sd, init);
@@ -113,7 +114,9 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             Augmentation: p.Augmentation, Workers: p.NumWorkers);
         var data = new TrainingDataLoader(source, dataConfig);
         var trainerConfig = TrainerConfigOf(p, cfg);
-        var comms = n > 1 ? Models.Distributed.DataParallel.CreateGroup(dp) : null;
+        // with nodes: N this rank run holds global ranks node*n..node*n+n-1; the trainers slice, draw K and seed augmentation by
+        // global rank, and the ranks meet before the checkpoint is loaded (rank 0's, the only writer)
+        var comms = await NodeGroups.CommunicatorsAsync(ctx, dp, devices);
         // every rank's loader follows the same global data position and takes its rows of each global batch
         var trainers = comms is null
             ? new[] { new TokenizerTrainer(trainable, disc, perceptual, teacher, data, trainerConfig, device) }
@@ -149,8 +152,10 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         long stop = Math.Min(p.Iterations, p.EarlyStopIter ?? long.MaxValue);
         var recon = ReconImages(source, p.ReconImages, cfg.ImageSize);
 
+        bool writer = ctx.NodeRank == 0;   // the state is identical on every rank: rank 0 writes checkpoints and outputs
         async Task SaveCheckpoint()
         {
+            if (!writer) return;
             await ctx.Checkpoints.SaveAsync(trainer.Step, dir => { trainer.Save(dir); return Task.CompletedTask; });
             lastCheckpoint = trainer.Step;
         }
@@ -180,12 +185,16 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             }
             ctx.ReportProgress(s, stop, $"step {s}/{stop}: loss_g {r.Scalars["total_g"]:F4}, rec {r.Scalars["rec"]:F4}, {r.Scalars["img_per_s"]:F2} img/s");
             if (s % p.CkptEvery == 0 && s < stop) await SaveCheckpoint();
-            if (p.ReconEvery > 0 && s % p.ReconEvery == 0 && s < stop) await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, s);
+            if (writer && p.ReconEvery > 0 && s % p.ReconEvery == 0 && s < stop) await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, s);
         }
         ctx.Log($"trained to step {trainer.Step} in {sw.Elapsed.TotalSeconds:F1} s (this execution)");
         if (trainer.Step > lastCheckpoint) await SaveCheckpoint();   // a retry after a failed upload does not retrain
-        await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, trainer.Step);
-        await SaveTokenizerAsync(ctx, p, cfg, trainer, model);
+        if (writer)
+        {
+            await SaveReconAsync(ctx, trainer, model, recon, p.ReconTokens, trainer.Step);
+            await SaveTokenizerAsync(ctx, p, cfg, trainer, model);
+        }
+        NodeGroups.Finish(ctx, comms);
     }
 
     /// <summary>

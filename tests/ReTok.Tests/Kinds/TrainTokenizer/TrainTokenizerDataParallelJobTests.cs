@@ -40,14 +40,14 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
 
     static readonly string[] Compared = { "total_g", "total_d", "rec", "semantic", "grad_norm_g", "grad_norm_d", "k_mean" };
 
-    string Spec(string extra)
+    string Spec(string extra, string queue = "gpu")
     {
         var model = File.ReadAllText(TrainTokenizerData.Fixture("tokenizer", "tiny.yaml"));
         model = model[model.IndexOf("model:", StringComparison.Ordinal)..model.IndexOf("trainer:", StringComparison.Ordinal)];
         var indented = string.Join("\n", model.TrimEnd().Split('\n').Select(l => "  " + l));
         return $$"""
             kind: train-tokenizer
-            queue: gpu
+            queue: {{queue}}
             {{extra}}
             params:
             {{indented}}
@@ -90,13 +90,17 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
         return w;
     }
 
-    async Task<(Run Run, Dictionary<string, torch.Tensor> Weights, Dictionary<string, double[]> Metrics)> TrainAsync(string extra, string paramsExtra = "")
+    async Task<(Run Run, Dictionary<string, torch.Tensor> Weights, Dictionary<string, double[]> Metrics)> TrainAsync(string extra, string paramsExtra = "",
+        string queue = "gpu")
     {
-        var yaml = Spec(extra) + (paramsExtra == "" ? "" : "\n" + Params(paramsExtra));
+        var yaml = Spec(extra, queue) + (paramsExtra == "" ? "" : "\n" + Params(paramsExtra));
         int before = FreshThreadCount();
         var rid = (await env.Client.SubmitAsync(JobSpecs.Parse(yaml))).Runs[0].RunId;
         var x = await env.WaitTerminalAsync(rid, 120);
         Assert.True(x.Status == RunStatus.Succeeded, $"{x.Status}: {x.FailureReason}");
+        // the ranks of a node group (none on other runs) finish just after rank 0 (the final barrier); their thread scopes too
+        foreach (var rank in (await env.Tracker.Runs.GetNodeGroupAsync(rid)).Skip(1))
+            Assert.Equal(RunStatus.Succeeded, (await env.WaitTerminalAsync(rank.RunId, 60)).Status);
         // torch_threads 1 is the run's (its log names the count it computed with) and not left behind in the process
         Assert.Equal(before, FreshThreadCount());
         var logs = await env.Tracker.GetLogsAsync(rid);
@@ -164,6 +168,23 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
         var two = await TrainAsync("", "data_parallel: {replicas: 2, backend: cpu}");
         log.WriteLine($"2 replicas: {sw.Elapsed.TotalSeconds:F1} s");
         AssertClose("1 vs 2 replicas", one.Metrics, two.Metrics, 0, one.Weights, two.Weights);
+    }
+
+    [Fact]
+    public async Task TwoNodesMatchOne()
+    {
+        // nodes: 2 over tcp: two rank runs on two `retok worker` processes, meeting through the rendezvous in PostgreSQL;
+        // rank 1 slices, draws K and seeds augmentation by its global rank. Processes, not two engine workers of the test
+        // process: two runs in one process share libtorch's global CPU generator, and their setup draws interleave.
+        var procs = new[] { env.StartWorker("tok-node-1", "tok-nodes"), env.StartWorker("tok-node-2", "tok-nodes") };
+        (Run Run, Dictionary<string, torch.Tensor> Weights, Dictionary<string, double[]> Metrics) one;
+        await using (var w = await StartWorkerAsync("dp-tok")) one = await ReferenceAsync();
+        await Task.WhenAll(procs.Select(p => p.WaitReadyAsync()));
+        var two = await TrainAsync("nodes: 2", "data_parallel: {replicas: 1, backend: tcp, timeout_s: 60}", queue: "tok-nodes");
+        var ranks = await env.Tracker.Runs.GetNodeGroupAsync(two.Run.Id);
+        Assert.Equal([(0, RunStatus.Succeeded), (1, RunStatus.Succeeded)], ranks.Select(r => (r.Rank, r.Status)));
+        Assert.Null(await env.Tracker.GetArtifactAsync(ranks[1].RunId, "tokenizer.safetensors"));   // rank 0 writes the outputs
+        AssertClose("1 replica vs 2 nodes", one.Metrics, two.Metrics, 0, one.Weights, two.Weights);
     }
 
     [Fact]
