@@ -14,6 +14,13 @@ namespace ReTok.Models;
 /// </summary>
 public static class SeededRandom
 {
+    /// <summary>
+    /// libtorch's default CPU generator is one per process. A job that seeds it and then draws from it (module construction)
+    /// holds this gate for that stretch, so that two jobs of one worker process (two slots, two rank runs of a node group)
+    /// do not interleave their draws and each gets the weights its seed gives alone.
+    /// </summary>
+    public static readonly SemaphoreSlim DefaultGeneratorGate = new(1, 1);
+
     /// <summary>A generator for seeded draws on any device (always a CPU generator, see the class remarks).</summary>
     public static Generator NewGenerator(long seed) => new((ulong)seed);
 

@@ -52,63 +52,74 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             + (n > 1 ? $", data parallel: {n} {dp.Backend} replicas of {p.Trainer.GlobalBatchSize / n} images ({string.Join(", ", devices.Select(d => d.ToString()))})" : ""));
 
         var source = await OpenDataAsync(ctx, p);
-        manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
-        var model = new ReTokTokenizer(cfg);
-        if (ctx.InputRoles.Contains("init") && p.InitCheckpoint is not null)
-            throw new ArgumentException("init_checkpoint: give either the input 'init' or init_checkpoint, not both");
-        var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
-        if (init is not null)
-        {
-            var sd = StateDictFile.Read(init);
-            try
-            {
-                if (p.InitMode == InitMode.Gigatok)
-                {
-                    var filled = model.LoadWeightsGigaTok(sd, init);
-                    ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
-                    if (ctx.NodeRank == 0) await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
-                        new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
-                }
-                else model.LoadWeights(sd, init);
-            }
-            finally { foreach (var t in sd.Values) t.Dispose(); }
-            ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
-        }
-        model.to(devices[0]);
-        var trainable = new ReTokTrainable(model);
-        var lp = p.Loss.Params;
-        PatchGanDiscriminator NewDisc(Device d)
-        {
-            var x = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
-            x.to(d);
-            return x;
-        }
-        var disc = NewDisc(devices[0]);
-        var perceptual = Perceptual(ctx, p, devices[0]);
-        var teacher = Teacher(ctx, p, cfg, devices[0], precision.Compute);
-
-        // replicas r > 0: their own tokenizer, discriminator, LPIPS and teacher on their device. Their initial weights are
-        // overwritten by rank 0's (the trainer broadcasts them), and the CPU generator is put back to where rank 0's setup
-        // left it, so rank 0 continues exactly as a single-replica run would.
+        // seed + every draw of the setup under the process's generator gate (SeededRandom.DefaultGeneratorGate)
+        await SeededRandom.DefaultGeneratorGate.WaitAsync(ctx.CancellationToken);
+        ReTokTokenizer model;
+        ReTokTrainable trainable;
+        PatchGanDiscriminator disc;
+        Func<Tensor, Tensor, Tensor> perceptual;
+        ISemanticTeacher? teacher;
         var trainables = new ReTokTrainable[n];
         var discs = new PatchGanDiscriminator[n];
         var perceptuals = new Func<Tensor, Tensor, Tensor>[n];
         var teachers = new ISemanticTeacher?[n];
-        (trainables[0], discs[0], perceptuals[0], teachers[0]) = (trainable, disc, perceptual, teacher);
-        if (n > 1)
+        try
         {
-            using var rng = get_rng_state();
-            for (int r = 1; r < n; r++)
+            manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
+            model = new ReTokTokenizer(cfg);
+            if (ctx.InputRoles.Contains("init") && p.InitCheckpoint is not null)
+                throw new ArgumentException("init_checkpoint: give either the input 'init' or init_checkpoint, not both");
+            var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
+            if (init is not null)
             {
-                var m = new ReTokTokenizer(cfg);
-                m.to(devices[r]);
-                trainables[r] = new ReTokTrainable(m);
-                discs[r] = NewDisc(devices[r]);
-                perceptuals[r] = Perceptual(ctx, p, devices[r], log: false);
-                teachers[r] = Teacher(ctx, p, cfg, devices[r], Precision.Resolve(p.MixedPrecision, devices[r]).Compute, log: false);
+                var sd = StateDictFile.Read(init);
+                try
+                {
+                    if (p.InitMode == InitMode.Gigatok)
+                    {
+                        var filled = model.LoadWeightsGigaTok(sd, init);
+                        ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
+                        if (ctx.NodeRank == 0) await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
+                            new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
+                    }
+                    else model.LoadWeights(sd, init);
+                }
+                finally { foreach (var t in sd.Values) t.Dispose(); }
+                ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
             }
-            set_rng_state(rng);
+            model.to(devices[0]);
+            trainable = new ReTokTrainable(model);
+            var lp = p.Loss.Params;
+            PatchGanDiscriminator NewDisc(Device d)
+            {
+                var x = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
+                x.to(d);
+                return x;
+            }
+            disc = NewDisc(devices[0]);
+            perceptual = Perceptual(ctx, p, devices[0]);
+            teacher = Teacher(ctx, p, cfg, devices[0], precision.Compute);
+
+            // replicas r > 0: their own tokenizer, discriminator, LPIPS and teacher on their device. Their initial weights are
+            // overwritten by rank 0's (the trainer broadcasts them), and the CPU generator is put back to where rank 0's setup
+            // left it, so rank 0 continues exactly as a single-replica run would.
+            (trainables[0], discs[0], perceptuals[0], teachers[0]) = (trainable, disc, perceptual, teacher);
+            if (n > 1)
+            {
+                using var rng = get_rng_state();
+                for (int r = 1; r < n; r++)
+                {
+                    var m = new ReTokTokenizer(cfg);
+                    m.to(devices[r]);
+                    trainables[r] = new ReTokTrainable(m);
+                    discs[r] = NewDisc(devices[r]);
+                    perceptuals[r] = Perceptual(ctx, p, devices[r], log: false);
+                    teachers[r] = Teacher(ctx, p, cfg, devices[r], Precision.Resolve(p.MixedPrecision, devices[r]).Compute, log: false);
+                }
+                set_rng_state(rng);
+            }
         }
+        finally { SeededRandom.DefaultGeneratorGate.Release(); }
 
         var dataConfig = new DataConfig(p.Trainer.GlobalBatchSize, ImageSize: cfg.ImageSize, Seed: p.Trainer.GlobalSeed,
             Augmentation: p.Augmentation, Workers: p.NumWorkers);

@@ -77,7 +77,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
 
     static string Params(string p) => string.Join("\n", p.Split('\n').Select(l => "  " + l));
 
-    async Task<WorkerHost> StartWorkerAsync(string name)
+    async Task<WorkerHost> StartWorkerAsync(string name, string queue = "gpu", int cpuWorkers = 1)
     {
         var e = env.Env(name);
         var w = new WorkerHost(new EngineOptions
@@ -85,7 +85,7 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
             Db = e["RETOK_DB"], Artifacts = e["RETOK_ARTIFACTS"], Scratch = e["RETOK_SCRATCH"],
             QueuePollInterval = TimeSpan.FromMilliseconds(150), InvisibilityTimeout = TimeSpan.FromSeconds(60),
             LeaseTtl = TimeSpan.FromSeconds(30), Heartbeat = TimeSpan.FromMilliseconds(300),
-        }, new WorkerOptions { Queues = ["gpu"], Name = name }, log: _ => { });
+        }, new WorkerOptions { Queues = [queue], CpuWorkers = cpuWorkers, Name = name }, log: _ => { });
         await w.StartAsync();
         return w;
     }
@@ -185,6 +185,20 @@ public sealed class TrainTokenizerDataParallelJobTests(TrainJobEnvironment env, 
         Assert.Equal([(0, RunStatus.Succeeded), (1, RunStatus.Succeeded)], ranks.Select(r => (r.Rank, r.Status)));
         Assert.Null(await env.Tracker.GetArtifactAsync(ranks[1].RunId, "tokenizer.safetensors"));   // rank 0 writes the outputs
         AssertClose("1 replica vs 2 nodes", one.Metrics, two.Metrics, 0, one.Weights, two.Weights);
+    }
+
+    [Fact]
+    public async Task TwoRunsInOneWorkerProcessEachMatchTheSoloRun()
+    {
+        // two slots of one worker process: both setups seed and draw from libtorch's one default CPU generator, which
+        // SeededRandom.DefaultGeneratorGate serialises; interleaved, their initial weights depended on thread timing
+        (Run Run, Dictionary<string, torch.Tensor> Weights, Dictionary<string, double[]> Metrics) one;
+        await using (var w = await StartWorkerAsync("dp-tok")) one = await ReferenceAsync();
+        await using var pair = await StartWorkerAsync("tok-pair", queue: "tok-pair", cpuWorkers: 2);
+        var both = await Task.WhenAll(TrainAsync("", "gradient_accumulation_steps: 2", queue: "tok-pair"), TrainAsync("", "gradient_accumulation_steps: 2", queue: "tok-pair"));
+        var (a, b) = (both[0].Run, both[1].Run);
+        Assert.True(a.StartedAt < b.FinishedAt && b.StartedAt < a.FinishedAt, "the two runs did not overlap: the test shows nothing");
+        foreach (var r in both) AssertClose("solo vs two in one process", one.Metrics, r.Metrics, 0, one.Weights, r.Weights);
     }
 
     [Fact]
