@@ -135,27 +135,44 @@ public class ImageTests
         Assert.Equal(0, g[1 + 5, 1 + 6, 0]);   // empty cell
     }
 
+    /// <summary>Tiles under 64 px (the quickstart's 32 px images) are enlarged by an integer factor, each pixel repeated.</summary>
+    [Fact]
+    public void SmallTilesAreEnlargedForViewing()
+    {
+        var imgs = torch.zeros(new long[] { 2, 32, 32, 3 }, torch.uint8);
+        imgs[0, 5, 7, 1] = 255;
+        var path = Path.Combine(Directory.CreateTempSubdirectory("biggrid").FullName, "grid.png");
+        ImageGrid.Save(path, imgs, nrow: 2, padding: 2);
+        var g = ImageIO.LoadRgb(path);
+        Assert.Equal((2 * (64 + 2) + 2, 64 + 4), (g.Width, g.Height));
+        foreach (var (y, x) in new[] { (10, 14), (10, 15), (11, 14), (11, 15) }) Assert.Equal(255, g[2 + y, 2 + x, 1]);
+        Assert.Equal(0, g[2 + 12, 2 + 14, 1]);
+        using var big = torch.zeros(new long[] { 1, 64, 64, 3 }, torch.uint8);
+        using var same = ImageGrid.Legible(big);
+        Assert.Equal(big.shape, same.shape);   // 64 px and up: unchanged
+    }
+
     /// <summary>Sample grids carry each cell's class under it (issue 15); without a font file the plain grid is written.</summary>
     [Fact]
     public void CaptionedGridWritesTextUnderEachCell()
     {
-        var imgs = torch.zeros(new long[] { 2, 32, 32, 3 }, torch.uint8);
+        var imgs = torch.zeros(new long[] { 2, 64, 64, 3 }, torch.uint8);
         imgs[.., .., .., 0].fill_(200);   // red cells
         var path = Path.Combine(Directory.CreateTempSubdirectory("capgrid").FullName, "grid.png");
         bool captioned = ImageGrid.SaveCaptioned(path, imgs, ["disc", "ring"], nrow: 2, padding: 2);
         var g = ImageIO.LoadRgb(path);
-        Assert.Equal(2 * (32 + 2) + 2, g.Width);
+        Assert.Equal(2 * (64 + 2) + 2, g.Width);
         Assert.Equal(captioned, ImageGrid.CaptionFont() is not null);
-        if (!captioned) { Assert.Equal(32 + 4, g.Height); return; }
-        Assert.True(g.Height > 32 + 4 + 8, $"no room for captions: height {g.Height}");
-        Assert.Equal(200, g[2 + 16, 2 + 16, 0]);   // the cell itself is untouched
-        Assert.Equal(0, g[2 + 16, 2 + 16, 1]);
+        if (!captioned) { Assert.Equal(64 + 4, g.Height); return; }
+        Assert.True(g.Height > 64 + 4 + 8, $"no room for captions: height {g.Height}");
+        Assert.Equal(200, g[2 + 32, 2 + 32, 0]);   // the cell itself is untouched
+        Assert.Equal(0, g[2 + 32, 2 + 32, 1]);
         // white text in the strip below each cell, none in the cells' padding columns
-        foreach (int x0 in new[] { 2, 2 + 34 })
+        foreach (int x0 in new[] { 2, 2 + 66 })
         {
             int bright = 0;
-            for (int y = 2 + 32; y < g.Height; y++)
-                for (int x = x0; x < x0 + 32; x++)
+            for (int y = 2 + 64; y < g.Height; y++)
+                for (int x = x0; x < x0 + 64; x++)
                     if (g[y, x, 0] > 128 && g[y, x, 1] > 128 && g[y, x, 2] > 128) bright++;
             Assert.True(bright > 10, $"caption under the cell at x={x0}: {bright} text pixels");
         }
