@@ -9,9 +9,9 @@
 # to more, but `step` cuts each to the time left, in this order of importance.
 # shellcheck disable=SC2086  # $RETOK and $REF_GPU are command lines, split on purpose
 if [ "${ON_GPU_DRY:-0}" = 1 ]; then
-  CFG=VQ_SS256 B=1 N=1 ITERS=1 TOK=4 DOCTOR_SKIP=tokenizer-train-bf16   # CPU bf16 convolutions take minutes
+  CFG=VQ_SS256 B=1 N=1 ITERS=1 TOK=4 DOCTOR_SKIP=tokenizer-train-bf16 DP=cpu   # CPU bf16 convolutions take minutes
 else
-  CFG=VQ_SB256 B=32 N=4 ITERS=5 TOK=256 DOCTOR_SKIP=""
+  CFG=VQ_SB256 B=32 N=4 ITERS=5 TOK=256 DOCTOR_SKIP="" DP=nccl
 fi
 P=$(mktemp -d)          # large intermediates (seeded weights, codes): not under $OUT
 R=$OUT/ref.jsonl
@@ -28,6 +28,9 @@ fi
 # 2. sampling on the device (crashed on CUDA before issue 17): GPT-B random weights, CFG 1.5, bf16 as the release sampler
 step ours_gpt_sample_bf16 150 $RETOK generator sample --preset GPT-B --random-init --classes random:$B --batch-size $B \
   --tokens $TOK --cfg-scale 1.5 --bf16 --device $DEVICE --out $P/codes_ours.npy
+
+# 2b. issue 20: NCCL with one rank, and the gradient all-reduce's share of a GPT-B training step (docs/gpu.md table)
+step ours_allreduce_$DP 120 $RETOK bench allreduce --preset GPT-B --batch $B --tokens $TOK --backend $DP --device $DEVICE --steps 10
 
 # 3. tokenizer throughput with TF32 on (our default now, as the authors' scripts) and off (RETOK_TF32=0)
 step ours_tok_bench_tf32 120 $RETOK tokenizer bench --config $CFG --batch-size $B --iters $ITERS --device $DEVICE
@@ -50,6 +53,7 @@ fi
 # the numbers, into the summary's notes
 note "doctor: $(tail -1 $OUT/doctor.txt 2>/dev/null)"
 grep -h '^doctor: \(device\|CUDA\|TF32\|bf16\|memory\)' $OUT/doctor.txt 2>/dev/null | while IFS= read -r line; do note "$line"; done
+note "allreduce ($DP): $(grep -h 'step with\|overhead' "$ON_GPU_WORK/logs/ours_allreduce_$DP.log" 2>/dev/null | tr '\n' ' ')"
 for s in ours_tok_bench_tf32 ours_tok_bench_fp32; do
   note "$s: $(grep -h '^ours ' "$ON_GPU_WORK/logs/$s.log" 2>/dev/null | head -2 | tr '\n' ' ')"
 done

@@ -10,7 +10,31 @@ public static class BenchCommands
     {
         var bench = new Command("bench", "benchmarks");
         bench.Subcommands.Add(Engine());
+        bench.Subcommands.Add(AllReduce());
         return bench;
+    }
+
+    static Command AllReduce()
+    {
+        var preset = new Option<string>("--preset") { Description = "GPT preset", DefaultValueFactory = _ => "GPT-B" };
+        var batch = new Option<int>("--batch") { Description = "sequences per step", DefaultValueFactory = _ => 8 };
+        var tokens = new Option<int>("--tokens") { Description = "tokens per sequence (block size)", DefaultValueFactory = _ => 256 };
+        var backend = new Option<string>("--backend") { Description = "communicator: nccl (GPU) or cpu", DefaultValueFactory = _ => "nccl" };
+        var device = new Option<string>("--device") { Description = "cpu, cuda or cuda:N", DefaultValueFactory = _ => "cuda" };
+        var steps = new Option<int>("--steps") { Description = "timed steps per mode after one warm-up", DefaultValueFactory = _ => 10 };
+        var cmd = new Command("allreduce", "GPT training step with and without the gradient all-reduce through a one-rank communicator (NCCL overhead, issue 20)")
+            { preset, batch, tokens, backend, device, steps };
+        cmd.SetAction((pr, ct) => CliSupport.Guard(() =>
+        {
+            try
+            {
+                return Task.FromResult(AllReduceBench.Run(pr.GetValue(preset)!, pr.GetValue(batch), pr.GetValue(tokens),
+                    pr.GetValue(backend)!, pr.GetValue(device)!, Math.Max(1, pr.GetValue(steps)), Console.Out));
+            }
+            // no libnccl, no CUDA device, an unknown backend or preset: one line, not a stack trace
+            catch (Exception e) when (e is DllNotFoundException or InvalidOperationException or ArgumentException) { throw new CliError(e.Message); }
+        }));
+        return cmd;
     }
 
     static Command Engine()

@@ -30,9 +30,11 @@ public static class DataParallel
     /// sees it used; one with no gradient anywhere stays null (NamedAdamW then skips it, as before). Gradients are packed
     /// into flat buckets of at most <paramref name="bucketBytes"/> per dtype and device, all-reduced in one call, unpacked.
     /// </summary>
-    public static void AverageGradients(IReadOnlyList<Parameter> parameters, ICommunicator comm, long bucketBytes = DefaultBucketBytes)
+    /// <param name="evenAlone">issue the collectives with one rank too (a no-op numerically; `retok bench allreduce` times
+    /// NCCL's cost that way on a single GPU).</param>
+    public static void AverageGradients(IReadOnlyList<Parameter> parameters, ICommunicator comm, long bucketBytes = DefaultBucketBytes, bool evenAlone = false)
     {
-        if (comm.WorldSize == 1 || parameters.Count == 0) return;
+        if ((comm.WorldSize == 1 && !evenAlone) || parameters.Count == 0) return;
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var ps = parameters.Where(p => p.requires_grad).ToList();
