@@ -156,13 +156,15 @@ public static class JobSpecs
 
             var priority = Str(node, "priority") ?? RunPriority.Normal;
             if (!RunPriority.IsValid(priority)) errors.Add($"{prefix}priority: '{priority}' is not high, normal or low");
-            int gpus = 1;
-            if (Str(node, "gpus") is { } g && !(int.TryParse(g, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out gpus) && gpus is >= 1 and <= 64))
-                errors.Add($"{prefix}gpus: '{g}' is not a whole number from 1 to 64");
-            int nodes = 1;
-            if (Str(node, "nodes") is { } nd && !(int.TryParse(nd, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out nodes) && nodes is >= 1 and <= 1024))
-                errors.Add($"{prefix}nodes: '{nd}' is not a whole number from 1 to 1024");
-            else if (nodes > 1 && !kind.MultiNode)
+            int Count(string key, int max)
+            {
+                if (Str(node, key) is not { } text) return 1;
+                if (int.TryParse(text, System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var v) && v >= 1 && v <= max) return v;
+                errors.Add($"{prefix}{key}: '{text}' is not a whole number from 1 to {max}");
+                return 1;
+            }
+            int gpus = Count("gpus", 64), nodes = Count("nodes", 1024);
+            if (nodes > 1 && !kind.MultiNode)
                 errors.Add($"{prefix}nodes: job kind '{kind.Name}' does not run on several nodes (multi-node kinds: {string.Join(", ", kinds.All.Where(k => k.MultiNode).Select(k => k.Name))})");
 
             var needs = new List<string>();

@@ -129,15 +129,26 @@ public sealed class ViTQFormerEncoder : nn.Module<Tensor, Tensor>
     /// <summary>sample_multi_level_1d_tokens (blocks.py L47-91), first_grow "row": group g pools to 2^⌊l/2⌋ x 2^⌊(l+1)/2⌋ cells, l = max(g−1, 0).</summary>
     Tensor MultiLevelQueries(Tensor x)
     {
-        int levels = (int)Math.Round(Math.Log2(numLatent));
         var groups = new List<Tensor>();
-        for (int g = 0; g <= levels; g++)
+        foreach (var (_, hBlocks, wBlocks) in Levels(numLatent))
         {
-            int l = Math.Max(g - 1, 0), wBlocks = 1 << ((l + 1) / 2), hBlocks = 1 << (l / 2);
             var k = new long[] { grid / hBlocks, grid / wBlocks };
             groups.Add(F.avg_pool2d(x, k, k).flatten(2).transpose(1, 2));
         }
         return torch.cat(groups, 1);
+    }
+
+    /// <summary>The token groups of the multi-level layout, coarse to fine: first token, hBlocks x wBlocks cells (row-major).
+    /// The decoder's 2-D query init inverts the same layout.</summary>
+    public static IEnumerable<(int Start, int HBlocks, int WBlocks)> Levels(int numLatent)
+    {
+        int levels = (int)Math.Round(Math.Log2(numLatent)), start = 0;
+        for (int g = 0; g <= levels; g++)
+        {
+            int l = Math.Max(g - 1, 0), wBlocks = 1 << ((l + 1) / 2), hBlocks = 1 << (l / 2);
+            yield return (start, hBlocks, wBlocks);
+            start += hBlocks * wBlocks;
+        }
     }
 }
 
@@ -211,11 +222,10 @@ public sealed class ViTQFormerDecoder : nn.Module
     public static Tensor MultiLevel2dQueries(Tensor x, int grid, int numLatent, int tokens, Tensor? keyMask = null)
     {
         long b = x.shape[1], width = x.shape[2];
-        int levels = (int)Math.Round(Math.Log2(numLatent)), start = 0;
         Tensor? sum = null, count = null;
-        for (int g = 0; g <= levels; g++)
+        foreach (var (start, hBlocks, wBlocks) in ViTQFormerEncoder.Levels(numLatent))
         {
-            int l = Math.Max(g - 1, 0), wBlocks = 1 << ((l + 1) / 2), hBlocks = 1 << (l / 2), end = start + wBlocks * hBlocks;
+            int end = start + wBlocks * hBlocks;
             if (end > tokens) break;
             var cells = x.narrow(0, start, end - start).permute(1, 2, 0).reshape(b, width, hBlocks, wBlocks);
             var map = cells.repeat_interleave(grid / hBlocks, 2).repeat_interleave(grid / wBlocks, 3);
@@ -224,7 +234,6 @@ public sealed class ViTQFormerDecoder : nn.Module
                 : keyMask.select(2, end - 1).eq(0).to(map.dtype).view(b, 1, 1, 1);
             sum = sum is null ? map * keep : sum + map * keep;
             count = count is null ? keep : count + keep;
-            start = end;
         }
         return (sum! / count!).flatten(2).permute(2, 0, 1);
     }

@@ -148,7 +148,11 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
             File.WriteAllText(outCfg, GeneratorYaml.Write(cfg));
             await ctx.SaveArtifactFileAsync("generator.yaml", outCfg, "yaml", overwrite: true);
         }
-        manual_seed(p.Seed); // dropout draws come from the default generator (one training run per worker process)
+        // dropout draws come from the default generator (one training run per worker process); seeding it under the gate
+        // keeps a tokenizer run's setup in the same process from being re-seeded halfway (SeededRandom.DefaultGeneratorGate)
+        await SeededRandom.DefaultGeneratorGate.WaitAsync(ctx.CancellationToken);
+        try { manual_seed(p.Seed); }
+        finally { SeededRandom.DefaultGeneratorGate.Release(); }
         var models = new Gpt[n];
         for (int r = 0; r < n; r++)
         {
