@@ -471,7 +471,7 @@ public sealed class ReTokTokenizer : nn.Module
     public (Tensor recon, TokenizerLosses losses, Tensor? semanticFeatures) Forward(
         Tensor images, int tokens = 256, Tensor? tokenCounts = null, bool featureRecLoss = false, bool semantic = true)
     {
-        var (recon, losses, inner, _) = Forward(images, tokens, tokenCounts, featureRecLoss, semantic, Array.Empty<Tensor>());
+        var (recon, losses, inner, _, _) = Forward(images, tokens, tokenCounts, featureRecLoss, semantic, Array.Empty<Tensor>());
         return (recon, losses, inner);
     }
 
@@ -479,10 +479,12 @@ public sealed class ReTokTokenizer : nn.Module
     /// <see cref="Forward(Tensor, int, Tensor?, bool, bool)"/> plus the semantic features of extra prefixes (multi-prefix
     /// HSR): each entry of <paramref name="semanticPrefixes"/> is a per-sample K (shape B) decoded from the same quantized
     /// tokens through the ViT decoder only (its pixels would be unused), so the encoder and quantizer run once and every
-    /// prefix's gradient reaches them through the same tokens. One K slices, mixed K masks.
+    /// prefix's gradient reaches them through the same tokens. One K slices, mixed K masks. With
+    /// <paramref name="direct"/> it also returns dir_dec = decoder(S_cnn), the pixel decoder on the CNN features with the
+    /// 1-D bottleneck skipped (vq_vit_model.py L478-482), which VQLoss's use_direct_rec_loss terms read.
     /// </summary>
-    public (Tensor recon, TokenizerLosses losses, Tensor? semanticFeatures, Tensor[] prefixFeatures) Forward(
-        Tensor images, int tokens, Tensor? tokenCounts, bool featureRecLoss, bool semantic, IReadOnlyList<Tensor> semanticPrefixes)
+    public (Tensor recon, TokenizerLosses losses, Tensor? semanticFeatures, Tensor[] prefixFeatures, Tensor? directRecon) Forward(
+        Tensor images, int tokens, Tensor? tokenCounts, bool featureRecLoss, bool semantic, IReadOnlyList<Tensor> semanticPrefixes, bool direct = false)
     {
         CheckImages(images);
         if (semanticPrefixes.Count > 0 && !HasDistillMlp)
@@ -519,7 +521,8 @@ public sealed class ReTokTokenizer : nn.Module
                 return Amp.F32(s1to2decoder.forward(z, kmax, m, inner: true).Inner!);
             }).ToArray();
         }
-        return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner, prefixFeatures);
+        var directRecon = direct ? Amp.F32(decoder.call(s)) : null;
+        return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner, prefixFeatures, directRecon);
     }
 
     /// <summary>uint8 B x H x W x 3 → float B x 3 x H x W in [-1, 1], as torchvision ToTensor + Normalize(0.5, 0.5).</summary>

@@ -18,7 +18,8 @@ public sealed record LossConfig(
     bool DiscAdaptiveWeight = false,
     long AuxLossEnd = 15000,
     long? EntropyLossEnd = null,
-    double ProjWeight = 0.5);
+    double ProjWeight = 0.5,
+    bool UseDirectRecLoss = false);
 
 /// <summary>The quantizer's training losses: <c>Vq</c> = mean((q - sg(z))^2), <c>Commit</c> = beta * mean((sg(q) - z)^2)
 /// with beta (0.25) already applied, <c>Entropy</c> = entropy_loss_ratio * entropy (0 in the ReTok configs).</summary>
@@ -37,7 +38,10 @@ public sealed record GeneratorLossTerms(
     Tensor FeatureReconstruction,   // already weighted by the model; 0 from AuxLossEnd on
     Tensor SemanticAlignment,       // -(1/B) sum_b mean_t cos(student, teacher), in [-1, 1]; 0 when no teacher
     Tensor SemanticWeighted,        // (1/B) sum_b lambda_b * negcos_b (lambda = ProjWeight unless per-sample weights)
-    Tensor? SemanticSampledK = null) // with extra prefixes: the sampled K's unweighted term (the two above then average all prefixes)
+    Tensor? SemanticSampledK = null, // with extra prefixes: the sampled K's unweighted term (the two above then average all prefixes)
+    Tensor? DirectReconstruction = null,        // use_direct_rec_loss, s < AuxLossEnd: mse(x, dir_dec)  x ReconstructionWeight
+    Tensor? DirectPerceptual = null,            //   mean_b lpips(x, dir_dec)                               x PerceptualWeight
+    Tensor? DirectGeneratorAdversarial = null)  //   -mean D(dir_dec) (0 before DiscStart)                  x AdversarialWeight
 {
     /// <summary>Terms in the order they are checked and logged; names are the log keys.</summary>
     public IEnumerable<(string Name, Tensor Value)> Named()
@@ -52,16 +56,21 @@ public sealed record GeneratorLossTerms(
         yield return ("semantic", SemanticAlignment);
         yield return ("semantic_weighted", SemanticWeighted);
         if (SemanticSampledK is not null) yield return ("semantic_sampled_k", SemanticSampledK);
+        if (DirectReconstruction is not null) yield return ("direct_rec", DirectReconstruction);
+        if (DirectPerceptual is not null) yield return ("direct_perceptual", DirectPerceptual);
+        if (DirectGeneratorAdversarial is not null) yield return ("direct_gen_adv", DirectGeneratorAdversarial);
         yield return ("total_g", Total);
     }
 }
 
-public sealed record DiscriminatorLossTerms(Tensor Total, Tensor LogitsRealMean, Tensor LogitsFakeMean, bool Active)
+public sealed record DiscriminatorLossTerms(Tensor Total, Tensor LogitsRealMean, Tensor LogitsFakeMean, bool Active,
+    Tensor? LogitsDirectFakeMean = null)
 {
     public IEnumerable<(string Name, Tensor Value)> Named()
     {
         yield return ("logits_real", LogitsRealMean);
         yield return ("logits_fake", LogitsFakeMean);
+        if (LogitsDirectFakeMean is not null) yield return ("logits_direct_fake", LogitsDirectFakeMean);
         yield return ("total_d", Total);
     }
 }
@@ -105,8 +114,10 @@ public static class Losses
 /// VQLoss.forward for optimizer_idx 0 (generator) and 1 (discriminator), with the combination exactly as GigaTok's loop
 /// builds it: L_G = w_rec*L_rec + w_p*L_lpips + a*w_d*L_adv + (L_vq + L_commit + L_ent) + L_fea + L_sem_weighted and
 /// L_D = w_d * hinge(D(x), D(x_hat)). The perceptual network is a delegate (LPIPS comes from ReTok.Evaluation); it must
-/// return a per-sample distance of any shape whose mean is the batch mean. Direct (shortcut-decoder) terms, LeCam and
-/// the other discriminator types are off in the ReTok configs and not ported (docs/training.md).
+/// return a per-sample distance of any shape whose mean is the batch mean. With UseDirectRecLoss (off in the ReTok
+/// configs, on by VQLoss's default) the shortcut decode dir_dec = decoder(S_cnn) gets the same rec, perceptual and
+/// adversarial terms, and D a second fake batch, while s &lt; AuxLossEnd. LeCam and the other discriminator types are off
+/// in the ReTok configs and not ported (docs/training.md).
 /// </summary>
 public sealed class TokenizerLoss
 {
@@ -128,22 +139,28 @@ public sealed class TokenizerLoss
     /// <param name="lastLayer">decoder's last-layer weight, required only with DiscAdaptiveWeight.</param>
     /// <param name="prefixes">student features and weights (null as <paramref name="semanticWeights"/>) of extra prefixes of
     /// the same images (<see cref="SemanticPrefixConfig"/>): the semantic terms are then the mean over all 1 + P prefixes.</param>
+    /// <param name="directReconstructions">dir_dec, required with UseDirectRecLoss while s &lt; AuxLossEnd (ignored otherwise).</param>
     public GeneratorLossTerms Generator(Tensor inputs, Tensor reconstructions, CodebookLosses codebook, Tensor? featureRec,
         long globalStep, Tensor? student = null, Tensor? teacher = null, Tensor? semanticWeights = null, Tensor? lastLayer = null,
-        IReadOnlyList<(Tensor Student, Tensor? Weights)>? prefixes = null)
+        IReadOnlyList<(Tensor Student, Tensor? Weights)>? prefixes = null, Tensor? directReconstructions = null)
     {
         var c = Config;
         var zero = torch.zeros(Array.Empty<long>(), dtype: reconstructions.dtype, device: reconstructions.device);
-        var rec = c.ReconstructionLoss == "l2" ? F.mse_loss(reconstructions, inputs) : F.l1_loss(reconstructions, inputs);
+        var rec = Reconstruction(inputs, reconstructions);
         var p = perceptual(inputs, reconstructions).mean();
+        var direct = DirectActive(globalStep, directReconstructions);
+        var directRec = direct is null ? zero : Reconstruction(inputs, direct);
+        var directP = direct is null ? zero : perceptual(inputs, direct).mean();
 
         double discWeight = Losses.AdoptWeight(c.DiscWeight, globalStep, c.DiscStart);
         var genAdv = globalStep < c.DiscStart ? zero : Losses.HingeGenLoss(Discriminator.forward(reconstructions));
+        var directAdv = globalStep < c.DiscStart || direct is null ? zero : Losses.HingeGenLoss(Discriminator.forward(direct));
         double adaptive = 1.0;
         if (c.DiscAdaptiveWeight && globalStep >= c.DiscStart)
         {
             if (lastLayer is null) throw new ArgumentException("DiscAdaptiveWeight needs the decoder's last-layer weight (lastLayer)");
-            adaptive = Losses.AdaptiveWeight(c.ReconstructionWeight * rec + c.PerceptualWeight * p, genAdv, lastLayer).item<float>();
+            // the reference's null loss counts the direct rec term but not the direct perceptual one (vq_loss.py L425)
+            adaptive = Losses.AdaptiveWeight(c.ReconstructionWeight * (rec + directRec) + c.PerceptualWeight * p, genAdv, lastLayer).item<float>();
         }
 
         var fea = featureRec ?? zero;
@@ -170,9 +187,21 @@ public sealed class TokenizerLoss
             }
         }
 
-        var total = c.ReconstructionWeight * rec + c.PerceptualWeight * p + (adaptive * discWeight) * genAdv
+        var total = c.ReconstructionWeight * (rec + directRec) + c.PerceptualWeight * (p + directP) + (adaptive * discWeight) * (genAdv + directAdv)
                     + (codebook.Vq + codebook.Commit + ent) + fea + semWeighted;
-        return new GeneratorLossTerms(total, rec, p, genAdv, adaptive * discWeight, codebook.Vq, codebook.Commit, ent, fea, sem, semWeighted, semSampled);
+        return new GeneratorLossTerms(total, rec, p, genAdv, adaptive * discWeight, codebook.Vq, codebook.Commit, ent, fea, sem, semWeighted, semSampled,
+            direct is null ? null : directRec, direct is null ? null : directP, direct is null ? null : directAdv);
+    }
+
+    Tensor Reconstruction(Tensor inputs, Tensor reconstructions) =>
+        Config.ReconstructionLoss == "l2" ? F.mse_loss(reconstructions, inputs) : F.l1_loss(reconstructions, inputs);
+
+    /// <summary>dir_dec when the direct terms apply at this step (UseDirectRecLoss and s &lt; AuxLossEnd), else null.</summary>
+    Tensor? DirectActive(long globalStep, Tensor? directReconstructions)
+    {
+        if (!Config.UseDirectRecLoss || globalStep >= Config.AuxLossEnd) return null;
+        return directReconstructions ?? throw new ArgumentException(
+            $"use_direct_rec_loss is on and step {globalStep} < aux_loss_end {Config.AuxLossEnd}, but no direct reconstruction (dir_dec) was given");
     }
 
     /// <summary>One prefix's (unweighted, weighted) semantic term: weights lambda_b [B], or null for the constant ProjWeight.</summary>
@@ -183,15 +212,19 @@ public sealed class TokenizerLoss
         return (sem, weights is null ? Config.ProjWeight * sem : (weights.to(perSample.dtype).to(perSample.device) * perSample).mean());
     }
 
-    /// <summary>D objective: two separate forwards (real batch, fake batch: BatchNorm sees each alone), inputs detached.</summary>
-    public DiscriminatorLossTerms DiscriminatorStep(Tensor inputs, Tensor reconstructions, long globalStep)
+    /// <summary>D objective: separate forwards (real batch, fake batch, then the direct fake batch with use_direct_rec_loss:
+    /// BatchNorm sees each alone), inputs detached; the direct batch adds w * hinge(D(x), D(dir_dec)).</summary>
+    public DiscriminatorLossTerms DiscriminatorStep(Tensor inputs, Tensor reconstructions, long globalStep, Tensor? directReconstructions = null)
     {
         var zero = torch.zeros(Array.Empty<long>(), dtype: reconstructions.dtype, device: reconstructions.device);
         if (globalStep < Config.DiscStart) return new DiscriminatorLossTerms(zero, zero, zero, false);
+        var direct = DirectActive(globalStep, directReconstructions);
         var real = Discriminator.forward(inputs.detach());
         var fake = Discriminator.forward(reconstructions.detach());
+        var directFake = direct is null ? null : Discriminator.forward(direct.detach());
         double w = Losses.AdoptWeight(Config.DiscWeight, globalStep, Config.DiscStart);
         var total = w * Losses.HingeDLoss(real, fake);
-        return new DiscriminatorLossTerms(total, real.detach().mean(), fake.detach().mean(), true);
+        if (directFake is not null) total = total + w * Losses.HingeDLoss(real, directFake);
+        return new DiscriminatorLossTerms(total, real.detach().mean(), fake.detach().mean(), true, directFake?.detach().mean());
     }
 }

@@ -42,8 +42,8 @@ public sealed class ReTokTrainable : ITrainableTokenizer
         if (prefixes.Count > 0 && !input.ReturnSemanticFeatures)
             throw new ArgumentException("semantic prefixes are decoded for the semantic loss only: ReturnSemanticFeatures must be true", nameof(input));
         long min = k.min().item<long>(), max = k.max().item<long>();
-        var (recon, losses, semantic, prefixFeatures) = Model.Forward(input.Images, (int)max, min == max ? null : k,
-            input.ComputeFeatureRecLoss, input.ReturnSemanticFeatures, prefixes);
+        var (recon, losses, semantic, prefixFeatures, direct) = Model.Forward(input.Images, (int)max, min == max ? null : k,
+            input.ComputeFeatureRecLoss, input.ReturnSemanticFeatures, prefixes, input.DirectReconstruction);
         if (InjectNanOnce)
         {
             InjectNanOnce = false;
@@ -55,6 +55,6 @@ public sealed class ReTokTrainable : ITrainableTokenizer
             ["codebook_usage_batch"] = losses.Indices.flatten().unique().Item1.shape[0] / (double)Model.Config.CodebookSize,
         };
         return new TokenizerStepOutput(recon, new CodebookLosses(losses.Codebook, losses.Commitment, losses.Entropy),
-            losses.FeatureRec, semantic, losses.Indices, lastLayer, metrics, prefixes.Count > 0 ? prefixFeatures : null);
+            losses.FeatureRec, semantic, losses.Indices, lastLayer, metrics, prefixes.Count > 0 ? prefixFeatures : null, direct);
     }
 }

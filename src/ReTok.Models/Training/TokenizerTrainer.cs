@@ -17,8 +17,9 @@ namespace ReTok.Models.Training;
 /// <param name="ReturnSemanticFeatures">true when the teacher runs: return distill_mlp(decoder layer-3 queries).</param>
 /// <param name="SemanticPrefixes">int64 [B] K per sample of each extra prefix (<see cref="SemanticPrefixConfig"/>): decode the
 /// same encoded tokens from these K too, for the semantic features only; null or empty = none.</param>
+/// <param name="DirectReconstruction">also decode the CNN features directly (dir_dec), for use_direct_rec_loss while s &lt; aux_loss_end.</param>
 public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, bool ComputeFeatureRecLoss, bool ReturnSemanticFeatures,
-    IReadOnlyList<Tensor>? SemanticPrefixes = null);
+    IReadOnlyList<Tensor>? SemanticPrefixes = null, bool DirectReconstruction = false);
 
 /// <param name="Reconstruction">[B, 3, H, W].</param>
 /// <param name="Codebook">VQ losses over all N+M tokens (commit already x 0.25).</param>
@@ -28,9 +29,10 @@ public sealed record TokenizerStepInput(Tensor Images, Tensor TokensPerSample, b
 /// <param name="LastLayerWeight">decoder's last conv weight, needed only with LossConfig.DiscAdaptiveWeight.</param>
 /// <param name="Metrics">extra scalars to log (e.g. codebook usage).</param>
 /// <param name="PrefixSemanticFeatures">student features of each of <see cref="TokenizerStepInput.SemanticPrefixes"/>, in order.</param>
+/// <param name="DirectReconstruction">dir_dec [B, 3, H, W] when requested, else null.</param>
 public sealed record TokenizerStepOutput(Tensor Reconstruction, CodebookLosses Codebook, Tensor? FeatureRecLoss,
     Tensor? SemanticFeatures, Tensor? Indices = null, Tensor? LastLayerWeight = null, IReadOnlyDictionary<string, double>? Metrics = null,
-    IReadOnlyList<Tensor>? PrefixSemanticFeatures = null);
+    IReadOnlyList<Tensor>? PrefixSemanticFeatures = null, Tensor? DirectReconstruction = null);
 
 /// <summary>The tokenizer as the trainer sees it. <see cref="Module"/> provides named parameters (optimizer, EMA,
 /// freezing by name prefix), the state dict (checkpoints) and train()/eval().</summary>
@@ -204,6 +206,7 @@ public sealed class TokenizerTrainer : IDisposable
         var prefixChunks = prefixAll.Select(pk => accumulation.Split(DataParallel.Slice(pk, rank, world))).ToArray();
         var teacherChunks = teacherFeat is null ? null : accumulation.Split(teacherFeat);
         var recons = new List<Tensor>();
+        var directRecons = new List<Tensor?>();
         for (int i = 0; i < imgChunks.Count; i++)
         {
             var x = imgChunks[i];
@@ -211,7 +214,9 @@ public sealed class TokenizerTrainer : IDisposable
             // bf16/fp16: the forward and the loss terms under Amp (autocast's casts, fp32 master weights, fp32 losses);
             // backward runs outside the scope through the recorded casts
             using var amp = Amp.Enable(Precision.Compute);
-            var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], s < cfg.LossOrDefault.AuxLossEnd, semantic, prefixK.Length > 0 ? prefixK : null));
+            bool aux = s < cfg.LossOrDefault.AuxLossEnd;
+            var output = Tokenizer.Forward(new TokenizerStepInput(x, kChunks[i], aux, semantic, prefixK.Length > 0 ? prefixK : null,
+                aux && cfg.LossOrDefault.UseDirectRecLoss));
             var lambda = Lambda(kChunks[i]);
             (Tensor Student, Tensor? Weights)[]? prefixes = null;
             if (semantic && prefixK.Length > 0)
@@ -221,7 +226,8 @@ public sealed class TokenizerTrainer : IDisposable
                 prefixes = prefixK.Select((pk, j) => (Precision.Out(pf[j]), Lambda(pk))).ToArray();
             }
             var terms = Loss.Generator(x, Precision.Out(output.Reconstruction), output.Codebook, output.FeatureRecLoss, s,
-                semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight, prefixes);
+                semantic && output.SemanticFeatures is { } sf ? Precision.Out(sf) : null, teacherChunks?[i], lambda, output.LastLayerWeight, prefixes,
+                output.DirectReconstruction is { } dr ? Precision.Out(dr) : null);
             foreach (var (name, v) in terms.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
             Accumulate(scalars, "adv_weight", terms.AdversarialWeight, imgChunks.Count);
             if (lambda is not null) Accumulate(scalars, "lambda_mean", lambda.mean().item<float>(), imgChunks.Count);
@@ -232,6 +238,7 @@ public sealed class TokenizerTrainer : IDisposable
             amp.Dispose();
             (accumulation.Steps == 1 ? terms.Total : terms.Total * accumulation.LossScale).backward();
             recons.Add(output.Reconstruction.detach());
+            directRecons.Add(output.DirectReconstruction?.detach());
         }
         var gParams = OptimizerG.Parameters.Select(p => p.Param).ToList();
         if (Comm is not null) DataParallel.AverageGradients(gParams, Comm);
@@ -248,7 +255,8 @@ public sealed class TokenizerTrainer : IDisposable
             for (int i = 0; i < imgChunks.Count; i++)
             {
                 DiscriminatorLossTerms d;
-                using (Amp.Enable(Precision.Compute)) d = Loss.DiscriminatorStep(imgChunks[i], Precision.Out(recons[i]), s);
+                using (Amp.Enable(Precision.Compute))
+                    d = Loss.DiscriminatorStep(imgChunks[i], Precision.Out(recons[i]), s, directRecons[i] is { } dr ? Precision.Out(dr) : null);
                 foreach (var (name, v) in d.Named()) Accumulate(scalars, name, CheckFinite(s, name, v), imgChunks.Count);
                 (accumulation.Steps == 1 ? d.Total : d.Total * accumulation.LossScale).backward();
             }

@@ -103,6 +103,70 @@ public class DiscriminatorAndLossTests
             Assert.True(TrainingFixtures.MaxDiff(sd[key], fx[$"{c}.after.{key}"]) <= tol, $"BatchNorm {key} after G+D passes");
     }
 
+    /// <summary>use_direct_rec_loss (VQLoss's default, on in our quickstart): the shortcut decode's rec, perceptual and
+    /// adversarial terms, D's second fake batch, the adaptive weight's null loss, all off from aux_loss_end.</summary>
+    [Theory]
+    [InlineData("e", 0L, 101L, false)]
+    [InlineData("f", 0L, 15000L, false)]
+    [InlineData("g", 1000L, 5L, false)]
+    [InlineData("h", 0L, 7L, true)]
+    public void DirectTermsMatchReferenceVQLoss(string c, long discStart, long step, bool adaptive)
+    {
+        const double tol = 1e-5;   // as the test above: float32 sums of 2x3x32x32 terms
+        var fx = TrainingFixtures.Load("losses_direct.npz");
+        using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), "losses_direct.npz");
+        disc.train();
+        var loss = new TokenizerLoss(new LossConfig(DiscStart: discStart, DiscAdaptiveWeight: adaptive, UseDirectRecLoss: true), disc, FixedPerceptual);
+
+        var lastW = fx["last_w"].clone().requires_grad_(true);
+        var recon = F.conv2d(fx["base"], lastW);
+        var direct = F.conv2d(fx["base_direct"], lastW);
+        var cb = fx["cb"];
+        var terms = loss.Generator(fx["x"], recon, new CodebookLosses(cb[0], cb[1], cb[2]), fx["fea"], step,
+            lastLayer: adaptive ? lastW : null, directReconstructions: direct);
+
+        bool on = step < 15000;
+        Assert.InRange(Math.Abs(terms.Total.item<float>() - fx.Scalar($"{c}.total")), 0, tol);
+        Assert.InRange(Math.Abs(terms.Reconstruction.item<float>() - fx.Scalar($"{c}.rec")), 0, tol);
+        Assert.InRange(Math.Abs(terms.Perceptual.item<float>() - fx.Scalar($"{c}.perceptual")), 0, tol);
+        Assert.Equal(on, terms.DirectReconstruction is not null);
+        Assert.InRange(Math.Abs((terms.DirectReconstruction?.item<float>() ?? 0) - fx.Scalar($"{c}.direct_rec")), 0, tol);
+        Assert.InRange(Math.Abs((terms.DirectPerceptual?.item<float>() ?? 0) - fx.Scalar($"{c}.direct_p")), 0, tol);
+        Assert.True(!on || fx.Scalar($"{c}.direct_rec") > 0.1, "the fixture's direct terms must be non-zero where they apply");
+        Assert.InRange(Math.Abs(terms.AdversarialWeight - fx.Scalar($"{c}.adaptive_weight") * fx.Scalar($"{c}.disc_weight")), 0, tol);
+        Assert.InRange(Math.Abs(terms.AdversarialWeight * terms.GeneratorAdversarial.item<float>() - fx.Scalar($"{c}.gen_adv_weighted")), 0, tol);
+
+        terms.Total.backward();
+        Assert.InRange(TrainingFixtures.MaxDiff(lastW.grad!, fx[$"{c}.grad_last_w"]), 0, tol);
+
+        foreach (var p in disc.parameters()) p.grad = null;
+        var d = loss.DiscriminatorStep(fx["x"], recon, step, direct);
+        Assert.InRange(Math.Abs(d.Total.item<float>() - fx.Scalar($"{c}.d_loss")), 0, tol);
+        Assert.Equal(on && step >= discStart, d.LogitsDirectFakeMean is not null);
+        if (d.Active)
+        {
+            d.Total.backward();
+            if (c == "e")
+                foreach (var (name, p) in disc.named_parameters())
+                    Assert.True(TrainingFixtures.MaxDiff(p.grad!, fx[$"e.dgrad.{name}"]) <= tol, $"D grad {name}");
+        }
+        var sd = disc.state_dict();
+        foreach (var key in new[] { "main.3.running_mean", "main.3.running_var", "main.9.running_var", "main.9.num_batches_tracked" })
+            Assert.True(TrainingFixtures.MaxDiff(sd[key], fx[$"{c}.after.{key}"]) <= tol, $"BatchNorm {key} after G+D passes");
+    }
+
+    [Fact]
+    public void DirectTermsWithoutTheDirectDecodeAreRefused()
+    {
+        using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
+        var loss = new TokenizerLoss(new LossConfig(DiscStart: 1_000_000, UseDirectRecLoss: true), disc, FixedPerceptual);
+        var x = zeros(1, 3, 32, 32);
+        var e = Assert.Throws<ArgumentException>(() => loss.Generator(x, x, new CodebookLosses(tensor(0f), tensor(0f)), null, 5));
+        Assert.Contains("use_direct_rec_loss", e.Message);
+        Assert.Null(loss.Generator(x, x, new CodebookLosses(tensor(0f), tensor(0f)), null, 15000).DirectReconstruction);   // past aux_loss_end
+    }
+
     [Fact]
     public void PerSampleSemanticWeightsReduceToProjWeightWhenConstant()
     {

@@ -60,8 +60,10 @@ internal sealed class DummyTokenizer : Module<Tensor, Tensor>, ITrainableTokeniz
             if (inj.Term == "commit") commit = commit * float.NaN;
             if (inj.Term == "recon") recon = recon * float.NaN;
         }
+        // the shortcut decode skips the quantizer, as dir_dec = decoder(S_cnn) skips the 1-D bottleneck
+        Tensor? direct = input.DirectReconstruction ? decoder.forward(s1to2decoder.forward(z.reshape(b, -1))).view(b, 3, Size, Size) : null;
         return new TokenizerStepOutput(recon, new CodebookLosses(vq, commit), fea, sem, idx,
-            Metrics: new Dictionary<string, double> { ["codes_used"] = idx.unique().Item1.shape[0] });
+            Metrics: new Dictionary<string, double> { ["codes_used"] = idx.unique().Item1.shape[0] }, DirectReconstruction: direct);
     }
 }
 

@@ -241,7 +241,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         if (r.Finetune is { } f) ft = new DecoderFinetuneConfig(f.StartStep, f.TrainablePrefixes, f.TeacherOff, f.KeepNestedDropout, f.FixedK);
         else if (p.Trainer.FreezeButDecoderIter is long it) ft = new DecoderFinetuneConfig(it);
         var loss = new LossConfig(lp.ReconstructionWeight, lp.ReconstructionLoss, lp.PerceptualWeight, lp.DiscWeight, lp.DiscStart,
-            lp.DiscAdaptiveWeight, lp.AuxLossEnd, lp.EntropyLossEnd, ProjWeight: p.SemanticLambda0);
+            lp.DiscAdaptiveWeight, lp.AuxLossEnd, lp.EntropyLossEnd, ProjWeight: p.SemanticLambda0, UseDirectRecLoss: lp.UseDirectRecLoss);
         return new TrainerConfig(p.Iterations, p.Trainer.Lr, p.Trainer.EndLr, p.Trainer.Warmup, p.Trainer.Beta1, p.Trainer.Beta2,
             p.Trainer.WeightDecay, MaxGradNorm: p.Trainer.MaxGradNorm == 0 ? double.PositiveInfinity : p.Trainer.MaxGradNorm,
             UseEma: p.Ema, EmaDecay: p.EmaDecay, GradAccumulationSteps: p.GradientAccumulationSteps, Seed: p.Trainer.GlobalSeed,

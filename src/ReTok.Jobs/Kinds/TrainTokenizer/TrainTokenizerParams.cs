@@ -216,6 +216,8 @@ public sealed record VqLossParams
     public double CodebookWeight { get; init; } = 1.0;
     public long AuxLossEnd { get; init; } = 15000;
     public long? EntropyLossEnd { get; init; }
+    /// <summary>VQLoss's own default is True, both ReTok configs set False: the shortcut decode dir_dec = decoder(S_cnn) gets
+    /// the rec/perceptual/adversarial terms while s &lt; aux_loss_end (the quickstart's small model learns with it).</summary>
     public bool UseDirectRecLoss { get; init; }
     public bool ResnetPerceptual { get; init; }
     public bool BlurDs { get; init; }
@@ -231,7 +233,6 @@ public sealed record VqLossParams
         if (GenAdvLoss != "hinge") yield return $"gen_adv_loss: only 'hinge' is ported, got '{GenAdvLoss}'";
         if (Norm != "batch") yield return $"norm: only 'batch' is ported, got '{Norm}'";
         if (ReconstructionLoss is not ("l1" or "l2")) yield return $"reconstruction_loss: expected l1 or l2, got '{ReconstructionLoss}'";
-        if (UseDirectRecLoss) yield return "use_direct_rec_loss: only False is ported (both ReTok configs)";
         if (ResnetPerceptual) yield return "resnet_perceptual: only False is ported";
         if (BlurDs) yield return "blur_ds: only False is ported";
         if (Lecam) yield return "lecam: only False is ported";
