@@ -55,6 +55,8 @@ internal sealed class DummyTokenizer : Module<Tensor, Tensor>, ITrainableTokeniz
         var recon = decoder.forward(h).view(b, 3, Size, Size);
         Tensor? fea = input.ComputeFeatureRecLoss ? F.mse_loss(fea_proj.forward(h), z.detach().reshape(b, -1)) : null;
         Tensor? sem = input.ReturnSemanticFeatures ? distill_mlp.forward(h).view(b, 4, 16) : null;
+        var prefixes = input.SemanticPrefixes?.Select(kp =>
+            distill_mlp.forward(s1to2decoder.forward(NestedDropout.ZeroTail(qst, kp).reshape(b, -1))).view(b, 4, 16)).ToList();
         if (InjectNaN is { } inj && inj.Call == Calls)
         {
             if (inj.Term == "commit") commit = commit * float.NaN;
@@ -63,7 +65,8 @@ internal sealed class DummyTokenizer : Module<Tensor, Tensor>, ITrainableTokeniz
         // the shortcut decode skips the quantizer, as dir_dec = decoder(S_cnn) skips the 1-D bottleneck
         Tensor? direct = input.DirectReconstruction ? decoder.forward(s1to2decoder.forward(z.reshape(b, -1))).view(b, 3, Size, Size) : null;
         return new TokenizerStepOutput(recon, new CodebookLosses(vq, commit), fea, sem, idx,
-            Metrics: new Dictionary<string, double> { ["codes_used"] = idx.unique().Item1.shape[0] }, DirectReconstruction: direct);
+            Metrics: new Dictionary<string, double> { ["codes_used"] = idx.unique().Item1.shape[0] }, PrefixSemanticFeatures: prefixes,
+            DirectReconstruction: direct);
     }
 }
 
@@ -165,10 +168,14 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(t.Config.BaseLr, r.Scalars["lr"]);                        // step 0 runs at the construction lr
     }
 
-    [Fact]
-    public void ResumeFromSavedStateIsBitIdentical()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]   // + two drawn semantic prefixes (their K draws come from the checkpointed K generator) and the direct terms
+    public void ResumeFromSavedStateIsBitIdentical(bool prefixesAndDirect)
     {
         var cfg = Small(6) with { UseEma = true, EmaDecay = 0.9 };
+        if (prefixesAndDirect)
+            cfg = cfg with { SemanticPrefixes = new SemanticPrefixConfig(Count: 2), Loss = new LossConfig(UseDirectRecLoss: true, AuxLossEnd: 5) };
         using var a = MakeTrainer(cfg);
         using var b = MakeTrainer(cfg, (DummyTokenizer)a.Tokenizer, a.Discriminator);
         var aScalars = Enumerable.Range(0, 6).Select(_ => a.TrainStep().Scalars).ToList();
@@ -195,8 +202,10 @@ public class TrainerTests(Xunit.Abstractions.ITestOutputHelper output)
         foreach (var (name, p) in a.OptimizerD.StateDict())
             Assert.True(p.eq(c.OptimizerD.StateDict()[name]).all().item<bool>(), $"D optimizer {name} differs");
         for (int i = 0; i < 3; i++)
-            foreach (var key in new[] { "total_g", "total_d", "k_mean", "grad_norm_g", "lr" })
+            foreach (var key in new[] { "total_g", "total_d", "k_mean", "grad_norm_g", "lr" }
+                         .Concat(prefixesAndDirect ? new[] { "k_prefixes_mean", "semantic_sampled_k" } : Array.Empty<string>()))
                 Assert.Equal(aScalars[3 + i][key], cScalars[i][key]);
+        if (prefixesAndDirect) Assert.True(aScalars[3].ContainsKey("direct_rec") && !aScalars[5].ContainsKey("direct_rec"));   // s = 4 < 5 <= 6
     }
 
     [Theory]
