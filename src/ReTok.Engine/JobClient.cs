@@ -57,6 +57,8 @@ public sealed class JobClient : IAsyncDisposable
             throw new ArgumentException($"job kind '{kind}' takes {k.ParamsType.Name}, got {parameters.GetType().Name}");
         ParamBinder.Validate(parameters);
         if (nodes > 1 && !k.MultiNode) throw new SpecValidationException([$"nodes: job kind '{kind}' does not run on several nodes"]);
+        if (nodes > 1 && parameters is IMultiNodeParams multi && multi.ValidateNodes(nodes).Select(e => $"params.{e}").ToList() is { Count: > 0 } errs)
+            throw new SpecValidationException(errs);
         var step = new StepPlan(kind, k, parameters, ParamBinder.ToJson(parameters), queue ?? k.Queue, [], inputs ?? new Dictionary<string, string>(), name, Nodes: nodes);
         var r = await SubmitAsync(new SubmitPlan(null, experiment, [], [step], "", []), ct);
         return r.Runs[0].RunId;

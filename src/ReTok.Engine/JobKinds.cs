@@ -33,6 +33,15 @@ public interface IValidatableParams
     IEnumerable<string> Validate();
 }
 
+/// <summary>Parameters of a <see cref="JobKindAttribute.MultiNode"/> kind whose validity depends on the node count (how
+/// a global batch splits over the ranks); checked at submit for <c>nodes: N</c> &gt; 1, so a bad split fails there, not
+/// in the ranks' first step.</summary>
+public interface IMultiNodeParams
+{
+    /// <summary>Error messages for running on <paramref name="nodes"/> nodes; each starts with the key it is about.</summary>
+    IEnumerable<string> ValidateNodes(int nodes);
+}
+
 /// <summary>Registers a handler class as job kind <see cref="Name"/>: <c>[JobKind("selftest", Queue = "cpu")]</c>.</summary>
 [AttributeUsage(AttributeTargets.Class, Inherited = false)]
 public sealed class JobKindAttribute(string name) : Attribute

@@ -166,6 +166,7 @@ public static class JobSpecs
             int gpus = Count("gpus", 64), nodes = Count("nodes", 1024);
             if (nodes > 1 && !kind.MultiNode)
                 errors.Add($"{prefix}nodes: job kind '{kind.Name}' does not run on several nodes (multi-node kinds: {string.Join(", ", kinds.All.Where(k => k.MultiNode).Select(k => k.Name))})");
+            else if (nodes > 1 && p is IMultiNodeParams multi) errors.AddRange(multi.ValidateNodes(nodes).Select(e => $"{prefix}params.{e}"));
 
             var needs = new List<string>();
             if (Get(node, "needs") is { } needsNode)

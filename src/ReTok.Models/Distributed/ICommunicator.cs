@@ -44,6 +44,17 @@ public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu"
         if (!Backends.Contains(Backend)) yield return $"data_parallel.backend: '{Backend}' is not one of {string.Join(", ", Backends)}";
         if (!(TimeoutS > 0)) yield return $"data_parallel.timeout_s: must be > 0, got {TimeoutS}";
     }
+
+    /// <summary>What <c>nodes: N</c> adds: a backend that crosses processes, and a global batch that splits into N x replicas
+    /// ranks x micro-batches.</summary>
+    public IEnumerable<string> ValidateNodes(int nodes, long globalBatch, int gradAccumSteps)
+    {
+        if (nodes <= 1) yield break;
+        if (Backend == "cpu") yield return $"data_parallel.backend: nodes: {nodes} needs tcp or nccl (cpu replicas are threads of one process)";
+        long split = (long)nodes * Math.Max(Replicas, 1) * Math.Max(gradAccumSteps, 1);
+        if (globalBatch % split != 0)
+            yield return $"data_parallel: the global batch {globalBatch} does not split into {nodes} nodes x {Math.Max(Replicas, 1)} replicas x {Math.Max(gradAccumSteps, 1)} micro-batches";
+    }
 }
 
 /// <summary>

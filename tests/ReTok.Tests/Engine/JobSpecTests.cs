@@ -137,11 +137,21 @@ public class JobSpecTests
         var gpt = JobSpecs.Parse("kind: train-generator\nnodes: 2\nparams: {data_parallel: {backend: tcp, timeout_s: 30}}\n").Steps[0];
         Assert.Equal(2, gpt.Nodes);
         Assert.DoesNotContain("nodes", gpt.ParamsJson);
-        Assert.Equal(4, JobSpecs.Parse("kind: train-generator\n", ["nodes=4"]).Steps[0].Nodes);
+        Assert.Equal(4, JobSpecs.Parse("kind: train-generator\n", ["nodes=4", "data_parallel.backend=tcp"]).Steps[0].Nodes);
         Assert.Equal(1, JobSpecs.Parse("kind: selftest\n").Steps[0].Nodes);
         Assert.Contains("nodes: '0' is not a whole number from 1 to 1024", Invalid("kind: train-generator\nnodes: 0\n").Errors);
         Assert.Contains(Invalid("kind: selftest\nnodes: 2\n").Errors, e => e.StartsWith("nodes: job kind 'selftest' does not run on several nodes"));
         Assert.Contains(Invalid("kind: train-generator\nparams: {data_parallel: {backend: mpi}}\n").Errors, e => e.Contains("'mpi' is not one of cpu, tcp, nccl"));
+        // the node count's own checks run at submit, not in the ranks' first step
+        Assert.Contains("params.data_parallel.backend: nodes: 2 needs tcp or nccl (cpu replicas are threads of one process)",
+            Invalid("kind: train-generator\nnodes: 2\n").Errors);
+        Assert.Contains("steps.gpt.params.data_parallel: the global batch 8 does not split into 3 nodes x 1 replicas x 1 micro-batches",
+            Invalid("steps:\n  gpt:\n    kind: train-generator\n    nodes: 3\n    params: {global_batch_size: 8, data_parallel: {backend: tcp}}\n").Errors);
+        var tok = new ReTok.Jobs.Kinds.TrainTokenizer.TrainTokenizerParams { GradientAccumulationSteps = 2, DataParallel = new(Backend: "tcp") };
+        Assert.Equal(["data_parallel: the global batch 6 does not split into 2 nodes x 1 replicas x 2 micro-batches"],
+            (tok with { Trainer = tok.Trainer with { GlobalBatchSize = 6 } }).ValidateNodes(2));
+        Assert.Empty((tok with { Trainer = tok.Trainer with { GlobalBatchSize = 8 } }).ValidateNodes(2));
+        Assert.Equal(2, JobSpecs.Parse("kind: train-generator\nnodes: 2\nparams: {global_batch_size: 8, data_parallel: {backend: tcp}}\n").Steps[0].Nodes);
     }
 
     [Fact]

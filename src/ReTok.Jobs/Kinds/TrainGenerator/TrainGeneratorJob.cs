@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 
 namespace ReTok.Jobs.Kinds.TrainGenerator;
 
-public sealed record TrainGeneratorParams : IValidatableParams
+public sealed record TrainGeneratorParams : IValidatableParams, IMultiNodeParams
 {
     /// <summary>Preset (GPT-B, GPT-L, GPT-XL, ...) or null for the explicit dim/n_layer/n_head.</summary>
     public string? GptModel { get; init; } = "GPT-B";
@@ -62,6 +62,8 @@ public sealed record TrainGeneratorParams : IValidatableParams
     public int ValImages { get; init; }
     /// <summary>Test hook: sleep this long after each step (kill-and-resume tests need a run that lasts).</summary>
     public int DebugStepDelayMs { get; init; }
+
+    public IEnumerable<string> ValidateNodes(int nodes) => (DataParallel ?? new()).ValidateNodes(nodes, GlobalBatchSize, GradAccumSteps);
 
     public IEnumerable<string> Validate()
     {

@@ -15,7 +15,7 @@ namespace ReTok.Jobs.Kinds.TrainTokenizer;
 /// </summary>
 public enum InitMode { Strict, Gigatok }
 
-public sealed record TrainTokenizerParams : IValidatableParams
+public sealed record TrainTokenizerParams : IValidatableParams, IMultiNodeParams
 {
     /// <summary>The reference `model:` section (model_cls, init_args, causal_settings), read by TokenizerConfig.</summary>
     public JsonObject? Model { get; init; }
@@ -128,6 +128,9 @@ public sealed record TrainTokenizerParams : IValidatableParams
         if (cfg is not null && SemanticOn && cfg.DistillDepth is null)
             yield return "model: the semantic loss is on (trainer.distill_loss with a weight > 0) but init_args.distill_depth is null";
     }
+
+    public IEnumerable<string> ValidateNodes(int nodes) =>
+        (DataParallel ?? new()).ValidateNodes(nodes, Trainer.GlobalBatchSize, GradientAccumulationSteps);
 
     /// <summary>The tokenizer config, parsed exactly as TokenizerConfig.Load would read this YAML (trainer.distill_loss decides out_inner_dim).</summary>
     public TokenizerConfig TokenizerModel()
