@@ -158,7 +158,7 @@ public static class DataParallel
     /// </summary>
     public static async Task<IReadOnlyList<ICommunicator>> CreateGroupAsync(DataParallelConfig config, NodeGroup node, IReadOnlyList<Device> devices)
     {
-        if (node.Nodes == 1) return CreateGroup(config);
+        if (config.ValidateBackendForNodes(node.Nodes).FirstOrDefault() is { } bad) throw new ArgumentException(bad);
         int r = config.Replicas, world = node.Nodes * r, first = node.Node * r;
         switch (config.Backend)
         {
@@ -167,14 +167,12 @@ public static class DataParallel
                 var address = await node.WaitPublished();
                 return await TcpGroupAsync(r, first, world, config.Timeout, null, null, address, node.Cancel);
             case "nccl":
-                // one process per GPU across nodes: ncclCommInitRank binds to the calling thread's current CUDA device
-                if (r != 1) throw new ArgumentException($"data_parallel: backend nccl on several nodes runs one replica per rank run (replicas: 1, one rank run per GPU: nodes = total GPUs), got replicas {r}");
                 string id;
                 if (node.Node == 0) await node.Publish(id = Convert.ToBase64String(NcclCommunicator.GetUniqueId()));
                 else id = await node.WaitPublished();
                 return new ICommunicator[] { NcclCommunicator.InitRank(Convert.FromBase64String(id), first, world, devices[0]) };
             default:
-                throw new ArgumentException($"data_parallel.backend: '{config.Backend}' runs in one process; several nodes need tcp or nccl");
+                throw new ArgumentException($"data_parallel.backend: '{config.Backend}' is not a multi-node backend");
         }
     }
 

@@ -50,10 +50,20 @@ public sealed record DataParallelConfig(int Replicas = 1, string Backend = "cpu"
     public IEnumerable<string> ValidateNodes(int nodes, long globalBatch, int gradAccumSteps)
     {
         if (nodes <= 1) yield break;
-        if (Backend == "cpu") yield return $"data_parallel.backend: nodes: {nodes} needs tcp or nccl (cpu replicas are threads of one process)";
+        foreach (var e in ValidateBackendForNodes(nodes)) yield return e;
         long split = (long)nodes * Math.Max(Replicas, 1) * Math.Max(gradAccumSteps, 1);
         if (globalBatch % split != 0)
             yield return $"data_parallel: the global batch {globalBatch} does not split into {nodes} nodes x {Math.Max(Replicas, 1)} replicas x {Math.Max(gradAccumSteps, 1)} micro-batches";
+    }
+
+    /// <summary>The backend's part of <see cref="ValidateNodes"/>, which the group's creation checks again.</summary>
+    public IEnumerable<string> ValidateBackendForNodes(int nodes)
+    {
+        if (nodes <= 1) yield break;
+        if (Backend == "cpu") yield return $"data_parallel.backend: nodes: {nodes} needs tcp or nccl (cpu replicas are threads of one process)";
+        // ncclCommInitRank binds to the calling thread's current CUDA device: one process per GPU
+        if (Backend == "nccl" && Replicas != 1)
+            yield return $"data_parallel.replicas: backend nccl on several nodes runs one replica per rank run (replicas: 1, one rank run per GPU: nodes = total GPUs), got {Replicas}";
     }
 }
 

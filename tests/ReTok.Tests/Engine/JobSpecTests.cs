@@ -151,6 +151,8 @@ public class JobSpecTests
         Assert.Equal(["data_parallel: the global batch 6 does not split into 2 nodes x 1 replicas x 2 micro-batches"],
             (tok with { Trainer = tok.Trainer with { GlobalBatchSize = 6 } }).ValidateNodes(2));
         Assert.Empty((tok with { Trainer = tok.Trainer with { GlobalBatchSize = 8 } }).ValidateNodes(2));
+        Assert.Contains(Invalid("kind: train-generator\nnodes: 2\nparams: {global_batch_size: 8, data_parallel: {backend: nccl, replicas: 2}}\n").Errors,
+            e => e.StartsWith("params.data_parallel.replicas: backend nccl on several nodes runs one replica per rank run"));
         Assert.Equal(2, JobSpecs.Parse("kind: train-generator\nnodes: 2\nparams: {global_batch_size: 8, data_parallel: {backend: tcp}}\n").Steps[0].Nodes);
     }
 

@@ -15,8 +15,8 @@ public static class NodeGroups
     public static async Task<IReadOnlyList<ICommunicator>?> CommunicatorsAsync(JobContext ctx, DataParallelConfig dp, IReadOnlyList<Device> devices)
     {
         if (ctx.Nodes == 1) return dp.Replicas > 1 ? DataParallel.CreateGroup(dp) : null;
-        if (dp.Backend == "cpu")
-            throw new JobFailedException($"nodes: {ctx.Nodes} needs data_parallel.backend tcp or nccl (cpu replicas are threads of one process)");
+        // a spec's nodes were checked at submit (IMultiNodeParams); this guards runs made some other way
+        if (dp.ValidateBackendForNodes(ctx.Nodes).FirstOrDefault() is { } bad) throw new JobFailedException(bad);
         var group = new NodeGroup(ctx.NodeRank, ctx.Nodes, ctx.PublishRendezvousAsync, () => ctx.WaitRendezvousAsync(dp.Timeout), ctx.CancellationToken);
         var comms = await DataParallel.CreateGroupAsync(dp, group, devices);
         ctx.Log($"node {ctx.NodeRank} of {ctx.Nodes}: global ranks {comms[0].Rank}..{comms[^1].Rank} of {comms[0].WorldSize} ({dp.Backend})");
