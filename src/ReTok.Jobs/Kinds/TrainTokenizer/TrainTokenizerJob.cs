@@ -52,74 +52,8 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
             + (n > 1 ? $", data parallel: {n} {dp.Backend} replicas of {p.Trainer.GlobalBatchSize / n} images ({string.Join(", ", devices.Select(d => d.ToString()))})" : ""));
 
         var source = await OpenDataAsync(ctx, p);
-        // seed + every draw of the setup under the process's generator gate (SeededRandom.DefaultGeneratorGate)
-        await SeededRandom.DefaultGeneratorGate.WaitAsync(ctx.CancellationToken);
-        ReTokTokenizer model;
-        ReTokTrainable trainable;
-        PatchGanDiscriminator disc;
-        Func<Tensor, Tensor, Tensor> perceptual;
-        ISemanticTeacher? teacher;
-        var trainables = new ReTokTrainable[n];
-        var discs = new PatchGanDiscriminator[n];
-        var perceptuals = new Func<Tensor, Tensor, Tensor>[n];
-        var teachers = new ISemanticTeacher?[n];
-        try
-        {
-            manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
-            model = new ReTokTokenizer(cfg);
-            if (ctx.InputRoles.Contains("init") && p.InitCheckpoint is not null)
-                throw new ArgumentException("init_checkpoint: give either the input 'init' or init_checkpoint, not both");
-            var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
-            if (init is not null)
-            {
-                var sd = StateDictFile.Read(init);
-                try
-                {
-                    if (p.InitMode == InitMode.Gigatok)
-                    {
-                        var filled = model.LoadWeightsGigaTok(sd, init);
-                        ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
-                        if (ctx.NodeRank == 0) await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
-                            new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
-                    }
-                    else model.LoadWeights(sd, init);
-                }
-                finally { foreach (var t in sd.Values) t.Dispose(); }
-                ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
-            }
-            model.to(devices[0]);
-            trainable = new ReTokTrainable(model);
-            var lp = p.Loss.Params;
-            PatchGanDiscriminator NewDisc(Device d)
-            {
-                var x = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
-                x.to(d);
-                return x;
-            }
-            disc = NewDisc(devices[0]);
-            perceptual = Perceptual(ctx, p, devices[0]);
-            teacher = Teacher(ctx, p, cfg, devices[0], precision.Compute);
-
-            // replicas r > 0: their own tokenizer, discriminator, LPIPS and teacher on their device. Their initial weights are
-            // overwritten by rank 0's (the trainer broadcasts them), and the CPU generator is put back to where rank 0's setup
-            // left it, so rank 0 continues exactly as a single-replica run would.
-            (trainables[0], discs[0], perceptuals[0], teachers[0]) = (trainable, disc, perceptual, teacher);
-            if (n > 1)
-            {
-                using var rng = get_rng_state();
-                for (int r = 1; r < n; r++)
-                {
-                    var m = new ReTokTokenizer(cfg);
-                    m.to(devices[r]);
-                    trainables[r] = new ReTokTrainable(m);
-                    discs[r] = NewDisc(devices[r]);
-                    perceptuals[r] = Perceptual(ctx, p, devices[r], log: false);
-                    teachers[r] = Teacher(ctx, p, cfg, devices[r], Precision.Resolve(p.MixedPrecision, devices[r]).Compute, log: false);
-                }
-                set_rng_state(rng);
-            }
-        }
-        finally { SeededRandom.DefaultGeneratorGate.Release(); }
+        var replicas = await ReplicasAsync(ctx, p, cfg, devices, precision);
+        var model = replicas[0].Trainable.Model;
 
         var dataConfig = new DataConfig(p.Trainer.GlobalBatchSize, ImageSize: cfg.ImageSize, Seed: p.Trainer.GlobalSeed,
             Augmentation: p.Augmentation, Workers: p.NumWorkers);
@@ -130,18 +64,90 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var comms = await NodeGroups.CommunicatorsAsync(ctx, dp, devices);
         // every rank's loader follows the same global data position and takes its rows of each global batch
         var trainers = comms is null
-            ? new[] { new TokenizerTrainer(trainable, disc, perceptual, teacher, data, trainerConfig, device) }
-            : Models.Distributed.DataParallel.Run(comms, r => new TokenizerTrainer(trainables[r], discs[r], perceptuals[r], teachers[r],
-                r == 0 ? data : new TrainingDataLoader(source, dataConfig), trainerConfig, devices[r], comms[r]));
+            ? new[] { replicas[0].Trainer(data, trainerConfig, device) }
+            : Models.Distributed.DataParallel.Run(comms, r => replicas[r].Trainer(r == 0 ? data : new TrainingDataLoader(source, dataConfig), trainerConfig,
+                devices[r], comms[r]));
         try
         {
-            await TrainAsync(ctx, p, cfg, source, data, model, trainables, trainers, comms);
+            await TrainAsync(ctx, p, cfg, source, data, model, replicas.Select(x => x.Trainable).ToArray(), trainers, comms);
         }
         finally
         {
             foreach (var t in trainers) t.Dispose();
             foreach (var c in comms ?? Array.Empty<ICommunicator>()) c.Dispose();
         }
+    }
+
+    /// <summary>One data-parallel replica's modules before its trainer exists.</summary>
+    sealed record Replica(ReTokTrainable Trainable, PatchGanDiscriminator Discriminator, Func<Tensor, Tensor, Tensor> Perceptual, ISemanticTeacher? Teacher)
+    {
+        public TokenizerTrainer Trainer(TrainingDataLoader data, TrainerConfig config, Device device, ICommunicator? comm = null) =>
+            new(Trainable, Discriminator, Perceptual, Teacher, data, config, device, comm);
+    }
+
+    /// <summary>
+    /// The replicas' modules, seeded and drawn under the process's generator gate (SeededRandom.DefaultGeneratorGate): rank 0
+    /// from the seed (and the init checkpoint), replicas r &gt; 0 on their devices. Their initial weights are overwritten by
+    /// rank 0's (the trainer broadcasts them), and the CPU generator is put back to where rank 0's setup left it, so rank 0
+    /// continues exactly as a single-replica run would.
+    /// </summary>
+    static async Task<Replica[]> ReplicasAsync(JobContext ctx, TrainTokenizerParams p, TokenizerConfig cfg, Device[] devices, Precision precision)
+    {
+        int n = devices.Length;
+        var replicas = new Replica[n];
+        var lp = p.Loss.Params;
+        PatchGanDiscriminator NewDisc(Device d)
+        {
+            var x = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: lp.DiscDim, NLayers: lp.DiscNumLayers, KernelSize: lp.Kw));
+            x.to(d);
+            return x;
+        }
+        await SeededRandom.DefaultGeneratorGate.WaitAsync(ctx.CancellationToken);
+        try
+        {
+            manual_seed(p.Trainer.GlobalSeed);   // vq_train.py: torch.manual_seed(global_seed * W + rank), W = 1
+            var model = new ReTokTokenizer(cfg);
+            await InitAsync(ctx, p, model);
+            model.to(devices[0]);
+            replicas[0] = new Replica(new ReTokTrainable(model), NewDisc(devices[0]), Perceptual(ctx, p, devices[0]), Teacher(ctx, p, cfg, devices[0], precision.Compute));
+            if (n > 1)
+            {
+                using var rng = get_rng_state();
+                for (int r = 1; r < n; r++)
+                {
+                    var m = new ReTokTokenizer(cfg);
+                    m.to(devices[r]);
+                    replicas[r] = new Replica(new ReTokTrainable(m), NewDisc(devices[r]), Perceptual(ctx, p, devices[r], log: false),
+                        Teacher(ctx, p, cfg, devices[r], Precision.Resolve(p.MixedPrecision, devices[r]).Compute, log: false));
+                }
+                set_rng_state(rng);
+            }
+        }
+        finally { SeededRandom.DefaultGeneratorGate.Release(); }
+        return replicas;
+    }
+
+    /// <summary>init_checkpoint or the input 'init': strict, or init_mode gigatok (padding queries filled, listed in init_filled.json).</summary>
+    static async Task InitAsync(JobContext ctx, TrainTokenizerParams p, ReTokTokenizer model)
+    {
+        if (ctx.InputRoles.Contains("init") && p.InitCheckpoint is not null)
+            throw new ArgumentException("init_checkpoint: give either the input 'init' or init_checkpoint, not both");
+        var init = ctx.InputRoles.Contains("init") ? await ctx.GetInputFileAsync("init") : p.InitCheckpoint;
+        if (init is null) return;
+        var sd = StateDictFile.Read(init);
+        try
+        {
+            if (p.InitMode == InitMode.Gigatok)
+            {
+                var filled = model.LoadWeightsGigaTok(sd, init);
+                ctx.Log($"init_mode gigatok: filled {filled.Count} key(s) by replicating the last queries: {(filled.Count == 0 ? "none" : string.Join(", ", filled))}");
+                if (ctx.NodeRank == 0) await ctx.SaveArtifactAsync("init_filled.json", new MemoryStream(System.Text.Json.JsonSerializer.SerializeToUtf8Bytes(
+                    new { source = Path.GetFileName(init), mode = "gigatok", filled })), contentType: "application/json");
+            }
+            else model.LoadWeights(sd, init);
+        }
+        finally { foreach (var t in sd.Values) t.Dispose(); }
+        ctx.Log($"initialised the tokenizer from {Path.GetFileName(init)} (init_mode {p.InitMode.ToString().ToLowerInvariant()})");
     }
 
     /// <summary>The training loop over the replicas' trainers (one when not data parallel). Rank 0 holds the state written
