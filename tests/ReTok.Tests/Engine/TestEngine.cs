@@ -16,4 +16,9 @@ public static class TestEngine
             ReconcileInterval = TimeSpan.FromSeconds(1), SchedulePollInterval = TimeSpan.FromMilliseconds(250), InvisibilityTimeout = TimeSpan.FromSeconds(30),
         };
     }
+
+    /// <summary><see cref="Options"/> for jobs that train: a 30 s lease and 60 s invisibility, since a training step can
+    /// hold both cores for seconds under a loaded suite. The run's scratch root is the artifacts folder's parent.</summary>
+    public static EngineOptions Training(string db, string prefix) =>
+        Options(db, prefix) with { LeaseTtl = TimeSpan.FromSeconds(30), InvisibilityTimeout = TimeSpan.FromSeconds(60) };
 }

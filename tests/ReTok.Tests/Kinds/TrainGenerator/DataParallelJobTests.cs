@@ -1,6 +1,7 @@
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models.IO;
+using ReTok.Tests.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using TorchSharp;
@@ -27,13 +28,8 @@ public sealed class DataParallelJobTests(TestDatabase db) : IClassFixture<TestDa
     [Fact]
     public async Task TwoReplicasMatchOneAndResumeWithOne()
     {
-        var root = Directory.CreateTempSubdirectory("retok-dp-job").FullName;
-        var o = new EngineOptions
-        {
-            Db = db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), InvisibilityTimeout = TimeSpan.FromSeconds(60),
-            LeaseTtl = TimeSpan.FromSeconds(30), Heartbeat = TimeSpan.FromMilliseconds(300),
-        };
+        var o = TestEngine.Training(db.ConnectionString, "retok-dp-job");
+        var root = Path.GetDirectoryName(o.Artifacts)!;
         await using var client = new JobClient(o);
         await client.EnsureSchemaAsync();
         var t = client.Tracker;

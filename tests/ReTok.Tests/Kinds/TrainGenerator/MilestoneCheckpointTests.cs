@@ -2,6 +2,7 @@ using System.Formats.Tar;
 using ReTok.Engine;
 using ReTok.Jobs.Kinds.TrainGenerator;
 using ReTok.Models.IO;
+using ReTok.Tests.Engine;
 using ReTok.Tests.Tracking;
 using ReTok.Tracking;
 using TorchSharp;
@@ -18,13 +19,8 @@ public sealed class MilestoneCheckpointTests : IClassFixture<TestDatabase>
     [Fact]
     public async Task MilestonesAreKeptAndOldOnesReleased()
     {
-        var root = Directory.CreateTempSubdirectory("retok-milestones").FullName;
-        var o = new EngineOptions
-        {
-            Db = _db.ConnectionString, Artifacts = Path.Combine(root, "artifacts"), Scratch = Path.Combine(root, "scratch"),
-            QueuePollInterval = TimeSpan.FromMilliseconds(150), InvisibilityTimeout = TimeSpan.FromSeconds(60),
-            LeaseTtl = TimeSpan.FromSeconds(30), Heartbeat = TimeSpan.FromMilliseconds(300),
-        };
+        var o = TestEngine.Training(_db.ConnectionString, "retok-milestones");
+        var root = Path.GetDirectoryName(o.Artifacts)!;
         await using var client = new JobClient(o);
         await client.EnsureSchemaAsync();
         var t = client.Tracker;
