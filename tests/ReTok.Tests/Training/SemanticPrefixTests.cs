@@ -97,6 +97,7 @@ public class SemanticPrefixTests(ITestOutputHelper log)
     public void ATokenizerWithoutPrefixFeaturesIsRefused()
     {
         using var trainer = TrainerTests.MakeTrainer(TrainerTests.Small(2) with { SemanticPrefixes = new SemanticPrefixConfig(Count: 1) });
+        ((DummyTokenizer)trainer.Tokenizer).OmitPrefixFeatures = true;
         var ex = Assert.Throws<InvalidOperationException>(() => trainer.TrainStep());
         Assert.Contains("prefix semantic features for 1 semantic prefixes", ex.Message);
         Assert.Throws<ArgumentException>(() => TrainerTests.MakeTrainer(TrainerTests.Small(2) with { SemanticPrefixes = new SemanticPrefixConfig(Ks: new[] { 7 }) }));   // N + M = 6

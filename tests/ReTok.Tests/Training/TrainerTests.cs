@@ -23,6 +23,8 @@ internal sealed class DummyTokenizer : Module<Tensor, Tensor>, ITrainableTokeniz
     private readonly Linear decoder, distill_mlp, fea_proj;
     public int Calls;
     public (int Call, string Term)? InjectNaN;
+    /// <summary>Returns no prefix semantic features even when asked for some (the trainer must refuse that).</summary>
+    public bool OmitPrefixFeatures;
 
     public DummyTokenizer() : base(nameof(DummyTokenizer))
     {
@@ -55,7 +57,7 @@ internal sealed class DummyTokenizer : Module<Tensor, Tensor>, ITrainableTokeniz
         var recon = decoder.forward(h).view(b, 3, Size, Size);
         Tensor? fea = input.ComputeFeatureRecLoss ? F.mse_loss(fea_proj.forward(h), z.detach().reshape(b, -1)) : null;
         Tensor? sem = input.ReturnSemanticFeatures ? distill_mlp.forward(h).view(b, 4, 16) : null;
-        var prefixes = input.SemanticPrefixes?.Select(kp =>
+        var prefixes = OmitPrefixFeatures ? null : input.SemanticPrefixes?.Select(kp =>
             distill_mlp.forward(s1to2decoder.forward(NestedDropout.ZeroTail(qst, kp).reshape(b, -1))).view(b, 4, 16)).ToList();
         if (InjectNaN is { } inj && inj.Call == Calls)
         {
