@@ -1,5 +1,7 @@
 using ReTok.Engine;
+using ReTok.Models;
 using ReTok.Models.Distributed;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace ReTok.Jobs.Kinds.Shared;
@@ -11,6 +13,21 @@ namespace ReTok.Jobs.Kinds.Shared;
 /// </summary>
 public static class NodeGroups
 {
+    /// <summary>
+    /// The device of each of this run's <c>data_parallel.replicas</c>: with nccl in use (several replicas or several nodes)
+    /// replica r takes the run's r-th leased GPU, otherwise every replica runs on the job's device (threads of this process).
+    /// </summary>
+    public static Device[] ReplicaDevices(JobContext ctx, DataParallelConfig dp, Device device)
+    {
+        int n = dp.Replicas;
+        bool nccl = dp.Backend == "nccl" && (n > 1 || ctx.Nodes > 1);
+        if (nccl && device.type != DeviceType.CUDA)
+            throw new JobFailedException($"data_parallel.backend nccl needs a CUDA device, the job runs on {device}");
+        if (nccl && ctx.Devices.Count < n)
+            throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
+        return Enumerable.Range(0, n).Select(r => nccl ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
+    }
+
     /// <summary>Null for a single replica on a single node (the plain code path).</summary>
     public static async Task<IReadOnlyList<ICommunicator>?> CommunicatorsAsync(JobContext ctx, DataParallelConfig dp, IReadOnlyList<Device> devices)
     {

@@ -132,11 +132,7 @@ public sealed class TrainGeneratorJob : IJobHandler<TrainGeneratorParams>
         var device = Devices.Resolve(ctx.Device);
         var dp = p.DataParallel ?? new();
         int n = dp.Replicas;
-        if (dp.Backend == "nccl" && device.type != DeviceType.CUDA) throw new JobFailedException($"data_parallel.backend nccl needs a CUDA device, the job runs on {device}");
-        if (dp.Backend == "nccl" && ctx.Devices.Count < n)
-            throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
-        // nccl: replica r on the run's r-th leased device; cpu: every replica on the job's device (threads of this process)
-        var devices = Enumerable.Range(0, n).Select(r => dp.Backend == "nccl" ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
+        var devices = NodeGroups.ReplicaDevices(ctx, dp, device);
         // with nodes: N this rank run holds global ranks node*n..node*n+n-1 of N*n; the ranks meet before anything is
         // loaded, so every rank of a retried group resumes from the same checkpoint (rank 0's, the only writer)
         var comms = await NodeGroups.CommunicatorsAsync(ctx, dp, devices);

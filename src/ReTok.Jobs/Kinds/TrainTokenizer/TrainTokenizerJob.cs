@@ -39,12 +39,7 @@ public sealed class TrainTokenizerJob : IJobHandler<TrainTokenizerParams>
         var dp = p.DataParallel ?? new();
         int n = dp.Replicas;
         var device = Devices.Resolve(ctx.Device);
-        if (n > 1 && dp.Backend == "nccl" && device.type != DeviceType.CUDA)
-            throw new JobFailedException($"data_parallel.backend nccl needs a CUDA device, the job runs on {device}");
-        if (n > 1 && dp.Backend == "nccl" && ctx.Devices.Count < n)
-            throw new JobFailedException($"data_parallel: {n} nccl replicas need {n} devices, the run leased {ctx.Devices.Count} ({string.Join(", ", ctx.Devices)}): add gpus: {n} to the spec");
-        // nccl: replica r on the run's r-th leased device; cpu: every replica on the job's device (threads of this process)
-        var devices = Enumerable.Range(0, n).Select(r => n > 1 && dp.Backend == "nccl" ? Devices.Resolve(ctx.Devices[r]) : device).ToArray();
+        var devices = NodeGroups.ReplicaDevices(ctx, dp, device);
         var cfg = p.TokenizerModel();
         var precision = Precision.Resolve(p.MixedPrecision, device);
         ctx.Log($"mixed_precision {p.MixedPrecision}: {(precision.IsFloat32 ? "fp32" : $"{precision.Compute} compute (fp32 master weights, frozen teacher in {precision.Compute}, fp32 losses)")}");
