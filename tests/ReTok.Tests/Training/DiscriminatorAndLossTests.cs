@@ -48,6 +48,28 @@ public class DiscriminatorAndLossTests
         Assert.True(TrainingFixtures.MaxAbs(b0) > 0.02, "conv biases must keep their uniform init, not be zeroed");
     }
 
+    /// <summary>The fixture's ndf-8 discriminator (keys `disc.*`), in train mode as the reference runs it.</summary>
+    static PatchGanDiscriminator FixtureDiscriminator(IReadOnlyDictionary<string, Tensor> fx, string file)
+    {
+        var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
+        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), file);
+        disc.train();
+        return disc;
+    }
+
+    static void AssertDiscriminatorGrads(PatchGanDiscriminator disc, IReadOnlyDictionary<string, Tensor> fx, string c, double tol)
+    {
+        foreach (var (name, p) in disc.named_parameters())
+            Assert.True(TrainingFixtures.MaxDiff(p.grad!, fx[$"{c}.dgrad.{name}"]) <= tol, $"D grad {name}");
+    }
+
+    static void AssertBatchNormAfter(PatchGanDiscriminator disc, IReadOnlyDictionary<string, Tensor> fx, string c, double tol)
+    {
+        var sd = disc.state_dict();
+        foreach (var key in new[] { "main.3.running_mean", "main.3.running_var", "main.9.running_var", "main.9.num_batches_tracked" })
+            Assert.True(TrainingFixtures.MaxDiff(sd[key], fx[$"{c}.after.{key}"]) <= tol, $"BatchNorm {key} after G+D passes");
+    }
+
     [Theory]
     [InlineData("a", 0L, 101L, false)]
     [InlineData("b", 0L, 15000L, false)]
@@ -57,9 +79,7 @@ public class DiscriminatorAndLossTests
     {
         const double tol = 1e-5;
         var fx = TrainingFixtures.Load("losses.npz");
-        using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), "losses.npz");
-        disc.train();
+        using var disc = FixtureDiscriminator(fx, "losses.npz");
         var loss = new TokenizerLoss(new LossConfig(DiscStart: discStart, DiscAdaptiveWeight: adaptive), disc, FixedPerceptual);
 
         var lastW = fx["last_w"].clone().requires_grad_(true);
@@ -94,13 +114,9 @@ public class DiscriminatorAndLossTests
             Assert.InRange(Math.Abs(d.LogitsRealMean.item<float>() - fx.Scalar($"{c}.logits_real")), 0, tol);
             Assert.InRange(Math.Abs(d.LogitsFakeMean.item<float>() - fx.Scalar($"{c}.logits_fake")), 0, tol);
             d.Total.backward();
-            if (c == "a")
-                foreach (var (name, p) in disc.named_parameters())
-                    Assert.True(TrainingFixtures.MaxDiff(p.grad!, fx[$"a.dgrad.{name}"]) <= tol, $"D grad {name}");
+            if (c == "a") AssertDiscriminatorGrads(disc, fx, c, tol);
         }
-        var sd = disc.state_dict();
-        foreach (var key in new[] { "main.3.running_mean", "main.3.running_var", "main.9.running_var", "main.9.num_batches_tracked" })
-            Assert.True(TrainingFixtures.MaxDiff(sd[key], fx[$"{c}.after.{key}"]) <= tol, $"BatchNorm {key} after G+D passes");
+        AssertBatchNormAfter(disc, fx, c, tol);
     }
 
     /// <summary>use_direct_rec_loss (VQLoss's default, on in our quickstart): the shortcut decode's rec, perceptual and
@@ -114,9 +130,7 @@ public class DiscriminatorAndLossTests
     {
         const double tol = 1e-5;   // as the test above: float32 sums of 2x3x32x32 terms
         var fx = TrainingFixtures.Load("losses_direct.npz");
-        using var disc = new PatchGanDiscriminator(new DiscriminatorConfig(Ndf: 8));
-        StateDictFile.LoadInto(disc, fx.Where(kv => kv.Key.StartsWith("disc.")).ToDictionary(kv => kv.Key[5..], kv => kv.Value), "losses_direct.npz");
-        disc.train();
+        using var disc = FixtureDiscriminator(fx, "losses_direct.npz");
         var loss = new TokenizerLoss(new LossConfig(DiscStart: discStart, DiscAdaptiveWeight: adaptive, UseDirectRecLoss: true), disc, FixedPerceptual);
 
         var lastW = fx["last_w"].clone().requires_grad_(true);
@@ -147,13 +161,9 @@ public class DiscriminatorAndLossTests
         if (d.Active)
         {
             d.Total.backward();
-            if (c == "e")
-                foreach (var (name, p) in disc.named_parameters())
-                    Assert.True(TrainingFixtures.MaxDiff(p.grad!, fx[$"e.dgrad.{name}"]) <= tol, $"D grad {name}");
+            if (c == "e") AssertDiscriminatorGrads(disc, fx, c, tol);
         }
-        var sd = disc.state_dict();
-        foreach (var key in new[] { "main.3.running_mean", "main.3.running_var", "main.9.running_var", "main.9.num_batches_tracked" })
-            Assert.True(TrainingFixtures.MaxDiff(sd[key], fx[$"{c}.after.{key}"]) <= tol, $"BatchNorm {key} after G+D passes");
+        AssertBatchNormAfter(disc, fx, c, tol);
     }
 
     [Fact]
