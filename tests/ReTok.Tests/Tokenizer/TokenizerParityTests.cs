@@ -95,9 +95,12 @@ public class TinyTokenizerParityTests(TinyTokenizerFixture fx, ITestOutputHelper
         // a fresh model: training mode updates the codebook_used window, which the fixture model must not see
         using var model = ReTokTokenizer.FromCheckpoint(TokenizerConfig.Load(F("tiny.yaml")), F("tiny.safetensors"));
         model.train();
-        var (recon, losses, sem) = model.Forward(fx.Images, 256, featureRecLoss: true);
+        var (recon, losses, sem, _, direct) = model.Forward(fx.Images, 256, null, featureRecLoss: true, semantic: true, [], direct: true);
         var (maxAbs, sumRel) = Compare(recon, fx.Ref, "train_dec");
         Assert.True(maxAbs <= Tol && sumRel <= 1e-5, $"train recon: max {maxAbs}, sum rel {sumRel}");
+        // use_direct_rec_loss's shortcut dir_dec = decoder(S_cnn): the reference's forward(rec_loss=True) second output
+        var (dirMax, dirRel) = Compare(direct!, fx.Ref, "train_dir_dec");
+        Assert.True(dirMax <= Tol && dirRel <= 1e-5, $"train dir_dec: max {dirMax}, sum rel {dirRel}");
         Assert.Equal(fx.Ref["train_vq_loss"].As<double>()[0], losses.Codebook.item<float>(), 5);
         Assert.Equal(fx.Ref["train_commit_loss"].As<double>()[0], losses.Commitment.item<float>(), 5);
         Assert.Equal(fx.Ref["train_fea_loss"].As<double>()[0], losses.FeatureRec!.item<float>(), 4);
