@@ -237,8 +237,11 @@ public sealed class TokenizerTrainer : IDisposable
                 foreach (var (name, v) in output.Metrics) Accumulate(scalars, name, v, imgChunks.Count);
             amp.Dispose();
             (accumulation.Steps == 1 ? terms.Total : terms.Total * accumulation.LossScale).backward();
-            recons.Add(output.Reconstruction.detach());
-            directRecons.Add(output.DirectReconstruction?.detach());
+            if (s >= cfg.LossOrDefault.DiscStart)   // the D step's inputs; before disc_start nothing reads them
+            {
+                recons.Add(output.Reconstruction.detach());
+                directRecons.Add(output.DirectReconstruction?.detach());
+            }
         }
         var gParams = OptimizerG.Parameters.Select(p => p.Param).ToList();
         if (Comm is not null) DataParallel.AverageGradients(gParams, Comm);
