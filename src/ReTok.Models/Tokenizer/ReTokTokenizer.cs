@@ -504,7 +504,20 @@ public sealed class ReTokTokenizer : nn.Module
         // distances would flip near-tie codes; the conv/attention stacks around it run in the compute dtype
         var h = Amp.F32(Amp.Conv(quant_conv, s2to1encoder.call(s)));
         var (quant, vq, commit, entropy, usage, idx) = quantize.forward(h);
-        var (recon, spatial, inner) = DecodeQuant(quant, tokens, mask, semantic && HasDistillMlp);
+        var (spatial, inner) = s1to2decoder.forward(Amp.Conv(post_quant_conv, quant), tokens, mask, semantic && HasDistillMlp);
+        if (inner is not null) inner = Amp.F32(inner);
+        Tensor recon;
+        Tensor? directRecon = null;
+        // dir_dec: one pixel-decoder pass over [S_vit; S_cnn] instead of two. Every decoder op is per sample (convs,
+        // GroupNorm, AdaptiveGroupNorm styled by its own input), so both halves equal the separate passes up to float
+        // order, and the larger batch keeps the cores busier (the decoder is most of a quickstart step)
+        if (direct)
+        {
+            var both = Amp.F32(decoder.call(torch.cat([spatial, s.to(spatial.dtype)], 0)));
+            recon = both.narrow(0, 0, spatial.shape[0]);
+            directRecon = both.narrow(0, spatial.shape[0], s.shape[0]);
+        }
+        else recon = Amp.F32(decoder.call(spatial));
         Tensor? fea = null;
         if (featureRecLoss)
             fea = Config.FeaRecLossWeight * (Config.FeaRecLossType == "mse"
@@ -521,7 +534,6 @@ public sealed class ReTokTokenizer : nn.Module
                 return Amp.F32(s1to2decoder.forward(z, kmax, m, inner: true).Inner!);
             }).ToArray();
         }
-        var directRecon = direct ? Amp.F32(decoder.call(s)) : null;
         return (recon, new TokenizerLosses(vq, commit, entropy, fea, usage, idx), inner, prefixFeatures, directRecon);
     }
 

@@ -13,7 +13,7 @@ namespace ReTok.Tests.Training;
 public class DirectReconstructionTests
 {
     [Fact]
-    public void TheDirectDecodeSkipsTheBottleneck_AndLeavesTheMainPathBitIdentical()
+    public void TheDirectDecodeSkipsTheBottleneck_AndLeavesTheMainPathUnchanged()
     {
         using var model = TrainTokenizerData.TinyTokenizer();
         model.train();
@@ -22,9 +22,19 @@ public class DirectReconstructionTests
         var (recon0, losses0, _, _, none) = model.Forward(images, 300, k, true, false, Array.Empty<Tensor>());
         var (recon, losses, _, _, direct) = model.Forward(images, 300, k, true, false, Array.Empty<Tensor>(), direct: true);
         Assert.Null(none);
-        Assert.Equal(0, TrainingFixtures.MaxDiff(recon0, recon));
+        // Forward decodes [S_vit; S_cnn] in one pixel-decoder pass: each half must equal its own pass up to float order
+        // (the batch of 4 reorders the conv sums: 3.0e-5 measured on the main path; 1e-4 is TokenizerParityTests' bound),
+        // while a swapped or shifted half is another image's decode, O(0.1) away
+        Assert.True(TrainingFixtures.MaxDiff(recon0, recon) < 1e-4, $"main path moved by {TrainingFixtures.MaxDiff(recon0, recon)}");
         Assert.Equal(0, TrainingFixtures.MaxDiff(losses0.FeatureRec!, losses.FeatureRec!));
         Assert.Equal(images.shape, direct!.shape);
+        nn.Module<Tensor, Tensor> Child(string name) => (nn.Module<Tensor, Tensor>)model.named_children().Single(c => c.name == name).module;
+        using (no_grad())
+        {
+            var alone = Child("decoder").call(Child("encoder").call(images));
+            Assert.True(TrainingFixtures.MaxDiff(alone, direct) < 1e-4, $"dir_dec vs decoder(encoder(x)) alone: {TrainingFixtures.MaxDiff(alone, direct)}");
+            Assert.True(TrainingFixtures.MaxDiff(recon, direct) > 1e-2, "dir_dec equals the bottleneck decode");
+        }
 
         F.mse_loss(direct, images).backward();
         var reached = model.named_parameters().Where(p => p.parameter.grad is { } g && g.abs().sum().item<float>() > 0)
