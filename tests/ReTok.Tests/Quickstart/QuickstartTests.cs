@@ -54,6 +54,9 @@ public class QuickstartTests
         foreach (var name in new[] { "dataset.npz", "tokenizer.safetensors", "tokenizer.yaml", "codes.npz", "generator.safetensors", "samples.npz", "grid.png" })
             Assert.Contains(name, artifacts);
         Assert.Contains(artifacts, a => a.StartsWith("recon_k"));
+        // eval, codes and sampling read the EMA weights (jobs/quickstart.yaml: ema: true; the floor below depends on them)
+        var tokenizer = await ctx.Artifacts.AsNoTracking().SingleAsync(a => ids.Contains(a.RunId) && a.Name == "tokenizer.safetensors");
+        Assert.Equal("ema", System.Text.Json.Nodes.JsonNode.Parse(tokenizer.Metadata)!["weights"]!.GetValue<string>());
         Assert.Contains(artifacts, a => a.StartsWith("recon/step_"));
         var keys = await ctx.Metrics.AsNoTracking().Where(m => ids.Contains(m.RunId)).Select(m => m.Key).Distinct().ToListAsync();
         Assert.Contains(keys, k => k.StartsWith("psnr@k="));
