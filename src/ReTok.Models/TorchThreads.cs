@@ -33,14 +33,11 @@ public static class TorchThreads
         {
             var context = new SingleThreadContext();
             SynchronizationContext.SetSynchronizationContext(context);
-            int before = torch.get_num_threads();   // a fresh thread: the process-wide default
             try
             {
-                torch.set_num_threads(n);
-                // that also set the process-wide default: put it back at once, so threads that other runs start meanwhile
-                // keep the default (a train-generator resume came out different from its uninterrupted run while a
-                // tokenizer job with torch_threads 1 ran beside it); this thread keeps n, replicas copy it explicitly
-                RestoreDefault(before);
+                // the default put back at once: a train-generator resume came out different from its uninterrupted run
+                // while a tokenizer job with torch_threads 1 ran beside it; this thread keeps n, replicas copy it explicitly
+                SetOnFreshThread(n);
                 Task<T> task;
                 try { task = body(); }
                 catch (Exception e) { task = Task.FromException<T>(e); }
@@ -58,6 +55,24 @@ public static class TorchThreads
         }, maxStackSize: 64 << 20) { IsBackground = true, Name = $"torch-{n}-threads" };
         thread.Start();
         return done.Task;
+    }
+
+    static readonly object DefaultGate = new();
+
+    /// <summary>
+    /// Gives the calling thread, which has not computed yet (its count is still the process-wide default),
+    /// <paramref name="n"/> intra-op threads and leaves the default as it was. Serialised: setting a count sets the default
+    /// too until it is put back, and a thread that read the default inside another's window put back the wrong one (two
+    /// tokenizer runs with torch_threads 1 in one worker process once left the default at 1).
+    /// </summary>
+    public static void SetOnFreshThread(int n)
+    {
+        lock (DefaultGate)
+        {
+            int before = torch.get_num_threads();
+            torch.set_num_threads(n);
+            RestoreDefault(before);
+        }
     }
 
     /// <summary>Sets the process-wide default from a throwaway thread (setting a count sets the caller's and the default).</summary>

@@ -109,27 +109,15 @@ public static class DataParallel
         if (comms.Count == 1) return new[] { body(0) };
         var results = new T[comms.Count];
         var errors = new Exception?[comms.Count];
-        int intraOp = get_num_threads(), defaultBefore = 0;
+        int intraOp = get_num_threads();
         var threads = Enumerable.Range(0, comms.Count).Select(r => new Thread(() =>
         {
-            // a fresh thread starts from the process-wide default; setting the count also sets that default, put back below
-            int fresh = get_num_threads();
-            if (fresh != intraOp)
-            {
-                Interlocked.CompareExchange(ref defaultBefore, fresh, 0);
-                set_num_threads(intraOp);
-            }
+            TorchThreads.SetOnFreshThread(intraOp);   // not the process-wide default a fresh thread would start from
             try { results[r] = body(r); }
             catch (Exception e) { errors[r] = e; comms[r].Abort(); }
         }, maxStackSize: 64 << 20) { IsBackground = true, Name = $"replica-{r}" }).ToList();
         foreach (var t in threads) t.Start();
         foreach (var t in threads) t.Join();
-        if (defaultBefore > 0)
-        {
-            var restore = new Thread(() => set_num_threads(defaultBefore)) { IsBackground = true };
-            restore.Start();
-            restore.Join();
-        }
         var first = errors.FirstOrDefault(e => e is not null and not OperationCanceledException) ?? errors.FirstOrDefault(e => e is not null);
         if (first is not null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(first).Throw();
         return results;

@@ -92,6 +92,18 @@ public sealed class TorchThreadsTests(ITestOutputHelper log)
     }
 
     [Fact]
+    public async Task ConcurrentRunsEachGetTheirCount_AndLeaveTheDefaultAsItWas()
+    {
+        // each run sets its count and puts the default back; a run that read the default inside another's window put back
+        // the wrong one (two tokenizer runs with torch_threads 1 in one worker process once left the default at 1)
+        int defaultBefore = OnFreshThread(get_num_threads);
+        var asked = Enumerable.Range(0, 64).Select(i => defaultBefore + 1 + i % 2).ToArray();
+        var seen = await Task.WhenAll(asked.Select(n => TorchThreads.RunAsync(n, async () => { await Task.Yield(); return get_num_threads(); })));
+        Assert.Equal(asked, seen);
+        Assert.Equal(defaultBefore, OnFreshThread(get_num_threads));
+    }
+
+    [Fact]
     public async Task RunReturnsTheBodysResultAndException()
     {
         Assert.Equal(42, await TorchThreads.RunAsync(1, async () => { await Task.Yield(); return 42; }));
